@@ -1,0 +1,1 @@
+//! host<->agent API (being written).

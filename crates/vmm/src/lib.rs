@@ -1,0 +1,1 @@
+//! carapace VMM (being written).
