@@ -1,1 +1,40 @@
-fn main() {}
+//! `carapace`: a Kubernetes CRI runtime where every pod is a KVM microVM.
+//!
+//! Subcommands: `vmm` (one VM per process, started by the daemon), `check` (can this host run pods?).
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod check;
+mod vmm_cmd;
+
+#[derive(Parser)]
+#[command(name = "carapace", version, about = "Kubernetes CRI runtime: every pod is a KVM microVM")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one microVM in this process (started by the daemon, usable by hand).
+    Vmm(vmm_cmd::VmmArgs),
+    /// Say whether this host can run pods: KVM usable and able to boot Linux, cgroups, guest image.
+    Check(check::CheckArgs),
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("CARAPACE_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match cli.command {
+        Command::Vmm(args) => vmm_cmd::run(args),
+        Command::Check(args) => check::run(args),
+    }
+}

@@ -1,0 +1,70 @@
+# carapace — two commands for a fresh machine:
+#   make run    install what is missing, build, start the daemon on embedded defaults
+#   make test   install what is missing, build, run every test (end-to-end ones in the test host if needed)
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+
+CARAPACE_CACHE ?= /var/cache/carapace
+export CARAPACE_CACHE
+# Dependencies compiled once are reused by every clone on this machine (workspace crates rebuild per clone).
+CARGO_TARGET_DIR ?= $(CARAPACE_CACHE)/target
+export CARGO_TARGET_DIR
+GUEST_DIR ?= /var/lib/carapace/guest
+HOST_TRIPLE := x86_64-unknown-linux-gnu
+BIN := $(CARGO_TARGET_DIR)/release
+AGENT := $(CARGO_TARGET_DIR)/$(HOST_TRIPLE)/release/carapace-agent
+CARGO := cargo
+
+DEB_PACKAGES := qemu-system-x86 linux-source-6.1 bison flex bc libelf-dev libssl-dev busybox-static cpio \
+	protobuf-compiler xz-utils kmod jq file
+
+.PHONY: run test deps build agent guest-image test-unit test-testhost test-e2e bench-boot clean-guest
+
+deps: ## Debian packages the build and the tests need (idempotent)
+	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:" $$missing; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+build: deps
+	$(CARGO) build --release --locked -p carapace
+
+agent: deps
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --locked -p carapace-agent --target $(HOST_TRIPLE)
+
+guest-image: deps agent ## guest kernel (cached by input hash) + initramfs with the agent as /init
+	@vmlinux=$$(guest-image/build-kernel.sh | tail -n1); \
+	mkdir -p $(GUEST_DIR); \
+	cmp -s "$$vmlinux" $(GUEST_DIR)/vmlinux || { cp "$$vmlinux" $(GUEST_DIR)/vmlinux.tmp && mv $(GUEST_DIR)/vmlinux.tmp $(GUEST_DIR)/vmlinux; }; \
+	guest-image/build-initramfs.sh $(AGENT) $(GUEST_DIR)/initramfs.cpio >/dev/null; \
+	echo "guest image: $(GUEST_DIR)/vmlinux $(GUEST_DIR)/initramfs.cpio"
+
+run: build guest-image
+	$(BIN)/carapace check || true
+	exec $(BIN)/carapace serve
+
+test: build guest-image test-unit test-testhost test-e2e
+
+test-unit: deps
+	$(CARGO) test --release --locked --workspace
+
+test-testhost: deps
+	tests/testhost/selftest
+
+# End-to-end tests need a KVM that boots Linux: run them directly where `carapace check` says so,
+# otherwise inside the emulated test host (which also turns on the VMM's vCPU kick, see ENVIRONMENT.md).
+test-e2e: build guest-image
+	@bins=$$($(CARGO) test --release --locked -p carapace-tests --no-run --message-format=json 2>/dev/null \
+	  | jq -r 'select(.profile.test == true and .target.kind == ["test"]) | .executable'); \
+	export CARAPACE_BIN=$(BIN)/carapace CARAPACE_GUEST_DIR=$(GUEST_DIR); \
+	if $(BIN)/carapace check >/dev/null 2>&1; then runner=(); else \
+	  echo "test-e2e: this host's KVM cannot boot a Linux guest; running end-to-end tests in the test host"; \
+	  runner=(tests/testhost/run --timeout 3000 -- env CARAPACE_VMM_KICK_MS=100); fi; \
+	for b in $$bins; do echo "== $$(basename $$b)"; "$${runner[@]}" "$$b" --ignored --test-threads=1; done
+
+bench-boot: build guest-image
+	$(CARGO) build --release --locked -p carapace-tests --bin bench-boot
+	export CARAPACE_BIN=$(BIN)/carapace CARAPACE_GUEST_DIR=$(GUEST_DIR); \
+	if $(BIN)/carapace check >/dev/null 2>&1; then $(BIN)/bench-boot; else \
+	  tests/testhost/run --timeout 3000 -- env CARAPACE_VMM_KICK_MS=100 $(BIN)/bench-boot; fi
