@@ -7,7 +7,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod check;
+mod probe;
 mod vmm_cmd;
+
+/// Where `make guest-image` installs the guest kernel and initramfs; the default everywhere.
+pub const DEFAULT_GUEST_DIR: &str = "/var/lib/carapace/guest";
 
 #[derive(Parser)]
 #[command(name = "carapace", version, about = "Kubernetes CRI runtime: every pod is a KVM microVM")]
