@@ -1,0 +1,142 @@
+//! The `carapace.agent.v1.Agent` gRPC service.
+
+use std::time::Duration;
+
+use carapace_agent_client::pb::agent_server::Agent;
+use carapace_agent_client::pb::{HealthRequest, HealthResponse, ShutdownRequest, ShutdownResponse};
+use carapace_agent_client::API_VERSION;
+use tokio::sync::watch;
+use tonic::{Request, Response, Status};
+
+use crate::sysinfo;
+
+/// Why the agent is stopping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShutdownReason {
+    /// The host called `Shutdown`.
+    Rpc,
+    /// SIGINT (Ctrl+Alt+Del as PID 1) or SIGTERM.
+    Signal(i32),
+}
+
+/// Sender side of the shutdown request; the first reason wins.
+#[derive(Debug, Clone)]
+pub struct ShutdownTrigger(watch::Sender<Option<ShutdownReason>>);
+
+impl ShutdownTrigger {
+    pub fn new() -> (ShutdownTrigger, watch::Receiver<Option<ShutdownReason>>) {
+        let (tx, rx) = watch::channel(None);
+        (ShutdownTrigger(tx), rx)
+    }
+
+    /// Requests shutdown. Returns false if one was already requested.
+    pub fn fire(&self, reason: ShutdownReason) -> bool {
+        self.0.send_if_modified(|cur| {
+            if cur.is_none() {
+                *cur = Some(reason);
+                true
+            } else {
+                false
+            }
+        })
+    }
+}
+
+/// Resolves once shutdown was requested, with the reason.
+pub async fn requested(mut rx: watch::Receiver<Option<ShutdownReason>>) -> Option<ShutdownReason> {
+    match rx.wait_for(|r| r.is_some()).await {
+        Ok(r) => *r,
+        Err(_) => None,
+    }
+}
+
+/// The service state.
+#[derive(Debug, Clone)]
+pub struct AgentService {
+    /// Guest uptime when the agent started.
+    pub started_at_uptime: Duration,
+    pub pid1: bool,
+    pub shutdown: ShutdownTrigger,
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[tonic::async_trait]
+impl Agent for AgentService {
+    async fn health(
+        &self,
+        _req: Request<HealthRequest>,
+    ) -> Result<Response<HealthResponse>, Status> {
+        let facts = sysinfo::facts().map_err(|e| {
+            tracing::warn!(error = %e, "health: cannot gather facts");
+            Status::internal(e.to_string())
+        })?;
+        Ok(Response::new(HealthResponse {
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            api_version: API_VERSION.to_owned(),
+            kernel_release: facts.kernel_release,
+            kernel_version: facts.kernel_version,
+            uptime_ms: millis(facts.uptime),
+            boot_time_unix_ms: facts.boot_time_unix_ms,
+            agent_start_uptime_ms: millis(self.started_at_uptime),
+            memory_total_bytes: facts.memory.total_bytes,
+            memory_available_bytes: facts.memory.available_bytes,
+            cpus: facts.cpus,
+            pid1: self.pid1,
+        }))
+    }
+
+    async fn shutdown(
+        &self,
+        _req: Request<ShutdownRequest>,
+    ) -> Result<Response<ShutdownResponse>, Status> {
+        if self.shutdown.fire(ShutdownReason::Rpc) {
+            tracing::info!("shutdown requested by the host");
+        } else {
+            tracing::info!("shutdown requested again; already in progress");
+        }
+        Ok(Response::new(ShutdownResponse {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn health_reports_facts() {
+        let (trigger, _rx) = ShutdownTrigger::new();
+        let svc = AgentService {
+            started_at_uptime: Duration::from_millis(1234),
+            pid1: false,
+            shutdown: trigger,
+        };
+        let h = svc
+            .health(Request::new(HealthRequest {}))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(h.api_version, "carapace.agent.v1");
+        assert_eq!(h.agent_start_uptime_ms, 1234);
+        assert!(h.memory_total_bytes >= h.memory_available_bytes);
+        assert!(h.cpus >= 1);
+        assert!(!h.pid1);
+    }
+
+    #[tokio::test]
+    async fn shutdown_fires_once() {
+        let (trigger, rx) = ShutdownTrigger::new();
+        let svc = AgentService {
+            started_at_uptime: Duration::ZERO,
+            pid1: false,
+            shutdown: trigger.clone(),
+        };
+        svc.shutdown(Request::new(ShutdownRequest {}))
+            .await
+            .unwrap();
+        assert!(!trigger.fire(ShutdownReason::Signal(2)));
+        assert_eq!(requested(rx).await, Some(ShutdownReason::Rpc));
+    }
+}
