@@ -1,0 +1,209 @@
+//! The virtio-vsock device: config space, activation, queue notifications.
+
+use std::io;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use tracing::{debug, info, warn};
+use virtio_queue::Queue;
+use vmm_sys_util::epoll::Epoll;
+
+use super::backend::{lock, Backend};
+use super::muxer::Muxer;
+use crate::device::{ActivateError, GuestMemory, VirtioDevice, VirtioInterrupt};
+use crate::VIRTIO_F_VERSION_1;
+
+/// Virtio device ID of the socket device.
+pub const VIRTIO_ID_VSOCK: u32 = 19;
+const QUEUE_SIZE: u16 = 256;
+const RX_QUEUE: u16 = 0;
+const TX_QUEUE: u16 = 1;
+const EVENT_QUEUE: u16 = 2;
+
+/// Why a vsock device cannot be created.
+#[derive(Debug, thiserror::Error)]
+pub enum VsockError {
+    #[error("vsock socket path {0} is already taken")]
+    SocketInUse(PathBuf),
+    #[error("cannot listen on vsock socket {path}: {source}")]
+    Bind { path: PathBuf, source: io::Error },
+    #[error("invalid guest CID {0}: must be between 3 and 2^32-2")]
+    InvalidCid(u64),
+}
+
+struct Active {
+    // Declared first: dropping it stops and joins the thread before the muxer goes.
+    _backend: Backend,
+    muxer: Arc<Mutex<Muxer>>,
+}
+
+/// A virtio-vsock device whose host side is the Unix socket `uds_path`.
+pub struct Vsock {
+    guest_cid: u64,
+    uds_path: PathBuf,
+    listener: UnixListener,
+    sizes: [u16; 3],
+    active: Option<Active>,
+}
+
+impl Vsock {
+    /// Creates the device and listens on `uds_path` (which must not exist yet). The socket
+    /// file is removed when the device is dropped.
+    pub fn new(guest_cid: u64, uds_path: &Path) -> Result<Vsock, VsockError> {
+        if !(3..u64::from(u32::MAX)).contains(&guest_cid) {
+            return Err(VsockError::InvalidCid(guest_cid));
+        }
+        if uds_path.symlink_metadata().is_ok() {
+            return Err(VsockError::SocketInUse(uds_path.to_path_buf()));
+        }
+        let listener = UnixListener::bind(uds_path).map_err(|source| {
+            if source.kind() == io::ErrorKind::AddrInUse {
+                VsockError::SocketInUse(uds_path.to_path_buf())
+            } else {
+                VsockError::Bind {
+                    path: uds_path.to_path_buf(),
+                    source,
+                }
+            }
+        })?;
+        if let Err(source) = listener.set_nonblocking(true) {
+            let _ = std::fs::remove_file(uds_path);
+            return Err(VsockError::Bind {
+                path: uds_path.to_path_buf(),
+                source,
+            });
+        }
+        info!(
+            "vsock: guest cid {guest_cid}, host socket {}",
+            uds_path.display()
+        );
+        Ok(Vsock {
+            guest_cid,
+            uds_path: uds_path.to_path_buf(),
+            listener,
+            sizes: [QUEUE_SIZE; 3],
+            active: None,
+        })
+    }
+
+    pub fn guest_cid(&self) -> u64 {
+        self.guest_cid
+    }
+
+    pub fn uds_path(&self) -> &Path {
+        &self.uds_path
+    }
+
+    fn start(
+        &self,
+        mem: GuestMemory,
+        interrupt: Arc<dyn VirtioInterrupt>,
+        rx: Queue,
+        tx: Queue,
+    ) -> io::Result<Active> {
+        let epoll = Arc::new(Epoll::new()?);
+        let listener = self.listener.try_clone()?;
+        let muxer = Muxer::new(
+            self.guest_cid,
+            self.uds_path.clone(),
+            mem,
+            interrupt,
+            rx,
+            tx,
+            listener,
+            epoll.clone(),
+        )?;
+        let muxer = Arc::new(Mutex::new(muxer));
+        let backend = Backend::spawn(muxer.clone(), epoll)?;
+        Ok(Active {
+            _backend: backend,
+            muxer,
+        })
+    }
+
+    #[cfg(test)]
+    pub(crate) fn muxer(&self) -> Option<Arc<Mutex<Muxer>>> {
+        self.active.as_ref().map(|a| a.muxer.clone())
+    }
+}
+
+impl VirtioDevice for Vsock {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_VSOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.sizes
+    }
+
+    fn avail_features(&self) -> u64 {
+        VIRTIO_F_VERSION_1
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        let config = self.guest_cid.to_le_bytes();
+        for (i, byte) in data.iter_mut().enumerate() {
+            *byte = usize::try_from(offset)
+                .ok()
+                .and_then(|o| o.checked_add(i))
+                .and_then(|at| config.get(at))
+                .copied()
+                .unwrap_or(0);
+        }
+    }
+
+    fn write_config(&mut self, offset: u64, _data: &[u8]) {
+        warn!("vsock: guest wrote read-only config at {offset:#x}; ignored");
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemory,
+        interrupt: Arc<dyn VirtioInterrupt>,
+        queues: Vec<Queue>,
+        _acked_features: u64,
+    ) -> Result<(), ActivateError> {
+        let got = queues.len();
+        let mut it = queues.into_iter();
+        let (Some(rx), Some(tx), Some(_event), None) = (it.next(), it.next(), it.next(), it.next())
+        else {
+            return Err(ActivateError::QueueCount { want: 3, got });
+        };
+        // A second activation without reset replaces the first.
+        self.active = None;
+        let active = self
+            .start(mem, interrupt, rx, tx)
+            .map_err(|e| ActivateError::Backend(e.to_string()))?;
+        self.active = Some(active);
+        debug!("vsock: activated");
+        Ok(())
+    }
+
+    fn queue_notify(&mut self, queue_index: u16) {
+        let Some(active) = &self.active else {
+            debug!("vsock: notify before activation");
+            return;
+        };
+        match queue_index {
+            RX_QUEUE => lock(&active.muxer).process_rx(),
+            TX_QUEUE => lock(&active.muxer).process_tx(),
+            EVENT_QUEUE => {}
+            other => warn!("vsock: notify for unknown queue {other}"),
+        }
+    }
+
+    fn reset(&mut self) {
+        // Stops the backend thread and closes every connection's Unix stream.
+        self.active = None;
+    }
+}
+
+impl Drop for Vsock {
+    fn drop(&mut self) {
+        self.active = None;
+        if let Err(e) = std::fs::remove_file(&self.uds_path) {
+            debug!("vsock: removing {}: {e}", self.uds_path.display());
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! virtio-vsock (device ID 19) implemented in user space and mapped to Unix sockets.
+//!
+//! Host side, the scheme Firecracker made common:
+//! - host-initiated: connect to the device's Unix socket, write `CONNECT <port>\n`, read back
+//!   `OK <local port>\n`, then the stream is the connection to the guest's `<port>`;
+//! - guest-initiated: a guest connection to CID 2 port P is relayed to the Unix socket
+//!   `<uds_path>_<P>`.
+
+mod backend;
+mod connection;
+mod device;
+mod muxer;
+pub mod packet;
+
+pub use device::{Vsock, VsockError, VIRTIO_ID_VSOCK};
+pub use muxer::FIRST_LOCAL_PORT;
