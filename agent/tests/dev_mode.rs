@@ -1,0 +1,219 @@
+//! Runs the real `carapace-agent --listen-unix` behind a fake VMM vsock
+//! socket (`CONNECT 1024\n` → `OK 1073741824\n`, then bytes forwarded) and
+//! drives it with the real host client.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use carapace_agent_client::{AgentClient, AGENT_VSOCK_PORT};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+
+/// Kills the agent if a test fails half-way.
+struct AgentProc(Option<Child>);
+
+impl AgentProc {
+    fn start(sock: &Path) -> AgentProc {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_carapace-agent"))
+            .arg("--listen-unix")
+            .arg(sock)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn carapace-agent");
+        // Wait for the ready marker on stdout.
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if line == "carapace-agent: ready" {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(20))
+            .expect("agent printed the ready marker");
+        AgentProc(Some(child))
+    }
+
+    fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let child = self.0.as_mut().expect("child");
+        let end = Instant::now() + within;
+        loop {
+            if let Some(st) = child.try_wait().expect("try_wait") {
+                self.0 = None;
+                return st;
+            }
+            assert!(Instant::now() < end, "agent did not exit within {within:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn pid(&self) -> i32 {
+        self.0.as_ref().map(|c| c.id() as i32).expect("child")
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A fake VMM: accepts host connections on `vm_sock`, reads `CONNECT <port>`,
+/// and if port 1024 is wanted and the agent socket accepts, answers
+/// `OK 1073741824` and forwards bytes; otherwise closes the connection, as
+/// the real VMM does when the guest has no listener.
+fn spawn_fake_vmm(vm_sock: PathBuf, agent_sock: PathBuf) {
+    let listener = UnixListener::bind(&vm_sock).expect("bind fake vmm");
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut host, _)) = listener.accept().await else {
+                return;
+            };
+            let agent_sock = agent_sock.clone();
+            tokio::spawn(async move {
+                let mut line = Vec::new();
+                loop {
+                    let mut b = [0u8; 1];
+                    match host.read(&mut b).await {
+                        Ok(1) if b[0] == b'\n' => break,
+                        Ok(1) => line.push(b[0]),
+                        _ => return,
+                    }
+                }
+                if line != format!("CONNECT {AGENT_VSOCK_PORT}").into_bytes() {
+                    return;
+                }
+                let Ok(mut guest) = UnixStream::connect(&agent_sock).await else {
+                    return; // no listener in the "guest": close
+                };
+                if host.write_all(b"OK 1073741824\n").await.is_err() {
+                    return;
+                }
+                let _ = tokio::io::copy_bidirectional(&mut host, &mut guest).await;
+            });
+        }
+    });
+}
+
+fn uname_r() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .expect("osrelease")
+        .trim()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_shutdown_through_fake_vmm() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent_sock = dir.path().join("agent.sock");
+    let vm_sock = dir.path().join("vm.sock");
+    let mut agent = AgentProc::start(&agent_sock);
+    spawn_fake_vmm(vm_sock.clone(), agent_sock.clone());
+
+    let client = AgentClient::connect(&vm_sock, AGENT_VSOCK_PORT, Duration::from_secs(10))
+        .await
+        .expect("connect");
+    let h = client.health().await.expect("health");
+    assert_eq!(h.kernel_release, uname_r());
+    assert!(!h.kernel_version.is_empty());
+    assert_eq!(h.agent_version, env!("CARGO_PKG_VERSION"));
+    assert_eq!(h.api_version, "carapace.agent.v1");
+    assert!(h.memory_total_bytes > 0);
+    assert!(h.memory_available_bytes > 0 && h.memory_available_bytes <= h.memory_total_bytes);
+    assert!(h.cpus >= 1);
+    assert!(h.uptime_ms > 0);
+    assert!(h.agent_start_uptime_ms <= h.uptime_ms);
+    assert!(!h.pid1);
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let expected_boot = now_ms - h.uptime_ms;
+    assert!(
+        h.boot_time_unix_ms.abs_diff(expected_boot) < 5_000,
+        "boot time {h:?}"
+    );
+
+    // A second call on the same connection works too.
+    let h2 = client.health().await.expect("health again");
+    assert!(h2.uptime_ms >= h.uptime_ms);
+
+    client.shutdown().await.expect("shutdown");
+    let st = agent.wait_exit(Duration::from_secs(10));
+    assert_eq!(st.code(), Some(0), "agent exit status {st:?}");
+    assert!(!agent_sock.exists(), "agent removed its socket");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_waits_until_agent_listens() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent_sock = dir.path().join("agent.sock");
+    let vm_sock = dir.path().join("vm.sock");
+    spawn_fake_vmm(vm_sock.clone(), agent_sock.clone());
+
+    // The "guest" comes up only after the client started trying.
+    let sock = agent_sock.clone();
+    let starter = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        AgentProc::start(&sock)
+    });
+    let t = Instant::now();
+    let client = AgentClient::connect(&vm_sock, AGENT_VSOCK_PORT, Duration::from_secs(20))
+        .await
+        .expect("connect after retries");
+    assert!(t.elapsed() >= Duration::from_millis(300));
+    let mut agent = starter.join().unwrap();
+    client.health().await.expect("health");
+    client.shutdown().await.expect("shutdown");
+    assert_eq!(agent.wait_exit(Duration::from_secs(10)).code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadline_error_when_agent_never_listens() {
+    let dir = tempfile::tempdir().unwrap();
+    let vm_sock = dir.path().join("vm.sock");
+    spawn_fake_vmm(vm_sock.clone(), dir.path().join("nobody.sock"));
+    let err = AgentClient::connect(&vm_sock, AGENT_VSOCK_PORT, Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("agent did not answer on vsock port 1024 within 0.3s"),
+        "{err}"
+    );
+}
+
+#[test]
+fn sigterm_stops_dev_mode_agent_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent_sock = dir.path().join("agent.sock");
+    let mut agent = AgentProc::start(&agent_sock);
+    nix_kill_term(agent.pid());
+    assert_eq!(agent.wait_exit(Duration::from_secs(10)).code(), Some(0));
+}
+
+fn nix_kill_term(pid: i32) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("kill");
+}
+
+#[test]
+fn bad_arguments_exit_2() {
+    let out = Command::new(env!("CARGO_BIN_EXE_carapace-agent"))
+        .arg("--bogus")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown argument"));
+}
