@@ -1,1 +1,37 @@
-//! carapace VMM (being written).
+//! carapace VMM: a KVM microVM that boots an uncompressed Linux vmlinux directly in 64-bit mode,
+//! with a serial console, an i8042 (reset, Ctrl+Alt+Del) and virtio-mmio devices (vsock, rng).
+//!
+//! ```no_run
+//! use carapace_vmm::{Vm, VmConfig};
+//! let config = VmConfig::new("/var/lib/carapace/guest/vmlinux");
+//! let vm = Vm::new(&config)?;
+//! let handle = vm.handle(); // graceful_stop() / force_stop() from another thread
+//! let reason = vm.run();
+//! # drop(handle); let _ = reason;
+//! # Ok::<(), carapace_vmm::VmmError>(())
+//! ```
+
+pub mod arch;
+mod builder;
+pub mod cmdline;
+pub mod config;
+pub mod devices;
+mod error;
+mod exit;
+pub mod kick;
+mod kvm;
+pub mod layout;
+pub mod loader;
+pub mod memory;
+mod probe;
+mod vcpu;
+mod vm;
+
+pub use config::{VmConfig, VsockConfig, DEFAULT_KVM_PATH, MAX_VCPUS, MIN_MEM_MIB};
+pub use error::VmmError;
+pub use exit::ExitReason;
+pub use probe::{probe_guest_capability, ProbeReport};
+pub use vm::{Vm, VmHandle};
+
+/// Guest memory of a carapace VM (the same type the virtio devices use).
+pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;

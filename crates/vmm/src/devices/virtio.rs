@@ -1,0 +1,59 @@
+//! The virtio-mmio devices of a VM (from carapace-virtio-devices), in slot order: vsock, rng.
+
+use std::sync::{Arc, Mutex};
+
+use carapace_virtio_devices::{MmioTransport, Rng, VirtioDevice, Vsock};
+use kvm_ioctls::VmFd;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::mmio_bus::{MmioBus, MmioDevice};
+use crate::cmdline::MmioDeviceParam;
+use crate::config::VmConfig;
+use crate::error::VmmError;
+use crate::layout::{virtio_irq, virtio_mmio_base, VIRTIO_MMIO_MAX_SLOTS};
+use crate::GuestMemoryMmap;
+
+impl MmioDevice for MmioTransport {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        MmioTransport::read(self, offset, data);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        MmioTransport::write(self, offset, data);
+    }
+}
+
+/// Creates the devices `config` asks for, wires their interrupts and puts them on `bus`.
+/// Returns what the kernel command line must declare.
+pub fn attach_virtio_devices(
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    config: &VmConfig,
+    bus: &mut MmioBus,
+) -> Result<Vec<MmioDeviceParam>, VmmError> {
+    let mut devices: Vec<(&'static str, Box<dyn VirtioDevice>)> = Vec::new();
+    if let Some(vsock) = &config.vsock {
+        let dev = Vsock::new(vsock.guest_cid, &vsock.uds_path)
+            .map_err(|e| VmmError::Device { device: "vsock", reason: e.to_string() })?;
+        devices.push(("vsock", Box::new(dev)));
+    }
+    if config.rng {
+        devices.push(("rng", Box::new(Rng::new())));
+    }
+
+    let mut params = Vec::new();
+    for (name, device) in devices {
+        let slot = bus.len() as u64;
+        if slot >= VIRTIO_MMIO_MAX_SLOTS {
+            return Err(VmmError::Device { device: name, reason: "no free virtio-mmio slot".into() });
+        }
+        let irq = virtio_irq(slot as u32);
+        let fd = EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::EventFd)?;
+        vm.register_irqfd(&fd, irq).map_err(|e| VmmError::kvm("KVM_IRQFD", e))?;
+        let transport = MmioTransport::new(device, mem.clone(), fd);
+        bus.push(Arc::new(Mutex::new(transport)));
+        params.push(MmioDeviceParam { base: virtio_mmio_base(slot), irq });
+        tracing::debug!(device = name, slot, irq, "virtio-mmio device attached");
+    }
+    Ok(params)
+}
