@@ -290,9 +290,7 @@ impl MmioTransport {
             return;
         }
         match u16::try_from(value) {
-            Ok(index) if usize::from(index) < self.queues.len() => {
-                self.device.queue_notify(index)
-            }
+            Ok(index) if usize::from(index) < self.queues.len() => self.device.queue_notify(index),
             _ => warn!("virtio-mmio: QueueNotify for unknown queue {value}"),
         }
     }
@@ -362,7 +360,9 @@ impl MmioTransport {
     fn activate(&mut self) -> Result<(), String> {
         let mut handed = Vec::with_capacity(self.queues.len());
         for (i, slot) in self.queues.iter().enumerate() {
-            let q = slot.as_ref().ok_or(format!("queue {i} has no valid size"))?;
+            let q = slot
+                .as_ref()
+                .ok_or(format!("queue {i} has no valid size"))?;
             if !q.is_valid(&self.mem) {
                 return Err(format!("queue {i} is not ready or not in guest memory"));
             }
@@ -384,7 +384,10 @@ impl MmioTransport {
 
     fn reset(&mut self) {
         if self.activated || self.status != 0 {
-            debug!("virtio-mmio: device type {} reset", self.device.device_type());
+            debug!(
+                "virtio-mmio: device type {} reset",
+                self.device.device_type()
+            );
         }
         self.device.reset();
         for q in self.queues.iter_mut().flatten() {
@@ -512,7 +515,11 @@ mod tests {
         w(t, reg::DRIVER_FEATURES, features as u32);
         w(t, reg::DRIVER_FEATURES_SEL, 1);
         w(t, reg::DRIVER_FEATURES, (features >> 32) as u32);
-        w(t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK);
+        w(
+            t,
+            reg::STATUS,
+            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
+        );
     }
 
     fn setup_queues(t: &mut MmioTransport, mem: &GuestMemory) {
@@ -557,7 +564,10 @@ mod tests {
     fn driver_brings_device_up_and_notifies() {
         let (mut t, rec, irq, mem) = transport(false);
         negotiate(&mut t, VIRTIO_F_VERSION_1 | 1);
-        assert_eq!(r(&mut t, reg::STATUS) & status::FEATURES_OK, status::FEATURES_OK);
+        assert_eq!(
+            r(&mut t, reg::STATUS) & status::FEATURES_OK,
+            status::FEATURES_OK
+        );
         setup_queues(&mut t, &mem);
         w(&mut t, reg::QUEUE_SEL, 0);
         assert_eq!(r(&mut t, reg::QUEUE_READY), 1);
@@ -611,7 +621,11 @@ mod tests {
         let (mut t, rec, _, _) = transport(false);
         w(&mut t, reg::STATUS, status::DRIVER);
         assert_eq!(r(&mut t, reg::STATUS), 0);
-        w(&mut t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER | status::DRIVER_OK);
+        w(
+            &mut t,
+            reg::STATUS,
+            status::ACKNOWLEDGE | status::DRIVER | status::DRIVER_OK,
+        );
         assert_eq!(r(&mut t, reg::STATUS), 0);
         w(&mut t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
         w(&mut t, reg::STATUS, status::ACKNOWLEDGE);

@@ -170,8 +170,13 @@ mod tests {
     fn active_rng(tq: &TestQueue, mem: &GuestMemory) -> (Rng, Arc<CountingInterrupt>) {
         let mut rng = Rng::new();
         let int = CountingInterrupt::new();
-        rng.activate(mem.clone(), int.clone(), vec![tq.queue()], VIRTIO_F_VERSION_1)
-            .unwrap();
+        rng.activate(
+            mem.clone(),
+            int.clone(),
+            vec![tq.queue()],
+            VIRTIO_F_VERSION_1,
+        )
+        .unwrap();
         (rng, int)
     }
 
@@ -238,7 +243,13 @@ mod tests {
                     1 => r.next() % (17 << 20),
                     _ => 0x100000 + (r.next() % 0x1000),
                 };
-                tq.write_desc(i, addr, r.next() as u32 % 0x2_0000, r.next() as u16 & 7, r.next() as u16);
+                tq.write_desc(
+                    i,
+                    addr,
+                    r.next() as u32 % 0x2_0000,
+                    r.next() as u16 & 7,
+                    r.next() as u16,
+                );
             }
             for _ in 0..(r.next() % 40) {
                 tq.push_avail((r.next() % 40) as u16);

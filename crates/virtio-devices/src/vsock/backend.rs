@@ -19,7 +19,9 @@ const MAX_EVENTS: usize = 64;
 /// Locks the muxer even if another thread panicked while holding it (its state stays usable:
 /// every muxer operation leaves it consistent between packets).
 pub fn lock(muxer: &Mutex<Muxer>) -> std::sync::MutexGuard<'_, Muxer> {
-    muxer.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    muxer
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A running backend thread; dropping it stops and joins the thread.

@@ -260,9 +260,7 @@ impl Connection {
             self.credit_requested = true;
             return Some((self.header(OP_CREDIT_REQUEST, 0, 0), Vec::new()));
         }
-        let want = max_payload
-            .min(free as usize)
-            .min(MAX_PKT_PAYLOAD as usize);
+        let want = max_payload.min(free as usize).min(MAX_PKT_PAYLOAD as usize);
         if want == 0 {
             return None;
         }
@@ -285,7 +283,10 @@ impl Connection {
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => None,
             Err(e) => {
-                debug!("vsock: port {}: read from Unix stream: {e}", self.local_port);
+                debug!(
+                    "vsock: port {}: read from Unix stream: {e}",
+                    self.local_port
+                );
                 self.reset();
                 None
             }
@@ -340,7 +341,10 @@ impl Connection {
         self.update_peer_credit(hdr);
         match (self.state, hdr.op) {
             (_, OP_RST) => {
-                debug!("vsock: port {}: guest reset the connection", self.local_port);
+                debug!(
+                    "vsock: port {}: guest reset the connection",
+                    self.local_port
+                );
                 self.dead = true;
                 self.send_rst = false;
             }
@@ -373,7 +377,10 @@ impl Connection {
                 self.stream_readable = true;
             }
             Ok(_) | Err(_) => {
-                debug!("vsock: port {}: cannot confirm to the Unix client", self.local_port);
+                debug!(
+                    "vsock: port {}: cannot confirm to the Unix client",
+                    self.local_port
+                );
                 self.reset();
             }
         }
@@ -381,7 +388,10 @@ impl Connection {
 
     fn guest_data(&mut self, payload: &[u8]) {
         if self.peer_shutdown & SHUTDOWN_SEND != 0 {
-            warn!("vsock: port {}: data after shutdown dropped", self.local_port);
+            warn!(
+                "vsock: port {}: data after shutdown dropped",
+                self.local_port
+            );
             return;
         }
         if self.host_hup || self.host_write_shut {
@@ -484,7 +494,14 @@ mod tests {
 
     const GUEST: u64 = 3;
 
-    fn guest_hdr(c: &Connection, op: u16, len: u32, flags: u32, buf_alloc: u32, fwd: u32) -> Header {
+    fn guest_hdr(
+        c: &Connection,
+        op: u16,
+        len: u32,
+        flags: u32,
+        buf_alloc: u32,
+        fwd: u32,
+    ) -> Header {
         Header {
             src_cid: GUEST,
             dst_cid: HOST_CID,
@@ -558,7 +575,10 @@ mod tests {
         // Credit request from the guest gets an update with our fwd_cnt.
         c.recv(&guest_hdr(&c, OP_CREDIT_REQUEST, 0, 0, 8, 0), &[], now);
         let (h, _) = c.next_packet(4096, now).unwrap();
-        assert_eq!((h.op, h.fwd_cnt, h.buf_alloc), (OP_CREDIT_UPDATE, 5, HOST_BUF_ALLOC));
+        assert_eq!(
+            (h.op, h.fwd_cnt, h.buf_alloc),
+            (OP_CREDIT_UPDATE, 5, HOST_BUF_ALLOC)
+        );
         assert!(!c.has_rx_work());
     }
 
@@ -615,7 +635,11 @@ mod tests {
         let (mut c, mut host) = established();
         let now = Instant::now();
         c.recv(&guest_hdr(&c, OP_RW, 2, 0, 64, 0), b"hi", now);
-        c.recv(&guest_hdr(&c, OP_SHUTDOWN, 0, SHUTDOWN_SEND, 64, 0), &[], now);
+        c.recv(
+            &guest_hdr(&c, OP_SHUTDOWN, 0, SHUTDOWN_SEND, 64, 0),
+            &[],
+            now,
+        );
         // The host side sees the data then EOF, and can still answer.
         let mut s = String::new();
         host.set_nonblocking(false).unwrap();
@@ -650,7 +674,11 @@ mod tests {
     fn guest_full_shutdown_gets_rst() {
         let (mut c, _host) = established();
         let now = Instant::now();
-        c.recv(&guest_hdr(&c, OP_SHUTDOWN, 0, SHUTDOWN_BOTH, 64, 0), &[], now);
+        c.recv(
+            &guest_hdr(&c, OP_SHUTDOWN, 0, SHUTDOWN_BOTH, 64, 0),
+            &[],
+            now,
+        );
         let (h, _) = c.next_packet(4096, now).unwrap();
         assert_eq!(h.op, OP_RST);
         assert!(c.is_dead());
@@ -663,7 +691,10 @@ mod tests {
         let now = Instant::now();
         let mut c = Connection::host_initiated(a, 1 << 30, 52, GUEST, now);
         let (h, _) = c.next_packet(4096, now).unwrap();
-        assert_eq!((h.op, h.src_port, h.dst_port, h.dst_cid), (OP_REQUEST, 1 << 30, 52, GUEST));
+        assert_eq!(
+            (h.op, h.src_port, h.dst_port, h.dst_cid),
+            (OP_REQUEST, 1 << 30, 52, GUEST)
+        );
         assert!(!c.has_rx_work());
         c.recv(&guest_hdr(&c, OP_RESPONSE, 0, 0, 64, 0), &[], now);
         assert_eq!(c.state(), State::Established);

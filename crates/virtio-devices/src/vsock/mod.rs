@@ -14,3 +14,6 @@ pub mod packet;
 
 pub use device::{Vsock, VsockError, VIRTIO_ID_VSOCK};
 pub use muxer::FIRST_LOCAL_PORT;
+
+#[cfg(test)]
+mod tests;

@@ -140,7 +140,10 @@ impl Muxer {
     }
 
     fn epoll_del(&self, fd: i32) {
-        if let Err(e) = self.epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default()) {
+        if let Err(e) = self
+            .epoll
+            .ctl(ControlOperation::Delete, fd, EpollEvent::default())
+        {
             debug!("vsock: epoll delete: {e}");
         }
     }
@@ -442,7 +445,9 @@ impl Muxer {
                     }
                     let token = self.alloc_token();
                     let ev = EpollEvent::new(EventSet::IN, token);
-                    if let Err(e) = self.epoll.ctl(ControlOperation::Add, stream.as_raw_fd(), ev)
+                    if let Err(e) = self
+                        .epoll
+                        .ctl(ControlOperation::Add, stream.as_raw_fd(), ev)
                     {
                         warn!("vsock: cannot watch accepted stream: {e}");
                         continue;

@@ -224,7 +224,10 @@ mod tests {
         assert_eq!(unknown.validate(10).unwrap_err(), PacketError::UnknownOp(0));
         let unknown = Header { op: 8, ..h };
         assert_eq!(unknown.validate(10).unwrap_err(), PacketError::UnknownOp(8));
-        let req = Header { op: OP_REQUEST, ..h };
+        let req = Header {
+            op: OP_REQUEST,
+            ..h
+        };
         assert!(matches!(
             req.validate(10).unwrap_err(),
             PacketError::UnexpectedPayload { .. }
