@@ -700,6 +700,48 @@ mod tests {
     }
 
     #[test]
+    fn transport_is_send() {
+        fn assert_send<T: Send>() {}
+        assert_send::<MmioTransport>();
+    }
+
+    #[test]
+    fn rng_through_the_transport() {
+        use crate::test_utils::F_WRITE;
+        use vm_memory::{Bytes, GuestAddress};
+        let mem = test_memory();
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let mut t = MmioTransport::new(
+            Box::new(crate::Rng::new()),
+            mem.clone(),
+            irq.try_clone().unwrap(),
+        );
+        assert_eq!(r(&mut t, reg::DEVICE_ID), 4);
+        negotiate(&mut t, VIRTIO_F_VERSION_1);
+        let mut tq = TestQueue::at(&mem, 0x1000, 64);
+        let (d, a, u) = tq.addresses();
+        w(&mut t, reg::QUEUE_SEL, 0);
+        assert_eq!(r(&mut t, reg::QUEUE_NUM_MAX), 256);
+        assert_eq!(r(&mut t, reg::QUEUE_READY), 0);
+        w(&mut t, reg::QUEUE_NUM, 64);
+        w(&mut t, reg::QUEUE_DESC_LOW, d as u32);
+        w(&mut t, reg::QUEUE_DRIVER_LOW, a as u32);
+        w(&mut t, reg::QUEUE_DEVICE_LOW, u as u32);
+        w(&mut t, reg::QUEUE_READY, 1);
+        w(&mut t, reg::STATUS, ALL_OK);
+        assert_eq!(r(&mut t, reg::STATUS), ALL_OK);
+        tq.add_chain(&[(0x20_0000, 32, F_WRITE)]);
+        w(&mut t, reg::QUEUE_NOTIFY, 0);
+        assert_eq!(tq.used_idx(), 1);
+        assert_eq!(tq.used_elem(0), (0, 32));
+        let mut out = [0u8; 32];
+        mem.read_slice(&mut out, GuestAddress(0x20_0000)).unwrap();
+        assert_ne!(out, [0u8; 32]);
+        assert_eq!(r(&mut t, reg::INTERRUPT_STATUS), 1);
+        assert_eq!(irq.read().unwrap(), 1);
+    }
+
+    #[test]
     fn random_register_traffic_never_panics() {
         let (mut t, _, _, _) = transport(false);
         let mut rng = XorShift(0x1234_5678_9abc_def1);
@@ -707,13 +749,13 @@ mod tests {
             let off = rng.next() % 0x140;
             let len = [0usize, 1, 2, 4, 8][(rng.next() % 5) as usize];
             let mut buf = vec![0u8; len];
-            if rng.next() % 2 == 0 {
+            if rng.next() & 1 == 0 {
                 t.read(off, &mut buf);
             } else {
                 for b in buf.iter_mut() {
                     *b = rng.next() as u8;
                 }
-                if off == reg::STATUS && rng.next() % 4 == 0 {
+                if off == reg::STATUS && rng.next() & 3 == 0 {
                     buf = (ALL_OK).to_le_bytes().to_vec();
                 }
                 t.write(off & !3, &buf);

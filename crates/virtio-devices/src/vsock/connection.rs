@@ -599,7 +599,7 @@ mod tests {
             }
         }
         assert!(c.buffered_to_host() > 0);
-        assert_eq!(c.interest().1, true);
+        assert!(c.interest().1);
         // One more packet than the credit allows.
         let h = guest_hdr(&c, OP_RW, chunk.len() as u32, 0, 8, 0);
         c.recv(&h, &chunk, now);

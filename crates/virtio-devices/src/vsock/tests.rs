@@ -588,7 +588,7 @@ fn garbage_from_the_guest_never_panics() {
                 hdr.fwd_cnt = r.next() as u32;
                 let len = (r.next() % 200) as usize;
                 let data: Vec<u8> = (0..len).map(|_| r.next() as u8).collect();
-                hdr.len = if r.next() % 5 == 0 {
+                hdr.len = if r.next() % 5 < 1 {
                     r.next() as u32
                 } else {
                     len as u32
@@ -598,7 +598,7 @@ fn garbage_from_the_guest_never_panics() {
             // Raw garbage descriptors in the tx queue.
             2 => {
                 for i in 0..4u16 {
-                    let addr = if r.next() % 2 == 0 {
+                    let addr = if r.next() & 1 == 0 {
                         r.next()
                     } else {
                         TX_HDR + r.next() % 0x1000
@@ -617,7 +617,7 @@ fn garbage_from_the_guest_never_panics() {
             // Garbage rx descriptors.
             _ => {
                 let head = RX_BUFS + (r.next() % 8) as u16;
-                let addr = if r.next() % 2 == 0 {
+                let addr = if r.next() & 1 == 0 {
                     r.next()
                 } else {
                     0x90_0000 + r.next() % 0x1000
