@@ -23,7 +23,8 @@ use super::packet::*;
 pub const HOST_BUF_ALLOC: u32 = 256 * 1024;
 /// Send a credit update once this much buffer was freed since the guest last heard from us.
 const CREDIT_UPDATE_THRESHOLD: u32 = HOST_BUF_ALLOC / 2;
-/// How long the guest gets to answer a connection request or a full shutdown.
+/// How long the guest gets to answer a full shutdown (and a host client to send its CONNECT
+/// line).
 pub const PEER_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,17 +107,18 @@ impl Connection {
         }
     }
 
-    /// A host process asked (CONNECT line) for guest port `peer_port`.
+    /// A host process asked (CONNECT line) for guest port `peer_port`; the guest must answer
+    /// before `deadline`.
     pub fn host_initiated(
         stream: UnixStream,
         local_port: u32,
         peer_port: u32,
         guest_cid: u64,
-        now: Instant,
+        deadline: Instant,
     ) -> Connection {
         let mut c = Connection::base(stream, local_port, peer_port, guest_cid, State::Connecting);
         c.send_request = true;
-        c.deadline = Some(now + PEER_TIMEOUT);
+        c.deadline = Some(deadline);
         c
     }
 
@@ -689,7 +691,7 @@ mod tests {
         let (a, mut host) = UnixStream::pair().unwrap();
         a.set_nonblocking(true).unwrap();
         let now = Instant::now();
-        let mut c = Connection::host_initiated(a, 1 << 30, 52, GUEST, now);
+        let mut c = Connection::host_initiated(a, 1 << 30, 52, GUEST, now + PEER_TIMEOUT);
         let (h, _) = c.next_packet(4096, now).unwrap();
         assert_eq!(
             (h.op, h.src_port, h.dst_port, h.dst_cid),
@@ -707,13 +709,13 @@ mod tests {
     fn host_initiated_refused_or_timed_out() {
         let now = Instant::now();
         let (a, _h) = UnixStream::pair().unwrap();
-        let mut c = Connection::host_initiated(a, 1 << 30, 52, GUEST, now);
+        let mut c = Connection::host_initiated(a, 1 << 30, 52, GUEST, now + PEER_TIMEOUT);
         c.next_packet(4096, now).unwrap();
         c.recv(&guest_hdr(&c, OP_RST, 0, 0, 0, 0), &[], now);
         assert!(c.is_dead());
 
         let (a, _h) = UnixStream::pair().unwrap();
-        let mut c = Connection::host_initiated(a, 1 << 30, 52, GUEST, now);
+        let mut c = Connection::host_initiated(a, 1 << 30, 52, GUEST, now + PEER_TIMEOUT);
         c.next_packet(4096, now).unwrap();
         c.tick(now + PEER_TIMEOUT);
         assert_eq!(c.next_packet(4096, now).unwrap().0.op, OP_RST);
@@ -724,7 +726,7 @@ mod tests {
     fn data_while_connecting_resets() {
         let now = Instant::now();
         let (a, _h) = UnixStream::pair().unwrap();
-        let mut c = Connection::host_initiated(a, 1 << 30, 52, GUEST, now);
+        let mut c = Connection::host_initiated(a, 1 << 30, 52, GUEST, now + PEER_TIMEOUT);
         c.next_packet(4096, now).unwrap();
         c.recv(&guest_hdr(&c, OP_RW, 1, 0, 0, 0), b"x", now);
         assert_eq!(c.next_packet(4096, now).unwrap().0.op, OP_RST);

@@ -4,13 +4,14 @@ use std::io;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tracing::{debug, info, warn};
 use virtio_queue::Queue;
 use vmm_sys_util::epoll::Epoll;
 
 use super::backend::{lock, Backend};
-use super::muxer::Muxer;
+use super::muxer::{Muxer, DEFAULT_CONNECT_TIMEOUT};
 use crate::device::{ActivateError, GuestMemory, VirtioDevice, VirtioInterrupt};
 use crate::VIRTIO_F_VERSION_1;
 
@@ -44,6 +45,7 @@ pub struct Vsock {
     uds_path: PathBuf,
     listener: UnixListener,
     sizes: [u16; 3],
+    connect_timeout: Duration,
     active: Option<Active>,
 }
 
@@ -83,8 +85,15 @@ impl Vsock {
             uds_path: uds_path.to_path_buf(),
             listener,
             sizes: [QUEUE_SIZE; 3],
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             active: None,
         })
+    }
+
+    /// How long a host-initiated connection waits for the guest's answer (default 5 s) before
+    /// its Unix stream is closed. Applies from the next activation.
+    pub fn set_connect_timeout(&mut self, timeout: Duration) {
+        self.connect_timeout = timeout;
     }
 
     pub fn guest_cid(&self) -> u64 {
@@ -104,7 +113,7 @@ impl Vsock {
     ) -> io::Result<Active> {
         let epoll = Arc::new(Epoll::new()?);
         let listener = self.listener.try_clone()?;
-        let muxer = Muxer::new(
+        let mut muxer = Muxer::new(
             self.guest_cid,
             self.uds_path.clone(),
             mem,
@@ -114,6 +123,7 @@ impl Vsock {
             listener,
             epoll.clone(),
         )?;
+        muxer.set_connect_timeout(self.connect_timeout);
         let muxer = Arc::new(Mutex::new(muxer));
         let backend = Backend::spawn(muxer.clone(), epoll)?;
         Ok(Active {

@@ -10,7 +10,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
 use tracing::{debug, info, warn};
@@ -31,6 +31,11 @@ const FIRST_STREAM_TOKEN: u64 = 16;
 pub const FIRST_LOCAL_PORT: u32 = 1 << 30;
 /// Upper bound on live connections plus half-open host connections.
 const MAX_CONNECTIONS: usize = 1024;
+/// Upper bound on queued replies to stray packets (a guest that sends garbage and never
+/// reads must not make us buffer without bound).
+const MAX_PENDING_REPLIES: usize = 1024;
+/// Default time the guest gets to answer a host-initiated connection request.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest accepted `CONNECT <port>\n` line.
 const MAX_CONNECT_LINE: usize = 32;
 
@@ -84,6 +89,7 @@ pub struct Muxer {
     rx_ctrl: VecDeque<Header>,
     next_token: u64,
     next_local_port: u32,
+    connect_timeout: Duration,
 }
 
 fn event_set(interest: (bool, bool)) -> EventSet {
@@ -130,7 +136,20 @@ impl Muxer {
             rx_ctrl: VecDeque::new(),
             next_token: FIRST_STREAM_TOKEN,
             next_local_port: FIRST_LOCAL_PORT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
         })
+    }
+
+    pub fn set_connect_timeout(&mut self, timeout: Duration) {
+        self.connect_timeout = timeout;
+    }
+
+    fn push_reply(&mut self, reply: Header) {
+        if self.rx_ctrl.len() >= MAX_PENDING_REPLIES {
+            debug!("vsock: too many unanswered replies; dropping {reply:?}");
+            return;
+        }
+        self.rx_ctrl.push_back(reply);
     }
 
     fn alloc_token(&mut self) -> u64 {
@@ -205,7 +224,7 @@ impl Muxer {
                 entry.conn.reset();
                 self.sync(key);
             }
-            None => self.rx_ctrl.push_back(hdr.reply(OP_RST)),
+            None => self.push_reply(hdr.reply(OP_RST)),
         }
     }
 
@@ -222,7 +241,7 @@ impl Muxer {
             if hdr.op != OP_RST {
                 let mut rst = hdr.reply(OP_RST);
                 rst.type_ = hdr.type_;
-                self.rx_ctrl.push_back(rst);
+                self.push_reply(rst);
             }
             return;
         }
@@ -240,7 +259,7 @@ impl Muxer {
                     "vsock: op {op} for unknown connection {}:{} -> RST",
                     hdr.src_port, hdr.dst_port
                 );
-                self.rx_ctrl.push_back(hdr.reply(OP_RST));
+                self.push_reply(hdr.reply(OP_RST));
             }
         }
     }
@@ -249,7 +268,7 @@ impl Muxer {
     fn guest_connect(&mut self, hdr: &Header) {
         if self.slots.len() >= MAX_CONNECTIONS {
             warn!("vsock: too many connections; refusing guest connection");
-            self.rx_ctrl.push_back(hdr.reply(OP_RST));
+            self.push_reply(hdr.reply(OP_RST));
             return;
         }
         let mut path = self.uds_path.clone().into_os_string();
@@ -268,7 +287,7 @@ impl Muxer {
             }
             Err(e) => {
                 debug!("vsock: guest connection to {} refused: {e}", path.display());
-                self.rx_ctrl.push_back(hdr.reply(OP_RST));
+                self.push_reply(hdr.reply(OP_RST));
             }
         }
     }
@@ -528,7 +547,7 @@ impl Muxer {
                     local,
                     port,
                     self.guest_cid,
-                    Instant::now(),
+                    Instant::now() + self.connect_timeout,
                 );
                 self.insert_conn((local, port), conn);
             }
@@ -592,6 +611,11 @@ impl Muxer {
     #[cfg(test)]
     pub fn connection_count(&self) -> usize {
         self.conns.len()
+    }
+
+    #[cfg(test)]
+    pub fn pending_replies(&self) -> usize {
+        self.rx_ctrl.len()
     }
 }
 

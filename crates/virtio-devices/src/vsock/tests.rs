@@ -262,6 +262,8 @@ fn host_initiated_times_out_when_guest_is_silent() {
     let dir = tempfile::tempdir().unwrap();
     let path = uds(&dir);
     let mut g = Guest::new(&path);
+    g.vsock.set_connect_timeout(Duration::from_millis(300));
+    g.activate();
     let mut host = UnixStream::connect(&path).unwrap();
     host.write_all(b"CONNECT 7\n").unwrap();
     let (req, _) = g.expect(T);
@@ -381,6 +383,20 @@ fn stray_packets_get_rst_and_other_cids_are_dropped() {
     let hdr = g.hdr(1, 3, OP_RW, 100, 0);
     g.send_raw(&hdr, b"short");
     assert_eq!(g.expect(T).0.op, OP_RST);
+}
+
+#[test]
+fn replies_to_a_guest_that_never_reads_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = uds(&dir);
+    let mut g = Guest::new(&path);
+    for port in 0..3000 {
+        g.send(port, 9, OP_RW, 0, b"x");
+    }
+    let mux = g.vsock.muxer().unwrap();
+    let pending = mux.lock().unwrap().pending_replies();
+    assert_eq!(pending, 1024);
+    assert_eq!(g.rxq.used_idx(), RX_BUFS);
 }
 
 #[test]
