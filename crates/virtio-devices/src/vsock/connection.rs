@@ -108,17 +108,17 @@ impl Connection {
     }
 
     /// A host process asked (CONNECT line) for guest port `peer_port`; the guest must answer
-    /// before `deadline`.
+    /// before `deadline` (if any).
     pub fn host_initiated(
         stream: UnixStream,
         local_port: u32,
         peer_port: u32,
         guest_cid: u64,
-        deadline: Instant,
+        deadline: Option<Instant>,
     ) -> Connection {
         let mut c = Connection::base(stream, local_port, peer_port, guest_cid, State::Connecting);
         c.send_request = true;
-        c.deadline = Some(deadline);
+        c.deadline = deadline;
         c
     }
 
@@ -691,7 +691,7 @@ mod tests {
         let (a, mut host) = UnixStream::pair().unwrap();
         a.set_nonblocking(true).unwrap();
         let now = Instant::now();
-        let mut c = Connection::host_initiated(a, 1 << 30, 52, GUEST, now + PEER_TIMEOUT);
+        let mut c = Connection::host_initiated(a, 1 << 30, 52, GUEST, Some(now + PEER_TIMEOUT));
         let (h, _) = c.next_packet(4096, now).unwrap();
         assert_eq!(
             (h.op, h.src_port, h.dst_port, h.dst_cid),
@@ -709,13 +709,13 @@ mod tests {
     fn host_initiated_refused_or_timed_out() {
         let now = Instant::now();
         let (a, _h) = UnixStream::pair().unwrap();
-        let mut c = Connection::host_initiated(a, 1 << 30, 52, GUEST, now + PEER_TIMEOUT);
+        let mut c = Connection::host_initiated(a, 1 << 30, 52, GUEST, Some(now + PEER_TIMEOUT));
         c.next_packet(4096, now).unwrap();
         c.recv(&guest_hdr(&c, OP_RST, 0, 0, 0, 0), &[], now);
         assert!(c.is_dead());
 
         let (a, _h) = UnixStream::pair().unwrap();
-        let mut c = Connection::host_initiated(a, 1 << 30, 52, GUEST, now + PEER_TIMEOUT);
+        let mut c = Connection::host_initiated(a, 1 << 30, 52, GUEST, Some(now + PEER_TIMEOUT));
         c.next_packet(4096, now).unwrap();
         c.tick(now + PEER_TIMEOUT);
         assert_eq!(c.next_packet(4096, now).unwrap().0.op, OP_RST);
@@ -726,7 +726,7 @@ mod tests {
     fn data_while_connecting_resets() {
         let now = Instant::now();
         let (a, _h) = UnixStream::pair().unwrap();
-        let mut c = Connection::host_initiated(a, 1 << 30, 52, GUEST, now + PEER_TIMEOUT);
+        let mut c = Connection::host_initiated(a, 1 << 30, 52, GUEST, Some(now + PEER_TIMEOUT));
         c.next_packet(4096, now).unwrap();
         c.recv(&guest_hdr(&c, OP_RW, 1, 0, 0, 0), b"x", now);
         assert_eq!(c.next_packet(4096, now).unwrap().0.op, OP_RST);

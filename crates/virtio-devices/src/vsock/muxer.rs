@@ -547,7 +547,7 @@ impl Muxer {
                     local,
                     port,
                     self.guest_cid,
-                    Instant::now() + self.connect_timeout,
+                    Instant::now().checked_add(self.connect_timeout),
                 );
                 self.insert_conn((local, port), conn);
             }
