@@ -13,8 +13,8 @@ pub enum ExitReason {
     GuestReset,
     /// The guest reported a crash (KVM system event).
     GuestPanic,
-    /// A vCPU triple-faulted (KVM_EXIT_SHUTDOWN).
-    TripleFault { vcpu: u8 },
+    /// A vCPU triple-faulted (KVM_EXIT_SHUTDOWN); `registers` tells where.
+    TripleFault { vcpu: u8, registers: String },
     /// Stopped on request: graceful = the guest shut down after Ctrl+Alt+Del.
     Stopped { graceful: bool },
     /// The VMM could not go on (KVM error, emulation failure...).
@@ -33,7 +33,9 @@ impl fmt::Display for ExitReason {
         match self {
             ExitReason::GuestReset => write!(f, "guest reset"),
             ExitReason::GuestPanic => write!(f, "guest panicked"),
-            ExitReason::TripleFault { vcpu } => write!(f, "vCPU {vcpu} triple-faulted"),
+            ExitReason::TripleFault { vcpu, registers } => {
+                write!(f, "vCPU {vcpu} triple-faulted ({registers})")
+            }
             ExitReason::Stopped { graceful: true } => write!(f, "stopped gracefully"),
             ExitReason::Stopped { graceful: false } => write!(f, "stopped by force"),
             ExitReason::Error(e) => write!(f, "{e}"),
@@ -106,10 +108,10 @@ mod tests {
     fn first_report_wins() {
         let s = ExitState::new();
         assert!(!s.should_stop());
-        s.report(ExitReason::TripleFault { vcpu: 1 });
+        s.report(ExitReason::TripleFault { vcpu: 1, registers: String::new() });
         s.report(ExitReason::GuestReset);
         assert!(s.should_stop());
-        assert_eq!(s.wait(), ExitReason::TripleFault { vcpu: 1 });
+        assert_eq!(s.wait(), ExitReason::TripleFault { vcpu: 1, registers: String::new() });
     }
 
     #[test]

@@ -56,7 +56,7 @@ pub(crate) fn describe_internal_error(suberror: u32) -> String {
 fn step(index: u8, vcpu: &mut VcpuFd, ctx: &VcpuContext) -> Step {
     let fatal = |what: String, vcpu: &VcpuFd| {
         let regs = describe_registers(vcpu);
-        tracing::error!(vcpu = index, "{what}; {regs}");
+        tracing::info!(vcpu = index, "{what}; {regs}");
         Step::Exit(ExitReason::Error(format!("vCPU {index}: {what} ({regs})")))
     };
     match vcpu.run() {
@@ -87,8 +87,8 @@ fn step(index: u8, vcpu: &mut VcpuFd, ctx: &VcpuContext) -> Step {
         Ok(VcpuExit::Hlt) | Ok(VcpuExit::IrqWindowOpen) | Ok(VcpuExit::Intr) => Step::Continue,
         Ok(VcpuExit::Shutdown) => {
             let regs = describe_registers(vcpu);
-            tracing::error!(vcpu = index, "triple fault (KVM_EXIT_SHUTDOWN); {regs}");
-            Step::Exit(ExitReason::TripleFault { vcpu: index })
+            tracing::info!(vcpu = index, "triple fault (KVM_EXIT_SHUTDOWN); {regs}");
+            Step::Exit(ExitReason::TripleFault { vcpu: index, registers: regs })
         }
         Ok(VcpuExit::SystemEvent(kind, _)) => {
             if kind == KVM_SYSTEM_EVENT_CRASH {

@@ -53,7 +53,7 @@ impl VmHandle {
         self.exit.request_graceful();
         let delivered = lock(&self.i8042).trigger_ctrl_alt_del();
         if !delivered {
-            tracing::warn!("guest keyboard not ready: Ctrl+Alt+Del not delivered");
+            tracing::debug!("guest keyboard not ready: Ctrl+Alt+Del not delivered");
         }
         delivered
     }

@@ -1,0 +1,251 @@
+//! `carapace vmm`: one microVM in this process.
+//!
+//! Exit status: 0 when the guest reset itself or stopped gracefully, 1 on error (one line on
+//! stderr: "carapace vmm: error: ..."), 2 when it had to be stopped by force.
+//! SIGTERM/SIGINT ask the guest to shut down (Ctrl+Alt+Del); after --stop-timeout-ms, or on a
+//! second signal, the VM is stopped by force.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use carapace_vmm::{ExitReason, Vm, VmConfig, VmHandle, VsockConfig};
+
+/// Arguments of `carapace vmm`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct VmmArgs {
+    /// Uncompressed guest kernel (vmlinux ELF).
+    #[arg(long)]
+    pub kernel: PathBuf,
+    /// Initramfs (cpio archive) handed to the kernel.
+    #[arg(long)]
+    pub initramfs: Option<PathBuf>,
+    /// Number of vCPUs (1-32).
+    #[arg(long, default_value_t = 1)]
+    pub vcpus: u8,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 256)]
+    pub mem_mib: u32,
+    /// Appended to the kernel command line.
+    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    pub cmdline_extra: String,
+    /// File receiving the guest's serial console (discarded when absent).
+    #[arg(long)]
+    pub serial_log: Option<PathBuf>,
+    /// Host Unix socket of the guest's virtio-vsock device (no vsock device when absent).
+    #[arg(long)]
+    pub vsock_uds: Option<PathBuf>,
+    /// Guest vsock CID.
+    #[arg(long, default_value_t = 3)]
+    pub vsock_cid: u64,
+    /// Do not give the guest a virtio-rng device.
+    #[arg(long)]
+    pub no_rng: bool,
+    /// Interrupt every vCPU this often (for hosts whose timer interrupts do not force exits).
+    #[arg(long)]
+    pub kick_interval_ms: Option<u64>,
+    /// KVM device.
+    #[arg(long, default_value = carapace_vmm::DEFAULT_KVM_PATH)]
+    pub kvm_device: PathBuf,
+    /// After SIGTERM/SIGINT, how long the guest gets to shut down before it is stopped by force.
+    #[arg(long, default_value_t = 10_000)]
+    pub stop_timeout_ms: u64,
+}
+
+impl VmmArgs {
+    /// The VM configuration these arguments describe.
+    pub fn to_config(&self) -> VmConfig {
+        VmConfig {
+            vcpus: self.vcpus,
+            mem_mib: self.mem_mib,
+            kernel: self.kernel.clone(),
+            initramfs: self.initramfs.clone(),
+            cmdline_extra: self.cmdline_extra.clone(),
+            serial_log: self.serial_log.clone(),
+            vsock: self
+                .vsock_uds
+                .clone()
+                .map(|uds_path| VsockConfig { guest_cid: self.vsock_cid, uds_path }),
+            rng: !self.no_rng,
+            kick_interval: self.kick_interval_ms.map(Duration::from_millis),
+            kvm_path: self.kvm_device.clone(),
+        }
+    }
+}
+
+/// One line, whatever the error text contains.
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("carapace vmm: error: {}", one_line(message));
+    ExitCode::from(1)
+}
+
+/// Exit status for how the VM ended.
+pub fn exit_code(reason: &ExitReason) -> u8 {
+    match reason {
+        ExitReason::GuestReset | ExitReason::Stopped { graceful: true } => 0,
+        ExitReason::Stopped { graceful: false } => 2,
+        ExitReason::GuestPanic | ExitReason::TripleFault { .. } | ExitReason::Error(_) => 1,
+    }
+}
+
+fn stop_signals() -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset initialise and fill a local sigset_t.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        set
+    }
+}
+
+/// Blocks SIGTERM/SIGINT in the calling thread (and the threads it starts afterwards), so that
+/// only the stop thread receives them, through sigtimedwait.
+fn block_stop_signals() -> Result<(), String> {
+    let set = stop_signals();
+    // SAFETY: `set` is a valid, initialised signal set; no old mask is requested.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(format!("cannot block SIGTERM/SIGINT: {}", std::io::Error::from_raw_os_error(rc)))
+    }
+}
+
+/// Waits up to `limit` for SIGTERM/SIGINT; returns the signal if one came.
+fn wait_stop_signal(limit: Duration) -> Option<libc::c_int> {
+    let set = stop_signals();
+    let ts = libc::timespec {
+        tv_sec: limit.as_secs() as libc::time_t,
+        tv_nsec: limit.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: valid set and timeout; the siginfo output is not requested.
+    let sig = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &ts) };
+    (sig > 0).then_some(sig)
+}
+
+const POLL: Duration = Duration::from_millis(100);
+const RETRY_CAD: Duration = Duration::from_millis(500);
+
+/// The stop thread: first signal → graceful stop; second signal or timeout → force stop.
+fn stop_on_signals(handle: VmHandle, timeout: Duration) {
+    loop {
+        if handle.exit_reason().is_some() {
+            return;
+        }
+        if let Some(sig) = wait_stop_signal(POLL) {
+            tracing::info!(signal = sig, "stop requested: asking the guest to shut down");
+            break;
+        }
+    }
+    let started = Instant::now();
+    let mut delivered = handle.graceful_stop();
+    let mut last_try = Instant::now();
+    while handle.exit_reason().is_none() {
+        if started.elapsed() >= timeout {
+            tracing::info!(timeout_ms = timeout.as_millis() as u64, "guest did not stop in time");
+            handle.force_stop();
+            return;
+        }
+        if wait_stop_signal(POLL).is_some() {
+            tracing::info!("second stop signal: stopping the VM now");
+            handle.force_stop();
+            return;
+        }
+        if !delivered && last_try.elapsed() >= RETRY_CAD {
+            delivered = handle.graceful_stop();
+            last_try = Instant::now();
+        }
+    }
+}
+
+/// Runs `carapace vmm`.
+pub fn run(args: VmmArgs) -> ExitCode {
+    if let Err(e) = block_stop_signals() {
+        return fail(&e);
+    }
+    let config = args.to_config();
+    let vm = match Vm::new(&config) {
+        Ok(vm) => vm,
+        Err(e) => return fail(&e.to_string()),
+    };
+    let handle = vm.handle();
+    let timeout = Duration::from_millis(args.stop_timeout_ms);
+    let stopper = std::thread::Builder::new()
+        .name("stop-signals".into())
+        .spawn(move || stop_on_signals(handle, timeout));
+    if let Err(e) = stopper {
+        return fail(&format!("cannot start the signal thread: {e}"));
+    }
+    let reason = vm.run();
+    tracing::info!(%reason, "VM ended");
+    let code = exit_code(&reason);
+    match code {
+        0 => {}
+        2 => eprintln!("carapace vmm: guest did not shut down; stopped by force"),
+        _ => eprintln!("carapace vmm: error: {}", one_line(&reason.to_string())),
+    }
+    // The stop thread notices the exit within one poll period; the process ends with us.
+    ExitCode::from(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: VmmArgs,
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Cli::parse_from(["vmm", "--kernel", "/k"]).args;
+        assert_eq!((c.vcpus, c.mem_mib, c.vsock_cid, c.stop_timeout_ms), (1, 256, 3, 10_000));
+        assert_eq!(c.kvm_device, PathBuf::from("/dev/kvm"));
+        let cfg = c.to_config();
+        assert!(cfg.rng);
+        assert!(cfg.vsock.is_none());
+        assert!(cfg.kick_interval.is_none());
+    }
+
+    #[test]
+    fn all_options() {
+        let c = Cli::parse_from([
+            "vmm", "--kernel", "/k", "--initramfs", "/i", "--vcpus", "2", "--mem-mib", "512",
+            "--cmdline-extra", "-- agent-arg", "--serial-log", "/s", "--vsock-uds", "/v",
+            "--vsock-cid", "7", "--no-rng", "--kick-interval-ms", "100", "--kvm-device", "/dev/x",
+            "--stop-timeout-ms", "5",
+        ])
+        .args;
+        let cfg = c.to_config();
+        assert_eq!(cfg.vcpus, 2);
+        assert_eq!(cfg.mem_mib, 512);
+        assert_eq!(cfg.cmdline_extra, "-- agent-arg");
+        assert_eq!(cfg.vsock, Some(VsockConfig { guest_cid: 7, uds_path: "/v".into() }));
+        assert!(!cfg.rng);
+        assert_eq!(cfg.kick_interval, Some(Duration::from_millis(100)));
+        assert_eq!(cfg.kvm_path, PathBuf::from("/dev/x"));
+        assert_eq!(c.stop_timeout_ms, 5);
+    }
+
+    #[test]
+    fn exit_codes() {
+        assert_eq!(exit_code(&ExitReason::GuestReset), 0);
+        assert_eq!(exit_code(&ExitReason::Stopped { graceful: true }), 0);
+        assert_eq!(exit_code(&ExitReason::Stopped { graceful: false }), 2);
+        assert_eq!(exit_code(&ExitReason::TripleFault { vcpu: 0, registers: String::new() }), 1);
+        assert_eq!(exit_code(&ExitReason::Error("x".into())), 1);
+    }
+
+    #[test]
+    fn errors_are_one_line() {
+        assert_eq!(one_line("a\nb\n  c"), "a b c");
+    }
+}
