@@ -216,6 +216,13 @@ impl MmioTransport {
             reg::DRIVER_FEATURES_SEL => self.driver_features_sel = value,
             reg::DRIVER_FEATURES => self.write_driver_features(value),
             reg::QUEUE_SEL => self.queue_sel = value,
+            // Disabling a queue is always allowed: Linux does it after a reset when it tears
+            // the queues down, and reads the register back expecting 0.
+            reg::QUEUE_READY if value == 0 => {
+                if let Some(q) = self.selected_queue_mut() {
+                    q.set_ready(false);
+                }
+            }
             reg::QUEUE_NUM
             | reg::QUEUE_READY
             | reg::QUEUE_DESC_LOW
@@ -593,10 +600,12 @@ mod tests {
         int.signal_config_change();
         assert_eq!(r(&mut t, reg::CONFIG_GENERATION), 1);
 
-        // Queue registers are frozen after DRIVER_OK.
+        // Queue registers are frozen after DRIVER_OK, except for disabling.
         w(&mut t, reg::QUEUE_SEL, 0);
+        w(&mut t, reg::QUEUE_NUM, 2);
+        assert_eq!(t.queues[0].as_ref().unwrap().size(), 16);
         w(&mut t, reg::QUEUE_READY, 0);
-        assert_eq!(r(&mut t, reg::QUEUE_READY), 1);
+        assert_eq!(r(&mut t, reg::QUEUE_READY), 0);
     }
 
     #[test]
@@ -670,6 +679,9 @@ mod tests {
         w(&mut t, reg::QUEUE_SEL, 0);
         assert_eq!(r(&mut t, reg::QUEUE_READY), 0);
         assert_eq!(t.driver_features, 0);
+        // Linux's teardown after reset: disable each queue and read it back.
+        w(&mut t, reg::QUEUE_READY, 0);
+        assert_eq!(r(&mut t, reg::QUEUE_READY), 0);
         // And it comes back up again.
         negotiate(&mut t, VIRTIO_F_VERSION_1);
         setup_queues(&mut t, &mem);

@@ -140,11 +140,14 @@ impl VirtioDevice for Rng {
         let (Some(queue), None) = (it.next(), it.next()) else {
             return Err(ActivateError::QueueCount { want: 1, got });
         };
-        self.active = Some(Active {
+        let mut active = Active {
             mem,
             interrupt,
             queue,
-        });
+        };
+        // Buffers the driver may have queued (and notified) before DRIVER_OK.
+        active.process();
+        self.active = Some(active);
         Ok(())
     }
 
@@ -198,6 +201,16 @@ mod tests {
         assert_ne!(a, [0u8; 64]);
         assert_ne!(b, [0u8; 64]);
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn buffers_queued_before_activation_are_served() {
+        let mem = test_memory();
+        let mut tq = TestQueue::new(&mem, 16);
+        tq.add_chain(&[(0x10000, 16, F_WRITE)]);
+        let (_rng, int) = active_rng(&tq, &mem);
+        assert_eq!(tq.used_elem(0), (0, 16));
+        assert_eq!(int.used_count(), 1);
     }
 
     #[test]

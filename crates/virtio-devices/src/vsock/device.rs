@@ -185,6 +185,8 @@ impl VirtioDevice for Vsock {
         let active = self
             .start(mem, interrupt, rx, tx)
             .map_err(|e| ActivateError::Backend(e.to_string()))?;
+        // Packets the driver may have queued (and notified) before DRIVER_OK.
+        lock(&active.muxer).process_tx();
         self.active = Some(active);
         debug!("vsock: activated");
         Ok(())
