@@ -314,7 +314,10 @@ impl Connection {
     }
 
     /// Epoll reported a hang-up or error: the Unix peer is gone. Read what is left, then close.
-    pub fn on_hangup(&mut self) {
+    pub fn on_hangup(&mut self, now: Instant) {
+        if self.host_hup {
+            return;
+        }
         self.host_hup = true;
         self.stream_readable = true;
         if !self.to_host.is_empty() {
@@ -327,6 +330,15 @@ impl Connection {
         }
         if self.state == State::Connecting {
             self.reset();
+        } else if !self.may_read_stream() && !self.dead {
+            // Nothing more will be read (we hit EOF before, or the guest refuses data), so no
+            // EOF will come to close the connection: tell the guest now.
+            if self.peer_shutdown & SHUTDOWN_SEND != 0 {
+                self.reset();
+            } else {
+                self.send_shutdown = SHUTDOWN_BOTH;
+                self.deadline = Some(now + PEER_TIMEOUT);
+            }
         }
     }
 
@@ -662,7 +674,7 @@ mod tests {
         let (mut c, host) = established();
         let now = Instant::now();
         drop(host);
-        c.on_hangup();
+        c.on_hangup(now);
         let (h, _) = c.next_packet(4096, now).unwrap();
         assert_eq!((h.op, h.flags), (OP_SHUTDOWN, SHUTDOWN_BOTH));
         assert!(!c.is_dead());
@@ -670,6 +682,37 @@ mod tests {
         let (h, _) = c.next_packet(4096, now).unwrap();
         assert_eq!(h.op, OP_RST);
         assert!(c.is_dead());
+    }
+
+    #[test]
+    fn hangup_after_half_close_or_rcv_shutdown_still_closes() {
+        let now = Instant::now();
+        // Host half-closed earlier (EOF read), then goes away completely.
+        let (mut c, host) = established();
+        host.shutdown(Shutdown::Write).unwrap();
+        c.on_readable();
+        let (h, _) = c.next_packet(4096, now).unwrap();
+        assert_eq!((h.op, h.flags), (OP_SHUTDOWN, SHUTDOWN_SEND));
+        drop(host);
+        c.on_hangup(now);
+        let (h, _) = c.next_packet(4096, now).unwrap();
+        assert_eq!((h.op, h.flags), (OP_SHUTDOWN, SHUTDOWN_BOTH));
+        c.tick(now + PEER_TIMEOUT);
+        assert_eq!(c.next_packet(4096, now).unwrap().0.op, OP_RST);
+        assert!(c.is_dead());
+
+        // The guest said it receives nothing more; the host goes away.
+        let (mut c, host) = established();
+        c.recv(
+            &guest_hdr(&c, OP_SHUTDOWN, 0, SHUTDOWN_RCV, 64, 0),
+            &[],
+            now,
+        );
+        assert!(c.next_packet(4096, now).is_none());
+        drop(host);
+        c.on_hangup(now);
+        let (h, _) = c.next_packet(4096, now).unwrap();
+        assert_eq!((h.op, h.flags), (OP_SHUTDOWN, SHUTDOWN_BOTH));
     }
 
     #[test]

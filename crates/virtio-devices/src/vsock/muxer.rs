@@ -576,7 +576,7 @@ impl Muxer {
             entry.conn.on_readable();
         }
         if hangup {
-            entry.conn.on_hangup();
+            entry.conn.on_hangup(Instant::now());
             if entry.interest.take().is_some() {
                 let fd = entry.conn.stream.as_raw_fd();
                 self.epoll_del(fd);
