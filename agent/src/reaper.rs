@@ -193,6 +193,8 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    // The reaper under test does the waiting, not `Child::wait`.
+    #[allow(clippy::zombie_processes)]
     fn spawn_sh(reaper: &Reaper, script: &str, watch: bool) -> i32 {
         let mut g = reaper.lock();
         let child = std::process::Command::new("/bin/sh")

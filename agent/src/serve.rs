@@ -157,7 +157,7 @@ pub async fn serve(
                     what: path.display().to_string(),
                     source,
                 })?;
-            tracing::info!(path = %path.display(), "serving the agent API on a Unix socket (dev mode)");
+            tracing::info!(path = %path.display(), "serving the agent API on a Unix socket");
             let (incoming, task) = spawn_accept_loop(listener);
             print_ready();
             let r = run_server(incoming, service, shutdown).await;

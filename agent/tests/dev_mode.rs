@@ -2,113 +2,13 @@
 //! socket (`CONNECT 1024\n` → `OK 1073741824\n`, then bytes forwarded) and
 //! drives it with the real host client.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use carapace_agent_client::{AgentClient, AGENT_VSOCK_PORT};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{UnixListener, UnixStream};
-
-/// Kills the agent if a test fails half-way.
-struct AgentProc(Option<Child>);
-
-impl AgentProc {
-    fn start(sock: &Path) -> AgentProc {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_carapace-agent"))
-            .arg("--listen-unix")
-            .arg(sock)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn carapace-agent");
-        // Wait for the ready marker on stdout.
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                if line == "carapace-agent: ready" {
-                    let _ = tx.send(());
-                }
-            }
-        });
-        rx.recv_timeout(Duration::from_secs(20))
-            .expect("agent printed the ready marker");
-        AgentProc(Some(child))
-    }
-
-    fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
-        let child = self.0.as_mut().expect("child");
-        let end = Instant::now() + within;
-        loop {
-            if let Some(st) = child.try_wait().expect("try_wait") {
-                self.0 = None;
-                return st;
-            }
-            assert!(Instant::now() < end, "agent did not exit within {within:?}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn pid(&self) -> i32 {
-        self.0.as_ref().map(|c| c.id() as i32).expect("child")
-    }
-}
-
-impl Drop for AgentProc {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// A fake VMM: accepts host connections on `vm_sock`, reads `CONNECT <port>`,
-/// and if port 1024 is wanted and the agent socket accepts, answers
-/// `OK 1073741824` and forwards bytes; otherwise closes the connection, as
-/// the real VMM does when the guest has no listener.
-fn spawn_fake_vmm(vm_sock: PathBuf, agent_sock: PathBuf) {
-    let listener = UnixListener::bind(&vm_sock).expect("bind fake vmm");
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut host, _)) = listener.accept().await else {
-                return;
-            };
-            let agent_sock = agent_sock.clone();
-            tokio::spawn(async move {
-                let mut line = Vec::new();
-                loop {
-                    let mut b = [0u8; 1];
-                    match host.read(&mut b).await {
-                        Ok(1) if b[0] == b'\n' => break,
-                        Ok(1) => line.push(b[0]),
-                        _ => return,
-                    }
-                }
-                if line != format!("CONNECT {AGENT_VSOCK_PORT}").into_bytes() {
-                    return;
-                }
-                let Ok(mut guest) = UnixStream::connect(&agent_sock).await else {
-                    return; // no listener in the "guest": close
-                };
-                if host.write_all(b"OK 1073741824\n").await.is_err() {
-                    return;
-                }
-                let _ = tokio::io::copy_bidirectional(&mut host, &mut guest).await;
-            });
-        }
-    });
-}
-
-fn uname_r() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .expect("osrelease")
-        .trim()
-        .to_owned()
-}
+use common::{spawn_fake_vmm, uname_r, AgentProc};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_shutdown_through_fake_vmm() {

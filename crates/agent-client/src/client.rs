@@ -40,6 +40,7 @@ impl AgentClient {
         port: u32,
         deadline: Duration,
     ) -> Result<AgentClient, AgentClientError> {
+        let started = tokio::time::Instant::now();
         let first = connect_with_retry(uds_path, port, deadline).await?;
         let first = Arc::new(Mutex::new(Some(first)));
         let path = uds_path.to_path_buf();
@@ -58,9 +59,23 @@ impl AgentClient {
         });
         // The URI is required by tonic but never resolved: the connector
         // above decides where bytes go.
-        let channel = Endpoint::from_static("http://agent.vsock")
-            .connect_with_connector(connector)
-            .await?;
+        let endpoint = Endpoint::from_static("http://agent.vsock");
+        let setup = endpoint.connect_with_connector(connector);
+        // The HTTP/2 setup shares the caller's deadline (at least 1s, so a
+        // handshake that won at the last moment still gets to finish).
+        let left = deadline
+            .saturating_sub(started.elapsed())
+            .max(Duration::from_secs(1));
+        let channel = match tokio::time::timeout(left, setup).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(AgentClientError::Deadline {
+                    port,
+                    waited: deadline,
+                    last: "HTTP/2 setup with the agent did not finish".into(),
+                })
+            }
+        };
         tracing::debug!(path = %uds_path.display(), port, "agent channel ready");
         Ok(AgentClient {
             grpc: GrpcClient::new(channel),
