@@ -117,3 +117,21 @@ fn bad_arguments_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown argument"));
 }
+
+/// The guest path binds AF_VSOCK; the host can usually bind it too (no
+/// loopback transport is needed just to listen). Skipped without AF_VSOCK.
+#[test]
+fn vsock_listener_binds_and_stops_on_sigterm() {
+    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+    if socket(AddressFamily::Vsock, SockType::Stream, SockFlag::empty(), None).is_err() {
+        eprintln!("skipping: no AF_VSOCK on this host");
+        return;
+    }
+    // A port unlikely to be in use: derived from our pid.
+    let port = 20_000 + std::process::id() % 20_000;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_carapace-agent"));
+    cmd.args(["--vsock-port", &port.to_string()]);
+    let mut agent = AgentProc::start_cmd(cmd);
+    nix_kill_term(agent.pid());
+    assert_eq!(agent.wait_exit(Duration::from_secs(10)).code(), Some(0));
+}
