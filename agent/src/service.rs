@@ -76,14 +76,14 @@ impl Agent for AgentService {
         Ok(Response::new(HealthResponse {
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
             api_version: API_VERSION.to_owned(),
-            kernel_release: facts.kernel_release,
             kernel_version: facts.kernel_version,
+            kernel_build: facts.kernel_build,
             uptime_ms: millis(facts.uptime),
             boot_time_unix_ms: facts.boot_time_unix_ms,
             agent_start_uptime_ms: millis(self.started_at_uptime),
-            memory_total_bytes: facts.memory.total_bytes,
-            memory_available_bytes: facts.memory.available_bytes,
-            cpus: facts.cpus,
+            mem_total_bytes: facts.memory.total_bytes,
+            mem_available_bytes: facts.memory.available_bytes,
+            cpu_count: facts.cpus,
             pid1: self.pid1,
         }))
     }
@@ -120,8 +120,8 @@ mod tests {
             .into_inner();
         assert_eq!(h.api_version, "carapace.agent.v1");
         assert_eq!(h.agent_start_uptime_ms, 1234);
-        assert!(h.memory_total_bytes >= h.memory_available_bytes);
-        assert!(h.cpus >= 1);
+        assert!(h.mem_total_bytes >= h.mem_available_bytes);
+        assert!(h.cpu_count >= 1);
         assert!(!h.pid1);
     }
 

@@ -21,8 +21,10 @@ pub struct MemInfo {
 /// Everything `Health` reports about the system.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Facts {
-    pub kernel_release: String,
+    /// uname release (`uname -r`).
     pub kernel_version: String,
+    /// uname version, the build string (`uname -v`).
+    pub kernel_build: String,
     pub uptime: Duration,
     pub boot_time_unix_ms: u64,
     pub memory: MemInfo,
@@ -181,8 +183,8 @@ pub fn facts() -> Result<Facts, SysInfoError> {
     let uptime = uptime()?;
     let memory = parse_meminfo(&read(MEMINFO)?)?;
     Ok(Facts {
-        kernel_release: uts.release().to_string_lossy().into_owned(),
-        kernel_version: uts.version().to_string_lossy().into_owned(),
+        kernel_version: uts.release().to_string_lossy().into_owned(),
+        kernel_build: uts.version().to_string_lossy().into_owned(),
         uptime,
         boot_time_unix_ms: boot_time_unix_ms(SystemTime::now(), uptime),
         memory,
@@ -277,7 +279,7 @@ HugePages_Total:       0\n";
     #[test]
     fn live_facts_are_sane() {
         let f = facts().unwrap();
-        assert!(!f.kernel_release.is_empty());
+        assert!(!f.kernel_version.is_empty());
         assert!(f.memory.total_bytes > 0);
         assert!(f.memory.available_bytes <= f.memory.total_bytes);
         assert!(f.cpus >= 1);

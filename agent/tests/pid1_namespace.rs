@@ -109,7 +109,7 @@ async fn agent_as_pid1_in_namespaces() {
         .expect("connect");
     let h = client.health().await.expect("health");
     assert!(h.pid1, "agent should know it is PID 1: {h:?}");
-    assert_eq!(h.kernel_release, uname_r());
+    assert_eq!(h.kernel_version, uname_r());
 
     client.shutdown().await.expect("shutdown");
     // reboot(RESTART) in a child PID namespace: the kernel SIGHUPs its init;

@@ -52,6 +52,12 @@ mod tests {
     use super::*;
 
     #[test]
+    fn error_works_with_anyhow_style_boxing() {
+        fn assert_send_sync_static<T: Send + Sync + 'static>() {}
+        assert_send_sync_static::<AgentClientError>();
+    }
+
+    #[test]
     fn messages_are_actionable() {
         let e = AgentClientError::SocketMissing("/run/vm.sock".into());
         assert_eq!(
