@@ -113,3 +113,19 @@ pub fn uname_r() -> String {
         .trim()
         .to_owned()
 }
+
+/// SIGKILLs a process on drop (cleanup when a test fails half-way). Set
+/// the pid to `None` once the process was waited for, so a recycled pid is
+/// never signalled.
+pub struct KillOnDrop(pub Option<i32>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
