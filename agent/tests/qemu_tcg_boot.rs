@@ -31,7 +31,7 @@ impl Cpio {
     }
 
     fn pad4(&mut self) {
-        while self.out.len() % 4 != 0 {
+        while self.out.len() & 3 != 0 {
             self.out.push(0);
         }
     }
