@@ -19,6 +19,11 @@ use carapace_agent::{console, mounts, power, reaper, serve, sysinfo};
 /// Grace period for leftover processes before SIGKILL at shutdown.
 const KILL_GRACE: Duration = Duration::from_millis(500);
 
+/// After the API connections are closed, time for the VMM to pick the last
+/// bytes (the Shutdown answer, the close) off the vsock queue before the
+/// guest resets: the reset does not wait for the host to read them.
+const VSOCK_LINGER: Duration = Duration::from_millis(100);
+
 #[derive(Debug, thiserror::Error)]
 enum AgentError {
     #[error("cannot start the async runtime: {0}")]
@@ -163,6 +168,7 @@ fn main() {
     match (&result, pid1) {
         (Ok(reason), true) => {
             tracing::info!(?reason, "shutting down the guest");
+            std::thread::sleep(VSOCK_LINGER);
             power::terminate_all(KILL_GRACE);
             power::restart();
         }
