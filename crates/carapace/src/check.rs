@@ -55,7 +55,9 @@ fn check_kvm_device(path: &Path) -> CheckResult {
             path.display()
         ));
     }
-    let kvm = kvm_ioctls::Kvm::new_with_path(&path.to_string_lossy().into_owned())
+    let cpath = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| format!("{}: path contains a NUL byte", path.display()))?;
+    let kvm = kvm_ioctls::Kvm::new_with_path(cpath.as_c_str())
         .map_err(|e| format!("cannot open {}: {e} (are you root or in the kvm group?)", path.display()))?;
     let api = kvm.get_api_version();
     if api != 12 {
