@@ -110,8 +110,7 @@ fn unescape_mountinfo(field: &str) -> String {
     let bytes = field.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
-    while i < bytes.len() {
-        let b = bytes[i];
+    while let Some(&b) = bytes.get(i) {
         if b == b'\\' {
             if let Some(oct) = bytes.get(i + 1..i + 4) {
                 if oct.iter().all(|d| (b'0'..=b'7').contains(d)) {
