@@ -108,6 +108,7 @@ pub(crate) fn create_vcpus(
         }
         let cpuid = cpuid::vcpu_cpuid(supported, id, count, tsc_khz)?;
         vcpu.set_cpuid2(&cpuid).map_err(|e| VmmError::kvm("KVM_SET_CPUID2", e))?;
+        boot_cpu::setup_xcr0(&vcpu, cpuid.as_slice());
         boot_cpu::setup_msrs(&vcpu)?;
         boot_cpu::setup_regs(&vcpu, &boot_cpu::boot_regs(entry))?;
         boot_cpu::setup_sregs(&vcpu, cr3)?;

@@ -1,6 +1,9 @@
 //! Register state that puts a vCPU straight into 64-bit mode at the kernel entry point.
 
-use kvm_bindings::{kvm_fpu, kvm_lapic_state, kvm_msr_entry, kvm_regs, kvm_sregs, Msrs};
+use kvm_bindings::{
+    kvm_cpuid_entry2, kvm_fpu, kvm_lapic_state, kvm_msr_entry, kvm_regs, kvm_sregs, kvm_xcr,
+    kvm_xcrs, Msrs,
+};
 use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress};
 
@@ -129,6 +132,31 @@ pub fn setup_msrs(vcpu: &VcpuFd) -> Result<(), VmmError> {
     Ok(())
 }
 
+const LEAF_XSAVE: u32 = 0xd;
+const ECX_XSAVE: u32 = 1 << 26;
+
+/// The XCR0 value enabling every user state component the vCPU's CPUID enumerates (leaf 0xd),
+/// if it has XSAVE.
+pub fn full_xcr0(cpuid: &[kvm_cpuid_entry2]) -> Option<u64> {
+    let has_xsave = cpuid.iter().any(|e| e.function == 1 && e.ecx & ECX_XSAVE != 0);
+    let leaf = cpuid.iter().find(|e| e.function == LEAF_XSAVE && e.index == 0)?;
+    let mask = u64::from(leaf.eax) | (u64::from(leaf.edx) << 32);
+    (has_xsave && mask & 1 == 1).then_some(mask)
+}
+
+/// Starts the vCPU with XCR0 = every component its CPUID offers, the value Linux programs
+/// anyway. KVM then reports the matching XSAVE area size in CPUID 0xd from the first
+/// instruction on, even where the guest's XSETBV does not reach KVM (nested, emulated hosts),
+/// which otherwise makes Linux warn about an XSAVE size mismatch. Best effort.
+pub fn setup_xcr0(vcpu: &VcpuFd, cpuid: &[kvm_cpuid_entry2]) {
+    let Some(value) = full_xcr0(cpuid) else { return };
+    let mut xcrs = kvm_xcrs { nr_xcrs: 1, ..Default::default() };
+    xcrs.xcrs[0] = kvm_xcr { xcr: 0, reserved: 0, value };
+    if let Err(e) = vcpu.set_xcrs(&xcrs) {
+        tracing::debug!(error = %e, xcr0 = format!("{value:#x}"), "KVM_SET_XCRS refused; keeping the reset XCR0");
+    }
+}
+
 fn lapic_reg(lapic: &kvm_lapic_state, offset: usize) -> u32 {
     let mut b = [0u8; 4];
     for (i, byte) in b.iter_mut().enumerate() {
@@ -201,6 +229,17 @@ mod tests {
         set_lapic_reg(&mut l, APIC_LVT0, 0);
         configure_lints(&mut l);
         assert_eq!(lapic_reg(&l, APIC_LVT0), 0x700);
+    }
+
+    #[test]
+    fn xcr0_from_cpuid() {
+        let l1 = kvm_cpuid_entry2 { function: 1, ecx: ECX_XSAVE, ..Default::default() };
+        let d = kvm_cpuid_entry2 { function: 0xd, index: 0, eax: 0x7, edx: 0x2, ..Default::default() };
+        let d1 = kvm_cpuid_entry2 { function: 0xd, index: 1, eax: 0xf, ..Default::default() };
+        assert_eq!(full_xcr0(&[l1, d1, d]), Some(0x2_0000_0007));
+        let no_xsave = kvm_cpuid_entry2 { function: 1, ..Default::default() };
+        assert_eq!(full_xcr0(&[no_xsave, d]), None);
+        assert_eq!(full_xcr0(&[l1]), None);
     }
 
     #[test]
