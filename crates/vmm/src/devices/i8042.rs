@@ -117,7 +117,7 @@ impl I8042 {
     }
 
     /// Queues bytes as coming from the keyboard (interrupt when it becomes readable).
-    fn from_keyboard(&mut self, bytes: &[u8]) -> bool {
+    fn queue_from_keyboard(&mut self, bytes: &[u8]) -> bool {
         if self.control & CB_KBD_DISABLED != 0 {
             return false;
         }
@@ -136,7 +136,7 @@ impl I8042 {
     /// buffer is full (the guest is not listening).
     pub fn trigger_ctrl_alt_del(&mut self) -> bool {
         let codes = if self.control & CB_TRANSLATE != 0 { CAD_SET1 } else { CAD_SET2 };
-        self.from_keyboard(codes)
+        self.queue_from_keyboard(codes)
     }
 
     fn command(&mut self, cmd: u8) {
@@ -173,7 +173,7 @@ impl I8042 {
                 }
             }
             Some(CMD_WRITE_KBD_OUT) => {
-                self.from_keyboard(&[value]);
+                self.queue_from_keyboard(&[value]);
             }
             Some(_) => {}
             None => self.keyboard_command(value),
@@ -188,7 +188,7 @@ impl I8042 {
             KBD_GET_ID => &[KBD_ACK, 0xab, 0x83],
             _ => &[KBD_ACK],
         };
-        self.from_keyboard(answer);
+        self.queue_from_keyboard(answer);
     }
 
     fn read_data(&mut self) -> u8 {

@@ -137,7 +137,7 @@ mod tests {
         let probe = fd.try_clone().unwrap();
         let mut s = SerialPort::new(fd, Box::new(std::io::sink()));
         s.write(1, &[0x02]); // IER: THR empty interrupt
-        s.write(0, &[b'a']);
+        s.write(0, b"a");
         assert!(probe.read().unwrap() >= 1);
     }
 
