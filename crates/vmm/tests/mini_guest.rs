@@ -47,6 +47,8 @@ fn print(s: &str) -> Vec<u8> {
 const RESET: &[u8] = &[0xb0, 0xfe, 0xe6, 0x64]; // mov al, 0xfe; out 0x64, al
 const HALT_LOOP: &[u8] = &[0xf4, 0xeb, 0xfd];
 const SPIN: &[u8] = &[0xeb, 0xfe];
+/// Configures the i8042 like a driver: command 0x60, configuration byte 0x05.
+const CONFIGURE_KBD: &[u8] = &[0xb0, 0x60, 0xe6, 0x64, 0xb0, 0x05, 0xe6, 0x60];
 /// Polls the i8042 status until a byte is there, then reads it.
 const WAIT_KEY: &[u8] = &[0xe4, 0x64, 0xa8, 0x01, 0x74, 0xfa, 0xe4, 0x60];
 const UD2: &[u8] = &[0x0f, 0x0b];
@@ -143,7 +145,15 @@ fn graceful_stop_delivers_ctrl_alt_del() {
         return;
     }
     let mut g = Guest::new(
-        [print("ready\n"), WAIT_KEY.to_vec(), print("key\n"), RESET.to_vec(), HALT_LOOP.to_vec()].concat(),
+        [
+            CONFIGURE_KBD.to_vec(),
+            print("ready\n"),
+            WAIT_KEY.to_vec(),
+            print("key\n"),
+            RESET.to_vec(),
+            HALT_LOOP.to_vec(),
+        ]
+        .concat(),
     );
     g.config.kick_interval = Some(Duration::from_millis(20));
     let vm = Vm::new(&g.config).unwrap();
@@ -155,6 +165,24 @@ fn graceful_stop_delivers_ctrl_alt_del() {
     assert_eq!(vm.run(), ExitReason::Stopped { graceful: true });
     stopper.join().unwrap();
     assert_eq!(g.serial(), "ready\nkey\n");
+}
+
+#[test]
+fn graceful_stop_is_not_delivered_before_the_guest_driver() {
+    if !kvm_usable() {
+        return;
+    }
+    let g = Guest::new(SPIN.to_vec());
+    let vm = Vm::new(&g.config).unwrap();
+    let handle = vm.handle();
+    let stopper = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        let delivered = handle.graceful_stop();
+        handle.force_stop();
+        delivered
+    });
+    assert_eq!(vm.run(), ExitReason::Stopped { graceful: false });
+    assert!(!stopper.join().unwrap(), "no driver, so no key press can be delivered");
 }
 
 #[test]

@@ -70,6 +70,9 @@ pub struct I8042 {
     output_port: u8,
     pending: Option<u8>,
     buffer: VecDeque<u8>,
+    /// The guest's driver has configured the controller (written the configuration byte);
+    /// before that, key presses would be flushed by its probe.
+    driver_ready: bool,
     irq: EventFd,
     on_reset: ResetCallback,
 }
@@ -83,6 +86,7 @@ impl I8042 {
             output_port: 0x01,
             pending: None,
             buffer: VecDeque::new(),
+            driver_ready: false,
             irq,
             on_reset,
         }
@@ -132,9 +136,13 @@ impl I8042 {
         true
     }
 
-    /// Presses and releases Ctrl+Alt+Del. Returns false if the keyboard is disabled or the
-    /// buffer is full (the guest is not listening).
+    /// Presses and releases Ctrl+Alt+Del. Returns false if the guest is not listening: its
+    /// driver has not configured the controller yet, the keyboard is disabled or the buffer is
+    /// full. The caller may try again later.
     pub fn trigger_ctrl_alt_del(&mut self) -> bool {
+        if !self.driver_ready {
+            return false;
+        }
         let codes = if self.control & CB_TRANSLATE != 0 { CAD_SET1 } else { CAD_SET2 };
         self.queue_from_keyboard(codes)
     }
@@ -164,7 +172,10 @@ impl I8042 {
     fn data(&mut self, value: u8) {
         self.status_cmd = false;
         match self.pending.take() {
-            Some(CMD_WRITE_CTR) => self.control = value,
+            Some(CMD_WRITE_CTR) => {
+                self.control = value;
+                self.driver_ready = true;
+            }
             Some(CMD_WRITE_OUTPUT) => {
                 self.output_port = value;
                 if value & 1 == 0 {
@@ -247,6 +258,12 @@ mod tests {
         b[0]
     }
 
+    /// What the Linux driver does at probe: write the configuration byte.
+    fn configure(d: &mut I8042, ctr: u8) {
+        d.write(4, &[CMD_WRITE_CTR]);
+        d.write(0, &[ctr]);
+    }
+
     fn drain(d: &mut I8042) -> Vec<u8> {
         let mut v = Vec::new();
         while inb(d, 4) & SB_OUT_FULL != 0 {
@@ -281,8 +298,18 @@ mod tests {
     }
 
     #[test]
+    fn ctrl_alt_del_waits_for_the_driver() {
+        let (mut d, irq, _) = device();
+        assert!(!d.trigger_ctrl_alt_del());
+        assert!(irq.read().is_err(), "no interrupt before the driver is there");
+        configure(&mut d, CB_KBD_INT | CB_POST_OK);
+        assert!(d.trigger_ctrl_alt_del());
+    }
+
+    #[test]
     fn ctrl_alt_del_set2_with_interrupts() {
         let (mut d, irq, _) = device();
+        configure(&mut d, CB_KBD_INT | CB_POST_OK);
         assert!(d.trigger_ctrl_alt_del());
         assert_eq!(irq.read().unwrap(), 1);
         assert_eq!(drain(&mut d), CAD_SET2.to_vec());
@@ -293,8 +320,7 @@ mod tests {
     #[test]
     fn ctrl_alt_del_translated() {
         let (mut d, _, _) = device();
-        d.write(4, &[CMD_WRITE_CTR]);
-        d.write(0, &[CB_KBD_INT | CB_POST_OK | CB_TRANSLATE]);
+        configure(&mut d, CB_KBD_INT | CB_POST_OK | CB_TRANSLATE);
         assert!(d.trigger_ctrl_alt_del());
         assert_eq!(drain(&mut d), CAD_SET1.to_vec());
     }
@@ -302,6 +328,7 @@ mod tests {
     #[test]
     fn disabled_keyboard_gets_nothing() {
         let (mut d, _, _) = device();
+        configure(&mut d, CB_KBD_INT | CB_POST_OK);
         d.write(4, &[CMD_KBD_DISABLE]);
         assert!(!d.trigger_ctrl_alt_del());
         d.write(4, &[CMD_KBD_ENABLE]);
@@ -325,6 +352,7 @@ mod tests {
     #[test]
     fn buffer_is_bounded() {
         let (mut d, _, _) = device();
+        configure(&mut d, CB_KBD_INT | CB_POST_OK);
         for _ in 0..10 {
             d.trigger_ctrl_alt_del();
         }
