@@ -20,7 +20,7 @@ fn boot_once(rt: &tokio::runtime::Runtime, image: &GuestImage, opts: &VmOptions)
     let mut vm = VmProcess::spawn(image, opts)?;
     let sock = vm.vsock_path();
     let health = rt.block_on(async {
-        let mut agent = AgentClient::connect(&sock, AGENT_VSOCK_PORT, AGENT_DEADLINE).await?;
+        let agent = AgentClient::connect(&sock, AGENT_VSOCK_PORT, AGENT_DEADLINE).await?;
         let health = agent.health().await?;
         agent.shutdown().await?;
         Ok::<_, anyhow::Error>(health)
@@ -93,7 +93,7 @@ fn sigterm_stops_the_guest_gracefully() {
     let mut vm = VmProcess::spawn(&image, &VmOptions::default()).expect("spawn");
     let sock = vm.vsock_path();
     rt.block_on(async {
-        let mut agent = AgentClient::connect(&sock, AGENT_VSOCK_PORT, AGENT_DEADLINE).await?;
+        let agent = AgentClient::connect(&sock, AGENT_VSOCK_PORT, AGENT_DEADLINE).await?;
         agent.health().await?;
         Ok::<_, anyhow::Error>(())
     })

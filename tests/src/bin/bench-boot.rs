@@ -113,12 +113,12 @@ fn carapace_boot(rt: &tokio::runtime::Runtime, image: &GuestImage) -> Result<Car
         .with_context(|| vm.diagnostics())?;
     let sock = vm.vsock_path();
     let vsock_ms = rt.block_on(async {
-        let mut agent = AgentClient::connect(&sock, AGENT_VSOCK_PORT, BOOT_TIMEOUT).await?;
+        let agent = AgentClient::connect(&sock, AGENT_VSOCK_PORT, BOOT_TIMEOUT).await?;
         agent.health().await?;
         let ms = vm.started.elapsed().as_secs_f64() * 1000.0;
         Ok::<_, anyhow::Error>((ms, agent))
     });
-    let (vsock_ms, mut agent) = vsock_ms.with_context(|| vm.diagnostics())?;
+    let (vsock_ms, agent) = vsock_ms.with_context(|| vm.diagnostics())?;
     let (rss_kib, guest_kib) = memory_of(vm.child.id(), u64::from(MEM_MIB) * 1024)?;
     rt.block_on(agent.shutdown())?;
     let status = vm.wait_exit(Duration::from_secs(30))?;
