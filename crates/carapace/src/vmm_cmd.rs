@@ -129,7 +129,9 @@ fn wait_stop_signal(limit: Duration) -> Option<libc::c_int> {
 }
 
 const POLL: Duration = Duration::from_millis(100);
-const RETRY_CAD: Duration = Duration::from_millis(500);
+/// Ctrl+Alt+Del is pressed again this often while the guest is still up: a press that arrives
+/// while the guest's keyboard driver is still starting is lost.
+const RETRY_CAD: Duration = Duration::from_secs(2);
 
 /// The stop thread: first signal → graceful stop; second signal or timeout → force stop.
 fn stop_on_signals(handle: VmHandle, timeout: Duration) {
@@ -143,7 +145,7 @@ fn stop_on_signals(handle: VmHandle, timeout: Duration) {
         }
     }
     let started = Instant::now();
-    let mut delivered = handle.graceful_stop();
+    handle.graceful_stop();
     let mut last_try = Instant::now();
     while handle.exit_reason().is_none() {
         if started.elapsed() >= timeout {
@@ -156,8 +158,8 @@ fn stop_on_signals(handle: VmHandle, timeout: Duration) {
             handle.force_stop();
             return;
         }
-        if !delivered && last_try.elapsed() >= RETRY_CAD {
-            delivered = handle.graceful_stop();
+        if last_try.elapsed() >= RETRY_CAD {
+            handle.graceful_stop();
             last_try = Instant::now();
         }
     }
