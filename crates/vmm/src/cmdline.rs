@@ -6,9 +6,12 @@ use crate::error::VmmError;
 use crate::layout::{CMDLINE_MAX_SIZE, VIRTIO_MMIO_SLOT_SIZE};
 use crate::GuestMemoryMmap;
 
-/// Fixed part: serial console, reset through the keyboard controller, no PCI, no modules.
+/// Fixed part: serial console (warnings and worse only: every console byte is a VM exit, and
+/// the early boot log alone costs seconds on an emulated host; `--cmdline-extra loglevel=7`
+/// brings it back), reset through the keyboard controller. The guest kernel has no PCI and no
+/// modules, so no `pci=off`/`nomodules` (they would only reach /init as stray arguments).
 pub const BASE_CMDLINE: &str =
-    "console=ttyS0 reboot=k panic=1 pci=off nomodules i8042.noaux i8042.nomux i8042.dumbkbd";
+    "console=ttyS0 quiet reboot=k panic=1 i8042.noaux i8042.nomux i8042.dumbkbd";
 
 /// A virtio-mmio device as the kernel learns about it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
