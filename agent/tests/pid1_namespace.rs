@@ -38,6 +38,21 @@ fn populate_root(root: &Path, bin: &Path) {
     }
 }
 
+/// Children of every thread of `pid` (zombies included until reaped).
+fn all_children(pid: i32) -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("children")).ok())
+        .flat_map(|text| {
+            text.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<i32>>()
+        })
+        .collect()
+}
+
 fn child_of(pid: i32) -> Option<i32> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
     text.split_whitespace().next()?.parse().ok()
@@ -56,9 +71,12 @@ async fn agent_as_pid1_in_namespaces() {
     populate_root(&root, Path::new(env!("CARGO_BIN_EXE_carapace-agent")));
 
     let mut cmd = Command::new("unshare");
+    // --kill-child: if the test fails and kills unshare, the agent (the
+    // namespace init, which holds our stderr) dies with it.
     cmd.args([
         "--pid",
         "--fork",
+        "--kill-child",
         "--mount",
         "--uts",
         "--ipc",
@@ -101,6 +119,39 @@ async fn agent_as_pid1_in_namespaces() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&host.stdout).trim(), "testpod");
+
+    // An orphan inside the namespace is adopted by the agent and reaped
+    // when it exits (no zombie stays among the agent's children).
+    let st = Command::new("nsenter")
+        .args([
+            "--target",
+            &agent_pid.to_string(),
+            "--pid",
+            "--",
+            "/bin/sh",
+            "-c",
+            "sleep 0.5 & exit 0",
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let adopted_by = std::time::Instant::now() + Duration::from_secs(10);
+    while all_children(agent_pid).is_empty() {
+        assert!(
+            std::time::Instant::now() < adopted_by,
+            "orphan never adopted by the agent"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let reaped_by = std::time::Instant::now() + Duration::from_secs(10);
+    while !all_children(agent_pid).is_empty() {
+        assert!(
+            std::time::Instant::now() < reaped_by,
+            "orphan not reaped: children {:?}",
+            all_children(agent_pid)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 
     let vm_sock = dir.path().join("vm.sock");
     spawn_fake_vmm(vm_sock.clone(), root.join("agent.sock"));
