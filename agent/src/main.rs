@@ -119,14 +119,19 @@ fn main() {
     }
     let args = match args::parse(std::env::args_os().skip(1)) {
         Ok(Command::Run(a)) => a,
-        Ok(Command::Help) => {
+        Ok(Command::Help) if !pid1 => {
             println!("{}", args::USAGE);
             return;
         }
-        Ok(Command::Version) => {
+        Ok(Command::Version) if !pid1 => {
             println!("carapace-agent {}", env!("CARGO_PKG_VERSION"));
             return;
         }
+        // PID 1 must never return from main: --help/--version are ignored.
+        Ok(Command::Help | Command::Version) => Args {
+            listen: Listen::Vsock(carapace_agent_client::AGENT_VSOCK_PORT),
+            hostname: None,
+        },
         Err(e) if pid1 => {
             // The kernel hands init whatever words it did not understand;
             // a typo must not stop the guest.
