@@ -140,7 +140,8 @@ fn qemu_boot(qemu: &Path, image: &GuestImage) -> Result<f64> {
         .args(["-smp", &VCPUS.to_string(), "-m", &MEM_MIB.to_string()])
         .arg("-kernel").arg(&image.kernel)
         .arg("-initrd").arg(&image.initramfs)
-        .args(["-append", "console=ttyS0 reboot=k panic=1 nomodules"])
+        // The same command line carapace's VMM gives (minus its virtio-mmio devices).
+        .args(["-append", "console=ttyS0 quiet reboot=k panic=1 i8042.noaux i8042.nomux i8042.dumbkbd"])
         .arg("-serial").arg(format!("file:{}", serial.display()))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
