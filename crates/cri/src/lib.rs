@@ -1,0 +1,26 @@
+//! carapace's CRI v1 daemon (`carapace serve`): the RuntimeService, where every pod sandbox is
+//! a microVM run by a detached `carapace vmm` process, with durable per-sandbox records.
+//!
+//! * [`config`]: the TOML configuration (runtime handlers → VM profiles).
+//! * [`sandboxes`]: the sandbox table and lifecycle; [`store`]: the durable records.
+//! * [`vmm`]: starting, reaching and stopping a pod's VM; [`procfs`]: PID-reuse-safe liveness.
+//! * [`runtime_service`]: the gRPC service; [`server`]: socket, signals, serving.
+
+pub mod config;
+pub mod error;
+pub mod filters;
+pub mod ids;
+pub mod procfs;
+pub mod record;
+pub mod runtime_service;
+pub mod sandboxes;
+pub mod server;
+pub mod store;
+pub mod vmm;
+
+pub use config::{Config, ConfigError, DEFAULT_CONFIG_PATH};
+pub use error::CriError;
+pub use server::{serve_blocking, Daemon, ServeError};
+
+/// The CRI types and clients (re-exported so callers use the same version).
+pub use k8s_cri;

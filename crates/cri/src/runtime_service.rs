@@ -1,0 +1,395 @@
+//! The CRI v1 RuntimeService served over gRPC.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use k8s_cri::v1 as cri;
+use k8s_cri::v1::runtime_service_server::RuntimeService;
+use tonic::{Request, Response, Status};
+
+use crate::config::CgroupDriver;
+use crate::error::CriError;
+use crate::filters::SandboxFilter;
+use crate::sandboxes::Manager;
+
+/// Name reported by Version.
+pub const RUNTIME_NAME: &str = "carapace";
+/// The CRI API version served.
+pub const RUNTIME_API_VERSION: &str = "v1";
+/// Why containers are not served yet.
+pub const CONTAINERS_LATER: &str =
+    "containers inside the pod VM are not available in this build yet: they arrive with issue 3 \
+     (agent containers) and the container RPCs of issue 4";
+/// Why streaming is not served yet.
+pub const STREAMING_LATER: &str =
+    "exec/attach/port-forward streaming is not implemented yet: it belongs to a later issue \
+     (the streaming server)";
+/// Why NetworkReady is false.
+pub const NETWORK_LATER: &str =
+    "carapace has no pod networking (CNI) yet: pods get no network interface";
+
+/// The RuntimeService implementation.
+pub struct CriRuntime {
+    manager: Arc<Manager>,
+    pod_cidr: Mutex<String>,
+}
+
+impl CriRuntime {
+    pub fn new(manager: Arc<Manager>) -> CriRuntime {
+        CriRuntime { manager, pod_cidr: Mutex::new(String::new()) }
+    }
+
+    /// The pod CIDR last set by UpdateRuntimeConfig.
+    pub fn pod_cidr(&self) -> String {
+        self.pod_cidr.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    /// NotFound for a container ID: no container can exist before issue 3.
+    fn no_container(id: &str) -> Status {
+        if id.is_empty() {
+            return CriError::InvalidArgument("container_id must not be empty".into()).into();
+        }
+        CriError::NotFound(format!("container {id:?} not found ({CONTAINERS_LATER})")).into()
+    }
+
+    /// The RuntimeReady condition: the default profile's guest image and the VMM binary exist.
+    fn runtime_condition(&self) -> cri::RuntimeCondition {
+        let cfg = self.manager.config();
+        let mut missing = Vec::new();
+        if let Some((_, p)) = cfg.profile_for_handler("") {
+            for f in [&p.kernel, &p.initramfs] {
+                if !f.is_file() {
+                    missing.push(f.display().to_string());
+                }
+            }
+        }
+        if !cfg.vmm_binary.is_file() {
+            missing.push(cfg.vmm_binary.display().to_string());
+        }
+        if missing.is_empty() {
+            cri::RuntimeCondition { r#type: "RuntimeReady".into(), status: true, ..Default::default() }
+        } else {
+            cri::RuntimeCondition {
+                r#type: "RuntimeReady".into(),
+                status: false,
+                reason: "GuestImageMissing".into(),
+                message: format!(
+                    "missing {}: run `make guest-image` or fix the carapace config",
+                    missing.join(", ")
+                ),
+            }
+        }
+    }
+}
+
+fn filter_of(f: Option<cri::PodSandboxFilter>) -> SandboxFilter {
+    let f = f.unwrap_or_default();
+    SandboxFilter { id: f.id, state: f.state.map(|s| s.state), labels: f.label_selector }
+}
+
+type EventStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<cri::ContainerEventResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl RuntimeService for CriRuntime {
+    async fn version(
+        &self,
+        _request: Request<cri::VersionRequest>,
+    ) -> Result<Response<cri::VersionResponse>, Status> {
+        Ok(Response::new(cri::VersionResponse {
+            version: "0.1.0".into(),
+            runtime_name: RUNTIME_NAME.into(),
+            runtime_version: env!("CARGO_PKG_VERSION").into(),
+            runtime_api_version: RUNTIME_API_VERSION.into(),
+        }))
+    }
+
+    async fn run_pod_sandbox(
+        &self,
+        request: Request<cri::RunPodSandboxRequest>,
+    ) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
+        let id = self.manager.run(request.into_inner()).await?;
+        Ok(Response::new(cri::RunPodSandboxResponse { pod_sandbox_id: id }))
+    }
+
+    async fn stop_pod_sandbox(
+        &self,
+        request: Request<cri::StopPodSandboxRequest>,
+    ) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
+        self.manager.stop(&request.into_inner().pod_sandbox_id).await?;
+        Ok(Response::new(cri::StopPodSandboxResponse {}))
+    }
+
+    async fn remove_pod_sandbox(
+        &self,
+        request: Request<cri::RemovePodSandboxRequest>,
+    ) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
+        self.manager.remove(&request.into_inner().pod_sandbox_id).await?;
+        Ok(Response::new(cri::RemovePodSandboxResponse {}))
+    }
+
+    async fn pod_sandbox_status(
+        &self,
+        request: Request<cri::PodSandboxStatusRequest>,
+    ) -> Result<Response<cri::PodSandboxStatusResponse>, Status> {
+        let r = request.into_inner();
+        Ok(Response::new(self.manager.status(&r.pod_sandbox_id, r.verbose)?))
+    }
+
+    async fn list_pod_sandbox(
+        &self,
+        request: Request<cri::ListPodSandboxRequest>,
+    ) -> Result<Response<cri::ListPodSandboxResponse>, Status> {
+        let filter = filter_of(request.into_inner().filter);
+        Ok(Response::new(cri::ListPodSandboxResponse { items: self.manager.list(&filter) }))
+    }
+
+    async fn create_container(
+        &self,
+        request: Request<cri::CreateContainerRequest>,
+    ) -> Result<Response<cri::CreateContainerResponse>, Status> {
+        let r = request.into_inner();
+        if r.config.as_ref().and_then(|c| c.metadata.as_ref()).is_none_or(|m| m.name.is_empty()) {
+            return Err(CriError::InvalidArgument(
+                "CreateContainer: config.metadata.name is required".into(),
+            )
+            .into());
+        }
+        // NotFound (or InvalidArgument) for the sandbox first, as kubelet expects.
+        self.manager.status(&r.pod_sandbox_id, false)?;
+        Err(CriError::Unimplemented(CONTAINERS_LATER.into()).into())
+    }
+
+    async fn start_container(
+        &self,
+        request: Request<cri::StartContainerRequest>,
+    ) -> Result<Response<cri::StartContainerResponse>, Status> {
+        Err(Self::no_container(&request.into_inner().container_id))
+    }
+
+    async fn stop_container(
+        &self,
+        request: Request<cri::StopContainerRequest>,
+    ) -> Result<Response<cri::StopContainerResponse>, Status> {
+        Err(Self::no_container(&request.into_inner().container_id))
+    }
+
+    async fn remove_container(
+        &self,
+        request: Request<cri::RemoveContainerRequest>,
+    ) -> Result<Response<cri::RemoveContainerResponse>, Status> {
+        // Idempotent: removing a container that does not exist is not an error.
+        let id = request.into_inner().container_id;
+        if id.is_empty() {
+            return Err(Self::no_container(&id));
+        }
+        Ok(Response::new(cri::RemoveContainerResponse {}))
+    }
+
+    async fn list_containers(
+        &self,
+        _request: Request<cri::ListContainersRequest>,
+    ) -> Result<Response<cri::ListContainersResponse>, Status> {
+        Ok(Response::new(cri::ListContainersResponse { containers: Vec::new() }))
+    }
+
+    async fn container_status(
+        &self,
+        request: Request<cri::ContainerStatusRequest>,
+    ) -> Result<Response<cri::ContainerStatusResponse>, Status> {
+        Err(Self::no_container(&request.into_inner().container_id))
+    }
+
+    async fn update_container_resources(
+        &self,
+        request: Request<cri::UpdateContainerResourcesRequest>,
+    ) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
+        Err(Self::no_container(&request.into_inner().container_id))
+    }
+
+    async fn reopen_container_log(
+        &self,
+        request: Request<cri::ReopenContainerLogRequest>,
+    ) -> Result<Response<cri::ReopenContainerLogResponse>, Status> {
+        Err(Self::no_container(&request.into_inner().container_id))
+    }
+
+    async fn exec_sync(
+        &self,
+        request: Request<cri::ExecSyncRequest>,
+    ) -> Result<Response<cri::ExecSyncResponse>, Status> {
+        Err(Self::no_container(&request.into_inner().container_id))
+    }
+
+    async fn exec(
+        &self,
+        request: Request<cri::ExecRequest>,
+    ) -> Result<Response<cri::ExecResponse>, Status> {
+        let id = request.into_inner().container_id;
+        if id.is_empty() {
+            return Err(Self::no_container(&id));
+        }
+        Err(CriError::Unimplemented(STREAMING_LATER.into()).into())
+    }
+
+    async fn attach(
+        &self,
+        request: Request<cri::AttachRequest>,
+    ) -> Result<Response<cri::AttachResponse>, Status> {
+        let id = request.into_inner().container_id;
+        if id.is_empty() {
+            return Err(Self::no_container(&id));
+        }
+        Err(CriError::Unimplemented(STREAMING_LATER.into()).into())
+    }
+
+    async fn port_forward(
+        &self,
+        request: Request<cri::PortForwardRequest>,
+    ) -> Result<Response<cri::PortForwardResponse>, Status> {
+        self.manager.status(&request.into_inner().pod_sandbox_id, false)?;
+        Err(CriError::Unimplemented(STREAMING_LATER.into()).into())
+    }
+
+    async fn container_stats(
+        &self,
+        request: Request<cri::ContainerStatsRequest>,
+    ) -> Result<Response<cri::ContainerStatsResponse>, Status> {
+        Err(Self::no_container(&request.into_inner().container_id))
+    }
+
+    async fn list_container_stats(
+        &self,
+        _request: Request<cri::ListContainerStatsRequest>,
+    ) -> Result<Response<cri::ListContainerStatsResponse>, Status> {
+        Ok(Response::new(cri::ListContainerStatsResponse { stats: Vec::new() }))
+    }
+
+    async fn pod_sandbox_stats(
+        &self,
+        request: Request<cri::PodSandboxStatsRequest>,
+    ) -> Result<Response<cri::PodSandboxStatsResponse>, Status> {
+        let stats = self.manager.stats(&request.into_inner().pod_sandbox_id)?;
+        Ok(Response::new(cri::PodSandboxStatsResponse { stats: Some(stats) }))
+    }
+
+    async fn list_pod_sandbox_stats(
+        &self,
+        request: Request<cri::ListPodSandboxStatsRequest>,
+    ) -> Result<Response<cri::ListPodSandboxStatsResponse>, Status> {
+        let f = request.into_inner().filter.unwrap_or_default();
+        let filter = SandboxFilter { id: f.id, state: None, labels: f.label_selector };
+        Ok(Response::new(cri::ListPodSandboxStatsResponse { stats: self.manager.list_stats(&filter) }))
+    }
+
+    async fn update_runtime_config(
+        &self,
+        request: Request<cri::UpdateRuntimeConfigRequest>,
+    ) -> Result<Response<cri::UpdateRuntimeConfigResponse>, Status> {
+        let cidr = request
+            .into_inner()
+            .runtime_config
+            .and_then(|c| c.network_config)
+            .map(|n| n.pod_cidr)
+            .unwrap_or_default();
+        if !cidr.is_empty() {
+            tracing::info!(pod_cidr = %cidr, "pod CIDR updated (used once pod networking exists)");
+            if let Ok(mut c) = self.pod_cidr.lock() {
+                *c = cidr;
+            }
+        }
+        Ok(Response::new(cri::UpdateRuntimeConfigResponse {}))
+    }
+
+    async fn status(
+        &self,
+        request: Request<cri::StatusRequest>,
+    ) -> Result<Response<cri::StatusResponse>, Status> {
+        let network = cri::RuntimeCondition {
+            r#type: "NetworkReady".into(),
+            status: false,
+            reason: "NetworkPluginNotReady".into(),
+            message: NETWORK_LATER.into(),
+        };
+        let mut info = HashMap::new();
+        if request.into_inner().verbose {
+            let cfg = self.manager.config();
+            let handlers: HashMap<&String, &String> = cfg.runtime_handlers.iter().collect();
+            let v = serde_json::json!({
+                "stateDir": cfg.state_dir,
+                "runDir": cfg.run_dir,
+                "vmmBinary": cfg.vmm_binary,
+                "runtimeHandlers": handlers,
+                "profiles": cfg.profiles,
+                "podCIDR": self.pod_cidr(),
+            });
+            info.insert("config".to_string(), v.to_string());
+        }
+        let runtime_handlers = self
+            .manager
+            .config()
+            .runtime_handlers
+            .keys()
+            .map(|h| cri::RuntimeHandler {
+                name: h.clone(),
+                features: Some(cri::RuntimeHandlerFeatures::default()),
+            })
+            .collect();
+        Ok(Response::new(cri::StatusResponse {
+            status: Some(cri::RuntimeStatus { conditions: vec![self.runtime_condition(), network] }),
+            info,
+            runtime_handlers,
+            features: Some(cri::RuntimeFeatures::default()),
+        }))
+    }
+
+    async fn checkpoint_container(
+        &self,
+        _request: Request<cri::CheckpointContainerRequest>,
+    ) -> Result<Response<cri::CheckpointContainerResponse>, Status> {
+        Err(CriError::Unimplemented(
+            "CheckpointContainer is not supported by carapace (VM pods are not checkpointed)".into(),
+        )
+        .into())
+    }
+
+    type GetContainerEventsStream = EventStream;
+
+    async fn get_container_events(
+        &self,
+        _request: Request<cri::GetEventsRequest>,
+    ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
+        Err(CriError::Unimplemented(format!(
+            "GetContainerEvents (evented PLEG) is not served yet: {CONTAINERS_LATER}"
+        ))
+        .into())
+    }
+
+    async fn list_metric_descriptors(
+        &self,
+        _request: Request<cri::ListMetricDescriptorsRequest>,
+    ) -> Result<Response<cri::ListMetricDescriptorsResponse>, Status> {
+        Ok(Response::new(cri::ListMetricDescriptorsResponse { descriptors: Vec::new() }))
+    }
+
+    async fn list_pod_sandbox_metrics(
+        &self,
+        _request: Request<cri::ListPodSandboxMetricsRequest>,
+    ) -> Result<Response<cri::ListPodSandboxMetricsResponse>, Status> {
+        Ok(Response::new(cri::ListPodSandboxMetricsResponse { pod_metrics: Vec::new() }))
+    }
+
+    async fn runtime_config(
+        &self,
+        _request: Request<cri::RuntimeConfigRequest>,
+    ) -> Result<Response<cri::RuntimeConfigResponse>, Status> {
+        let driver = match self.manager.config().cgroup_driver {
+            CgroupDriver::Systemd => cri::CgroupDriver::Systemd,
+            CgroupDriver::Cgroupfs => cri::CgroupDriver::Cgroupfs,
+        };
+        Ok(Response::new(cri::RuntimeConfigResponse {
+            linux: Some(cri::LinuxRuntimeConfiguration { cgroup_driver: driver as i32 }),
+        }))
+    }
+}

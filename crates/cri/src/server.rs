@@ -1,0 +1,131 @@
+//! The daemon: opens the state, binds the CRI Unix socket, serves until asked to stop.
+//! Stopping the daemon leaves running pod VMs alone; the next start reattaches to them.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+
+use crate::config::Config;
+use crate::runtime_service::CriRuntime;
+use crate::sandboxes::{Manager, OpenError};
+
+/// Why the daemon could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    #[error("cannot create {path}: {source}")]
+    SocketDir { path: PathBuf, source: std::io::Error },
+    #[error("another process is already serving on {0}; stop it or set `listen` to another socket")]
+    InUse(PathBuf),
+    #[error("cannot remove the stale socket {path}: {source}")]
+    Stale { path: PathBuf, source: std::io::Error },
+    #[error("cannot listen on {path}: {source}")]
+    Bind { path: PathBuf, source: std::io::Error },
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("gRPC server failed: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+}
+
+/// Binds `path`, replacing a stale socket file but refusing one somebody still listens on.
+pub fn bind_socket(path: &Path) -> Result<UnixListener, ServeError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|source| ServeError::SocketDir { path: dir.to_path_buf(), source })?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(ServeError::InUse(path.to_path_buf()));
+        }
+        std::fs::remove_file(path)
+            .map_err(|source| ServeError::Stale { path: path.to_path_buf(), source })?;
+    }
+    UnixListener::bind(path).map_err(|source| ServeError::Bind { path: path.to_path_buf(), source })
+}
+
+/// A running daemon's parts, for callers that add services (e.g. the ImageService) themselves.
+pub struct Daemon {
+    pub manager: Arc<Manager>,
+    pub listener: UnixListener,
+    pub socket: PathBuf,
+}
+
+impl Daemon {
+    /// Opens the state (reattaching to running VMs) and binds the socket. Needs a Tokio runtime.
+    pub fn open(cfg: Config) -> Result<Daemon, ServeError> {
+        let socket = cfg.socket.clone();
+        let manager = Arc::new(Manager::open(Arc::new(cfg))?);
+        let listener = bind_socket(&socket)?;
+        Ok(Daemon { manager, listener, socket })
+    }
+
+    /// The RuntimeService of this daemon, ready to add to a tonic router.
+    pub fn runtime_service(&self) -> RuntimeServiceServer<CriRuntime> {
+        RuntimeServiceServer::new(CriRuntime::new(self.manager.clone()))
+    }
+
+    /// Serves the RuntimeService until `shutdown` completes; removes the socket afterwards.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+        let service = self.runtime_service();
+        tracing::info!(socket = %self.socket.display(), "carapace CRI daemon serving");
+        let result = tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(UnixListenerStream::new(self.listener), shutdown)
+            .await;
+        let _ = std::fs::remove_file(&self.socket);
+        tracing::info!("carapace CRI daemon stopped; pod VMs keep running");
+        result.map_err(ServeError::from)
+    }
+}
+
+/// Resolves when SIGTERM or SIGINT arrives.
+pub async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            tracing::error!("cannot install signal handlers; stop the daemon with SIGKILL");
+            std::future::pending::<()>().await
+        }
+    }
+}
+
+/// Runs the daemon on its own Tokio runtime until SIGTERM/SIGINT.
+pub fn serve_blocking(cfg: Config) -> Result<(), ServeError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(ServeError::Runtime)?;
+    rt.block_on(async move {
+        let daemon = Daemon::open(cfg)?;
+        daemon.serve(stop_signal()).await
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn stale_socket_is_replaced_but_a_live_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/cri.sock");
+        let first = bind_socket(&path).unwrap();
+        let err = bind_socket(&path).err().unwrap().to_string();
+        assert!(err.contains("already serving"), "{err}");
+        drop(first); // the file stays behind, nobody listens: stale
+        assert!(path.exists());
+        bind_socket(&path).unwrap();
+    }
+}

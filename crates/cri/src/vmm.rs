@@ -1,0 +1,287 @@
+//! Starting a pod's VM as a detached `carapace vmm` process, waiting for its agent, stopping it.
+//!
+//! The VMM runs in its own session (setsid): signals to the daemon's process group or terminal
+//! do not reach it and the daemon can exit or restart without touching running pods.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use carapace_agent_client::{AgentClient, AGENT_VSOCK_PORT};
+
+use crate::config::{Config, VmProfile};
+use crate::procfs;
+use crate::record::VmmProcess;
+
+/// How often liveness is polled while waiting.
+const POLL: Duration = Duration::from_millis(100);
+/// How long the last resort (SIGKILL) may take to show.
+const KILL_WAIT: Duration = Duration::from_secs(5);
+
+/// Why a VM could not be started or reached.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    #[error("cannot start {binary} vmm: {source}")]
+    Spawn { binary: String, source: std::io::Error },
+    #[error("the VMM process {pid} vanished right after it started")]
+    Vanished { pid: i32 },
+    #[error("the VMM exited before the guest agent answered: {log}")]
+    Exited { log: String },
+    #[error("the guest agent did not answer within {timeout:?}: {last}; serial console: {serial}")]
+    AgentTimeout { timeout: Duration, last: String, serial: String },
+    #[error("the VMM process {pid} did not exit even after SIGKILL")]
+    Unkillable { pid: i32 },
+}
+
+/// The files one VM uses.
+#[derive(Debug, Clone)]
+pub struct VmFiles<'a> {
+    pub vsock: &'a Path,
+    pub serial_log: &'a Path,
+    pub vmm_log: &'a Path,
+}
+
+/// The `carapace vmm` arguments for `profile`.
+pub fn vmm_args(cfg: &Config, profile: &VmProfile, files: &VmFiles<'_>) -> Vec<String> {
+    let mut args = vec![
+        "vmm".to_string(),
+        "--kernel".into(),
+        profile.kernel.display().to_string(),
+        "--initramfs".into(),
+        profile.initramfs.display().to_string(),
+        "--vcpus".into(),
+        profile.vcpus.to_string(),
+        "--mem-mib".into(),
+        profile.mem_mib.to_string(),
+        "--serial-log".into(),
+        files.serial_log.display().to_string(),
+        "--vsock-uds".into(),
+        files.vsock.display().to_string(),
+        "--stop-timeout-ms".into(),
+        cfg.stop_timeout.as_millis().to_string(),
+    ];
+    if !profile.cmdline_extra.is_empty() {
+        args.push(format!("--cmdline-extra={}", profile.cmdline_extra));
+    }
+    if let Some(ms) = cfg.vmm_kick_interval_ms {
+        args.push("--kick-interval-ms".into());
+        args.push(ms.to_string());
+    }
+    args
+}
+
+/// Starts the VMM detached; returns its identity. The child is reaped by a background task
+/// when it exits while this daemon runs (after a daemon restart, by init).
+pub fn spawn(cfg: &Config, profile: &VmProfile, files: &VmFiles<'_>) -> Result<VmmProcess, VmmError> {
+    let binary = cfg.vmm_binary.display().to_string();
+    let spawn_err = |source| VmmError::Spawn { binary: binary.clone(), source };
+    let log = std::fs::File::create(files.vmm_log).map_err(spawn_err)?;
+    let log2 = log.try_clone().map_err(spawn_err)?;
+    let mut cmd = tokio::process::Command::new(&cfg.vmm_binary);
+    cmd.args(vmm_args(cfg, profile, files))
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        .kill_on_drop(false);
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(spawn_err)?;
+    let pid = child.id().map(|p| p as i32).ok_or(VmmError::Vanished { pid: -1 })?;
+    // A just-forked child is visible in /proc at once; only a failed exec can end it this fast.
+    let start_time = procfs::read_stat(pid).map(|st| st.start_time);
+    tokio::spawn(async move {
+        match child.wait().await {
+            Ok(status) => tracing::info!(pid, %status, "VMM exited"),
+            Err(e) => tracing::warn!(pid, error = %e, "waiting for the VMM failed"),
+        }
+    });
+    match start_time {
+        Some(start_time) => Ok(VmmProcess { pid, start_time }),
+        None => Err(VmmError::Vanished { pid }),
+    }
+}
+
+/// The last `n` non-empty lines of a log file, joined on one line (for error messages).
+pub fn log_tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let tail = lines[lines.len().saturating_sub(n)..].join(" | ");
+    if tail.is_empty() {
+        "(empty)".to_string()
+    } else {
+        tail
+    }
+}
+
+/// Waits until the agent answers Health through `vsock`, the VMM dies, or `timeout` passes.
+pub async fn wait_agent(
+    p: &VmmProcess,
+    files: &VmFiles<'_>,
+    timeout: Duration,
+) -> Result<carapace_agent_client::pb::HealthResponse, VmmError> {
+    let connect = async {
+        let agent = AgentClient::connect(files.vsock, AGENT_VSOCK_PORT, timeout).await?;
+        agent.health().await
+    };
+    let died = async {
+        while procfs::is_alive(p) {
+            tokio::time::sleep(POLL).await;
+        }
+    };
+    tokio::select! {
+        r = connect => r.map_err(|e| VmmError::AgentTimeout {
+            timeout,
+            last: e.to_string(),
+            serial: log_tail(files.serial_log, 5),
+        }),
+        () = died => Err(VmmError::Exited { log: log_tail(files.vmm_log, 5) }),
+    }
+}
+
+/// Waits up to `limit` for `p` to end; true when it did.
+pub async fn wait_exit(p: &VmmProcess, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if !procfs::is_alive(p) {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// How a VM ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopOutcome {
+    AlreadyGone,
+    AgentShutdown,
+    Terminated,
+    Killed,
+}
+
+/// Stops the VM: the agent's Shutdown, then SIGTERM (the VMM asks the guest, then stops it by
+/// force), then SIGKILL. No error when it is already gone.
+pub async fn stop(p: &VmmProcess, vsock: &Path, step: Duration) -> Result<StopOutcome, VmmError> {
+    if !procfs::is_alive(p) {
+        return Ok(StopOutcome::AlreadyGone);
+    }
+    let ask = async {
+        let agent = AgentClient::connect(vsock, AGENT_VSOCK_PORT, Duration::from_secs(2)).await?;
+        agent.shutdown().await
+    };
+    match tokio::time::timeout(step, ask).await {
+        Ok(Ok(())) => {
+            if wait_exit(p, step).await {
+                return Ok(StopOutcome::AgentShutdown);
+            }
+            tracing::info!(pid = p.pid, "guest did not stop after the agent's Shutdown");
+        }
+        Ok(Err(e)) => tracing::info!(pid = p.pid, error = %e, "agent Shutdown failed"),
+        Err(_) => tracing::info!(pid = p.pid, "agent Shutdown timed out"),
+    }
+    if procfs::signal(p, libc::SIGTERM) {
+        // The VMM itself forces the VM off `step` after SIGTERM; allow it a little longer.
+        if wait_exit(p, step + Duration::from_secs(2)).await {
+            return Ok(StopOutcome::Terminated);
+        }
+        tracing::warn!(pid = p.pid, "VMM still running after SIGTERM: killing it");
+    } else if !procfs::is_alive(p) {
+        return Ok(StopOutcome::Terminated);
+    }
+    procfs::signal(p, libc::SIGKILL);
+    if wait_exit(p, KILL_WAIT).await {
+        Ok(StopOutcome::Killed)
+    } else {
+        Err(VmmError::Unkillable { pid: p.pid })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn cfg(dir: &Path, binary: &Path) -> Config {
+        let mut c = Config::from_toml_str(
+            &format!("run_dir = {:?}\nstate_dir = {:?}", dir.join("r"), dir.join("s")),
+            Path::new("t"),
+            Some(100),
+        )
+        .unwrap();
+        c.vmm_binary = binary.to_path_buf();
+        c.stop_timeout = Duration::from_secs(1);
+        c
+    }
+
+    fn script(dir: &Path, body: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let p = dir.join("fake-vmm");
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    }
+
+    #[test]
+    fn args_carry_profile_files_and_kick() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cfg(dir.path(), Path::new("/bin/true"));
+        let files = VmFiles {
+            vsock: Path::new("/r/v"),
+            serial_log: Path::new("/r/s"),
+            vmm_log: Path::new("/r/l"),
+        };
+        let a = vmm_args(&c, &VmProfile::default(), &files).join(" ");
+        assert!(a.starts_with("vmm --kernel /var/lib/carapace/guest/vmlinux"), "{a}");
+        assert!(a.contains("--vsock-uds /r/v"), "{a}");
+        assert!(a.contains("--serial-log /r/s"), "{a}");
+        assert!(a.contains("--kick-interval-ms 100"), "{a}");
+        assert!(a.contains("--stop-timeout-ms 1000"), "{a}");
+    }
+
+    #[tokio::test]
+    async fn a_vmm_that_fails_is_reported_with_its_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = script(dir.path(), "echo 'carapace vmm: error: kernel is not an ELF' >&2; exit 1");
+        let c = cfg(dir.path(), &bin);
+        let log = dir.path().join("vmm.log");
+        let files = VmFiles { vsock: &dir.path().join("v"), serial_log: &dir.path().join("s"), vmm_log: &log };
+        let p = match spawn(&c, &VmProfile::default(), &files) {
+            Ok(p) => p,
+            Err(VmmError::Vanished { .. }) => return, // exited before /proc was read: also fine
+            Err(e) => panic!("{e}"),
+        };
+        let err = wait_agent(&p, &files, Duration::from_secs(20)).await.unwrap_err().to_string();
+        assert!(err.contains("kernel is not an ELF"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_vmm_that_ignores_sigterm_is_killed_and_runs_in_its_own_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = script(dir.path(), "trap '' TERM; while :; do sleep 0.1; done");
+        let c = cfg(dir.path(), &bin);
+        let log = dir.path().join("vmm.log");
+        let vsock = dir.path().join("v");
+        let files = VmFiles { vsock: &vsock, serial_log: &dir.path().join("s"), vmm_log: &log };
+        let p = spawn(&c, &VmProfile::default(), &files).unwrap();
+        assert!(procfs::is_alive(&p));
+        // SAFETY: getsid has no memory effects.
+        let (sid, mine) = unsafe { (libc::getsid(p.pid), libc::getsid(0)) };
+        assert_eq!(sid, p.pid, "VMM is not a session leader");
+        assert_ne!(sid, mine);
+        let err = wait_agent(&p, &files, Duration::from_millis(500)).await.unwrap_err();
+        assert!(matches!(err, VmmError::AgentTimeout { .. }), "{err}");
+        let outcome = stop(&p, &vsock, Duration::from_millis(300)).await.unwrap();
+        assert_eq!(outcome, StopOutcome::Killed);
+        assert!(!procfs::is_alive(&p));
+        assert_eq!(stop(&p, &vsock, Duration::from_millis(300)).await.unwrap(), StopOutcome::AlreadyGone);
+    }
+}
