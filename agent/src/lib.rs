@@ -4,6 +4,7 @@
 
 pub mod args;
 pub mod console;
+pub mod container;
 pub mod mounts;
 pub mod power;
 pub mod reaper;

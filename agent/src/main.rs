@@ -106,6 +106,13 @@ fn run(pid1: bool, args: &Args) -> Result<Option<ShutdownReason>, AgentError> {
             started_at_uptime,
             pid1,
             shutdown: trigger,
+            containers: if pid1 {
+                carapace_agent::container::Containers::new(reaper.clone(), Default::default())
+            } else {
+                carapace_agent::container::Containers::disabled(
+                    "dev mode: containers need the agent as PID 1 of a guest",
+                )
+            },
         };
         let reason = serve::serve(&args.listen, service, shutdown_rx).await?;
         Ok(reason)

@@ -2,12 +2,14 @@
 
 use std::time::Duration;
 
+use carapace_agent_client::pb;
 use carapace_agent_client::pb::agent_server::Agent;
 use carapace_agent_client::pb::{HealthRequest, HealthResponse, ShutdownRequest, ShutdownResponse};
 use carapace_agent_client::API_VERSION;
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
+use crate::container::{rpc, Containers};
 use crate::sysinfo;
 
 /// Why the agent is stopping.
@@ -57,6 +59,8 @@ pub struct AgentService {
     pub started_at_uptime: Duration,
     pub pid1: bool,
     pub shutdown: ShutdownTrigger,
+    /// The container API (issue 3); disabled outside a guest.
+    pub containers: Containers,
 }
 
 fn millis(d: Duration) -> u64 {
@@ -99,6 +103,52 @@ impl Agent for AgentService {
         }
         Ok(Response::new(ShutdownResponse {}))
     }
+
+    // Containers: see crate::container::rpc.
+    type ReadStdioStream = rpc::StdioStream;
+
+    async fn create_container(&self, r: Request<pb::CreateContainerRequest>) -> Result<Response<pb::CreateContainerResponse>, Status> {
+        rpc::create_container(&self.containers, r).await
+    }
+    async fn start_container(&self, r: Request<pb::StartContainerRequest>) -> Result<Response<pb::StartContainerResponse>, Status> {
+        rpc::start_container(&self.containers, r).await
+    }
+    async fn exec_process(&self, r: Request<pb::ExecProcessRequest>) -> Result<Response<pb::ExecProcessResponse>, Status> {
+        rpc::exec_process(&self.containers, r).await
+    }
+    async fn signal_process(&self, r: Request<pb::SignalProcessRequest>) -> Result<Response<pb::SignalProcessResponse>, Status> {
+        rpc::signal_process(&self.containers, r).await
+    }
+    async fn wait_process(&self, r: Request<pb::WaitProcessRequest>) -> Result<Response<pb::WaitProcessResponse>, Status> {
+        rpc::wait_process(&self.containers, r).await
+    }
+    async fn wait_container(&self, r: Request<pb::WaitContainerRequest>) -> Result<Response<pb::WaitProcessResponse>, Status> {
+        rpc::wait_container(&self.containers, r).await
+    }
+    async fn stop_container(&self, r: Request<pb::StopContainerRequest>) -> Result<Response<pb::WaitProcessResponse>, Status> {
+        rpc::stop_container(&self.containers, r).await
+    }
+    async fn container_stats(&self, r: Request<pb::ContainerStatsRequest>) -> Result<Response<pb::ContainerStatsResponse>, Status> {
+        rpc::container_stats(&self.containers, r).await
+    }
+    async fn update_container_resources(
+        &self,
+        r: Request<pb::UpdateContainerResourcesRequest>,
+    ) -> Result<Response<pb::UpdateContainerResourcesResponse>, Status> {
+        rpc::update_resources(&self.containers, r).await
+    }
+    async fn remove_container(&self, r: Request<pb::RemoveContainerRequest>) -> Result<Response<pb::RemoveContainerResponse>, Status> {
+        rpc::remove_container(&self.containers, r).await
+    }
+    async fn list_containers(&self, r: Request<pb::ListContainersRequest>) -> Result<Response<pb::ListContainersResponse>, Status> {
+        rpc::list_containers(&self.containers, r).await
+    }
+    async fn read_stdio(&self, r: Request<pb::ReadStdioRequest>) -> Result<Response<Self::ReadStdioStream>, Status> {
+        rpc::read_stdio(&self.containers, r).await
+    }
+    async fn write_stdin(&self, r: Request<pb::WriteStdinRequest>) -> Result<Response<pb::WriteStdinResponse>, Status> {
+        rpc::write_stdin(&self.containers, r).await
+    }
 }
 
 #[cfg(test)]
@@ -112,6 +162,7 @@ mod tests {
             started_at_uptime: Duration::from_millis(1234),
             pid1: false,
             shutdown: trigger,
+            containers: Containers::disabled("test"),
         };
         let h = svc
             .health(Request::new(HealthRequest {}))
@@ -132,6 +183,7 @@ mod tests {
             started_at_uptime: Duration::ZERO,
             pid1: false,
             shutdown: trigger.clone(),
+            containers: Containers::disabled("test"),
         };
         svc.shutdown(Request::new(ShutdownRequest {}))
             .await

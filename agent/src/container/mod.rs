@@ -1,0 +1,544 @@
+//! Containers inside the guest (issue 3), agent side.
+//!
+//! [`Containers`] keeps the containers of this VM (= the pod) and serves
+//! the container RPCs of `proto/agent.proto` (see [`rpc`]). Containers are
+//! created and run by youki's `libcontainer` from an OCI spec the agent
+//! writes (see [`spec`]); each gets its own mount and PID namespace and its
+//! own cgroup v2 (`/sys/fs/cgroup/carapace/<id>`), and joins the pod's
+//! network, IPC and UTS namespaces ([`podns`]). Processes are collected by
+//! the agent's [`Reaper`].
+
+pub mod cgroup;
+pub mod error;
+pub mod path;
+pub mod podns;
+pub mod process;
+pub mod rpc;
+pub mod runtime;
+pub mod seccomp;
+pub mod spec;
+pub mod stdio;
+pub mod validate;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use carapace_agent_client::pb;
+use libcontainer::container::Container;
+use pb::NamespaceMode;
+
+pub use error::ContainerError;
+use process::Proc;
+use spec::{NamespacePlan, SpecContext};
+
+use crate::reaper::Reaper;
+
+/// How long RemoveContainer(force) and StopContainer wait for processes
+/// to die after SIGKILL.
+pub const KILL_WAIT: Duration = Duration::from_secs(10);
+
+pub fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Where the agent keeps container state in the guest.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// libcontainer's state root.
+    pub state_root: PathBuf,
+    /// One bundle dir (config.json, hostname file) per container.
+    pub bundle_root: PathBuf,
+    pub cgroup_root: PathBuf,
+    pub pod_ns_dir: PathBuf,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            state_root: "/run/carapace/libcontainer".into(),
+            bundle_root: "/run/carapace/bundles".into(),
+            cgroup_root: cgroup::CGROUP_ROOT.into(),
+            pod_ns_dir: podns::POD_NS_DIR.into(),
+        }
+    }
+}
+
+struct Entry {
+    id: String,
+    created_at_ms: u64,
+    pid_ns_pod: bool,
+    cgroup_dir: PathBuf,
+    bundle: PathBuf,
+    container: Mutex<Container>,
+    started: AtomicBool,
+    init: Arc<Proc>,
+    execs: Mutex<HashMap<String, Arc<Proc>>>,
+    /// Serializes start/stop/remove of one container.
+    op: tokio::sync::Mutex<()>,
+}
+
+impl Entry {
+    fn state(&self) -> &'static str {
+        if self.init.exited().is_some() {
+            "stopped"
+        } else if self.started.load(Ordering::SeqCst) {
+            "running"
+        } else {
+            "created"
+        }
+    }
+
+    fn execs(&self) -> MutexGuard<'_, HashMap<String, Arc<Proc>>> {
+        self.execs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+struct Inner {
+    cfg: Config,
+    reaper: Reaper,
+    disabled: Option<&'static str>,
+    map: Mutex<HashMap<String, Arc<Entry>>>,
+    /// Ids being created (not in `map` yet).
+    reserved: Mutex<HashSet<String>>,
+    pod: Mutex<Option<podns::PodNamespaces>>,
+    exec_seq: AtomicU64,
+}
+
+/// The containers of this guest. Cheap to clone.
+#[derive(Clone)]
+pub struct Containers {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Containers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Containers")
+            .field("disabled", &self.inner.disabled)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn blocking_err(e: tokio::task::JoinError) -> ContainerError {
+    ContainerError::Runtime(format!("worker thread failed: {e}"))
+}
+
+impl Containers {
+    /// Containers enabled: the agent is PID 1 of a guest and `reaper` runs.
+    /// Enables the cgroup v2 controllers for containers.
+    pub fn new(reaper: Reaper, cfg: Config) -> Containers {
+        match cgroup::enable_controllers(&cfg.cgroup_root) {
+            Ok(c) => tracing::info!(controllers = ?c, "cgroup controllers enabled for containers"),
+            Err(e) => tracing::warn!(error = %e, "cannot enable cgroup controllers"),
+        }
+        Self::build(reaper, cfg, None)
+    }
+
+    /// Containers refused with `reason` (dev mode on a host).
+    pub fn disabled(reason: &'static str) -> Containers {
+        Self::build(Reaper::new(), Config::default(), Some(reason))
+    }
+
+    fn build(reaper: Reaper, cfg: Config, disabled: Option<&'static str>) -> Containers {
+        Containers {
+            inner: Arc::new(Inner {
+                cfg,
+                reaper,
+                disabled,
+                map: Mutex::new(HashMap::new()),
+                reserved: Mutex::new(HashSet::new()),
+                pod: Mutex::new(None),
+                exec_seq: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    fn enabled(&self) -> Result<(), ContainerError> {
+        match self.inner.disabled {
+            Some(r) => Err(ContainerError::Disabled(r)),
+            None => Ok(()),
+        }
+    }
+
+    fn get(&self, id: &str) -> Result<Arc<Entry>, ContainerError> {
+        self.enabled()?;
+        lock(&self.inner.map)
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ContainerError::NotFound(id.to_owned()))
+    }
+
+    fn proc_of(&self, id: &str, exec_id: &str) -> Result<(Arc<Entry>, Arc<Proc>), ContainerError> {
+        let e = self.get(id)?;
+        if exec_id.is_empty() {
+            let p = Arc::clone(&e.init);
+            return Ok((e, p));
+        }
+        let p = e.execs().get(exec_id).cloned().ok_or_else(|| ContainerError::ExecNotFound {
+            container: id.to_owned(),
+            exec: exec_id.to_owned(),
+        })?;
+        Ok((e, p))
+    }
+
+    /// CreateContainer.
+    pub async fn create(&self, req: pb::CreateContainerRequest) -> Result<i32, ContainerError> {
+        self.enabled()?;
+        validate::check_id("container id", &req.id)?;
+        {
+            let map = lock(&self.inner.map);
+            let mut reserved = lock(&self.inner.reserved);
+            if map.contains_key(&req.id) || !reserved.insert(req.id.clone()) {
+                return Err(ContainerError::AlreadyExists(format!("container {:?}", req.id)));
+            }
+        }
+        let id = req.id.clone();
+        let me = self.clone();
+        let r = tokio::task::spawn_blocking(move || me.create_blocking(&req))
+            .await
+            .map_err(blocking_err)
+            .and_then(|r| r);
+        let out = match r {
+            Ok(entry) => {
+                let pid = entry.init.pid;
+                let oom_dir = entry.cgroup_dir.clone();
+                entry.init.spawn_waiter(self.inner.reaper.clone(), Some(oom_dir));
+                lock(&self.inner.map).insert(id.clone(), entry);
+                tracing::info!(id = %id, pid, "container created");
+                Ok(pid)
+            }
+            Err(e) => {
+                tracing::warn!(id = %id, error = %e, "create container failed");
+                Err(e)
+            }
+        };
+        lock(&self.inner.reserved).remove(&id);
+        out
+    }
+
+    fn pod_namespaces(&self, hostname: &str) -> Result<podns::PodNamespaces, ContainerError> {
+        let mut pod = lock(&self.inner.pod);
+        match &*pod {
+            Some(ns) => {
+                if !hostname.is_empty() {
+                    ns.set_hostname(hostname)?;
+                }
+                Ok(ns.clone())
+            }
+            None => {
+                let ns = podns::PodNamespaces::create(&self.inner.cfg.pod_ns_dir, hostname)?;
+                *pod = Some(ns.clone());
+                Ok(ns)
+            }
+        }
+    }
+
+    /// The PID namespace of a running container that shares the pod's.
+    fn pod_pid_ns(&self) -> Option<PathBuf> {
+        lock(&self.inner.map).values().find_map(|e| {
+            (e.pid_ns_pod && e.init.exited().is_none())
+                .then(|| PathBuf::from(format!("/proc/{}/ns/pid", e.init.pid)))
+        })
+    }
+
+    fn create_blocking(&self, req: &pb::CreateContainerRequest) -> Result<Arc<Entry>, ContainerError> {
+        let cfg = &self.inner.cfg;
+        let rootfs = spec::check_rootfs(&req.rootfs_path)?;
+        let ns_req = req.namespaces.unwrap_or_default();
+        let cgroup_path = cgroup::spec_path(&req.id);
+        // Validate everything before changing anything.
+        let check_ctx = SpecContext {
+            rootfs: rootfs.clone(),
+            namespaces: NamespacePlan::default(),
+            cgroup_path: cgroup_path.clone(),
+            hostname_file: None,
+        };
+        spec::build_spec(req, &check_ctx)?;
+        let shared = |m: i32| !matches!(NamespaceMode::try_from(m), Ok(NamespaceMode::Container));
+        let any_shared = shared(ns_req.network) || shared(ns_req.ipc) || shared(ns_req.uts);
+        let mut plan = NamespacePlan::default();
+        if any_shared {
+            let pod = self.pod_namespaces(&req.hostname)?;
+            plan.network = shared(ns_req.network).then(|| pod.net.clone());
+            plan.ipc = shared(ns_req.ipc).then(|| pod.ipc.clone());
+            plan.uts = shared(ns_req.uts).then(|| pod.uts.clone());
+        }
+        let pid_ns_pod = matches!(NamespaceMode::try_from(ns_req.pid), Ok(NamespaceMode::Pod));
+        if pid_ns_pod {
+            plan.pid = self.pod_pid_ns();
+        }
+
+        let bundle = cfg.bundle_root.join(&req.id);
+        let _ = std::fs::remove_dir_all(&bundle);
+        std::fs::create_dir_all(&bundle)
+            .map_err(|e| ContainerError::io(format!("mkdir {}", bundle.display()), e))?;
+        let r = self.create_in_bundle(req, rootfs, plan, cgroup_path, &bundle, pid_ns_pod);
+        if r.is_err() {
+            runtime::cleanup_failed(&req.id, &cfg.state_root);
+            let _ = std::fs::remove_dir_all(&bundle);
+        }
+        r
+    }
+
+    fn create_in_bundle(
+        &self,
+        req: &pb::CreateContainerRequest,
+        rootfs: PathBuf,
+        plan: NamespacePlan,
+        cgroup_path: String,
+        bundle: &Path,
+        pid_ns_pod: bool,
+    ) -> Result<Arc<Entry>, ContainerError> {
+        let cfg = &self.inner.cfg;
+        let hostname_file = if req.hostname.is_empty() {
+            None
+        } else {
+            let f = bundle.join("hostname");
+            std::fs::write(&f, format!("{}\n", req.hostname))
+                .map_err(|e| ContainerError::io(format!("write {}", f.display()), e))?;
+            Some(f)
+        };
+        let ctx = SpecContext { rootfs, namespaces: plan, cgroup_path, hostname_file };
+        let spec = spec::build_spec(req, &ctx)?;
+        let cfg_json = bundle.join("config.json");
+        let text = serde_json::to_vec_pretty(&spec)
+            .map_err(|e| ContainerError::Runtime(format!("serialize spec: {e}")))?;
+        std::fs::write(&cfg_json, text)
+            .map_err(|e| ContainerError::io(format!("write {}", cfg_json.display()), e))?;
+        std::fs::create_dir_all(&cfg.state_root)
+            .map_err(|e| ContainerError::io(format!("mkdir {}", cfg.state_root.display()), e))?;
+
+        let with_stdin = req.process.as_ref().map(|p| p.stdin).unwrap_or(false);
+        let (child, agent) = stdio::create(with_stdin)?;
+        let (container, pid) = runtime::create(&self.inner.reaper, &req.id, &cfg.state_root, bundle, child)?;
+        let io = agent.start(&format!("c-{pid}"));
+        Ok(Arc::new(Entry {
+            id: req.id.clone(),
+            created_at_ms: now_unix_ms(),
+            pid_ns_pod,
+            cgroup_dir: cgroup::dir(&cfg.cgroup_root, &req.id),
+            bundle: bundle.to_path_buf(),
+            container: Mutex::new(container),
+            started: AtomicBool::new(false),
+            init: Proc::new(pid, io),
+            execs: Mutex::new(HashMap::new()),
+            op: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    /// StartContainer.
+    pub async fn start(&self, id: &str) -> Result<(), ContainerError> {
+        let e = self.get(id)?;
+        let _op = e.op.lock().await;
+        if e.started.load(Ordering::SeqCst) || e.init.exited().is_some() {
+            return Err(ContainerError::State(format!("container {id:?} is {}", e.state())));
+        }
+        let e2 = Arc::clone(&e);
+        tokio::task::spawn_blocking(move || runtime::start(&mut lock(&e2.container)))
+            .await
+            .map_err(blocking_err)??;
+        e.init.started_at_ms.store(now_unix_ms(), Ordering::SeqCst);
+        e.started.store(true, Ordering::SeqCst);
+        tracing::info!(id, "container started");
+        Ok(())
+    }
+
+    /// ExecProcess. Returns (exec id, pid).
+    pub async fn exec(&self, req: pb::ExecProcessRequest) -> Result<(String, i32), ContainerError> {
+        let e = self.get(&req.container_id)?;
+        let p = validate::check_process(req.process.as_ref())?.clone();
+        let exec_id = if req.exec_id.is_empty() {
+            format!("exec-{}", self.inner.exec_seq.fetch_add(1, Ordering::SeqCst))
+        } else {
+            validate::check_id("exec id", &req.exec_id)?;
+            req.exec_id.clone()
+        };
+        if e.state() != "running" {
+            return Err(ContainerError::State(format!(
+                "container {:?} is {}: exec needs a running container",
+                e.id,
+                e.state()
+            )));
+        }
+        if e.execs().contains_key(&exec_id) {
+            return Err(ContainerError::AlreadyExists(format!("exec {exec_id:?}")));
+        }
+        let mut env = HashMap::new();
+        for kv in &p.env {
+            if let Some((k, v)) = kv.split_once('=') {
+                env.insert(k.to_owned(), v.to_owned());
+            }
+        }
+        let opts = runtime::ExecOptions {
+            args: p.args.clone(),
+            env,
+            cwd: (!p.cwd.is_empty()).then(|| PathBuf::from(&p.cwd)),
+            user: p.user.as_ref().map(|u| (u.uid, u.gid, u.additional_gids.clone())),
+        };
+        let reaper = self.inner.reaper.clone();
+        let state_root = self.inner.cfg.state_root.clone();
+        let cid = e.id.clone();
+        let with_stdin = p.stdin;
+        let (pid, io) = tokio::task::spawn_blocking(move || {
+            let (child, agent) = stdio::create(with_stdin)?;
+            let pid = runtime::exec(&reaper, &cid, &state_root, opts, child)?;
+            Ok::<_, ContainerError>((pid, agent.start(&format!("x-{pid}"))))
+        })
+        .await
+        .map_err(blocking_err)??;
+        let proc_ = Proc::new(pid, io);
+        proc_.started_at_ms.store(now_unix_ms(), Ordering::SeqCst);
+        proc_.spawn_waiter(self.inner.reaper.clone(), None);
+        e.execs().insert(exec_id.clone(), proc_);
+        tracing::info!(id = %e.id, exec_id = %exec_id, pid, "exec started");
+        Ok((exec_id, pid))
+    }
+
+    /// SignalProcess.
+    pub fn signal(&self, req: &pb::SignalProcessRequest) -> Result<(), ContainerError> {
+        let sig = validate::check_signal(req.signal)?;
+        let (e, p) = self.proc_of(&req.container_id, &req.exec_id)?;
+        if p.exited().is_some() {
+            return Err(ContainerError::State("process already exited".into()));
+        }
+        if req.all && req.exec_id.is_empty() {
+            return signal_cgroup(&e.cgroup_dir, sig);
+        }
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.pid), sig)
+            .map_err(|err| ContainerError::io(format!("kill {}", p.pid), err.into()))
+    }
+
+    /// WaitProcess / WaitContainer.
+    pub async fn wait(&self, id: &str, exec_id: &str) -> Result<pb::WaitProcessResponse, ContainerError> {
+        let (_e, p) = self.proc_of(id, exec_id)?;
+        Ok(p.wait().await)
+    }
+
+    /// StopContainer: `signal` to init, SIGKILL to the cgroup after `grace`.
+    pub async fn stop(&self, id: &str, signal: i32, grace: Duration) -> Result<pb::WaitProcessResponse, ContainerError> {
+        let sig = validate::check_signal(if signal == 0 { libc::SIGTERM } else { signal })?;
+        let e = self.get(id)?;
+        let _op = e.op.lock().await;
+        if let Some(r) = e.init.exited() {
+            return Ok(r);
+        }
+        if !grace.is_zero() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(e.init.pid), sig);
+            if let Ok(r) = tokio::time::timeout(grace, e.init.wait()).await {
+                return Ok(r);
+            }
+            tracing::info!(id, "grace period over; killing the container");
+        }
+        self.kill_and_wait(&e).await
+    }
+
+    async fn kill_and_wait(&self, e: &Entry) -> Result<pb::WaitProcessResponse, ContainerError> {
+        e.init.killed.store(true, Ordering::SeqCst);
+        if let Err(err) = cgroup::kill_all(&e.cgroup_dir) {
+            tracing::warn!(id = %e.id, error = %err, "cgroup.kill failed; killing init only");
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(e.init.pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        tokio::time::timeout(KILL_WAIT, e.init.wait())
+            .await
+            .map_err(|_| ContainerError::State(format!("container {:?} did not die after SIGKILL", e.id)))
+    }
+
+    /// ContainerStats.
+    pub fn stats(&self, id: &str) -> Result<pb::ContainerStatsResponse, ContainerError> {
+        let e = self.get(id)?;
+        cgroup::stats(&e.cgroup_dir)
+    }
+
+    /// UpdateContainerResources.
+    pub fn update(&self, id: &str, r: &pb::Resources) -> Result<(), ContainerError> {
+        validate::check_resources(r)?;
+        let e = self.get(id)?;
+        cgroup::update(&e.cgroup_dir, r)
+    }
+
+    /// RemoveContainer.
+    pub async fn remove(&self, id: &str, force: bool) -> Result<(), ContainerError> {
+        let e = self.get(id)?;
+        let _op = e.op.lock().await;
+        if e.init.exited().is_none() {
+            if !force {
+                return Err(ContainerError::State(format!(
+                    "container {id:?} is {}: stop it first or remove with force",
+                    e.state()
+                )));
+            }
+            self.kill_and_wait(&e).await?;
+        }
+        let e2 = Arc::clone(&e);
+        let deleted = tokio::task::spawn_blocking(move || runtime::delete(&mut lock(&e2.container), true))
+            .await
+            .map_err(blocking_err)?;
+        if let Err(err) = deleted {
+            tracing::warn!(id, error = %err, "libcontainer delete failed; removing state by hand");
+            let _ = std::fs::remove_dir_all(self.inner.cfg.state_root.join(id));
+            let _ = std::fs::remove_dir(&e.cgroup_dir);
+        }
+        let _ = std::fs::remove_dir_all(&e.bundle);
+        lock(&self.inner.map).remove(id);
+        tracing::info!(id, "container removed");
+        Ok(())
+    }
+
+    /// ListContainers.
+    pub fn list(&self) -> Result<Vec<pb::ContainerInfo>, ContainerError> {
+        self.enabled()?;
+        let mut out: Vec<pb::ContainerInfo> = lock(&self.inner.map)
+            .values()
+            .map(|e| {
+                let mut exec_ids: Vec<String> = e.execs().keys().cloned().collect();
+                exec_ids.sort();
+                pb::ContainerInfo {
+                    id: e.id.clone(),
+                    state: e.state().to_owned(),
+                    pid: e.init.pid,
+                    created_at_unix_ms: e.created_at_ms,
+                    exec_ids,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    /// ReadStdio: the output channel of a process (one reader).
+    pub fn take_output(&self, id: &str, exec_id: &str) -> Result<tokio::sync::mpsc::Receiver<pb::StdioChunk>, ContainerError> {
+        let (_e, p) = self.proc_of(id, exec_id)?;
+        p.io.take_output()
+            .ok_or_else(|| ContainerError::State("output is already being read (one reader per process)".into()))
+    }
+
+    /// WriteStdin.
+    pub async fn write_stdin(&self, req: pb::WriteStdinRequest) -> Result<(), ContainerError> {
+        let (_e, p) = self.proc_of(&req.container_id, &req.exec_id)?;
+        tokio::task::spawn_blocking(move || p.io.write_stdin(&req.data, req.close))
+            .await
+            .map_err(blocking_err)?
+    }
+}
+
+/// Sends `sig` to every process listed in the cgroup.
+fn signal_cgroup(dir: &Path, sig: nix::sys::signal::Signal) -> Result<(), ContainerError> {
+    let procs = std::fs::read_to_string(dir.join("cgroup.procs"))
+        .map_err(|e| ContainerError::io(format!("read {}/cgroup.procs", dir.display()), e))?;
+    for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+    }
+    Ok(())
+}

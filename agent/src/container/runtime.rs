@@ -1,0 +1,180 @@
+//! The calls into youki's `libcontainer` (all blocking: run them on a
+//! blocking thread).
+//!
+//! libcontainer clones an intermediate process (a child of the agent, which
+//! it waits for itself) and the container's process as the intermediate's
+//! sibling, so every container and exec process is a direct child of the
+//! agent. Both calls that create processes therefore run under
+//! [`Reaper::lock`](crate::reaper::Reaper::lock): the reaper cannot steal
+//! the intermediate's status from libcontainer, and the new pid is watched
+//! before the reaper may collect it.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::container::Container;
+use libcontainer::syscall::syscall::SyscallType;
+
+use super::error::ContainerError;
+use super::stdio::ChildStdio;
+use crate::reaper::Reaper;
+
+/// Renders a libcontainer error with its whole source chain: the useful
+/// part (e.g. "executable 'x' not found in $PATH") is often a source.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(src) = cur {
+        let m = src.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = src.source();
+    }
+    s
+}
+
+fn runtime_err(what: &str, e: libcontainer::error::LibcontainerError) -> ContainerError {
+    ContainerError::Runtime(format!("{what}: {}", chain(&e)))
+}
+
+fn builder(id: &str, state_root: &Path, stdio: ChildStdio) -> Result<ContainerBuilder, ContainerError> {
+    Ok(ContainerBuilder::new(id.to_owned(), SyscallType::default())
+        .with_root_path(state_root)
+        .map_err(|e| runtime_err("state root", e))?
+        .with_stdin(stdio.stdin)
+        .with_stdout(stdio.stdout)
+        .with_stderr(stdio.stderr))
+}
+
+/// Creates the container from `bundle/config.json`; its process waits for
+/// [`start`]. Returns the container and its init pid (watched).
+pub fn create(
+    reaper: &Reaper,
+    id: &str,
+    state_root: &Path,
+    bundle: &Path,
+    stdio: ChildStdio,
+) -> Result<(Container, i32), ContainerError> {
+    let b = builder(id, state_root, stdio)?;
+    let mut guard = reaper.lock();
+    let container = b
+        .as_init(bundle)
+        .with_systemd(false)
+        .with_detach(true)
+        .with_no_pivot(root_is_initramfs())
+        .build()
+        .map_err(|e| runtime_err("create", e))?;
+    let pid = container
+        .pid()
+        .ok_or_else(|| ContainerError::Runtime("create: libcontainer reported no pid".into()))?
+        .as_raw();
+    guard.watch(pid);
+    drop(guard);
+    Ok((container, pid))
+}
+
+/// Whether the guest's `/` is the initial ramfs: pivot_root(2) refuses to
+/// move it (EINVAL), so containers then enter their rootfs with MS_MOVE +
+/// chroot instead (as `runc --no-pivot`). Until the agent switches root to a
+/// real filesystem at boot, that is the case in every guest.
+pub fn root_is_initramfs() -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|m| mountinfo_root_is_rootfs(&m))
+        .unwrap_or(false)
+}
+
+/// The fstype of the mount at `/` (the last one listed wins) is `rootfs`.
+pub fn mountinfo_root_is_rootfs(mountinfo: &str) -> bool {
+    let mut root_fs = None;
+    for line in mountinfo.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let Some(sep) = fields.iter().position(|f| *f == "-") else { continue };
+        if fields.get(4) == Some(&"/") {
+            root_fs = fields.get(sep + 1).copied();
+        }
+    }
+    root_fs == Some("rootfs")
+}
+
+/// Lets the created container's process run its program.
+pub fn start(container: &mut Container) -> Result<(), ContainerError> {
+    container.start().map_err(|e| runtime_err("start", e))
+}
+
+/// What an exec may override.
+#[derive(Debug, Clone, Default)]
+pub struct ExecOptions {
+    pub args: Vec<String>,
+    pub env: HashMap<String, String>,
+    pub cwd: Option<PathBuf>,
+    pub user: Option<(u32, u32, Vec<u32>)>,
+}
+
+/// Runs one more process in a running container. Returns its pid (watched).
+pub fn exec(
+    reaper: &Reaper,
+    id: &str,
+    state_root: &Path,
+    opts: ExecOptions,
+    stdio: ChildStdio,
+) -> Result<i32, ContainerError> {
+    let mut t = builder(id, state_root, stdio)?
+        .as_tenant()
+        .with_detach(true)
+        .with_container_args(opts.args)
+        .with_env(opts.env)
+        .with_cwd(opts.cwd);
+    if let Some((uid, gid, gids)) = opts.user {
+        t = t.with_user(Some(uid)).with_group(Some(gid)).with_additional_gids(gids);
+    }
+    let mut guard = reaper.lock();
+    let pid = t.build().map_err(|e| runtime_err("exec", e))?.as_raw();
+    guard.watch(pid);
+    drop(guard);
+    Ok(pid)
+}
+
+/// Deletes the container's state and cgroup (it must have stopped, or
+/// `force` kills what is left).
+pub fn delete(container: &mut Container, force: bool) -> Result<(), ContainerError> {
+    container.delete(force).map_err(|e| runtime_err("delete", e))
+}
+
+/// Best-effort cleanup after a failed create: whatever state libcontainer
+/// left under `state_root/id`.
+pub fn cleanup_failed(id: &str, state_root: &Path) {
+    let dir = state_root.join(id);
+    if let Ok(mut c) = Container::load(dir.clone()) {
+        if let Err(e) = c.delete(true) {
+            tracing::warn!(id, error = %chain(&e), "cleanup after failed create");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn detects_initramfs_root() {
+        let initramfs = "1 1 0:2 / / rw shared:1 - rootfs rootfs rw,size=117k\n20 1 0:19 / /proc rw - proc proc rw\n";
+        assert!(mountinfo_root_is_rootfs(initramfs));
+        let disk = "25 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n";
+        assert!(!mountinfo_root_is_rootfs(disk));
+        assert!(!mountinfo_root_is_rootfs(""));
+    }
+
+    #[test]
+    fn chains_sources() {
+        let e = Outer(std::io::Error::other("executable 'x' not found in $PATH"));
+        assert_eq!(chain(&e), "outer: executable 'x' not found in $PATH");
+    }
+}

@@ -1,0 +1,471 @@
+//! Building the OCI runtime spec (config.json) of a container from a
+//! `CreateContainerRequest`. Every path from the request is checked here;
+//! mount destinations are resolved inside the rootfs (see [`super::path`]).
+
+use std::path::{Path, PathBuf};
+
+use carapace_agent_client::pb;
+use serde_json::{json, Value};
+
+use super::error::ContainerError;
+use super::path::{check_absolute, resolve_in_root};
+use super::seccomp;
+use super::validate::{check_process, check_resources, normalize_capability, MAX_MOUNTS};
+
+pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The capabilities a non-privileged container gets by default (the set
+/// containerd and CRI-O use).
+pub const DEFAULT_CAPABILITIES: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+pub const DEFAULT_MASKED_PATHS: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+pub const DEFAULT_READONLY_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// Mount types a request may ask for.
+const MOUNT_TYPES: &[&str] = &["bind", "tmpfs", "proc", "sysfs", "devpts", "mqueue"];
+
+/// Namespaces the container joins (`Some(path)`) or gets new (`None`).
+#[derive(Debug, Clone, Default)]
+pub struct NamespacePlan {
+    pub network: Option<PathBuf>,
+    pub ipc: Option<PathBuf>,
+    pub uts: Option<PathBuf>,
+    pub pid: Option<PathBuf>,
+}
+
+/// Everything besides the request that goes into the spec.
+#[derive(Debug, Clone)]
+pub struct SpecContext {
+    /// The checked rootfs directory (absolute, in the guest).
+    pub rootfs: PathBuf,
+    pub namespaces: NamespacePlan,
+    /// cgroup v2 path relative to /sys/fs/cgroup, e.g. "/carapace/<id>".
+    pub cgroup_path: String,
+    /// A file holding the pod hostname, bind-mounted to /etc/hostname.
+    pub hostname_file: Option<PathBuf>,
+}
+
+/// Checks the rootfs field: absolute, no `..`, an existing directory.
+/// Returns it canonicalized.
+pub fn check_rootfs(p: &str) -> Result<PathBuf, ContainerError> {
+    check_absolute("rootfs_path", p)?;
+    let canon = std::fs::canonicalize(p)
+        .map_err(|e| ContainerError::invalid(format!("rootfs_path {p:?}: {e}")))?;
+    if !canon.is_dir() {
+        return Err(ContainerError::invalid(format!(
+            "rootfs_path {p:?}: not a directory"
+        )));
+    }
+    if canon == Path::new("/") {
+        return Err(ContainerError::invalid("rootfs_path: the guest's / is not a container rootfs"));
+    }
+    Ok(canon)
+}
+
+fn user_json(u: Option<&pb::User>) -> Value {
+    let u = u.cloned().unwrap_or_default();
+    json!({ "uid": u.uid, "gid": u.gid, "additionalGids": u.additional_gids })
+}
+
+/// The process part of the spec (also used for checks of exec requests).
+pub fn process_json(p: &pb::Process, caps: &[String], no_new_privs: bool) -> Value {
+    let mut env = p.env.clone();
+    if !env.iter().any(|e| e.starts_with("PATH=")) {
+        env.push(DEFAULT_PATH.to_owned());
+    }
+    let cwd = if p.cwd.is_empty() { "/" } else { p.cwd.as_str() };
+    json!({
+        "terminal": false,
+        "user": user_json(p.user.as_ref()),
+        "args": p.args,
+        "env": env,
+        "cwd": cwd,
+        "capabilities": {
+            "bounding": caps,
+            "effective": caps,
+            "permitted": caps,
+        },
+        "noNewPrivileges": no_new_privs,
+    })
+}
+
+/// Capability set of a container from its security settings.
+pub fn capabilities(sec: &pb::Security) -> Result<Vec<String>, ContainerError> {
+    if sec.privileged {
+        return Ok(all_capabilities());
+    }
+    if sec.capabilities.is_empty() {
+        return Ok(DEFAULT_CAPABILITIES.iter().map(|s| s.to_string()).collect());
+    }
+    let mut out = Vec::new();
+    for c in &sec.capabilities {
+        let n = normalize_capability(c)?;
+        if !out.contains(&n) {
+            out.push(n);
+        }
+    }
+    Ok(out)
+}
+
+fn all_capabilities() -> Vec<String> {
+    // Every capability the spec crate knows; the kernel ignores unknown ones
+    // only if absent, so keep to those up to CAP_CHECKPOINT_RESTORE (6.1).
+    [
+        "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID",
+        "SETUID", "SETPCAP", "LINUX_IMMUTABLE", "NET_BIND_SERVICE", "NET_BROADCAST",
+        "NET_ADMIN", "NET_RAW", "IPC_LOCK", "IPC_OWNER", "SYS_MODULE", "SYS_RAWIO",
+        "SYS_CHROOT", "SYS_PTRACE", "SYS_PACCT", "SYS_ADMIN", "SYS_BOOT", "SYS_NICE",
+        "SYS_RESOURCE", "SYS_TIME", "SYS_TTY_CONFIG", "MKNOD", "LEASE", "AUDIT_WRITE",
+        "AUDIT_CONTROL", "SETFCAP", "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG", "WAKE_ALARM",
+        "BLOCK_SUSPEND", "AUDIT_READ", "PERFMON", "BPF", "CHECKPOINT_RESTORE",
+    ]
+    .iter()
+    .map(|c| format!("CAP_{c}"))
+    .collect()
+}
+
+fn default_mounts() -> Vec<Value> {
+    vec![
+        json!({"destination": "/proc", "type": "proc", "source": "proc",
+               "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+               "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+               "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]}),
+        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+               "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
+        json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
+               "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs",
+               "options": ["nosuid", "noexec", "nodev", "ro"]}),
+        json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+               "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}),
+    ]
+}
+
+/// One mount of the request, checked; the destination resolved in `rootfs`.
+pub fn mount_json(rootfs: &Path, m: &pb::Mount) -> Result<Value, ContainerError> {
+    check_absolute("mount.destination", &m.destination)?;
+    let dest = resolve_in_root(rootfs, &m.destination)?;
+    if dest == Path::new("/") {
+        return Err(ContainerError::invalid("mount.destination: cannot mount over /"));
+    }
+    let ty = if m.r#type.is_empty() { "bind" } else { m.r#type.as_str() };
+    if !MOUNT_TYPES.contains(&ty) {
+        return Err(ContainerError::invalid(format!(
+            "mount {}: type {ty:?} not allowed (one of {MOUNT_TYPES:?})",
+            m.destination
+        )));
+    }
+    if m.options.len() > 64 {
+        return Err(ContainerError::invalid("mount.options: too many"));
+    }
+    for o in &m.options {
+        if o.is_empty() || o.len() > 256 || o.contains('\0') || o.contains(',') {
+            return Err(ContainerError::invalid(format!("mount option {o:?}: malformed")));
+        }
+    }
+    let mut options = m.options.clone();
+    let source = if ty == "bind" {
+        check_absolute("mount.source", &m.source)?;
+        if std::fs::symlink_metadata(&m.source).is_err() {
+            return Err(ContainerError::invalid(format!(
+                "mount.source {:?}: does not exist in the guest",
+                m.source
+            )));
+        }
+        if !options.iter().any(|o| o == "bind" || o == "rbind") {
+            options.insert(0, "rbind".into());
+        }
+        m.source.clone()
+    } else {
+        if m.source.len() > 256 || m.source.contains('\0') {
+            return Err(ContainerError::invalid("mount.source: malformed"));
+        }
+        if m.source.is_empty() {
+            ty.to_owned()
+        } else {
+            m.source.clone()
+        }
+    };
+    Ok(json!({
+        "destination": dest,
+        "type": ty,
+        "source": source,
+        "options": options,
+    }))
+}
+
+fn ns_json(kind: &str, path: &Option<PathBuf>) -> Value {
+    match path {
+        Some(p) => json!({"type": kind, "path": p}),
+        None => json!({"type": kind}),
+    }
+}
+
+fn resources_json(r: &pb::Resources) -> Value {
+    let mut out = serde_json::Map::new();
+    if r.memory_limit_bytes > 0 {
+        out.insert("memory".into(), json!({"limit": r.memory_limit_bytes}));
+    }
+    if r.cpu_quota_us > 0 || r.cpu_period_us > 0 {
+        let mut cpu = serde_json::Map::new();
+        if r.cpu_quota_us > 0 {
+            cpu.insert("quota".into(), json!(r.cpu_quota_us));
+        }
+        cpu.insert(
+            "period".into(),
+            json!(if r.cpu_period_us > 0 { r.cpu_period_us } else { 100_000 }),
+        );
+        out.insert("cpu".into(), Value::Object(cpu));
+    }
+    if r.pids_limit > 0 {
+        out.insert("pids".into(), json!({"limit": r.pids_limit}));
+    }
+    if r.cpu_weight > 0 {
+        out.insert("unified".into(), json!({"cpu.weight": r.cpu_weight.to_string()}));
+    }
+    Value::Object(out)
+}
+
+fn paths_or_default(given: &[String], default: &[&str], what: &str) -> Result<Vec<String>, ContainerError> {
+    if given.is_empty() {
+        return Ok(default.iter().map(|s| s.to_string()).collect());
+    }
+    for p in given {
+        check_absolute(what, p)?;
+    }
+    Ok(given.to_vec())
+}
+
+/// The whole config.json of a container.
+pub fn build_spec(req: &pb::CreateContainerRequest, ctx: &SpecContext) -> Result<Value, ContainerError> {
+    let process = check_process(req.process.as_ref())?;
+    let sec = req.security.clone().unwrap_or_default();
+    let res = req.resources.unwrap_or_default();
+    check_resources(&res)?;
+    if req.mounts.len() > MAX_MOUNTS {
+        return Err(ContainerError::invalid("mounts: too many"));
+    }
+    if req.hostname.len() > 64 || req.hostname.contains(['\0', '/', '\n']) {
+        return Err(ContainerError::invalid("hostname: malformed"));
+    }
+    let caps = capabilities(&sec)?;
+
+    let mut mounts = default_mounts();
+    if let Some(h) = &ctx.hostname_file {
+        mounts.push(json!({
+            "destination": "/etc/hostname", "type": "bind", "source": h,
+            "options": ["rbind", "rprivate", "ro"],
+        }));
+    }
+    for m in &req.mounts {
+        mounts.push(mount_json(&ctx.rootfs, m)?);
+    }
+
+    let ns = &ctx.namespaces;
+    let mut namespaces = vec![json!({"type": "mount"})];
+    namespaces.push(ns_json("pid", &ns.pid));
+    namespaces.push(ns_json("network", &ns.network));
+    namespaces.push(ns_json("ipc", &ns.ipc));
+    namespaces.push(ns_json("uts", &ns.uts));
+
+    let masked = paths_or_default(&sec.masked_paths, DEFAULT_MASKED_PATHS, "masked_paths")?;
+    let readonly = paths_or_default(&sec.readonly_paths, DEFAULT_READONLY_PATHS, "readonly_paths")?;
+
+    let mut linux = json!({
+        "namespaces": namespaces,
+        "cgroupsPath": ctx.cgroup_path,
+        "resources": resources_json(&res),
+    });
+    if !sec.privileged {
+        linux["maskedPaths"] = json!(masked);
+        linux["readonlyPaths"] = json!(readonly);
+    }
+    if let Some(s) = seccomp::profile(sec.seccomp.as_ref())? {
+        linux["seccomp"] = s;
+    }
+
+    let mut spec = json!({
+        "ociVersion": "1.0.2",
+        "process": process_json(process, &caps, sec.no_new_privs),
+        "root": { "path": ctx.rootfs, "readonly": req.rootfs_readonly },
+        "mounts": mounts,
+        "linux": linux,
+        "annotations": req.annotations,
+    });
+    // A hostname only in a private UTS namespace: the pod's is set by the
+    // agent itself (see podns).
+    if ns.uts.is_none() && !req.hostname.is_empty() {
+        spec["hostname"] = json!(req.hostname);
+    }
+    // Round-trip through the spec crate: what libcontainer will read.
+    serde_json::from_value::<oci_spec::runtime::Spec>(spec.clone())
+        .map_err(|e| ContainerError::invalid(format!("spec: {e}")))?;
+    Ok(spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rootfs() -> tempfile::TempDir {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(t.path().join("etc")).unwrap();
+        std::os::unix::fs::symlink("/etc", t.path().join("evil")).unwrap();
+        std::os::unix::fs::symlink("../../../../etc", t.path().join("evil2")).unwrap();
+        t
+    }
+
+    fn req(root: &Path) -> pb::CreateContainerRequest {
+        pb::CreateContainerRequest {
+            id: "c1".into(),
+            process: Some(pb::Process {
+                args: vec!["sh".into(), "-c".into(), "true".into()],
+                env: vec!["A=b".into()],
+                user: Some(pb::User { uid: 1000, gid: 1000, additional_gids: vec![10] }),
+                ..Default::default()
+            }),
+            rootfs_path: root.display().to_string(),
+            rootfs_readonly: true,
+            hostname: "pod".into(),
+            resources: Some(pb::Resources { memory_limit_bytes: 32 << 20, pids_limit: 20, ..Default::default() }),
+            ..Default::default()
+        }
+    }
+
+    fn ctx(root: &Path) -> SpecContext {
+        SpecContext {
+            rootfs: root.to_path_buf(),
+            namespaces: NamespacePlan {
+                network: Some("/run/carapace/pod/ns/net".into()),
+                ipc: Some("/run/carapace/pod/ns/ipc".into()),
+                uts: Some("/run/carapace/pod/ns/uts".into()),
+                pid: None,
+            },
+            cgroup_path: "/carapace/c1".into(),
+            hostname_file: Some("/run/carapace/containers/c1/hostname".into()),
+        }
+    }
+
+    #[test]
+    fn builds_a_spec_libcontainer_can_read() {
+        let t = rootfs();
+        let spec = build_spec(&req(t.path()), &ctx(t.path())).unwrap();
+        let parsed: oci_spec::runtime::Spec = serde_json::from_value(spec.clone()).unwrap();
+        assert_eq!(parsed.root().as_ref().unwrap().readonly(), Some(true));
+        let p = parsed.process().as_ref().unwrap();
+        assert_eq!(p.user().uid(), 1000);
+        assert_eq!(p.user().additional_gids().as_deref(), Some(&[10u32][..]));
+        assert!(p.env().as_ref().unwrap().iter().any(|e| e.starts_with("PATH=")));
+        let linux = parsed.linux().as_ref().unwrap();
+        assert_eq!(linux.cgroups_path().as_deref(), Some(Path::new("/carapace/c1")));
+        let r = linux.resources().as_ref().unwrap();
+        assert_eq!(r.memory().as_ref().unwrap().limit(), Some(32 << 20));
+        assert_eq!(r.pids().as_ref().unwrap().limit(), 20);
+        let ns = linux.namespaces().as_ref().unwrap();
+        assert_eq!(ns.len(), 5);
+        // Shared UTS: the spec carries no hostname.
+        assert!(parsed.hostname().is_none());
+        assert!(linux.masked_paths().as_ref().unwrap().contains(&"/proc/kcore".to_string()));
+        let caps = p.capabilities().as_ref().unwrap().bounding().as_ref().unwrap();
+        assert_eq!(caps.len(), DEFAULT_CAPABILITIES.len());
+        assert!(spec["mounts"].as_array().unwrap().iter().any(|m| m["destination"] == "/etc/hostname"));
+    }
+
+    #[test]
+    fn mount_destinations_resolve_inside_the_rootfs() {
+        let t = rootfs();
+        let mut r = req(t.path());
+        r.mounts = vec![
+            pb::Mount { destination: "/evil/x".into(), source: "/tmp".into(), ..Default::default() },
+            pb::Mount { destination: "/evil2/y".into(), r#type: "tmpfs".into(), ..Default::default() },
+        ];
+        let spec = build_spec(&r, &ctx(t.path())).unwrap();
+        let dests: Vec<String> = spec["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["destination"].as_str().unwrap().to_owned())
+            .collect();
+        assert!(dests.contains(&"/etc/x".to_owned()), "{dests:?}");
+        assert!(dests.contains(&"/etc/y".to_owned()), "{dests:?}");
+        let bind = spec["mounts"].as_array().unwrap().iter().find(|m| m["destination"] == "/etc/x").unwrap();
+        assert_eq!(bind["options"][0], "rbind");
+    }
+
+    #[test]
+    fn hostile_requests_are_refused() {
+        let t = rootfs();
+        let c = ctx(t.path());
+        let bad = |f: &dyn Fn(&mut pb::CreateContainerRequest)| {
+            let mut r = req(t.path());
+            f(&mut r);
+            let e = build_spec(&r, &c).unwrap_err();
+            assert!(matches!(e, ContainerError::Invalid(_)), "{e}");
+        };
+        bad(&|r| r.mounts = vec![pb::Mount { destination: "/../../etc".into(), source: "/tmp".into(), ..Default::default() }]);
+        bad(&|r| r.mounts = vec![pb::Mount { destination: "/x".into(), source: "/tmp/../etc".into(), ..Default::default() }]);
+        bad(&|r| r.mounts = vec![pb::Mount { destination: "/x".into(), source: "/does/not/exist".into(), ..Default::default() }]);
+        bad(&|r| r.mounts = vec![pb::Mount { destination: "/x".into(), r#type: "ext4".into(), source: "/dev/vda".into(), ..Default::default() }]);
+        bad(&|r| r.mounts = vec![pb::Mount { destination: "/".into(), r#type: "tmpfs".into(), ..Default::default() }]);
+        bad(&|r| r.mounts = vec![pb::Mount { destination: "/x".into(), r#type: "tmpfs".into(), options: vec!["a,b".into()], ..Default::default() }]);
+        bad(&|r| r.process = None);
+        bad(&|r| r.hostname = "a/b".into());
+        bad(&|r| r.security = Some(pb::Security { capabilities: vec!["CAP_NOPE".into()], ..Default::default() }));
+        bad(&|r| r.security = Some(pb::Security { masked_paths: vec!["relative".into()], ..Default::default() }));
+        bad(&|r| r.resources = Some(pb::Resources { pids_limit: -5, ..Default::default() }));
+        assert!(check_rootfs("/").is_err());
+        assert!(check_rootfs("relative").is_err());
+        assert!(check_rootfs("/nonexistent/rootfs").is_err());
+        assert!(check_rootfs(&format!("{}/../x", t.path().display())).is_err());
+        assert!(check_rootfs(&t.path().display().to_string()).is_ok());
+    }
+
+    #[test]
+    fn private_uts_carries_the_hostname_and_privileged_gets_all_caps() {
+        let t = rootfs();
+        let mut c = ctx(t.path());
+        c.namespaces.uts = None;
+        let mut r = req(t.path());
+        r.security = Some(pb::Security { privileged: true, ..Default::default() });
+        let spec = build_spec(&r, &c).unwrap();
+        assert_eq!(spec["hostname"], "pod");
+        assert!(spec["linux"].get("maskedPaths").is_none());
+        assert!(spec["process"]["capabilities"]["bounding"].as_array().unwrap().len() > 30);
+    }
+}
