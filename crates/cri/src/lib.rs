@@ -6,6 +6,7 @@
 //! * [`vmm`]: starting, reaching and stopping a pod's VM; [`procfs`]: PID-reuse-safe liveness.
 //! * [`runtime_service`]: the gRPC service; [`server`]: socket, signals, serving.
 
+pub mod client;
 pub mod config;
 pub mod error;
 pub mod filters;
