@@ -1,0 +1,34 @@
+//! carapace's image service: pulls OCI / Docker images from registries into a
+//! content-addressed store, unpacks each layer once, and serves the CRI ImageService.
+//!
+//! The daemon builds one [`ImageServiceImpl`] with [`ImageServiceImpl::new`] and serves it
+//! with `k8s_cri::v1::image_service_server::ImageServiceServer::new(svc)`; CreateContainer
+//! asks [`ImageServiceImpl::container_image`] (or [`ImageStore::container_image`]) for an
+//! image's config and layer directories.
+
+mod auth;
+mod config;
+mod digest;
+mod error;
+mod flights;
+mod imageconfig;
+mod layout;
+mod manifest;
+mod pull;
+mod record;
+mod reference;
+mod service;
+mod store;
+mod unpack;
+
+pub use auth::Credentials;
+pub use config::{ImageServiceConfig, RegistryConfig, DEFAULT_ROOT};
+pub use digest::Digest;
+pub use error::ImageError;
+pub use imageconfig::{ImageUser, RuntimeConfig};
+pub use pull::Puller;
+pub use record::{ImageRecord, LayerRecord};
+pub use reference::ImageRef;
+pub use service::ImageServiceImpl;
+pub use store::{ContainerImage, FsUsage, ImageStore};
+pub use unpack::OVERLAY_OPAQUE_XATTR;

@@ -1,0 +1,323 @@
+//! PullImage: resolve a reference on the registry (or its mirrors), select the linux/amd64
+//! manifest, fetch and verify the config and layers, unpack each layer once, record the image.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+use tokio::io::AsyncWriteExt;
+use tracing::{debug, info, warn};
+
+use crate::auth::Credentials;
+use crate::config::RegistryConfig;
+use crate::digest::{Digest, Hasher};
+use crate::error::{ImageError, Result};
+use crate::flights::Flights;
+use crate::imageconfig::ConfigFile;
+use crate::manifest::{select_linux_amd64, Descriptor, Manifest, ACCEPTED};
+use crate::record::{ImageRecord, LayerRecord};
+use crate::reference::ImageRef;
+use crate::store::ImageStore;
+use crate::unpack::unpack_layer;
+
+/// Largest manifest or config accepted (they are read into memory).
+const MAX_SMALL_BLOB: u64 = 16 << 20;
+/// Layers fetched at once per pull.
+const LAYER_CONCURRENCY: usize = 3;
+
+/// Pulls images into a store.
+pub struct Puller {
+    store: Arc<ImageStore>,
+    registries: RegistryConfig,
+    flights: Flights,
+}
+
+/// One registry endpoint as the pull talks to it.
+struct Source<'a> {
+    client: Client,
+    oref: Reference,
+    auth: RegistryAuth,
+    image: &'a ImageRef,
+    /// `host[:port]` actually contacted (for messages).
+    host: String,
+}
+
+struct Resolved {
+    /// Digest of what the reference named (the index for a multi-platform image).
+    top: Digest,
+    /// Index and manifest blobs, to keep in the store.
+    blobs: Vec<(Digest, bytes::Bytes)>,
+    config: Descriptor,
+    layers: Vec<Descriptor>,
+}
+
+impl Puller {
+    pub fn new(store: Arc<ImageStore>, registries: RegistryConfig) -> Self {
+        Puller { store, registries, flights: Flights::default() }
+    }
+
+    pub fn store(&self) -> &Arc<ImageStore> {
+        &self.store
+    }
+
+    /// Pulls `image` and returns its record. On failure nothing of this pull stays in the
+    /// store (content shared with other images stays).
+    pub async fn pull(&self, image: &str, creds: &Credentials) -> Result<ImageRecord> {
+        let r = ImageRef::parse(image)?;
+        info!(image = %r, "pulling image");
+        let res = {
+            let _shared = self.store.gc_lock.read().await;
+            self.pull_locked(&r, creds).await
+        };
+        match &res {
+            Ok(rec) => info!(image = %r, id = %rec.id, "pulled image"),
+            Err(e) => {
+                warn!(image = %r, error = %e, "pull failed");
+                if let Err(gc) = self.store.collect_garbage().await {
+                    warn!(error = %gc, "cleaning up after a failed pull");
+                }
+            }
+        }
+        res
+    }
+
+    fn client(&self) -> Client {
+        // One client per pull: oci-client caches credentials per registry inside the client,
+        // and each CRI request brings its own.
+        Client::new(ClientConfig {
+            protocol: ClientProtocol::HttpsExcept(self.registries.plain_http_hosts()),
+            connect_timeout: Some(std::time::Duration::from_secs(30)),
+            ..Default::default()
+        })
+    }
+
+    async fn pull_locked(&self, r: &ImageRef, creds: &Credentials) -> Result<ImageRecord> {
+        let mut last_err = None;
+        for ep in self.registries.endpoints(r.registry()) {
+            let mut oref = r.inner.clone();
+            if let Some(m) = &ep.mirror {
+                oref.set_mirror_registry(m.clone());
+            }
+            let src = Source {
+                client: self.client(),
+                host: oref.resolve_registry().to_string(),
+                oref,
+                auth: creds.registry_auth(),
+                image: r,
+            };
+            match self.resolve(&src).await {
+                Ok(resolved) => return self.fetch(&src, resolved).await,
+                Err(e) => {
+                    warn!(image = %r, endpoint = %src.host, error = %e, "cannot resolve image on endpoint");
+                    last_err = Some(e);
+                }
+            }
+        }
+        Err(last_err.unwrap_or_else(|| ImageError::NotFound { registry: r.registry().into(), image: r.to_string() }))
+    }
+
+    /// Fetches the manifest the reference names and, for an index, the linux/amd64 manifest.
+    async fn resolve(&self, src: &Source<'_>) -> Result<Resolved> {
+        let (body, _) = src
+            .client
+            .pull_manifest_raw(&src.oref, &src.auth, ACCEPTED)
+            .await
+            .map_err(|e| map_oci(e, src))?;
+        let top = Digest::of(&body);
+        if let Some(want) = src.image.digest() {
+            want.verify(&format!("manifest {}", src.image), &body)?;
+        }
+        let mut blobs = vec![(top.clone(), body.clone())];
+        let (config, layers) = match Manifest::parse(&body)? {
+            Manifest::Image { config, layers } => (config, layers),
+            Manifest::Index(entries) => {
+                let entry = select_linux_amd64(&entries)
+                    .ok_or_else(|| ImageError::NoMatchingPlatform { index: src.image.repo_digest(&top) })?;
+                let d = Digest::parse(&entry.digest)?;
+                debug!(index = %top, manifest = %d, "selected linux/amd64");
+                let (body, _) = src
+                    .client
+                    .pull_manifest_raw(&src.oref.clone_with_digest(d.to_string()), &src.auth, ACCEPTED)
+                    .await
+                    .map_err(|e| map_oci(e, src))?;
+                d.verify("platform manifest", &body)?;
+                blobs.push((d, body.clone()));
+                match Manifest::parse(&body)? {
+                    Manifest::Image { config, layers } => (config, layers),
+                    Manifest::Index(_) => return Err(ImageError::invalid("manifest", "index nested in an index")),
+                }
+            }
+        };
+        Ok(Resolved { top, blobs, config, layers })
+    }
+
+    async fn fetch(&self, src: &Source<'_>, res: Resolved) -> Result<ImageRecord> {
+        let config_digest = Digest::parse(&res.config.digest)?;
+        let config_bytes = self.small_blob(src, &config_digest, res.config.size).await?;
+        let config = ConfigFile::parse(&config_bytes)?;
+        if config.rootfs.diff_ids.len() != res.layers.len() {
+            return Err(ImageError::invalid(
+                "image",
+                format!("{} layers in the manifest, {} diff_ids in the config", res.layers.len(), config.rootfs.diff_ids.len()),
+            ));
+        }
+        if !config.os.is_empty() && config.os != "linux" {
+            return Err(ImageError::invalid("image", format!("image is for {}/{}", config.os, config.architecture)));
+        }
+        let mut layer_records = Vec::with_capacity(res.layers.len());
+        for (l, diff) in res.layers.iter().zip(&config.rootfs.diff_ids) {
+            let digest = Digest::parse(&l.digest)?;
+            let diff_id = Digest::parse(diff)?;
+            layer_records.push(LayerRecord {
+                digest: digest.to_string(),
+                diff_id: diff_id.to_string(),
+                size: l.size,
+                media_type: l.media_type.clone(),
+            });
+        }
+        // Collected first: a lazily mapped iterator inside the stream trips the Send check.
+        // Every layer runs to its end (no sibling is dropped half-way), then the first error wins.
+        let work: Vec<_> = layer_records.iter().map(|l| self.ensure_layer(src, l)).collect();
+        let results: Vec<Result<()>> =
+            futures_util::stream::iter(work).buffer_unordered(LAYER_CONCURRENCY).collect().await;
+        results.into_iter().collect::<Result<Vec<()>>>()?;
+        for (d, body) in &res.blobs {
+            self.store.layout.put_blob(d, body)?;
+        }
+        let size = res.config.size + layer_records.iter().map(|l| l.size).sum::<u64>();
+        let rec = ImageRecord {
+            id: config_digest.to_string(),
+            repo_tags: vec![],
+            repo_digests: vec![],
+            size,
+            manifest_digests: res.blobs.iter().map(|(d, _)| d.to_string()).collect(),
+            layers: layer_records,
+            config: config.config,
+            pinned: false,
+        };
+        self.store.commit(rec, src.image.repo_tag(), src.image.repo_digest(&res.top))
+    }
+
+    /// A config-sized blob: from the store if there, else fetched, verified and stored.
+    async fn small_blob(&self, src: &Source<'_>, d: &Digest, size: u64) -> Result<Vec<u8>> {
+        if size > MAX_SMALL_BLOB {
+            return Err(ImageError::invalid("config", format!("{size} bytes is too large")));
+        }
+        let _flight = self.flights.lock(&d.to_string()).await;
+        let path = self.store.layout.blob(d);
+        if let Ok(data) = tokio::fs::read(&path).await {
+            if d.verify("stored blob", &data).is_ok() {
+                return Ok(data);
+            }
+        }
+        let mut data = Vec::with_capacity(size as usize);
+        src.client.pull_blob(&src.oref, d.to_string().as_str(), &mut data).await.map_err(|e| map_oci(e, src))?;
+        d.verify(&format!("config {d}"), &data)?;
+        self.store.layout.put_blob(d, &data)?;
+        Ok(data)
+    }
+
+    /// Makes sure the layer is unpacked: downloads its blob (once, whoever asks) and unpacks it.
+    async fn ensure_layer(&self, src: &Source<'_>, l: &LayerRecord) -> Result<()> {
+        let digest = Digest::parse(&l.digest)?;
+        let diff_id = Digest::parse(&l.diff_id)?;
+        let _flight = self.flights.lock(&diff_id.to_string()).await;
+        let layer_dir = self.store.layout.layer(&diff_id);
+        if layer_dir.is_dir() {
+            debug!(%diff_id, "layer already unpacked");
+            return Ok(());
+        }
+        let blob = self.store.layout.blob(&digest);
+        if !blob.exists() {
+            self.download(src, &digest, l.size).await?;
+        }
+        // The blocking task owns the temp dir: if this request is cancelled it still finishes
+        // (or fails) and cleans up after itself.
+        let tmp = self.store.layout.tmp("layer");
+        let id = diff_id.clone();
+        tokio::task::spawn_blocking(move || {
+            unpack_layer(&blob, tmp.path(), &id)?;
+            tmp.persist(&layer_dir).map_err(|e| ImageError::io_path("renaming layer to", &layer_dir, e))
+        })
+        .await
+        .map_err(|e| ImageError::Unpack { layer: diff_id.to_string(), detail: format!("unpack task: {e}") })?
+    }
+
+    /// Streams a blob to a temp file, checking size and digest, then renames it into place.
+    async fn download(&self, src: &Source<'_>, d: &Digest, size: u64) -> Result<()> {
+        let tmp = self.store.layout.tmp("blob");
+        self.download_to(src, d, size, tmp.path()).await?;
+        let dst = self.store.layout.blob(d);
+        tmp.persist(&dst).map_err(|e| ImageError::io_path("renaming blob to", &dst, e))
+    }
+
+    async fn download_to(&self, src: &Source<'_>, d: &Digest, size: u64, tmp: &Path) -> Result<()> {
+        let what = format!("layer blob {d} from {}", src.host);
+        debug!(digest = %d, size, endpoint = %src.host, "downloading blob");
+        let mut stream =
+            src.client.pull_blob_stream(&src.oref, d.to_string().as_str()).await.map_err(|e| map_oci(e, src))?;
+        let mut file = tokio::fs::File::create(tmp).await.map_err(|e| ImageError::io_path("creating", tmp, e))?;
+        let mut hasher = Hasher::default();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| {
+                if e.get_ref().is_some_and(|i| i.is::<oci_client::errors::DigestError>()) {
+                    ImageError::DigestMismatch { what: what.clone(), expected: d.to_string(), actual: e.to_string() }
+                } else {
+                    ImageError::Registry { registry: src.host.clone(), detail: format!("reading {what}: {e}") }
+                }
+            })?;
+            hasher.update(&chunk);
+            if size > 0 && hasher.len() > size {
+                return Err(ImageError::SizeMismatch { what, expected: size, actual: hasher.len() });
+            }
+            file.write_all(&chunk).await.map_err(|e| ImageError::io_path("writing", tmp, e))?;
+        }
+        file.sync_all().await.map_err(|e| ImageError::io_path("syncing", tmp, e))?;
+        if size > 0 && hasher.len() != size {
+            return Err(ImageError::SizeMismatch { what, expected: size, actual: hasher.len() });
+        }
+        let actual = hasher.finish();
+        if &actual != d {
+            return Err(ImageError::DigestMismatch { what, expected: d.to_string(), actual: actual.to_string() });
+        }
+        Ok(())
+    }
+}
+
+/// Registry errors in the service's terms: 401/403 -> Unauthenticated, unknown -> NotFound.
+fn map_oci(e: OciDistributionError, src: &Source<'_>) -> ImageError {
+    let registry = src.host.clone();
+    let image = src.image.to_string();
+    let detail = e.to_string();
+    match &e {
+        OciDistributionError::UnauthorizedError { .. } | OciDistributionError::AuthenticationFailure(_) => {
+            ImageError::Unauthenticated { registry, image, detail }
+        }
+        OciDistributionError::ServerError { code: 401 | 403, .. } => ImageError::Unauthenticated { registry, image, detail },
+        OciDistributionError::ServerError { code: 404, .. } | OciDistributionError::ImageManifestNotFoundError(_) => {
+            ImageError::NotFound { registry, image }
+        }
+        OciDistributionError::RegistryError { envelope, .. } => {
+            if envelope.errors.iter().any(|x| matches!(x.code, OciErrorCode::Unauthorized | OciErrorCode::Denied)) {
+                ImageError::Unauthenticated { registry, image, detail }
+            } else if envelope.errors.iter().any(|x| {
+                matches!(
+                    x.code,
+                    OciErrorCode::ManifestUnknown | OciErrorCode::NameUnknown | OciErrorCode::BlobUnknown | OciErrorCode::NotFound
+                )
+            }) {
+                ImageError::NotFound { registry, image }
+            } else {
+                ImageError::Registry { registry, detail }
+            }
+        }
+        OciDistributionError::DigestError(_) => {
+            ImageError::DigestMismatch { what: format!("content of {image} from {registry}"), expected: String::new(), actual: detail }
+        }
+        _ => ImageError::Registry { registry, detail },
+    }
+}

@@ -1,0 +1,154 @@
+//! The CRI v1 ImageService over the store and the puller.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use k8s_cri::v1::image_service_server::ImageService;
+use k8s_cri::v1::{
+    FilesystemIdentifier, FilesystemUsage, Image, ImageFsInfoRequest, ImageFsInfoResponse, ImageSpec,
+    ImageStatusRequest, ImageStatusResponse, Int64Value, ListImagesRequest, ListImagesResponse, PullImageRequest,
+    PullImageResponse, RemoveImageRequest, RemoveImageResponse, UInt64Value,
+};
+use tonic::{Request, Response, Status};
+use tracing::{info, warn};
+
+use crate::auth::Credentials;
+use crate::config::ImageServiceConfig;
+use crate::error::{ImageError, Result};
+use crate::imageconfig::ImageUser;
+use crate::pull::Puller;
+use crate::record::ImageRecord;
+use crate::store::{ContainerImage, ImageStore};
+
+/// The CRI ImageService. Cheap to clone; clones share the store.
+#[derive(Clone)]
+pub struct ImageServiceImpl {
+    puller: Arc<Puller>,
+}
+
+impl ImageServiceImpl {
+    /// Opens the store under `config.root` (reloading images pulled before a restart).
+    pub fn new(config: &ImageServiceConfig) -> Result<Self> {
+        let store = ImageStore::open(&config.root)?;
+        Ok(ImageServiceImpl { puller: Arc::new(Puller::new(store, config.registries.clone())) })
+    }
+
+    /// The store, shared with the runtime service (CreateContainer).
+    pub fn store(&self) -> Arc<ImageStore> {
+        self.puller.store().clone()
+    }
+
+    /// Pulls an image outside of gRPC (e.g. the sandbox image); returns the image id.
+    pub async fn pull(&self, image: &str, creds: &Credentials) -> Result<String> {
+        Ok(self.puller.pull(image, creds).await?.id)
+    }
+
+    /// Config and ordered layer directories of an image, for CreateContainer.
+    pub fn container_image(&self, reference: &str) -> Result<Option<ContainerImage>> {
+        self.puller.store().container_image(reference)
+    }
+}
+
+fn spec_image(spec: Option<&ImageSpec>) -> Result<&str, Status> {
+    match spec.map(|s| s.image.as_str()) {
+        Some(s) if !s.is_empty() => Ok(s),
+        _ => Err(Status::invalid_argument("image spec with a non-empty image is required")),
+    }
+}
+
+fn to_cri(rec: &ImageRecord) -> Image {
+    let (uid, username) = match rec.config.image_user() {
+        ImageUser::None => (None, String::new()),
+        ImageUser::Uid(u) => (Some(Int64Value { value: u }), String::new()),
+        ImageUser::Name(n) => (None, n),
+    };
+    Image {
+        id: rec.id.clone(),
+        repo_tags: rec.repo_tags.clone(),
+        repo_digests: rec.repo_digests.clone(),
+        size: rec.size,
+        uid,
+        username,
+        spec: Some(ImageSpec { image: rec.id.clone(), ..Default::default() }),
+        pinned: rec.pinned,
+    }
+}
+
+fn now_nanos() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+}
+
+#[tonic::async_trait]
+impl ImageService for ImageServiceImpl {
+    async fn list_images(&self, request: Request<ListImagesRequest>) -> Result<Response<ListImagesResponse>, Status> {
+        let store = self.puller.store();
+        let filter = request.into_inner().filter.and_then(|f| f.image).map(|s| s.image).filter(|s| !s.is_empty());
+        let images = match filter {
+            Some(f) => store.resolve(&f).iter().map(to_cri).collect(),
+            None => store.list().iter().map(to_cri).collect(),
+        };
+        Ok(Response::new(ListImagesResponse { images }))
+    }
+
+    async fn image_status(&self, request: Request<ImageStatusRequest>) -> Result<Response<ImageStatusResponse>, Status> {
+        let req = request.into_inner();
+        let reference = spec_image(req.image.as_ref())?;
+        let store = self.puller.store();
+        let Some(rec) = store.resolve(reference) else {
+            return Ok(Response::new(ImageStatusResponse::default()));
+        };
+        let mut info = HashMap::new();
+        if req.verbose {
+            let config: serde_json::Value = store
+                .config_blob(&rec)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or(serde_json::Value::Null);
+            let v = serde_json::json!({
+                "id": rec.id,
+                "manifestDigests": rec.manifest_digests,
+                "layers": rec.layers,
+                "imageSpec": config,
+            });
+            info.insert("info".to_string(), v.to_string());
+        }
+        Ok(Response::new(ImageStatusResponse { image: Some(to_cri(&rec)), info }))
+    }
+
+    async fn pull_image(&self, request: Request<PullImageRequest>) -> Result<Response<PullImageResponse>, Status> {
+        let req = request.into_inner();
+        let image = spec_image(req.image.as_ref())?;
+        let creds = Credentials::from_cri(req.auth.as_ref());
+        let rec = self.puller.pull(image, &creds).await.map_err(Status::from)?;
+        Ok(Response::new(PullImageResponse { image_ref: rec.id }))
+    }
+
+    async fn remove_image(&self, request: Request<RemoveImageRequest>) -> Result<Response<RemoveImageResponse>, Status> {
+        let req = request.into_inner();
+        let image = spec_image(req.image.as_ref())?;
+        match self.puller.store().remove(image).await.map_err(Status::from)? {
+            Some(rec) => info!(image, id = %rec.id, "removed image"),
+            None => info!(image, "remove: no such image"),
+        }
+        Ok(Response::new(RemoveImageResponse {}))
+    }
+
+    async fn image_fs_info(&self, _request: Request<ImageFsInfoRequest>) -> Result<Response<ImageFsInfoResponse>, Status> {
+        let store = self.puller.store().clone();
+        let usage = tokio::task::spawn_blocking(move || store.fs_usage())
+            .await
+            .map_err(|e| Status::internal(format!("fs usage task: {e}")))?
+            .map_err(|e: ImageError| {
+                warn!(error = %e, "image fs usage");
+                Status::from(e)
+            })?;
+        let fs = FilesystemUsage {
+            timestamp: now_nanos(),
+            fs_id: Some(FilesystemIdentifier { mountpoint: self.puller.store().root().display().to_string() }),
+            used_bytes: Some(UInt64Value { value: usage.used_bytes }),
+            inodes_used: Some(UInt64Value { value: usage.inodes_used }),
+        };
+        Ok(Response::new(ImageFsInfoResponse { image_filesystems: vec![fs], container_filesystems: vec![] }))
+    }
+}
