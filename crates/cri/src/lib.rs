@@ -25,3 +25,4 @@ pub use server::{serve_blocking, Daemon, ServeError};
 
 /// The CRI types and clients (re-exported so callers use the same version).
 pub use k8s_cri;
+pub use tonic;

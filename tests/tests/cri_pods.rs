@@ -1,0 +1,363 @@
+//! End-to-end: the CRI daemon (`carapace serve`, or this test binary running the same daemon
+//! code when the `carapace` binary does not have `serve` yet) driven over its socket like
+//! kubelet, with pod sandboxes that are real VMs. Needs a KVM that boots Linux; `make test-e2e`
+//! runs it (inside the test host on these machines; CARAPACE_VMM_KICK_MS reaches the VMMs
+//! through the daemon).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use carapace_cri::k8s_cri::v1 as cri;
+use carapace_cri::k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use carapace_tests::{carapace_bin, GuestImage};
+use carapace_cri::tonic;
+use tonic::transport::Channel;
+
+/// Set (to a config path) when this binary is re-executed to be the daemon.
+const DAEMON_ENV: &str = "CARAPACE_CRI_E2E_DAEMON";
+const READY: i32 = cri::PodSandboxState::SandboxReady as i32;
+const NOTREADY: i32 = cri::PodSandboxState::SandboxNotready as i32;
+
+/// Not a test: the daemon process of the tests below (runs only when DAEMON_ENV is set).
+#[test]
+#[ignore = "needs a KVM that boots Linux guests: run by `make test-e2e`"]
+fn daemon_process() {
+    let Some(path) = std::env::var_os(DAEMON_ENV) else { return };
+    let cfg = carapace_cri::Config::load(Path::new(&path), true).expect("daemon config");
+    if let Err(e) = carapace_cri::serve_blocking(cfg) {
+        eprintln!("daemon: {e}");
+        std::process::exit(1);
+    }
+    std::process::exit(0);
+}
+
+/// A daemon process with private state/run dirs under /tmp (Unix sockets need a local fs).
+struct Daemon {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    socket: PathBuf,
+    child: Option<Child>,
+}
+
+fn carapace_has_serve() -> bool {
+    Command::new(carapace_bin())
+        .args(["serve", "--help"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+impl Daemon {
+    fn new() -> Result<Daemon> {
+        let image = GuestImage::from_env()?;
+        let dir = tempfile::Builder::new().prefix("cri").tempdir_in("/tmp")?;
+        let d = dir.path();
+        let socket = d.join("cri.sock");
+        let config = d.join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"unix://{}\"\nstate_dir = \"{}/state\"\nrun_dir = \"{}/run\"\n\
+                 vmm_binary = \"{}\"\nagent_timeout_s = 120\nstop_timeout_s = 10\n\
+                 [profiles.default]\nkernel = \"{}\"\ninitramfs = \"{}\"\n",
+                socket.display(),
+                d.display(),
+                d.display(),
+                carapace_bin().display(),
+                image.kernel.display(),
+                image.initramfs.display()
+            ),
+        )?;
+        let mut daemon = Daemon { dir, config, socket, child: None };
+        daemon.start()?;
+        Ok(daemon)
+    }
+
+    fn start(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("daemon.log"))?;
+        let mut cmd = if carapace_has_serve() {
+            let mut c = Command::new(carapace_bin());
+            c.arg("serve").arg("--config").arg(&self.config);
+            c
+        } else {
+            let mut c = Command::new(std::env::current_exe()?);
+            c.args(["--exact", "daemon_process", "--ignored", "--nocapture", "--test-threads=1"])
+                .env(DAEMON_ENV, &self.config);
+            c
+        };
+        cmd.env("CARAPACE_LOG", "info").stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+        self.child = Some(cmd.spawn().context("start the daemon")?);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
+            if Instant::now() > deadline {
+                bail!("daemon did not listen within 30 s\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    fn pods_dir(&self) -> PathBuf {
+        self.dir.path().join("run/pods")
+    }
+
+    fn records_dir(&self) -> PathBuf {
+        self.dir.path().join("state/sandboxes")
+    }
+
+    /// VMM processes started for this daemon (their command line names its run dir).
+    fn vmm_processes(&self) -> Vec<i32> {
+        let needle = self.pods_dir().display().to_string();
+        let mut pids = Vec::new();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            let zombie = stat.rsplit(')').next().is_some_and(|s| s.trim_start().starts_with('Z'));
+            if !zombie && String::from_utf8_lossy(&cmdline).contains(&needle) {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+
+    /// Fails unless no VMM process, pod file, socket or record is left.
+    fn assert_clean(&self) -> Result<()> {
+        let procs = self.vmm_processes();
+        ensure!(procs.is_empty(), "VMM processes left behind: {procs:?}");
+        for d in [self.pods_dir(), self.records_dir()] {
+            let left: Vec<_> = std::fs::read_dir(&d)
+                .map(|r| r.flatten().map(|e| e.file_name()).collect())
+                .unwrap_or_default();
+            ensure!(left.is_empty(), "left behind in {}: {left:?}", d.display());
+        }
+        Ok(())
+    }
+
+    async fn client(&self) -> Result<RuntimeServiceClient<Channel>> {
+        Ok(carapace_cri::client::connect(&self.socket).await?)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+        // Never leave a VM running after a failed test.
+        for pid in self.vmm_processes() {
+            // SAFETY: kill(2) on a PID whose command line names this test's private directory.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+fn pod(name: &str, attempt: u32) -> cri::RunPodSandboxRequest {
+    cri::RunPodSandboxRequest {
+        config: Some(cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata {
+                name: name.into(),
+                uid: format!("uid-{name}"),
+                namespace: "e2e".into(),
+                attempt,
+            }),
+            hostname: name.into(),
+            log_directory: format!("/var/log/pods/e2e_{name}"),
+            dns_config: Some(cri::DnsConfig {
+                servers: vec!["10.96.0.10".into()],
+                searches: vec!["e2e.svc.cluster.local".into()],
+                options: vec!["ndots:5".into()],
+            }),
+            labels: [("app".to_string(), name.to_string())].into(),
+            annotations: [("note".to_string(), "e2e".to_string())].into(),
+            ..Default::default()
+        }),
+        runtime_handler: String::new(),
+    }
+}
+
+async fn status_of(c: &mut RuntimeServiceClient<Channel>, id: &str) -> Result<cri::PodSandboxStatusResponse> {
+    Ok(c.pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: id.into(), verbose: true })
+        .await?
+        .into_inner())
+}
+
+async fn list(c: &mut RuntimeServiceClient<Channel>, filter: cri::PodSandboxFilter) -> Result<Vec<cri::PodSandbox>> {
+    Ok(c.list_pod_sandbox(cri::ListPodSandboxRequest { filter: Some(filter) }).await?.into_inner().items)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime")
+}
+
+fn with_log<T>(d: &Daemon, r: Result<T>) -> T {
+    match r {
+        Ok(v) => v,
+        Err(e) => panic!("{e:#}\n--- daemon log ---\n{}", d.log()),
+    }
+}
+
+#[test]
+#[ignore = "needs a KVM that boots Linux guests: run by `make test-e2e`"]
+fn cri_pod_runs_ready_lists_stops_and_removes() {
+    let d = Daemon::new().expect("daemon");
+    let r = runtime().block_on(async {
+        let mut c = d.client().await?;
+        let started = Instant::now();
+        let id = c.run_pod_sandbox(pod("web", 0)).await.context("RunPodSandbox")?.into_inner().pod_sandbox_id;
+        eprintln!("runp: {:?}", started.elapsed());
+        let st = status_of(&mut c, &id).await?;
+        let s = st.status.clone().context("no status")?;
+        ensure!(s.state == READY, "state {} after RunPodSandbox", s.state);
+        ensure!(s.created_at > 0 && s.metadata.as_ref().is_some_and(|m| m.name == "web"));
+        ensure!(s.labels.get("app").map(String::as_str) == Some("web"));
+        ensure!(st.info["info"].contains("kernel_version"), "verbose info: {:?}", st.info);
+        let resolv = std::fs::read_to_string(d.pods_dir().join(&id).join("resolv.conf"))?;
+        ensure!(resolv.contains("nameserver 10.96.0.10") && resolv.contains("options ndots:5"), "{resolv}");
+        ensure!(d.vmm_processes().len() == 1, "expected one VMM");
+
+        // Same (name, namespace, uid, attempt) again → AlreadyExists, nothing new started.
+        let e = c.run_pod_sandbox(pod("web", 0)).await.expect_err("duplicate pod accepted");
+        ensure!(e.code() == tonic::Code::AlreadyExists, "duplicate: {e:?}");
+        ensure!(e.message().contains(&id), "{}", e.message());
+
+        // List with filters.
+        let all = list(&mut c, cri::PodSandboxFilter::default()).await?;
+        ensure!(all.len() == 1 && all[0].id == id && all[0].state == READY);
+        let by_label = cri::PodSandboxFilter {
+            label_selector: [("app".to_string(), "web".to_string())].into(),
+            ..Default::default()
+        };
+        ensure!(list(&mut c, by_label).await?.len() == 1);
+        let other_label = cri::PodSandboxFilter {
+            label_selector: [("app".to_string(), "db".to_string())].into(),
+            ..Default::default()
+        };
+        ensure!(list(&mut c, other_label).await?.is_empty());
+        let by_prefix = cri::PodSandboxFilter { id: id[..12].to_string(), ..Default::default() };
+        ensure!(list(&mut c, by_prefix).await?.len() == 1);
+        let notready = cri::PodSandboxFilter {
+            state: Some(cri::PodSandboxStateValue { state: NOTREADY }),
+            ..Default::default()
+        };
+        ensure!(list(&mut c, notready.clone()).await?.is_empty());
+
+        let stats = c
+            .pod_sandbox_stats(cri::PodSandboxStatsRequest { pod_sandbox_id: id.clone() })
+            .await?
+            .into_inner()
+            .stats
+            .context("no stats")?;
+        let linux = stats.linux.context("no linux stats")?;
+        ensure!(linux.cpu.is_some() && linux.memory.is_some(), "stats: {linux:?}");
+
+        let started = Instant::now();
+        c.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: id.clone() }).await?;
+        eprintln!("stopp: {:?}", started.elapsed());
+        ensure!(d.vmm_processes().is_empty(), "VMM still running after StopPodSandbox");
+        ensure!(status_of(&mut c, &id).await?.status.context("status")?.state == NOTREADY);
+        ensure!(list(&mut c, notready).await?.len() == 1);
+        c.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: id.clone() }).await?;
+        c.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id.clone() }).await?;
+        c.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id.clone() }).await?;
+        let e = status_of(&mut c, &id).await.expect_err("removed pod still has a status");
+        ensure!(format!("{e:#}").contains("not found"), "{e:#}");
+        // The name is free again.
+        let id2 = c.run_pod_sandbox(pod("web", 0)).await?.into_inner().pod_sandbox_id;
+        c.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id2 }).await?;
+        d.assert_clean()
+    });
+    with_log(&d, r);
+}
+
+#[test]
+#[ignore = "needs a KVM that boots Linux guests: run by `make test-e2e`"]
+fn cri_daemon_killed_with_a_running_pod_reattaches_after_restart() {
+    let mut d = Daemon::new().expect("daemon");
+    let rt = runtime();
+    let (live, dead) = with_log(
+        &d,
+        rt.block_on(async {
+            let mut c = d.client().await?;
+            let live = c.run_pod_sandbox(pod("live", 0)).await?.into_inner().pod_sandbox_id;
+            let dead = c.run_pod_sandbox(pod("dies", 0)).await?.into_inner().pod_sandbox_id;
+            Ok::<_, anyhow::Error>((live, dead))
+        }),
+    );
+    let vmms = d.vmm_processes();
+    assert_eq!(vmms.len(), 2, "expected two VMMs");
+    d.kill9();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(d.vmm_processes().len(), 2, "VMMs died with the daemon\n{}", d.log());
+    // While the daemon is down, one VM dies.
+    let dies_pid = vmms
+        .iter()
+        .copied()
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(&dead))
+        })
+        .expect("VMM of the second pod");
+    // SAFETY: kill(2) on the VMM this test started (its command line names the pod's ID).
+    unsafe { libc::kill(dies_pid, libc::SIGKILL) };
+    std::thread::sleep(Duration::from_millis(300));
+    d.start().expect("restart the daemon");
+    let r = rt.block_on(async {
+        let mut c = d.client().await?;
+        let all = list(&mut c, cri::PodSandboxFilter::default()).await?;
+        ensure!(all.len() == 2, "after restart: {all:?}");
+        let state = |id: &str| all.iter().find(|p| p.id == id).map(|p| p.state);
+        ensure!(state(&live) == Some(READY), "live pod not READY after restart");
+        ensure!(state(&dead) == Some(NOTREADY), "pod whose VM died is not NOTREADY");
+        // The duplicate check survives the restart too.
+        let e = c.run_pod_sandbox(pod("live", 0)).await.expect_err("duplicate accepted after restart");
+        ensure!(e.code() == tonic::Code::AlreadyExists, "{e:?}");
+        for id in [&live, &dead] {
+            c.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: id.clone() }).await?;
+            c.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id.clone() }).await?;
+        }
+        ensure!(list(&mut c, cri::PodSandboxFilter::default()).await?.is_empty());
+        d.assert_clean()
+    });
+    with_log(&d, r);
+}
+
+#[test]
+#[ignore = "needs a KVM that boots Linux guests: run by `make test-e2e`"]
+fn cri_run_remove_cycles_leave_nothing_behind() {
+    let cycles: u32 = std::env::var("CARAPACE_E2E_CRI_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    let d = Daemon::new().expect("daemon");
+    let r = runtime().block_on(async {
+        let mut c = d.client().await?;
+        for i in 0..cycles {
+            let started = Instant::now();
+            let id = c
+                .run_pod_sandbox(pod("cycle", i))
+                .await
+                .with_context(|| format!("cycle {i}: RunPodSandbox"))?
+                .into_inner()
+                .pod_sandbox_id;
+            ensure!(status_of(&mut c, &id).await?.status.context("status")?.state == READY);
+            // Remove without Stop: RemovePodSandbox stops the VM itself.
+            c.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id.clone() }).await?;
+            d.assert_clean().with_context(|| format!("after cycle {i}"))?;
+            eprintln!("cycle {i}: {:?}", started.elapsed());
+        }
+        Ok(())
+    });
+    with_log(&d, r);
+}
