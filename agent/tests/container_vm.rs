@@ -186,12 +186,8 @@ async fn containers_in_a_real_guest() {
     let mut g = client.grpc();
     let step = |s: &str| eprintln!("== {s}");
 
-    step("stdout and stderr separate, exit 3 (default seccomp profile)");
-    let mut req = container("c-exit3", &["sh", "-c", "echo out; echo err >&2; exit 3"]);
-    req.security = Some(pb::Security {
-        seccomp: Some(pb::Seccomp { kind: pb::seccomp::Kind::RuntimeDefault as i32, profile_json: String::new() }),
-        ..Default::default()
-    });
+    step("stdout and stderr separate, exit 3");
+    let req = container("c-exit3", &["sh", "-c", "echo out; echo err >&2; exit 3"]);
     let (o, w) = run_to_end(&mut g, req).await;
     assert_eq!((o.out.as_str(), o.err.as_str()), ("out\n", "err\n"), "{}", vm.serial());
     assert_eq!((w.exit_code, w.reason.as_str()), (3, "Error"));
@@ -284,6 +280,16 @@ async fn containers_in_a_real_guest() {
     assert_eq!(o.out, "1000\n");
     assert!(o.err.contains("Permission denied"), "{o:?}");
     assert_ne!(w.exit_code, 0);
+
+    step("default seccomp profile (no_new_privs): unshare is refused");
+    let mut sc = container("seccomp", &["sh", "-c", "unshare -U true && echo allowed || echo refused"]);
+    sc.security = Some(pb::Security {
+        no_new_privs: true,
+        seccomp: Some(pb::Seccomp { kind: pb::seccomp::Kind::RuntimeDefault as i32, profile_json: String::new() }),
+        ..Default::default()
+    });
+    let (o, _) = run_to_end(&mut g, sc).await;
+    assert_eq!(o.out, "refused\n", "{o:?}");
 
     step("hostile requests get errors; the agent stays up");
     let mut bad = container("bad", &["sh"]);
