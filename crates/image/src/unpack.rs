@@ -92,7 +92,7 @@ fn unpack_tar<R: Read>(r: R, dst: &Path) -> io::Result<()> {
             }
             let path = ensure_dir(dst, parent_rel)?.join(target);
             remove_any(&path)?;
-            mknod(&path, libc::S_IFCHR | 0o000, 0, 0)?;
+            mknod(&path, libc::S_IFCHR, 0, 0)?;
             continue;
         }
         let kind = entry.header().entry_type();

@@ -120,7 +120,7 @@ async fn pulls_through_mirrors() {
     // Docker Hub name rules through the docker.io mirror.
     pull(&svc, "test/app:1.0", None).await.unwrap();
     assert!(status(&svc, "docker.io/test/app:1.0").await.is_some());
-    assert_eq!(reg.blob_gets("test/busybox", &reg.manifest("test/busybox:latest")["layers"][0]["digest"].as_str().unwrap()), 1);
+    assert_eq!(reg.blob_gets("test/busybox", reg.manifest("test/busybox:latest")["layers"][0]["digest"].as_str().unwrap()), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
