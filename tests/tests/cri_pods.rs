@@ -361,3 +361,53 @@ fn cri_run_remove_cycles_leave_nothing_behind() {
     });
     with_log(&d, r);
 }
+
+#[test]
+#[ignore = "needs a KVM that boots Linux guests: run by `make test-e2e`"]
+fn cri_pods_started_concurrently_all_reach_ready() {
+    let n: u32 = std::env::var("CARAPACE_E2E_CRI_CONCURRENT").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
+    let d = Daemon::new().expect("daemon");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let r = rt.block_on(async {
+        let c = d.client().await?;
+        let started = Instant::now();
+        let runs: Vec<_> = (0..n)
+            .map(|i| {
+                let mut c = c.clone();
+                tokio::spawn(async move { c.run_pod_sandbox(pod(&format!("conc{i}"), 0)).await })
+            })
+            .collect();
+        let mut ids = Vec::new();
+        let mut failures = Vec::new();
+        for (i, h) in runs.into_iter().enumerate() {
+            match h.await? {
+                Ok(r) => ids.push(r.into_inner().pod_sandbox_id),
+                Err(e) => failures.push(format!("pod {i}: {e:?}")),
+            }
+        }
+        eprintln!("{} of {n} pods ready in {:?}", ids.len(), started.elapsed());
+        let mut c2 = c.clone();
+        let ready = cri::PodSandboxFilter {
+            state: Some(cri::PodSandboxStateValue { state: READY }),
+            ..Default::default()
+        };
+        let listed = list(&mut c2, ready).await?.len();
+        let removes: Vec<_> = ids
+            .iter()
+            .map(|id| {
+                let mut c = c.clone();
+                let id = id.clone();
+                tokio::spawn(async move {
+                    c.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id }).await
+                })
+            })
+            .collect();
+        for h in removes {
+            h.await??;
+        }
+        ensure!(failures.is_empty(), "{} pods failed:\n{}", failures.len(), failures.join("\n"));
+        ensure!(listed == n as usize, "{listed} of {n} pods listed READY");
+        d.assert_clean()
+    });
+    with_log(&d, r);
+}

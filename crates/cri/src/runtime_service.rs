@@ -88,6 +88,16 @@ fn filter_of(f: Option<cri::PodSandboxFilter>) -> SandboxFilter {
     SandboxFilter { id: f.id, state: f.state.map(|s| s.state), labels: f.label_selector }
 }
 
+/// Runs a lifecycle operation as its own task: if the client gives up (kubelet's deadline), the
+/// operation still finishes or cleans up instead of being dropped halfway through.
+async fn detached<T: Send + 'static>(
+    op: impl std::future::Future<Output = Result<T, CriError>> + Send + 'static,
+) -> Result<T, CriError> {
+    tokio::spawn(op)
+        .await
+        .map_err(|e| CriError::Internal(format!("the operation's task failed: {e}")))?
+}
+
 type EventStream =
     Pin<Box<dyn tokio_stream::Stream<Item = Result<cri::ContainerEventResponse, Status>> + Send>>;
 
@@ -109,7 +119,9 @@ impl RuntimeService for CriRuntime {
         &self,
         request: Request<cri::RunPodSandboxRequest>,
     ) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
-        let id = self.manager.run(request.into_inner()).await?;
+        let m = self.manager.clone();
+        let req = request.into_inner();
+        let id = detached(async move { m.run(req).await }).await?;
         Ok(Response::new(cri::RunPodSandboxResponse { pod_sandbox_id: id }))
     }
 
@@ -117,7 +129,8 @@ impl RuntimeService for CriRuntime {
         &self,
         request: Request<cri::StopPodSandboxRequest>,
     ) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
-        self.manager.stop(&request.into_inner().pod_sandbox_id).await?;
+        let (m, id) = (self.manager.clone(), request.into_inner().pod_sandbox_id);
+        detached(async move { m.stop(&id).await }).await?;
         Ok(Response::new(cri::StopPodSandboxResponse {}))
     }
 
@@ -125,7 +138,8 @@ impl RuntimeService for CriRuntime {
         &self,
         request: Request<cri::RemovePodSandboxRequest>,
     ) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
-        self.manager.remove(&request.into_inner().pod_sandbox_id).await?;
+        let (m, id) = (self.manager.clone(), request.into_inner().pod_sandbox_id);
+        detached(async move { m.remove(&id).await }).await?;
         Ok(Response::new(cri::RemovePodSandboxResponse {}))
     }
 
