@@ -186,8 +186,12 @@ async fn containers_in_a_real_guest() {
     let mut g = client.grpc();
     let step = |s: &str| eprintln!("== {s}");
 
-    step("stdout and stderr separate, exit 3");
-    let req = container("c-exit3", &["sh", "-c", "echo out; echo err >&2; exit 3"]);
+    step("stdout and stderr separate, exit 3 (default seccomp profile)");
+    let mut req = container("c-exit3", &["sh", "-c", "echo out; echo err >&2; exit 3"]);
+    req.security = Some(pb::Security {
+        seccomp: Some(pb::Seccomp { kind: pb::seccomp::Kind::RuntimeDefault as i32, profile_json: String::new() }),
+        ..Default::default()
+    });
     let (o, w) = run_to_end(&mut g, req).await;
     assert_eq!((o.out.as_str(), o.err.as_str()), ("out\n", "err\n"), "{}", vm.serial());
     assert_eq!((w.exit_code, w.reason.as_str()), (3, "Error"));

@@ -108,7 +108,7 @@ pub fn process_json(p: &pb::Process, caps: &[String], no_new_privs: bool) -> Val
         env.push(DEFAULT_PATH.to_owned());
     }
     let cwd = if p.cwd.is_empty() { "/" } else { p.cwd.as_str() };
-    json!({
+    let mut v = json!({
         "terminal": false,
         "user": user_json(p.user.as_ref()),
         "args": p.args,
@@ -119,8 +119,14 @@ pub fn process_json(p: &pb::Process, caps: &[String], no_new_privs: bool) -> Val
             "effective": caps,
             "permitted": caps,
         },
-        "noNewPrivileges": no_new_privs,
-    })
+    });
+    // Only when true: libcontainer 0.7 loads the seccomp filter before
+    // dropping capabilities only when the field is absent; `false` makes it
+    // load the filter after the drop, which the kernel refuses (EACCES).
+    if no_new_privs {
+        v["noNewPrivileges"] = json!(true);
+    }
+    v
 }
 
 /// Capability set of a container from its security settings.
@@ -385,7 +391,8 @@ mod tests {
     #[test]
     fn builds_a_spec_libcontainer_can_read() {
         let t = rootfs();
-        let spec = build_spec(&req(t.path()), &ctx(t.path())).unwrap();
+        let rq = req(t.path());
+        let spec = build_spec(&rq, &ctx(t.path())).unwrap();
         let parsed: oci_spec::runtime::Spec = serde_json::from_value(spec.clone()).unwrap();
         assert_eq!(parsed.root().as_ref().unwrap().readonly(), Some(true));
         let p = parsed.process().as_ref().unwrap();
@@ -405,6 +412,9 @@ mod tests {
         let caps = p.capabilities().as_ref().unwrap().bounding().as_ref().unwrap();
         assert_eq!(caps.len(), DEFAULT_CAPABILITIES.len());
         assert!(spec["mounts"].as_array().unwrap().iter().any(|m| m["destination"] == "/etc/hostname"));
+        assert!(spec["process"].get("noNewPrivileges").is_none());
+        let nnp = process_json(rq.process.as_ref().unwrap(), &[], true);
+        assert_eq!(nnp["noNewPrivileges"], true);
     }
 
     #[test]
