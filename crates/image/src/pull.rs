@@ -26,6 +26,8 @@ use crate::unpack::unpack_layer;
 
 /// Largest manifest or config accepted (they are read into memory).
 const MAX_SMALL_BLOB: u64 = 16 << 20;
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 /// Layers fetched at once per pull.
 const LAYER_CONCURRENCY: usize = 3;
 
@@ -90,7 +92,10 @@ impl Puller {
         // and each CRI request brings its own.
         Client::new(ClientConfig {
             protocol: ClientProtocol::HttpsExcept(self.registries.plain_http_hosts()),
-            connect_timeout: Some(std::time::Duration::from_secs(30)),
+            connect_timeout: Some(CONNECT_TIMEOUT),
+            // A registry that stops sending fails the pull instead of hanging it (containerd
+            // gives up after a similar time without progress).
+            read_timeout: Some(READ_TIMEOUT),
             ..Default::default()
         })
     }

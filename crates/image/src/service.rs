@@ -152,3 +152,32 @@ impl ImageService for ImageServiceImpl {
         Ok(Response::new(ImageFsInfoResponse { image_filesystems: vec![fs], container_filesystems: vec![] }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_cri::v1::image_service_server::ImageServiceServer;
+
+    #[tokio::test]
+    async fn servable_and_empty_store_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = ImageServiceImpl::new(&ImageServiceConfig { root: dir.path().into(), ..Default::default() }).unwrap();
+        let _server = ImageServiceServer::new(svc.clone());
+        let list = svc.list_images(Request::new(ListImagesRequest { filter: None })).await.unwrap();
+        assert!(list.into_inner().images.is_empty());
+        let st = svc
+            .image_status(Request::new(ImageStatusRequest { image: Some(ImageSpec { image: "busybox".into(), ..Default::default() }), verbose: true }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(st.image.is_none() && st.info.is_empty());
+        let err = svc.pull_image(Request::new(PullImageRequest::default())).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        let err = svc
+            .pull_image(Request::new(PullImageRequest { image: Some(ImageSpec { image: "Bad Name".into(), ..Default::default() }), ..Default::default() }))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(svc.container_image("busybox").unwrap().is_none());
+    }
+}

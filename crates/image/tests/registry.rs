@@ -120,7 +120,14 @@ async fn pulls_through_mirrors() {
     // Docker Hub name rules through the docker.io mirror.
     pull(&svc, "test/app:1.0", None).await.unwrap();
     assert!(status(&svc, "docker.io/test/app:1.0").await.is_some());
-    assert_eq!(reg.blob_gets("test/busybox", reg.manifest("test/busybox:latest")["layers"][0]["digest"].as_str().unwrap()), 1);
+    // A dead mirror (nothing listens on port 1): the registry itself serves the pull.
+    let mut cfg = insecure(&reg);
+    cfg.mirrors.insert(reg.addr.clone(), vec!["http://127.0.0.1:1".into()]);
+    let root2 = tempfile::tempdir().unwrap();
+    let svc2 = service(root2.path(), cfg);
+    assert_eq!(pull(&svc2, &reg.image("test/busybox:latest"), None).await.unwrap(), id);
+    let layer = reg.manifest("test/busybox:latest")["layers"][0]["digest"].as_str().unwrap().to_string();
+    assert_eq!(reg.blob_gets("test/busybox", &layer), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
