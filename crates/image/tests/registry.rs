@@ -85,6 +85,14 @@ async fn pulls_by_tag_digest_and_index_and_unpacks_layers() {
     assert!(wh.file_type().is_char_device() && wh.rdev() == 0);
     assert_eq!(xattr::get(cleanup.join("data"), OVERLAY_OPAQUE_XATTR).unwrap().as_deref(), Some(&b"y"[..]));
     assert!(cleanup.join("data/new").is_file());
+    // Flattened into one tree: the whiteout and the opaque dir hide the base layer's files.
+    let rootfs = root.path().join("rootfs-test");
+    carapace_image::flatten_layers(&ci.layers, &rootfs).unwrap();
+    assert!(rootfs.join("bin/busybox").is_file());
+    assert!(!rootfs.join("etc/motd").exists());
+    assert!(!rootfs.join("data/old").exists() && rootfs.join("data/new").is_file());
+    assert_eq!(fs::read_to_string(rootfs.join("app/hello-link.sh")).unwrap(), fs::read_to_string(app_layer.join("app/hello.sh")).unwrap());
+    fs::remove_dir_all(&rootfs).unwrap();
 
     // Multi-arch index: the linux/amd64 manifest's config is busybox's, so it is the same image.
     let multi = reg.image("test/multi:latest");
