@@ -215,7 +215,8 @@ async fn containers_in_a_real_guest() {
     assert_eq!(o.out, "hello from a volume\n");
     let e = exec(&mut g, "web", &["/no/such/binary"]).await.unwrap_err();
     eprintln!("missing binary: {:?}: {}", e.code(), e.message());
-    assert!(e.message().contains("not found") || e.message().contains("No such file"), "{e:?}");
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    assert!(e.message().contains("executable '/no/such/binary' not found"), "{e:?}");
     let (o, w) = run_to_end(
         &mut g,
         container(

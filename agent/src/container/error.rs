@@ -16,6 +16,9 @@ pub enum ContainerError {
     /// The container is not in a state that allows the call.
     #[error("{0}")]
     State(String),
+    /// The process's program does not exist in the container.
+    #[error("{0}")]
+    ExecutableNotFound(String),
     /// An option this agent does not support yet.
     #[error("not supported yet: {0}")]
     Unsupported(String),
@@ -51,7 +54,9 @@ impl From<ContainerError> for Status {
         let msg = e.to_string();
         match e {
             ContainerError::Invalid(_) => Status::invalid_argument(msg),
-            ContainerError::NotFound(_) | ContainerError::ExecNotFound { .. } => {
+            ContainerError::NotFound(_)
+            | ContainerError::ExecNotFound { .. }
+            | ContainerError::ExecutableNotFound(_) => {
                 Status::not_found(msg)
             }
             ContainerError::AlreadyExists(_) => Status::already_exists(msg),

@@ -37,7 +37,16 @@ pub fn chain(e: &dyn std::error::Error) -> String {
 }
 
 fn runtime_err(what: &str, e: libcontainer::error::LibcontainerError) -> ContainerError {
-    ContainerError::Runtime(format!("{what}: {}", chain(&e)))
+    classify(what, &chain(&e))
+}
+
+/// A missing program is the caller's mistake, not the runtime's: it gets
+/// its own error (NOT_FOUND) with libcontainer's message.
+pub fn classify(what: &str, msg: &str) -> ContainerError {
+    if let Some(i) = msg.find("executable '") {
+        return ContainerError::ExecutableNotFound(msg[i..].to_owned());
+    }
+    ContainerError::Runtime(format!("{what}: {msg}"))
 }
 
 fn builder(id: &str, state_root: &Path, stdio: ChildStdio) -> Result<ContainerBuilder, ContainerError> {
@@ -170,6 +179,13 @@ mod tests {
         let disk = "25 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n";
         assert!(!mountinfo_root_is_rootfs(disk));
         assert!(!mountinfo_root_is_rootfs(""));
+    }
+
+    #[test]
+    fn missing_executables_are_their_own_error() {
+        let e = classify("exec", "failed: error in executing process : executable '/x' not found in $PATH");
+        assert_eq!(e.to_string(), "executable '/x' not found in $PATH");
+        assert!(matches!(classify("start", "boom"), ContainerError::Runtime(_)));
     }
 
     #[test]
