@@ -30,33 +30,31 @@ impl TestRegistry {
     /// Starts a registry (with htpasswd basic auth if `auth` is given) and pushes the images.
     pub fn start(auth: Option<(&str, &str)>) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let addr = format!("127.0.0.1:{port}");
-        let mut config = format!(
-            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
-            dir.path().join("storage").display()
-        );
         if let Some((user, pass)) = auth {
             let out = Command::new("htpasswd").args(["-Bbn", user, pass]).output().expect("htpasswd (apache2-utils)");
             assert!(out.status.success());
             fs::write(dir.path().join("htpasswd"), out.stdout).unwrap();
-            config += &format!(
-                "auth:\n  htpasswd:\n    realm: carapace-test\n    path: {}\n",
-                dir.path().join("htpasswd").display()
-            );
         }
-        fs::write(dir.path().join("config.yml"), config).unwrap();
-        let log = fs::File::create(dir.path().join("registry.log")).unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(dir.path().join("config.yml"))
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("docker-registry (Debian package docker-registry)");
+        // The free port can be taken by someone else before the registry binds it: retry.
+        let mut attempt = 0;
+        let (addr, child) = loop {
+            attempt += 1;
+            let addr = format!("127.0.0.1:{}", free_port());
+            let mut child = spawn_registry(dir.path(), &addr, auth.is_some());
+            match wait_ready(&addr, &mut child) {
+                Ok(()) => break (addr, child),
+                Err(why) if attempt < 3 => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    eprintln!("registry on {addr} did not start ({why}), retrying");
+                }
+                Err(why) => panic!(
+                    "registry on {addr}: {why}: {}",
+                    fs::read_to_string(dir.path().join("registry.log")).unwrap_or_default()
+                ),
+            }
+        };
         let mut reg = TestRegistry { addr, child, dir, images: HashMap::new() };
-        reg.wait_ready();
         let mut push = Command::new(repo_root().join("tests/images/build-and-push.sh"));
         push.arg(&reg.addr);
         if let Some((u, p)) = auth {
@@ -69,25 +67,6 @@ impl TestRegistry {
             reg.images.insert(name.to_string(), digest.to_string());
         }
         reg
-    }
-
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(mut s) = TcpStream::connect(&self.addr) {
-                let _ = s.write_all(format!("GET /v2/ HTTP/1.0\r\nHost: {}\r\n\r\n", self.addr).as_bytes());
-                let mut buf = String::new();
-                let _ = s.read_to_string(&mut buf);
-                if buf.starts_with("HTTP/1.") {
-                    return;
-                }
-            }
-            if let Ok(Some(st)) = self.child.try_wait() {
-                panic!("docker-registry exited {st}: {}", self.log());
-            }
-            assert!(Instant::now() < deadline, "registry not ready: {}", self.log());
-            std::thread::sleep(Duration::from_millis(50));
-        }
     }
 
     /// `HOST:PORT/REPO:TAG` or `HOST:PORT/REPO@DIGEST` of a pushed image.
@@ -119,6 +98,47 @@ impl TestRegistry {
     pub fn manifest(&self, name: &str) -> serde_json::Value {
         let data = fs::read(self.blob_file(&self.digest(name))).unwrap();
         serde_json::from_slice(&data).unwrap()
+    }
+}
+
+fn spawn_registry(dir: &Path, addr: &str, htpasswd: bool) -> Child {
+    let mut config = format!(
+        "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+        dir.join("storage").display()
+    );
+    if htpasswd {
+        config += &format!("auth:\n  htpasswd:\n    realm: carapace-test\n    path: {}\n", dir.join("htpasswd").display());
+    }
+    fs::write(dir.join("config.yml"), config).unwrap();
+    let log = fs::File::create(dir.join("registry.log")).unwrap();
+    Command::new("docker-registry")
+        .arg("serve")
+        .arg(dir.join("config.yml"))
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("docker-registry (Debian package docker-registry)")
+}
+
+fn wait_ready(addr: &str, child: &mut Child) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(mut s) = TcpStream::connect(addr) {
+            let _ = s.write_all(format!("GET /v2/ HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes());
+            let mut buf = String::new();
+            let _ = s.read_to_string(&mut buf);
+            if buf.starts_with("HTTP/1.") && buf.contains("Docker-Distribution-Api-Version") {
+                return Ok(());
+            }
+        }
+        if let Ok(Some(st)) = child.try_wait() {
+            return Err(format!("docker-registry exited {st}"));
+        }
+        if Instant::now() > deadline {
+            return Err("not ready after 20 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
