@@ -110,6 +110,17 @@ impl Daemon {
         }
     }
 
+    /// SIGTERM, then waits for a clean exit.
+    fn terminate(&mut self) -> Result<()> {
+        let mut c = self.child.take().context("daemon not running")?;
+        // SAFETY: kill(2) on the daemon process this test started.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let st = carapace_tests::wait_child(&mut c, Duration::from_secs(30))?;
+        ensure!(st.success(), "daemon exited with {st} after SIGTERM\n{}", self.log());
+        ensure!(!self.socket.exists(), "daemon left its socket behind after SIGTERM");
+        Ok(())
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
     }
@@ -301,6 +312,10 @@ fn cri_daemon_killed_with_a_running_pod_reattaches_after_restart() {
     );
     let vmms = d.vmm_processes();
     assert_eq!(vmms.len(), 2, "expected two VMMs");
+    // A requested stop leaves the pods running too.
+    d.terminate().expect("stop the daemon with SIGTERM");
+    assert_eq!(d.vmm_processes(), vmms, "VMMs changed after the daemon's SIGTERM");
+    d.start().expect("start the daemon again");
     d.kill9();
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(d.vmm_processes().len(), 2, "VMMs died with the daemon\n{}", d.log());

@@ -13,6 +13,9 @@ use crate::config::Config;
 use crate::runtime_service::CriRuntime;
 use crate::sandboxes::{Manager, OpenError};
 
+/// How long clients may keep their connections after a stop was requested.
+const GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Why the daemon could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -73,10 +76,27 @@ impl Daemon {
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
         let service = self.runtime_service();
         tracing::info!(socket = %self.socket.display(), "carapace CRI daemon serving");
-        let result = tonic::transport::Server::builder()
+        // After `shutdown`, clients get GRACE to finish their calls and close their connections;
+        // a client that keeps its connection open (or is not reading) does not hold the daemon.
+        let (tx, mut rx) = tokio::sync::watch::channel(false);
+        let server = tonic::transport::Server::builder()
             .add_service(service)
-            .serve_with_incoming_shutdown(UnixListenerStream::new(self.listener), shutdown)
-            .await;
+            .serve_with_incoming_shutdown(UnixListenerStream::new(self.listener), async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            });
+        let stop_then_grace = async move {
+            shutdown.await;
+            tracing::info!("stop requested: draining client connections");
+            let _ = tx.send(true);
+            tokio::time::sleep(GRACE).await;
+        };
+        let result = tokio::select! {
+            r = server => r,
+            () = stop_then_grace => {
+                tracing::info!(grace_s = GRACE.as_secs(), "clients still connected: closing anyway");
+                Ok(())
+            }
+        };
         let _ = std::fs::remove_file(&self.socket);
         tracing::info!("carapace CRI daemon stopped; pod VMs keep running");
         result.map_err(ServeError::from)
