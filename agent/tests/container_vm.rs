@@ -296,6 +296,19 @@ async fn containers_in_a_real_guest() {
     let (o, _) = run_to_end(&mut g, sc).await;
     assert_eq!(o.out, "refused\n", "{o:?}");
 
+    step("PID namespace shared only when asked");
+    let pod_pid = |id: &str, args: &[&str]| {
+        let mut c = container(id, args);
+        c.namespaces = Some(pb::Namespaces { pid: pb::NamespaceMode::Pod as i32, ..Default::default() });
+        c
+    };
+    let _p1 = launch(&mut g, pod_pid("p1", &["sleep", "1000"])).await;
+    let (o, _) = run_to_end(&mut g, pod_pid("p2", &["sh", "-c", "ps -o comm,args | grep -c '^sleep'"])).await;
+    assert_eq!(o.out, "1\n", "shared: {o:?}");
+    let (o, _) = run_to_end(&mut g, container("p3", &["sh", "-c", "ps -o comm,args | grep -c '^sleep'"])).await;
+    assert_eq!(o.out, "0\n", "private: {o:?}");
+    g.remove_container(pb::RemoveContainerRequest { id: "p1".into(), force: true }).await.unwrap();
+
     step("hostile requests get errors; the agent stays up");
     let mut bad = container("bad", &["sh"]);
     bad.rootfs_path = "/testroot/../".into();
