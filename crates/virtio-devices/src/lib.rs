@@ -1,10 +1,11 @@
-//! Virtio devices of the carapace VMM and the virtio-mmio transport that exposes them.
+//! Virtio devices of the carapace VMM (vsock, rng, virtio-fs) and the virtio-mmio transport that exposes them.
 //!
 //! Everything in a queue comes from the guest, which is untrusted: malformed descriptor chains
 //! and packets are errors that are logged and dropped, never panics.
 
 mod chain;
 pub mod device;
+pub mod fs;
 mod interrupt;
 pub mod mmio;
 pub mod rng;
@@ -14,6 +15,7 @@ pub mod vsock;
 mod test_utils;
 
 pub use device::{ActivateError, GuestMemory, VirtioDevice, VirtioInterrupt};
+pub use fs::{Fs, FsError};
 pub use mmio::MmioTransport;
 pub use rng::Rng;
 pub use vsock::{Vsock, VsockError};

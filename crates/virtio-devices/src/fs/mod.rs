@@ -1,0 +1,226 @@
+//! virtio-fs (device ID 26): one host directory shared into the guest, served in the VMM by
+//! fuse-backend-rs's passthrough file system.
+//!
+//! Two queues: hiprio (FORGET, interrupts) and one request queue. The vCPU thread only kicks a
+//! worker thread (eventfd); the worker pops descriptor chains, hands each to the FUSE server
+//! and returns it to the used ring. Everything in a chain is untrusted: a malformed chain or
+//! FUSE message is returned with nothing written and logged, never a panic.
+
+mod memory;
+mod worker;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
+use tracing::{debug, info, warn};
+use virtio_queue::Queue;
+
+use crate::device::{ActivateError, GuestMemory, VirtioDevice, VirtioInterrupt};
+use crate::VIRTIO_F_VERSION_1;
+
+pub use memory::MemoryViewError;
+use worker::{Context, Worker};
+
+/// Virtio device ID of the file system device.
+pub const VIRTIO_ID_FS: u32 = 26;
+/// Size of the tag field of the configuration space.
+pub const FS_TAG_LEN: usize = 36;
+/// Request queues offered (besides the hiprio queue).
+pub const FS_REQUEST_QUEUES: u32 = 1;
+const QUEUE_SIZE: u16 = 1024;
+const QUEUE_COUNT: usize = 1 + FS_REQUEST_QUEUES as usize;
+/// How long the guest may cache attributes and directory entries: host-side changes to an
+/// already looked-up name are visible after at most this long; new names at once.
+pub const FS_CACHE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Why a virtio-fs device cannot be created or started.
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    #[error("virtio-fs tag {0:?} must be 1 to {FS_TAG_LEN} bytes without NUL")]
+    InvalidTag(String),
+    #[error("shared directory {path}: {reason}")]
+    SharedDir { path: PathBuf, reason: String },
+    #[error("virtio-fs guest memory view: {0}")]
+    Memory(#[from] MemoryViewError),
+    #[error("virtio-fs worker thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// The file system device exposing `shared_dir` under `tag`.
+pub struct Fs {
+    tag: String,
+    config: [u8; FS_TAG_LEN + 4],
+    shared_dir: PathBuf,
+    sizes: [u16; QUEUE_COUNT],
+    active: Option<Worker>,
+}
+
+impl Fs {
+    /// Creates the device. `shared_dir` must be an existing directory with a UTF-8 path; it
+    /// is resolved now (symlinks included), so the guest sees what it pointed to at creation.
+    pub fn new(tag: &str, shared_dir: &Path) -> Result<Fs, FsError> {
+        if tag.is_empty() || tag.len() > FS_TAG_LEN || tag.contains('\0') {
+            return Err(FsError::InvalidTag(tag.to_string()));
+        }
+        let bad = |reason: String| FsError::SharedDir {
+            path: shared_dir.to_path_buf(),
+            reason,
+        };
+        let resolved = shared_dir
+            .canonicalize()
+            .map_err(|e| bad(e.to_string()))?;
+        if !resolved.is_dir() {
+            return Err(bad("not a directory".to_string()));
+        }
+        if resolved.to_str().is_none() {
+            return Err(bad("path is not valid UTF-8".to_string()));
+        }
+        let mut config = [0u8; FS_TAG_LEN + 4];
+        if let Some(dst) = config.get_mut(..tag.len()) {
+            dst.copy_from_slice(tag.as_bytes());
+        }
+        if let Some(dst) = config.get_mut(FS_TAG_LEN..) {
+            dst.copy_from_slice(&FS_REQUEST_QUEUES.to_le_bytes());
+        }
+        raise_open_file_limit();
+        info!(tag, dir = %resolved.display(), "virtio-fs: sharing directory");
+        Ok(Fs {
+            tag: tag.to_string(),
+            config,
+            shared_dir: resolved,
+            sizes: [QUEUE_SIZE; QUEUE_COUNT],
+            active: None,
+        })
+    }
+
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+
+    pub fn shared_dir(&self) -> &Path {
+        &self.shared_dir
+    }
+}
+
+/// The passthrough file system holds one O_PATH descriptor per inode the guest knows: raise the
+/// soft RLIMIT_NOFILE to the hard limit, as virtiofsd does. Failure only costs capacity.
+fn raise_open_file_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write a local, initialised rlimit struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 || lim.rlim_cur >= lim.rlim_max {
+            return;
+        }
+        let old = lim.rlim_cur;
+        lim.rlim_cur = lim.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+            debug!(from = old, to = lim.rlim_max, "virtio-fs: raised the open file limit");
+        } else {
+            warn!(
+                "virtio-fs: cannot raise the open file limit: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
+
+/// A passthrough file system over `dir`: read-write, xattrs on, guest caching bounded by
+/// [`FS_CACHE_TIMEOUT`] and close-to-open consistency for file data, no DAX.
+pub(crate) fn passthrough_fs(dir: &Path) -> Result<PassthroughFs<()>, FsError> {
+    let bad = |reason: String| FsError::SharedDir {
+        path: dir.to_path_buf(),
+        reason,
+    };
+    let root_dir = dir
+        .to_str()
+        .ok_or_else(|| bad("path is not valid UTF-8".to_string()))?
+        .to_string();
+    let config = Config {
+        root_dir,
+        xattr: true,
+        do_import: true,
+        cache_policy: CachePolicy::Auto,
+        attr_timeout: FS_CACHE_TIMEOUT,
+        entry_timeout: FS_CACHE_TIMEOUT,
+        writeback: false,
+        ..Default::default()
+    };
+    let fs = PassthroughFs::<()>::new(config).map_err(|e| bad(e.to_string()))?;
+    fs.import().map_err(|e| bad(e.to_string()))?;
+    Ok(fs)
+}
+
+impl VirtioDevice for Fs {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_FS
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.sizes
+    }
+
+    fn avail_features(&self) -> u64 {
+        VIRTIO_F_VERSION_1
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        for (i, byte) in data.iter_mut().enumerate() {
+            *byte = usize::try_from(offset)
+                .ok()
+                .and_then(|o| o.checked_add(i))
+                .and_then(|at| self.config.get(at))
+                .copied()
+                .unwrap_or(0);
+        }
+    }
+
+    fn write_config(&mut self, offset: u64, _data: &[u8]) {
+        warn!("virtio-fs: guest wrote read-only config at {offset:#x}; ignored");
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemory,
+        interrupt: Arc<dyn VirtioInterrupt>,
+        queues: Vec<Queue>,
+        _acked_features: u64,
+    ) -> Result<(), ActivateError> {
+        if queues.len() != QUEUE_COUNT {
+            return Err(ActivateError::QueueCount {
+                want: QUEUE_COUNT,
+                got: queues.len(),
+            });
+        }
+        // A second activation without reset replaces the first.
+        self.active = None;
+        let ctx = Context::new(&mem, &queues, &self.shared_dir, interrupt)
+            .map_err(|e| ActivateError::Backend(e.to_string()))?;
+        let worker = Worker::spawn(ctx).map_err(|e| ActivateError::Backend(e.to_string()))?;
+        // Requests the driver may have queued (and notified) before DRIVER_OK.
+        worker.kick();
+        self.active = Some(worker);
+        debug!("virtio-fs: activated");
+        Ok(())
+    }
+
+    fn queue_notify(&mut self, queue_index: u16) {
+        match &self.active {
+            None => debug!("virtio-fs: notify before activation"),
+            Some(worker) if usize::from(queue_index) < QUEUE_COUNT => worker.kick(),
+            Some(_) => warn!("virtio-fs: notify for unknown queue {queue_index}"),
+        }
+    }
+
+    fn reset(&mut self) {
+        // Stops and joins the worker; the FUSE session (open files, inodes) goes with it.
+        self.active = None;
+    }
+}

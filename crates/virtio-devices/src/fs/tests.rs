@@ -1,0 +1,359 @@
+//! virtio-fs tests: a driver-side FUSE client over in-memory queues against a temp directory.
+
+use std::time::{Duration, Instant};
+
+use fuse_backend_rs::abi::fuse_abi::{
+    EntryOut, InHeader, InitIn, InitOut, Opcode, OpenIn, OpenOut, OutHeader, ReadIn, ROOT_ID,
+};
+use vm_memory::{Bytes, GuestAddress};
+use vm_memory_fs::ByteValued;
+
+use super::worker::Context;
+use super::*;
+use crate::test_utils::{test_memory, CountingInterrupt, TestQueue, XorShift, F_WRITE};
+
+const HIPRIO_BASE: u64 = 0;
+const REQUEST_BASE: u64 = 0x8000;
+const IN_ADDR: u64 = 0x10_0000;
+const OUT_ADDR: u64 = 0x20_0000;
+const OUT_LEN: u32 = 0x2_0000;
+const HEADER_LEN: usize = std::mem::size_of::<InHeader>();
+const OUT_HEADER_LEN: usize = std::mem::size_of::<OutHeader>();
+
+fn parse<T: ByteValued + Default>(bytes: &[u8]) -> T {
+    let mut v = T::default();
+    let n = v.as_mut_slice().len();
+    v.as_mut_slice().copy_from_slice(&bytes[..n]);
+    v
+}
+
+fn message(opcode: Opcode, unique: u64, nodeid: u64, body: &[u8]) -> Vec<u8> {
+    let header = InHeader {
+        len: (HEADER_LEN + body.len()) as u32,
+        opcode: opcode as u32,
+        unique,
+        nodeid,
+        ..Default::default()
+    };
+    let mut m = header.as_slice().to_vec();
+    m.extend_from_slice(body);
+    m
+}
+
+fn name(s: &str) -> Vec<u8> {
+    let mut v = s.as_bytes().to_vec();
+    v.push(0);
+    v
+}
+
+/// The driver side: queues in guest memory and a way to make the device serve them.
+struct Driver {
+    mem: GuestMemory,
+    hiprio: TestQueue,
+    request: TestQueue,
+    unique: u64,
+}
+
+/// How requests get served: directly (the worker's loop body) or through the device's thread.
+enum Serve<'a> {
+    Direct(&'a mut Context),
+    Device(&'a mut Fs),
+}
+
+impl Driver {
+    fn new() -> Driver {
+        let mem = test_memory();
+        Driver {
+            hiprio: TestQueue::at(&mem, HIPRIO_BASE, 64),
+            request: TestQueue::at(&mem, REQUEST_BASE, 64),
+            mem,
+            unique: 0,
+        }
+    }
+
+    fn queues(&self) -> Vec<Queue> {
+        vec![self.hiprio.queue(), self.request.queue()]
+    }
+
+    fn context(&self, dir: &Path) -> (Context, Arc<CountingInterrupt>) {
+        let int = CountingInterrupt::new();
+        let ctx = Context::new(&self.mem, &self.queues(), dir, int.clone()).expect("context");
+        (ctx, int)
+    }
+
+    fn serve(&self, how: &mut Serve<'_>, want_used: u16) {
+        match how {
+            Serve::Direct(ctx) => ctx.process_all(),
+            Serve::Device(fs) => {
+                fs.queue_notify(1);
+                // A generous bound for a loaded machine; only a hung device gets near it.
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while self.request.used_idx() != want_used {
+                    assert!(Instant::now() < deadline, "device did not answer");
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+        }
+    }
+
+    /// Sends one request; returns (reply header, reply body).
+    fn call(&mut self, how: &mut Serve<'_>, opcode: Opcode, nodeid: u64, body: &[u8]) -> (OutHeader, Vec<u8>) {
+        self.unique += 1;
+        let msg = message(opcode, self.unique, nodeid, body);
+        self.mem.write_slice(&msg, GuestAddress(IN_ADDR)).unwrap();
+        self.mem
+            .write_slice(&vec![0u8; OUT_LEN as usize], GuestAddress(OUT_ADDR))
+            .unwrap();
+        let before = self.request.used_idx();
+        self.request.add_chain(&[
+            (IN_ADDR, msg.len() as u32, 0),
+            (OUT_ADDR, OUT_LEN, F_WRITE),
+        ]);
+        self.serve(how, before.wrapping_add(1));
+        assert_eq!(self.request.used_idx(), before.wrapping_add(1), "request not returned");
+        let (_, len) = self.request.used_elem(before);
+        assert!(len as usize >= OUT_HEADER_LEN, "reply of {len} bytes");
+        let mut out = vec![0u8; len as usize];
+        self.mem.read_slice(&mut out, GuestAddress(OUT_ADDR)).unwrap();
+        let header: OutHeader = parse(&out);
+        assert_eq!(header.unique, self.unique, "reply to another request");
+        assert_eq!(header.len, len, "header length vs used length");
+        (header, out.split_off(OUT_HEADER_LEN))
+    }
+
+    fn init(&mut self, how: &mut Serve<'_>) -> InitOut {
+        let init = InitIn { major: 7, minor: 31, max_readahead: 0x2_0000, flags: 0 };
+        let (h, body) = self.call(how, Opcode::Init, 0, init.as_slice());
+        assert_eq!(h.error, 0, "INIT failed");
+        parse(&body)
+    }
+
+    fn lookup(&mut self, how: &mut Serve<'_>, parent: u64, file: &str) -> Result<EntryOut, i32> {
+        let (h, body) = self.call(how, Opcode::Lookup, parent, &name(file));
+        if h.error != 0 {
+            return Err(-h.error);
+        }
+        Ok(parse(&body))
+    }
+
+    /// LOOKUP + OPEN + READ of a file in the root directory.
+    fn read_file(&mut self, how: &mut Serve<'_>, file: &str) -> Result<Vec<u8>, i32> {
+        let entry = self.lookup(how, ROOT_ID, file)?;
+        let open = OpenIn { flags: libc::O_RDONLY as u32, fuse_flags: 0 };
+        let (h, body) = self.call(how, Opcode::Open, entry.nodeid, open.as_slice());
+        if h.error != 0 {
+            return Err(-h.error);
+        }
+        let opened: OpenOut = parse(&body);
+        let read = ReadIn { fh: opened.fh, offset: 0, size: 4096, ..Default::default() };
+        let (h, body) = self.call(how, Opcode::Read, entry.nodeid, read.as_slice());
+        if h.error != 0 {
+            return Err(-h.error);
+        }
+        Ok(body)
+    }
+}
+
+fn shared_tree() -> (tempfile::TempDir, PathBuf) {
+    let top = tempfile::tempdir().unwrap();
+    let shared = top.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::write(shared.join("hello.txt"), "hello from the host\n").unwrap();
+    std::fs::write(top.path().join("secret"), "outside the shared dir\n").unwrap();
+    (top, shared)
+}
+
+#[test]
+fn config_space_holds_tag_and_request_queue_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut fs = Fs::new("carapace", dir.path()).unwrap();
+    assert_eq!(fs.device_type(), VIRTIO_ID_FS);
+    assert_eq!(fs.queue_max_sizes().len(), 2);
+    assert_eq!(fs.avail_features(), VIRTIO_F_VERSION_1);
+    assert_eq!(fs.tag(), "carapace");
+    let mut config = [0xffu8; 40];
+    fs.read_config(0, &mut config);
+    let mut want = [0u8; 40];
+    want[..8].copy_from_slice(b"carapace");
+    want[36..].copy_from_slice(&1u32.to_le_bytes());
+    assert_eq!(config, want);
+    let mut count = [0u8; 4];
+    fs.read_config(36, &mut count);
+    assert_eq!(u32::from_le_bytes(count), FS_REQUEST_QUEUES);
+    // Reads past the end are zeroes, partial ones too; writes change nothing.
+    let mut tail = [0xffu8; 4];
+    fs.read_config(38, &mut tail);
+    assert_eq!(tail, [0, 0, 0, 0]);
+    fs.read_config(u64::MAX, &mut tail);
+    assert_eq!(tail, [0, 0, 0, 0]);
+    fs.write_config(0, b"evil");
+    fs.read_config(0, &mut config);
+    assert_eq!(config, want);
+}
+
+#[test]
+fn bad_tags_and_directories_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(matches!(Fs::new("", dir.path()), Err(FsError::InvalidTag(_))));
+    assert!(matches!(Fs::new(&"t".repeat(37), dir.path()), Err(FsError::InvalidTag(_))));
+    assert!(matches!(Fs::new("a\0b", dir.path()), Err(FsError::InvalidTag(_))));
+    Fs::new(&"t".repeat(36), dir.path()).unwrap();
+    let missing = dir.path().join("missing");
+    assert!(matches!(Fs::new("carapace", &missing), Err(FsError::SharedDir { .. })));
+    let file = dir.path().join("file");
+    std::fs::write(&file, "x").unwrap();
+    let e = Fs::new("carapace", &file).err().expect("a file is not a directory");
+    assert!(e.to_string().contains("not a directory"), "{e}");
+}
+
+#[test]
+fn wrong_queue_count_is_refused_and_notify_before_activation_is_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut fs = Fs::new("carapace", dir.path()).unwrap();
+    fs.queue_notify(1);
+    let d = Driver::new();
+    let int = CountingInterrupt::new();
+    let one = vec![d.hiprio.queue()];
+    assert!(matches!(
+        fs.activate(d.mem.clone(), int.clone(), one, VIRTIO_F_VERSION_1),
+        Err(ActivateError::QueueCount { want: 2, got: 1 })
+    ));
+    let three = vec![d.hiprio.queue(), d.request.queue(), d.request.queue()];
+    assert!(fs.activate(d.mem.clone(), int, three, VIRTIO_F_VERSION_1).is_err());
+    assert!(fs.active.is_none());
+}
+
+#[test]
+fn init_lookup_open_read_and_live_host_changes() {
+    let (top, shared) = shared_tree();
+    let mut d = Driver::new();
+    let (mut ctx, int) = d.context(&shared);
+    let how = &mut Serve::Direct(&mut ctx);
+    let init = d.init(how);
+    assert_eq!(init.major, 7);
+    assert!(int.used_count() >= 1, "no interrupt for a used buffer");
+
+    let entry = d.lookup(how, ROOT_ID, "hello.txt").unwrap();
+    assert_ne!(entry.nodeid, 0);
+    assert_eq!(entry.attr.size, 20);
+    assert_eq!(d.read_file(how, "hello.txt").unwrap(), b"hello from the host\n");
+    assert_eq!(d.lookup(how, ROOT_ID, "missing").err(), Some(libc::ENOENT));
+
+    // Written by the host after the guest mounted: seen at once.
+    std::fs::write(shared.join("later.txt"), "written after mount\n").unwrap();
+    assert_eq!(d.read_file(how, "later.txt").unwrap(), b"written after mount\n");
+    // Changed in place: the next open reads the new contents.
+    std::fs::write(shared.join("hello.txt"), "changed\n").unwrap();
+    assert_eq!(d.read_file(how, "hello.txt").unwrap(), b"changed\n");
+
+    // ".." of the root is the root: the guest cannot reach what lies beside the shared dir.
+    let up = d.lookup(how, ROOT_ID, "..").unwrap();
+    assert_eq!(d.lookup(how, up.nodeid, "secret").err(), Some(libc::ENOENT));
+    assert_eq!(d.lookup(how, ROOT_ID, "../secret").err(), Some(libc::EINVAL));
+    assert!(top.path().join("secret").exists());
+}
+
+#[test]
+fn the_device_serves_requests_on_its_worker_thread() {
+    let (_top, shared) = shared_tree();
+    let mut d = Driver::new();
+    let mut fs = Fs::new("carapace", &shared).unwrap();
+    let int = CountingInterrupt::new();
+    fs.activate(d.mem.clone(), int.clone(), d.queues(), VIRTIO_F_VERSION_1)
+        .unwrap();
+    {
+        let how = &mut Serve::Device(&mut fs);
+        d.init(how);
+        assert_eq!(d.read_file(how, "hello.txt").unwrap(), b"hello from the host\n");
+    }
+    assert!(int.used_count() >= 1);
+    fs.reset();
+    assert!(fs.active.is_none());
+    // After a reset, a notification is ignored and nothing is served.
+    let used = d.request.used_idx();
+    d.request.add_chain(&[(IN_ADDR, 64, 0), (OUT_ADDR, 64, F_WRITE)]);
+    fs.queue_notify(1);
+    fs.queue_notify(7);
+    assert_eq!(d.request.used_idx(), used);
+}
+
+#[test]
+fn garbage_chains_and_messages_never_panic_and_the_device_keeps_working() {
+    let (_top, shared) = shared_tree();
+    let mut d = Driver::new();
+    let (mut ctx, _int) = d.context(&shared);
+    let mut r = XorShift(0x5eed);
+    for round in 0..300 {
+        match round % 3 {
+            // Random descriptors, random heads.
+            0 => {
+                for i in 0..64u16 {
+                    let addr = match r.next() % 3 {
+                        0 => r.next(),
+                        1 => r.next() % (17 << 20),
+                        _ => IN_ADDR + (r.next() % 0x1000),
+                    };
+                    d.request.write_desc(i, addr, r.next() as u32 % 0x4_0000, r.next() as u16 & 7, r.next() as u16);
+                }
+                for _ in 0..(r.next() % 70) {
+                    d.request.push_avail((r.next() % 80) as u16);
+                }
+            }
+            // Well-formed chains carrying random bytes, or a header with a real opcode, a random
+            // node and a random (often lying) length followed by random bytes.
+            _ => {
+                let mut msg = vec![0u8; (r.next() % 300) as usize];
+                for b in msg.iter_mut() {
+                    *b = r.next() as u8;
+                }
+                if round % 3 == 2 && msg.len() >= HEADER_LEN {
+                    let header = InHeader {
+                        len: if r.next() % 2 == 0 { msg.len() as u32 } else { r.next() as u32 },
+                        opcode: (r.next() % 52) as u32,
+                        unique: r.next(),
+                        nodeid: r.next() % 4,
+                        ..Default::default()
+                    };
+                    msg[..HEADER_LEN].copy_from_slice(header.as_slice());
+                }
+                d.mem.write_slice(&msg, GuestAddress(IN_ADDR)).unwrap();
+                let out_len = (r.next() % 512) as u32;
+                d.request.add_chain(&[(IN_ADDR, msg.len() as u32, 0), (OUT_ADDR, out_len, F_WRITE)]);
+            }
+        }
+        ctx.process_all();
+    }
+    // A fresh pair of rings (as after a driver reset): the FUSE server still answers.
+    let mut d2 = Driver::new();
+    d2.mem = d.mem.clone();
+    d2.hiprio = TestQueue::at(&d2.mem, HIPRIO_BASE, 64);
+    d2.request = TestQueue::at(&d2.mem, REQUEST_BASE, 64);
+    let (mut ctx2, _) = d2.context(&shared);
+    let how = &mut Serve::Direct(&mut ctx2);
+    d2.init(how);
+    assert_eq!(d2.read_file(how, "hello.txt").unwrap(), b"hello from the host\n");
+    drop(ctx);
+}
+
+#[test]
+fn a_garbage_request_between_good_ones_gets_its_buffer_back() {
+    let (_top, shared) = shared_tree();
+    let mut d = Driver::new();
+    let (mut ctx, _) = d.context(&shared);
+    let how = &mut Serve::Direct(&mut ctx);
+    d.init(how);
+    // Truncated header, readable-only chain, chain pointing outside memory.
+    d.mem.write_slice(&[1, 2, 3], GuestAddress(IN_ADDR)).unwrap();
+    let before = d.request.used_idx();
+    d.request.add_chain(&[(IN_ADDR, 3, 0), (OUT_ADDR, 64, F_WRITE)]);
+    d.request.add_chain(&[(IN_ADDR, 3, 0)]);
+    d.request.add_chain(&[(u64::MAX - 8, 64, 0), (OUT_ADDR, 64, F_WRITE)]);
+    if let Serve::Direct(ctx) = how {
+        ctx.process_all();
+    }
+    assert_eq!(d.request.used_idx(), before.wrapping_add(3));
+    for i in 0..3 {
+        assert_eq!(d.request.used_elem(before.wrapping_add(i)).1, 0);
+    }
+    assert_eq!(d.read_file(how, "hello.txt").unwrap(), b"hello from the host\n");
+}

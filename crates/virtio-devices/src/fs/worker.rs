@@ -1,0 +1,181 @@
+//! The virtio-fs worker thread: FUSE requests from the queues to the passthrough file system.
+
+use std::io;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use fuse_backend_rs::api::server::Server;
+use fuse_backend_rs::passthrough::PassthroughFs;
+use fuse_backend_rs::transport::{Reader, VirtioFsWriter};
+use tracing::{debug, error, warn};
+use virtio_queue_fs::{DescriptorChain, QueueT};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::memory::{convert_queue, FsGuestMemory, FsQueue, MemoryView};
+use super::{passthrough_fs, FsError};
+use crate::device::{GuestMemory, VirtioInterrupt};
+
+/// Everything the worker needs: memory view, queues, FUSE server, interrupt.
+pub(crate) struct Context {
+    queues: Vec<FsQueue>,
+    server: Server<PassthroughFs<()>>,
+    interrupt: Arc<dyn VirtioInterrupt>,
+    memory: MemoryView,
+}
+
+impl Context {
+    pub fn new(
+        mem: &GuestMemory,
+        queues: &[virtio_queue::Queue],
+        shared_dir: &Path,
+        interrupt: Arc<dyn VirtioInterrupt>,
+    ) -> Result<Context, FsError> {
+        let memory = MemoryView::new(mem)?;
+        let queues = queues
+            .iter()
+            .map(convert_queue)
+            .collect::<Result<Vec<_>, _>>()?;
+        let server = Server::new(passthrough_fs(shared_dir)?);
+        Ok(Context {
+            queues,
+            server,
+            interrupt,
+            memory,
+        })
+    }
+
+    /// Serves every available request of every queue; one interrupt if anything was used.
+    pub fn process_all(&mut self) {
+        let mem = self.memory.get();
+        let mut used_any = false;
+        for (index, queue) in self.queues.iter_mut().enumerate() {
+            used_any |= process_queue(&self.server, mem, queue, index);
+        }
+        if used_any {
+            self.interrupt.signal_used_queue();
+        }
+    }
+}
+
+/// Serves the available requests of one queue; returns whether any buffer was used.
+fn process_queue(
+    server: &Server<PassthroughFs<()>>,
+    mem: &FsGuestMemory,
+    queue: &mut FsQueue,
+    index: usize,
+) -> bool {
+    let mut used_any = false;
+    while let Some(chain) = queue.pop_descriptor_chain(mem) {
+        let head = chain.head_index();
+        let written = handle_chain(server, mem, chain, index);
+        if let Err(e) = queue.add_used(mem, head, written) {
+            warn!("virtio-fs: queue {index}: cannot return buffer {head}: {e}");
+        }
+        used_any = true;
+    }
+    used_any
+}
+
+/// One FUSE request; returns the number of bytes written into the chain's writable buffers.
+fn handle_chain(
+    server: &Server<PassthroughFs<()>>,
+    mem: &FsGuestMemory,
+    chain: DescriptorChain<&FsGuestMemory>,
+    index: usize,
+) -> u32 {
+    let reader = match Reader::from_descriptor_chain(mem, chain.clone()) {
+        Ok(r) => r,
+        Err(e) => {
+            warn!("virtio-fs: queue {index}: malformed request dropped: {e}");
+            return 0;
+        }
+    };
+    let writer = match VirtioFsWriter::new(mem, chain) {
+        Ok(w) => w,
+        Err(e) => {
+            warn!("virtio-fs: queue {index}: malformed reply buffers, request dropped: {e}");
+            return 0;
+        }
+    };
+    // The FUSE server is hardened against hostile messages; a panic in it must still not take
+    // the VMM down: the request is dropped and the device keeps serving.
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        server.handle_message(reader, writer.into(), None, None)
+    }));
+    match result {
+        Ok(Ok(n)) => u32::try_from(n).unwrap_or(u32::MAX),
+        Ok(Err(e)) => {
+            warn!("virtio-fs: queue {index}: request failed: {e}");
+            0
+        }
+        Err(_) => {
+            error!("virtio-fs: queue {index}: FUSE server panicked on a request; dropped");
+            0
+        }
+    }
+}
+
+/// The running worker thread; dropping it stops and joins the thread.
+pub(crate) struct Worker {
+    kick: Arc<EventFd>,
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Worker {
+    pub fn spawn(mut ctx: Context) -> Result<Worker, FsError> {
+        // Blocking eventfd: the thread sleeps in read() until kicked.
+        let kick = Arc::new(EventFd::new(0).map_err(FsError::Thread)?);
+        let stop = Arc::new(AtomicBool::new(false));
+        let (k, s) = (kick.clone(), stop.clone());
+        let handle = std::thread::Builder::new()
+            .name("virtio-fs".into())
+            .spawn(move || run(&mut ctx, &k, &s))
+            .map_err(FsError::Thread)?;
+        Ok(Worker {
+            kick,
+            stop,
+            handle: Some(handle),
+        })
+    }
+
+    /// Wakes the worker up (never blocks: the eventfd counter absorbs repeated kicks).
+    pub fn kick(&self) {
+        if let Err(e) = self.kick.write(1) {
+            warn!("virtio-fs: cannot wake the worker: {e}");
+        }
+    }
+}
+
+fn run(ctx: &mut Context, kick: &EventFd, stop: &AtomicBool) {
+    loop {
+        match kick.read() {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                error!("virtio-fs: worker cannot wait for notifications, stops: {e}");
+                return;
+            }
+        }
+        if stop.load(Ordering::SeqCst) {
+            debug!("virtio-fs: worker stopping");
+            return;
+        }
+        ctx.process_all();
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.kick();
+        if let Some(handle) = self.handle.take() {
+            if handle.join().is_err() {
+                error!("virtio-fs: worker thread panicked");
+            }
+        }
+    }
+}
