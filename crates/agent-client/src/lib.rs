@@ -24,5 +24,9 @@ pub use handshake::HandshakeError;
 /// The guest vsock port the agent listens on.
 pub const AGENT_VSOCK_PORT: u32 = 1024;
 
+/// Where the agent mounts the pod's shared directory (the VMM's virtio-fs device, tag
+/// `carapace_vmm::SHARED_FS_TAG`) in the guest. Absent when the VM has no shared directory.
+pub const GUEST_SHARED_DIR: &str = "/run/carapace/shared";
+
 /// The API version string the agent reports in `HealthResponse.api_version`.
 pub const API_VERSION: &str = "carapace.agent.v1";

@@ -41,6 +41,10 @@ pub struct VmmArgs {
     /// Do not give the guest a virtio-rng device.
     #[arg(long)]
     pub no_rng: bool,
+    /// Host directory shared read-write with the guest through virtio-fs (tag `carapace`; the
+    /// agent mounts it at /run/carapace/shared). No virtio-fs device when absent.
+    #[arg(long)]
+    pub shared_dir: Option<PathBuf>,
     /// Interrupt every vCPU this often (for hosts whose timer interrupts do not force exits).
     #[arg(long)]
     pub kick_interval_ms: Option<u64>,
@@ -67,6 +71,7 @@ impl VmmArgs {
                 .clone()
                 .map(|uds_path| VsockConfig { guest_cid: self.vsock_cid, uds_path }),
             rng: !self.no_rng,
+            shared_dir: self.shared_dir.clone(),
             kick_interval: self.kick_interval_ms.map(Duration::from_millis),
             kvm_path: self.kvm_device.clone(),
         }
@@ -215,6 +220,7 @@ mod tests {
         assert!(cfg.rng);
         assert!(cfg.vsock.is_none());
         assert!(cfg.kick_interval.is_none());
+        assert!(cfg.shared_dir.is_none());
     }
 
     #[test]
@@ -223,7 +229,7 @@ mod tests {
             "vmm", "--kernel", "/k", "--initramfs", "/i", "--vcpus", "2", "--mem-mib", "512",
             "--cmdline-extra", "-- agent-arg", "--serial-log", "/s", "--vsock-uds", "/v",
             "--vsock-cid", "7", "--no-rng", "--kick-interval-ms", "100", "--kvm-device", "/dev/x",
-            "--stop-timeout-ms", "5",
+            "--stop-timeout-ms", "5", "--shared-dir", "/srv/pod",
         ])
         .args;
         let cfg = c.to_config();
@@ -235,6 +241,7 @@ mod tests {
         assert_eq!(cfg.kick_interval, Some(Duration::from_millis(100)));
         assert_eq!(cfg.kvm_path, PathBuf::from("/dev/x"));
         assert_eq!(c.stop_timeout_ms, 5);
+        assert_eq!(cfg.shared_dir, Some(PathBuf::from("/srv/pod")));
     }
 
     #[test]

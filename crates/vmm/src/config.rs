@@ -38,6 +38,9 @@ pub struct VmConfig {
     pub vsock: Option<VsockConfig>,
     /// Add a virtio-rng device.
     pub rng: bool,
+    /// Host directory shared with the guest through virtio-fs under the tag
+    /// [`crate::SHARED_FS_TAG`] (read-write, passthrough); no virtio-fs device when None.
+    pub shared_dir: Option<PathBuf>,
     /// Interrupt every vCPU's KVM_RUN this often (hosts whose timer interrupts do not force exits).
     pub kick_interval: Option<Duration>,
     pub kvm_path: PathBuf,
@@ -55,6 +58,7 @@ impl VmConfig {
             serial_log: None,
             vsock: None,
             rng: true,
+            shared_dir: None,
             kick_interval: None,
             kvm_path: PathBuf::from(DEFAULT_KVM_PATH),
         }
@@ -95,6 +99,16 @@ impl VmConfig {
             }
             if vsock.uds_path.as_os_str().is_empty() {
                 return bad("vsock Unix socket path is empty".to_string());
+            }
+        }
+        if let Some(dir) = &self.shared_dir {
+            match std::fs::metadata(dir) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => return bad(format!("shared directory {} is not a directory", dir.display())),
+                Err(e) => return bad(format!("shared directory {}: {e}", dir.display())),
+            }
+            if dir.to_str().is_none() {
+                return bad(format!("shared directory {} is not a UTF-8 path", dir.display()));
             }
         }
         if self.cmdline_extra.contains('\0') {
@@ -184,6 +198,19 @@ mod tests {
         let (_k, mut cfg) = config_with_kernel();
         cfg.kvm_path = "/nonexistent/kvm".into();
         assert!(cfg.validate().unwrap_err().to_string().contains("/nonexistent/kvm"));
+    }
+
+    #[test]
+    fn shared_dir_must_be_an_existing_directory() {
+        let (k, mut cfg) = config_with_kernel();
+        cfg.shared_dir = Some("/nonexistent/shared".into());
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains("shared directory /nonexistent/shared"), "{e}");
+        cfg.shared_dir = Some(k.path().to_path_buf());
+        assert!(cfg.validate().unwrap_err().to_string().contains("not a directory"));
+        let dir = tempfile::tempdir().unwrap();
+        cfg.shared_dir = Some(dir.path().to_path_buf());
+        cfg.validate().unwrap();
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! carapace VMM: a KVM microVM that boots an uncompressed Linux vmlinux directly in 64-bit mode,
-//! with a serial console, an i8042 (reset, Ctrl+Alt+Del) and virtio-mmio devices (vsock, rng).
+//! with a serial console, an i8042 (reset, Ctrl+Alt+Del) and virtio-mmio devices (vsock, rng, virtio-fs).
 //!
 //! ```no_run
 //! use carapace_vmm::{Vm, VmConfig};
@@ -32,6 +32,10 @@ pub use error::VmmError;
 pub use exit::ExitReason;
 pub use probe::{probe_guest_capability, ProbeReport};
 pub use vm::{Vm, VmHandle};
+
+/// virtio-fs tag of the directory shared with `--shared-dir` ([`VmConfig::shared_dir`]); the
+/// agent mounts it at `carapace_agent_client::GUEST_SHARED_DIR`.
+pub const SHARED_FS_TAG: &str = "carapace";
 
 /// Guest memory of a carapace VM (the same type the virtio devices use).
 pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;

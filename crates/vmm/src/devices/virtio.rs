@@ -1,8 +1,9 @@
-//! The virtio-mmio devices of a VM (from carapace-virtio-devices), in slot order: vsock, rng.
+//! The virtio-mmio devices of a VM (from carapace-virtio-devices), in slot order: vsock, rng, fs
+//! (new devices go last, so the slots and IRQs of the existing ones never move).
 
 use std::sync::{Arc, Mutex};
 
-use carapace_virtio_devices::{MmioTransport, Rng, VirtioDevice, Vsock};
+use carapace_virtio_devices::{Fs, MmioTransport, Rng, VirtioDevice, Vsock};
 use kvm_ioctls::VmFd;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -39,6 +40,11 @@ pub fn attach_virtio_devices(
     }
     if config.rng {
         devices.push(("rng", Box::new(Rng::new())));
+    }
+    if let Some(dir) = &config.shared_dir {
+        let dev = Fs::new(crate::SHARED_FS_TAG, dir)
+            .map_err(|e| VmmError::Device { device: "virtio-fs", reason: e.to_string() })?;
+        devices.push(("virtio-fs", Box::new(dev)));
     }
 
     let mut params = Vec::new();
