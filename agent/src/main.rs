@@ -69,6 +69,20 @@ fn pid1_setup(args: &Args, kopts: &KernelOpts) {
             Err(e) => tracing::warn!(hostname = name, error = %e, "cannot set hostname"),
         }
     }
+    let dir = carapace_agent_client::GUEST_SHARED_DIR;
+    match mounts::mount_shared_dir() {
+        mounts::SharedDir::Mounted => tracing::info!(
+            tag = mounts::SHARED_FS_TAG,
+            target = dir,
+            "shared directory mounted (virtio-fs)"
+        ),
+        mounts::SharedDir::NoDevice => {
+            tracing::info!(target = dir, "no virtio-fs device: no shared directory")
+        }
+        mounts::SharedDir::Failed(e) => {
+            tracing::warn!(error = %e, "cannot mount the shared directory; continuing without it")
+        }
+    }
 }
 
 async fn signal_task(trigger: ShutdownTrigger) -> Result<(), AgentError> {

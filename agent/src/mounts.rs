@@ -200,9 +200,73 @@ pub fn mount_all() -> Vec<MountError> {
     errors
 }
 
+/// virtio-fs tag of the pod's shared directory; the same as `carapace_vmm::SHARED_FS_TAG`
+/// (the agent is built without the VMM crate).
+pub const SHARED_FS_TAG: &str = "carapace";
+/// Where the guest's virtio devices appear in sysfs.
+pub const SYSFS_VIRTIO_DEVICES: &str = "/sys/bus/virtio/devices";
+/// virtio-fs's device ID (26) as sysfs prints it in `<device>/device`.
+const VIRTIO_ID_FS_SYSFS: &str = "0x001a";
+
+/// What became of the pod's shared directory at boot.
+#[derive(Debug)]
+pub enum SharedDir {
+    /// Mounted at `carapace_agent_client::GUEST_SHARED_DIR`.
+    Mounted,
+    /// The VM has no virtio-fs device: nothing to mount.
+    NoDevice,
+    Failed(MountError),
+}
+
+/// Whether a virtio-fs device is listed under `devices` (a sysfs `bus/virtio/devices` dir).
+/// Probing sysfs instead of trying the mount keeps the kernel from logging "tag not found"
+/// in VMs started without a shared directory.
+pub fn virtio_fs_present(devices: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(devices) else {
+        return false;
+    };
+    entries.flatten().any(|e| {
+        std::fs::read_to_string(e.path().join("device"))
+            .is_ok_and(|id| id.trim() == VIRTIO_ID_FS_SYSFS)
+    })
+}
+
+/// Mounts the virtio-fs tag [`SHARED_FS_TAG`] at `carapace_agent_client::GUEST_SHARED_DIR`
+/// if the VM has a virtio-fs device.
+pub fn mount_shared_dir() -> SharedDir {
+    if !virtio_fs_present(Path::new(SYSFS_VIRTIO_DEVICES)) {
+        return SharedDir::NoDevice;
+    }
+    let spec = MountSpec {
+        source: SHARED_FS_TAG,
+        target: carapace_agent_client::GUEST_SHARED_DIR,
+        fstype: "virtiofs",
+        flags: MsFlags::empty(),
+        data: None,
+    };
+    match mount_one(&spec) {
+        Ok(()) => SharedDir::Mounted,
+        Err(e) => SharedDir::Failed(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn virtio_fs_found_by_device_id() {
+        let sys = tempfile::tempdir().unwrap();
+        assert!(!virtio_fs_present(&sys.path().join("missing")));
+        for (name, id) in [("virtio0", "0x0013\n"), ("virtio1", "0x0004\n")] {
+            std::fs::create_dir(sys.path().join(name)).unwrap();
+            std::fs::write(sys.path().join(name).join("device"), id).unwrap();
+        }
+        assert!(!virtio_fs_present(sys.path()));
+        std::fs::create_dir(sys.path().join("virtio2")).unwrap();
+        std::fs::write(sys.path().join("virtio2/device"), "0x001a\n").unwrap();
+        assert!(virtio_fs_present(sys.path()));
+    }
 
     #[test]
     fn mountinfo_targets() {
