@@ -4,13 +4,18 @@
 //! * [`config`]: the TOML configuration (runtime handlers → VM profiles).
 //! * [`sandboxes`]: the sandbox table and lifecycle; [`store`]: the durable records.
 //! * [`vmm`]: starting, reaching and stopping a pod's VM; [`procfs`]: PID-reuse-safe liveness.
+//! * [`containers`]: the container RPCs through the pod's agent; [`merge`]: image config +
+//!   CRI config → process; [`crilog`]: CRI log files; [`volumes`]: host volumes into the VM.
 //! * [`runtime_service`]: the gRPC service; [`server`]: socket, signals, serving.
 
 pub mod client;
 pub mod config;
+pub mod containers;
+pub mod crilog;
 pub mod error;
 pub mod filters;
 pub mod ids;
+pub mod merge;
 pub mod procfs;
 pub mod record;
 pub mod runtime_service;
@@ -18,6 +23,7 @@ pub mod sandboxes;
 pub mod server;
 pub mod store;
 pub mod vmm;
+pub mod volumes;
 
 pub use config::{Config, ConfigError, DEFAULT_CONFIG_PATH};
 pub use error::CriError;

@@ -97,6 +97,10 @@ impl SandboxRecord {
     pub fn vmm_log(&self) -> PathBuf {
         self.run_dir.join("vmm.log")
     }
+    /// The directory shared into the guest (virtio-fs), seen there at `/run/carapace/shared`.
+    pub fn shared_dir(&self) -> PathBuf {
+        self.run_dir.join("shared")
+    }
     pub fn sandbox_name(&self) -> String {
         crate::ids::sandbox_name(
             &self.metadata.name,
@@ -104,5 +108,89 @@ impl SandboxRecord {
             &self.metadata.uid,
             self.metadata.attempt,
         )
+    }
+}
+
+/// Bumped when a container record field changes meaning.
+pub const CONTAINER_RECORD_VERSION: u32 = 1;
+
+/// Where a container is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContainerPhase {
+    Created,
+    Running,
+    Exited,
+}
+
+/// The process a container runs (after merging the image config with the CRI config).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessSpec {
+    pub args: Vec<String>,
+    /// "KEY=value" entries.
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
+    pub tty: bool,
+    pub stdin: bool,
+}
+
+/// One mount of a container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountRecord {
+    /// Inside the container.
+    pub container_path: String,
+    /// On the host, as the client gave it (empty for files the daemon provides).
+    pub host_path: String,
+    pub readonly: bool,
+    pub selinux_relabel: bool,
+    /// CRI MountPropagation number.
+    pub propagation: i32,
+    /// Where the host path is bind-mounted under the pod's shared dir (unmounted on removal).
+    pub shared_path: PathBuf,
+    /// The same place as the guest sees it.
+    pub guest_path: String,
+}
+
+/// Everything the daemon knows about one container; enough to rebuild its state after a restart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    pub version: u32,
+    pub id: String,
+    pub sandbox_id: String,
+    pub name: String,
+    pub attempt: u32,
+    /// The image as the client named it.
+    pub image: String,
+    /// The image's ID (config digest).
+    pub image_id: String,
+    /// A repo digest of the image when known, else its ID.
+    pub image_ref: String,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    /// Full path of the CRI log file; empty: no log.
+    pub log_path: String,
+    pub phase: ContainerPhase,
+    /// Nanoseconds since the Unix epoch; 0 when it did not happen.
+    pub created_at: i64,
+    pub started_at: i64,
+    pub finished_at: i64,
+    pub exit_code: i32,
+    pub reason: String,
+    pub message: String,
+    pub process: ProcessSpec,
+    pub mounts: Vec<MountRecord>,
+    /// `<pod shared dir>/<id>` on the host: the rootfs and the mount points.
+    pub dir: PathBuf,
+    /// The last resources set (CreateContainer or UpdateContainerResources).
+    pub resources: Option<k8s_cri::v1::LinuxContainerResources>,
+}
+
+impl ContainerRecord {
+    /// The name unique within a pod (CRI: name + attempt).
+    pub fn pod_unique_name(&self) -> String {
+        format!("{}/{}_{}", self.sandbox_id, self.name, self.attempt)
     }
 }

@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status};
 
 use crate::config::CgroupDriver;
 use crate::error::CriError;
+use crate::containers::ContainerFilter;
 use crate::filters::SandboxFilter;
 use crate::sandboxes::Manager;
 
@@ -17,10 +18,6 @@ use crate::sandboxes::Manager;
 pub const RUNTIME_NAME: &str = "carapace";
 /// The CRI API version served.
 pub const RUNTIME_API_VERSION: &str = "v1";
-/// Why containers are not served yet.
-pub const CONTAINERS_LATER: &str =
-    "containers inside the pod VM are not available in this build yet: they arrive with issue 3 \
-     (agent containers) and the container RPCs of issue 4";
 /// Why streaming is not served yet.
 pub const STREAMING_LATER: &str =
     "exec/attach/port-forward streaming is not implemented yet: it belongs to a later issue \
@@ -45,12 +42,26 @@ impl CriRuntime {
         self.pod_cidr.lock().map(|c| c.clone()).unwrap_or_default()
     }
 
-    /// NotFound for a container ID: no container can exist before issue 3.
-    fn no_container(id: &str) -> Status {
+    /// Streaming calls: InvalidArgument for an empty container ID, else Unimplemented.
+    fn no_container(&self, id: &str) -> Status {
         if id.is_empty() {
             return CriError::InvalidArgument("container_id must not be empty".into()).into();
         }
-        CriError::NotFound(format!("container {id:?} not found ({CONTAINERS_LATER})")).into()
+        CriError::Unimplemented(STREAMING_LATER.into()).into()
+    }
+
+    /// Fills the container part of a pod's stats.
+    async fn add_container_stats(&self, stats: &mut cri::PodSandboxStats) {
+        let Some(pod) = stats.attributes.as_ref().map(|a| a.id.clone()) else { return };
+        let filter = ContainerFilter {
+            pod_sandbox_id: pod,
+            state: Some(cri::ContainerState::ContainerRunning as i32),
+            ..Default::default()
+        };
+        let containers = self.manager.list_container_stats(&filter).await;
+        if let Some(linux) = stats.linux.as_mut() {
+            linux.containers = containers;
+        }
     }
 
     /// The RuntimeReady condition: the default profile's guest image and the VMM binary exist.
@@ -163,30 +174,29 @@ impl RuntimeService for CriRuntime {
         &self,
         request: Request<cri::CreateContainerRequest>,
     ) -> Result<Response<cri::CreateContainerResponse>, Status> {
-        let r = request.into_inner();
-        if r.config.as_ref().and_then(|c| c.metadata.as_ref()).is_none_or(|m| m.name.is_empty()) {
-            return Err(CriError::InvalidArgument(
-                "CreateContainer: config.metadata.name is required".into(),
-            )
-            .into());
-        }
-        // NotFound (or InvalidArgument) for the sandbox first, as kubelet expects.
-        self.manager.status(&r.pod_sandbox_id, false)?;
-        Err(CriError::Unimplemented(CONTAINERS_LATER.into()).into())
+        let m = self.manager.clone();
+        let req = request.into_inner();
+        let id = detached(async move { m.create_container(req).await }).await?;
+        Ok(Response::new(cri::CreateContainerResponse { container_id: id }))
     }
 
     async fn start_container(
         &self,
         request: Request<cri::StartContainerRequest>,
     ) -> Result<Response<cri::StartContainerResponse>, Status> {
-        Err(Self::no_container(&request.into_inner().container_id))
+        let (m, id) = (self.manager.clone(), request.into_inner().container_id);
+        detached(async move { m.start_container(&id).await }).await?;
+        Ok(Response::new(cri::StartContainerResponse {}))
     }
 
     async fn stop_container(
         &self,
         request: Request<cri::StopContainerRequest>,
     ) -> Result<Response<cri::StopContainerResponse>, Status> {
-        Err(Self::no_container(&request.into_inner().container_id))
+        let r = request.into_inner();
+        let m = self.manager.clone();
+        detached(async move { m.stop_container(&r.container_id, r.timeout).await }).await?;
+        Ok(Response::new(cri::StopContainerResponse {}))
     }
 
     async fn remove_container(
@@ -194,68 +204,73 @@ impl RuntimeService for CriRuntime {
         request: Request<cri::RemoveContainerRequest>,
     ) -> Result<Response<cri::RemoveContainerResponse>, Status> {
         // Idempotent: removing a container that does not exist is not an error.
-        let id = request.into_inner().container_id;
-        if id.is_empty() {
-            return Err(Self::no_container(&id));
-        }
+        let (m, id) = (self.manager.clone(), request.into_inner().container_id);
+        detached(async move { m.remove_container(&id).await }).await?;
         Ok(Response::new(cri::RemoveContainerResponse {}))
     }
 
     async fn list_containers(
         &self,
-        _request: Request<cri::ListContainersRequest>,
+        request: Request<cri::ListContainersRequest>,
     ) -> Result<Response<cri::ListContainersResponse>, Status> {
-        Ok(Response::new(cri::ListContainersResponse { containers: Vec::new() }))
+        let f = request.into_inner().filter.unwrap_or_default();
+        let filter = ContainerFilter {
+            id: f.id,
+            pod_sandbox_id: f.pod_sandbox_id,
+            state: f.state.map(|s| s.state),
+            labels: f.label_selector,
+        };
+        Ok(Response::new(cri::ListContainersResponse { containers: self.manager.list_containers(&filter) }))
     }
 
     async fn container_status(
         &self,
         request: Request<cri::ContainerStatusRequest>,
     ) -> Result<Response<cri::ContainerStatusResponse>, Status> {
-        Err(Self::no_container(&request.into_inner().container_id))
+        let r = request.into_inner();
+        Ok(Response::new(self.manager.container_status(&r.container_id, r.verbose)?))
     }
 
     async fn update_container_resources(
         &self,
         request: Request<cri::UpdateContainerResourcesRequest>,
     ) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
-        Err(Self::no_container(&request.into_inner().container_id))
+        let r = request.into_inner();
+        let m = self.manager.clone();
+        detached(async move { m.update_container_resources(&r.container_id, r.linux).await }).await?;
+        Ok(Response::new(cri::UpdateContainerResourcesResponse {}))
     }
 
     async fn reopen_container_log(
         &self,
         request: Request<cri::ReopenContainerLogRequest>,
     ) -> Result<Response<cri::ReopenContainerLogResponse>, Status> {
-        Err(Self::no_container(&request.into_inner().container_id))
+        self.manager.reopen_container_log(&request.into_inner().container_id)?;
+        Ok(Response::new(cri::ReopenContainerLogResponse {}))
     }
 
     async fn exec_sync(
         &self,
         request: Request<cri::ExecSyncRequest>,
     ) -> Result<Response<cri::ExecSyncResponse>, Status> {
-        Err(Self::no_container(&request.into_inner().container_id))
+        let r = request.into_inner();
+        let m = self.manager.clone();
+        let resp = detached(async move { m.exec_sync(&r.container_id, r.cmd, r.timeout).await }).await?;
+        Ok(Response::new(resp))
     }
 
     async fn exec(
         &self,
         request: Request<cri::ExecRequest>,
     ) -> Result<Response<cri::ExecResponse>, Status> {
-        let id = request.into_inner().container_id;
-        if id.is_empty() {
-            return Err(Self::no_container(&id));
-        }
-        Err(CriError::Unimplemented(STREAMING_LATER.into()).into())
+        Err(self.no_container(&request.into_inner().container_id))
     }
 
     async fn attach(
         &self,
         request: Request<cri::AttachRequest>,
     ) -> Result<Response<cri::AttachResponse>, Status> {
-        let id = request.into_inner().container_id;
-        if id.is_empty() {
-            return Err(Self::no_container(&id));
-        }
-        Err(CriError::Unimplemented(STREAMING_LATER.into()).into())
+        Err(self.no_container(&request.into_inner().container_id))
     }
 
     async fn port_forward(
@@ -270,21 +285,32 @@ impl RuntimeService for CriRuntime {
         &self,
         request: Request<cri::ContainerStatsRequest>,
     ) -> Result<Response<cri::ContainerStatsResponse>, Status> {
-        Err(Self::no_container(&request.into_inner().container_id))
+        let stats = self.manager.container_stats(&request.into_inner().container_id).await?;
+        Ok(Response::new(cri::ContainerStatsResponse { stats: Some(stats) }))
     }
 
     async fn list_container_stats(
         &self,
-        _request: Request<cri::ListContainerStatsRequest>,
+        request: Request<cri::ListContainerStatsRequest>,
     ) -> Result<Response<cri::ListContainerStatsResponse>, Status> {
-        Ok(Response::new(cri::ListContainerStatsResponse { stats: Vec::new() }))
+        let f = request.into_inner().filter.unwrap_or_default();
+        let filter = ContainerFilter {
+            id: f.id,
+            pod_sandbox_id: f.pod_sandbox_id,
+            state: None,
+            labels: f.label_selector,
+        };
+        Ok(Response::new(cri::ListContainerStatsResponse {
+            stats: self.manager.list_container_stats(&filter).await,
+        }))
     }
 
     async fn pod_sandbox_stats(
         &self,
         request: Request<cri::PodSandboxStatsRequest>,
     ) -> Result<Response<cri::PodSandboxStatsResponse>, Status> {
-        let stats = self.manager.stats(&request.into_inner().pod_sandbox_id)?;
+        let mut stats = self.manager.stats(&request.into_inner().pod_sandbox_id)?;
+        self.add_container_stats(&mut stats).await;
         Ok(Response::new(cri::PodSandboxStatsResponse { stats: Some(stats) }))
     }
 
@@ -294,7 +320,11 @@ impl RuntimeService for CriRuntime {
     ) -> Result<Response<cri::ListPodSandboxStatsResponse>, Status> {
         let f = request.into_inner().filter.unwrap_or_default();
         let filter = SandboxFilter { id: f.id, state: None, labels: f.label_selector };
-        Ok(Response::new(cri::ListPodSandboxStatsResponse { stats: self.manager.list_stats(&filter) }))
+        let mut stats = self.manager.list_stats(&filter);
+        for s in &mut stats {
+            self.add_container_stats(s).await;
+        }
+        Ok(Response::new(cri::ListPodSandboxStatsResponse { stats }))
     }
 
     async fn update_runtime_config(
@@ -374,10 +404,17 @@ impl RuntimeService for CriRuntime {
         &self,
         _request: Request<cri::GetEventsRequest>,
     ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
-        Err(CriError::Unimplemented(format!(
-            "GetContainerEvents (evented PLEG) is not served yet: {CONTAINERS_LATER}"
-        ))
-        .into())
+        use tokio_stream::StreamExt;
+        let rx = self.manager.container_events();
+        // A reader too slow to keep up misses events (logged), as with containerd.
+        let stream = tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(|r| match r {
+            Ok(ev) => Some(Ok(ev)),
+            Err(e) => {
+                tracing::warn!(error = %e, "GetContainerEvents reader fell behind; events dropped");
+                None
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn list_metric_descriptors(

@@ -55,16 +55,17 @@ struct Table {
     names: HashMap<String, String>,
 }
 
-/// The pod sandboxes of one daemon.
+/// The pod sandboxes of one daemon (and, in [`crate::containers`], their containers).
 pub struct Manager {
     cfg: Arc<Config>,
     store: Store,
     table: Mutex<Table>,
+    pub(crate) ctrs: Arc<crate::containers::Containers>,
     _lock: fs::File,
 }
 
 /// Whether a record's sandbox is ready now (CRI state number).
-fn state_of(rec: &SandboxRecord) -> cri::PodSandboxState {
+pub(crate) fn state_of(rec: &SandboxRecord) -> cri::PodSandboxState {
     let alive = rec.vmm.as_ref().is_some_and(procfs::is_alive);
     if rec.phase == SandboxPhase::Ready && alive {
         cri::PodSandboxState::SandboxReady
@@ -73,7 +74,7 @@ fn state_of(rec: &SandboxRecord) -> cri::PodSandboxState {
     }
 }
 
-fn metadata_of(rec: &SandboxRecord) -> cri::PodSandboxMetadata {
+pub(crate) fn metadata_of(rec: &SandboxRecord) -> cri::PodSandboxMetadata {
     cri::PodSandboxMetadata {
         name: rec.metadata.name.clone(),
         uid: rec.metadata.uid.clone(),
@@ -82,7 +83,7 @@ fn metadata_of(rec: &SandboxRecord) -> cri::PodSandboxMetadata {
     }
 }
 
-fn hash(m: &BTreeMap<String, String>) -> HashMap<String, String> {
+pub(crate) fn hash(m: &BTreeMap<String, String>) -> HashMap<String, String> {
     m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
@@ -138,7 +139,7 @@ impl Manager {
             fs::create_dir_all(dir).map_err(|source| OpenError::Dir { path: dir.clone(), source })?;
         }
         let lock = lock_state_dir(&cfg.state_dir)?;
-        let store = Store::open(&cfg.state_dir)?;
+        let store: Store = Store::open(&cfg.state_dir)?;
         let (records, bad) = store.load_all()?;
         for b in bad {
             tracing::error!(path = %b.path.display(), reason = %b.reason, "ignoring unreadable sandbox record");
@@ -160,7 +161,19 @@ impl Manager {
                 Arc::new(Entry { op: tokio::sync::Mutex::new(()), rec: Mutex::new(rec) }),
             );
         }
-        Ok(Manager { cfg, store, table: Mutex::new(table), _lock: lock })
+        let sandboxes: Vec<SandboxRecord> = table.pods.values().map(|e| e.rec().clone()).collect();
+        let ctrs = crate::containers::Containers::open(&cfg.state_dir, &sandboxes)?;
+        Ok(Manager { cfg, store, table: Mutex::new(table), ctrs, _lock: lock })
+    }
+
+    /// The image store CreateContainer takes images from (set once by the daemon).
+    pub fn set_image_store(&self, images: Arc<carapace_image::ImageStore>) {
+        self.ctrs.set_image_store(images);
+    }
+
+    /// The record of the sandbox an ID or unique ID prefix names.
+    pub(crate) fn sandbox(&self, id: &str) -> Result<SandboxRecord, CriError> {
+        Ok(self.resolve(id)?.rec().clone())
     }
 
     pub fn config(&self) -> &Config {
@@ -302,7 +315,9 @@ impl Manager {
         }
         self.store.save(&rec)?;
         let (vsock, serial, log) = (rec.vsock_path(), rec.serial_log(), rec.vmm_log());
-        let files = VmFiles { vsock: &vsock, serial_log: &serial, vmm_log: &log };
+        let shared = rec.shared_dir();
+        fs::create_dir_all(&shared).map_err(|e| internal("create its shared dir", e))?;
+        let files = VmFiles { vsock: &vsock, serial_log: &serial, vmm_log: &log, shared_dir: &shared };
         let p = vmm::spawn(&self.cfg, &rec.profile, &files)
             .map_err(|e| CriError::Internal(format!("pod sandbox VM: {e}")))?;
         rec.vmm = Some(p);
@@ -349,17 +364,10 @@ impl Manager {
     async fn cleanup(&self, entry: &Entry) -> Result<(), CriError> {
         self.stop_entry(entry).await?;
         let rec = entry.rec().clone();
-        match fs::remove_dir_all(&rec.run_dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(CriError::Internal(format!(
-                    "cannot remove {} of pod sandbox {}: {e}",
-                    rec.run_dir.display(),
-                    rec.id
-                )))
-            }
-        }
+        // Volumes are bind-mounted under the run dir: unmount them all before deleting it.
+        crate::volumes::remove_tree(&rec.run_dir).map_err(|e| {
+            CriError::Internal(format!("cannot remove {} of pod sandbox {}: {e}", rec.run_dir.display(), rec.id))
+        })?;
         self.store.remove(&rec.id)?;
         let mut table = self.table();
         table.pods.remove(&rec.id);
@@ -374,6 +382,8 @@ impl Manager {
     pub async fn stop(&self, id: &str) -> Result<(), CriError> {
         let entry = self.resolve(id)?;
         let _op = entry.op.lock().await;
+        let rec = entry.rec().clone();
+        self.stop_pod_containers(&rec).await;
         self.stop_entry(&entry).await
     }
 
@@ -392,6 +402,9 @@ impl Manager {
         if !self.table().pods.contains_key(&id) {
             return Ok(()); // removed by a concurrent call while we waited
         }
+        let rec = entry.rec().clone();
+        self.stop_pod_containers(&rec).await;
+        self.remove_pod_containers(&rec).await?;
         self.cleanup(&entry).await
     }
 
@@ -544,7 +557,7 @@ mod tests {
     fn reload_marks_dead_vms_stopped_and_keeps_names_reserved() {
         let dir = tempfile::tempdir().unwrap();
         let c = cfg(dir.path());
-        let store = Store::open(&c.state_dir).unwrap();
+        let store: Store = Store::open(&c.state_dir).unwrap();
         // A record whose VMM is this very process (alive), and one whose VMM is long gone.
         let me = std::process::id() as i32;
         let mut live = sample(&"a".repeat(64), "live");
@@ -589,7 +602,7 @@ mod tests {
     async fn remove_of_a_stopped_sandbox_deletes_everything_and_is_idempotent() {
         let dir = tempfile::tempdir().unwrap();
         let c = cfg(dir.path());
-        let store = Store::open(&c.state_dir).unwrap();
+        let store: Store = Store::open(&c.state_dir).unwrap();
         let mut rec = sample(&"d".repeat(64), "gone");
         rec.vmm = Some(crate::record::VmmProcess { pid: std::process::id() as i32, start_time: 1 });
         rec.run_dir = c.pod_run_dir(&rec.id);

@@ -1,13 +1,60 @@
-//! Durable sandbox records: `<state_dir>/sandboxes/<id>.json`, each written atomically
-//! (temporary file, fsync, rename, fsync of the directory), so a crash leaves either the old or
-//! the new record, never a torn one.
+//! Durable records: sandboxes in `<state_dir>/sandboxes/<id>.json`, containers in
+//! `<state_dir>/containers/<id>.json`, each written atomically (temporary file, fsync, rename,
+//! fsync of the directory), so a crash leaves either the old or the new record, never a torn one.
 
 use std::fs;
 use std::io::Write;
+use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
 use crate::ids::is_full_id;
-use crate::record::{SandboxRecord, RECORD_VERSION};
+use crate::record::{ContainerRecord, SandboxRecord, CONTAINER_RECORD_VERSION, RECORD_VERSION};
+
+/// A kind of durable record: where its files live and how to check one read back.
+pub trait Record: Serialize + DeserializeOwned {
+    /// The directory under the state dir.
+    const DIR: &'static str;
+    /// What the record is of ("sandbox", "container"), for messages.
+    const KIND: &'static str;
+    /// The record version this daemon reads.
+    const VERSION: u32;
+    fn id(&self) -> &str;
+    fn version(&self) -> u32;
+    fn created_at(&self) -> i64;
+}
+
+impl Record for SandboxRecord {
+    const DIR: &'static str = "sandboxes";
+    const KIND: &'static str = "sandbox";
+    const VERSION: u32 = RECORD_VERSION;
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn version(&self) -> u32 {
+        self.version
+    }
+    fn created_at(&self) -> i64 {
+        self.created_at
+    }
+}
+
+impl Record for ContainerRecord {
+    const DIR: &'static str = "containers";
+    const KIND: &'static str = "container";
+    const VERSION: u32 = CONTAINER_RECORD_VERSION;
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn version(&self) -> u32 {
+        self.version
+    }
+    fn created_at(&self) -> i64 {
+        self.created_at
+    }
+}
 
 /// A state-dir operation that failed; the message names the file.
 #[derive(Debug, thiserror::Error)]
@@ -25,10 +72,17 @@ pub struct BadRecord {
     pub reason: String,
 }
 
-/// The sandbox records under one state dir.
-#[derive(Debug, Clone)]
-pub struct Store {
+/// The records of one kind under one state dir.
+#[derive(Debug)]
+pub struct Store<T = SandboxRecord> {
     dir: PathBuf,
+    _kind: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for Store<T> {
+    fn clone(&self) -> Self {
+        Store { dir: self.dir.clone(), _kind: PhantomData }
+    }
 }
 
 fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
@@ -36,12 +90,12 @@ fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StoreErro
     move |source| StoreError::Io { op, path, source }
 }
 
-impl Store {
+impl<T: Record> Store<T> {
     /// Opens (creating if needed) the record directory under `state_dir`.
-    pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
-        let dir = state_dir.join("sandboxes");
+    pub fn open(state_dir: &Path) -> Result<Store<T>, StoreError> {
+        let dir = state_dir.join(T::DIR);
         fs::create_dir_all(&dir).map_err(io("create", &dir))?;
-        Ok(Store { dir })
+        Ok(Store { dir, _kind: PhantomData })
     }
 
     pub fn dir(&self) -> &Path {
@@ -53,9 +107,9 @@ impl Store {
     }
 
     /// Writes `rec` atomically.
-    pub fn save(&self, rec: &SandboxRecord) -> Result<(), StoreError> {
-        let path = self.path_of(&rec.id);
-        let tmp = self.dir.join(format!(".{}.json.tmp", rec.id));
+    pub fn save(&self, rec: &T) -> Result<(), StoreError> {
+        let path = self.path_of(rec.id());
+        let tmp = self.dir.join(format!(".{}.json.tmp", rec.id()));
         let data = serde_json::to_vec_pretty(rec)
             .map_err(|source| StoreError::Encode { path: path.clone(), source })?;
         {
@@ -84,7 +138,7 @@ impl Store {
 
     /// Loads every record; unreadable ones are returned separately (and left in place).
     /// Leftover temporary files of interrupted writes are deleted.
-    pub fn load_all(&self) -> Result<(Vec<SandboxRecord>, Vec<BadRecord>), StoreError> {
+    pub fn load_all(&self) -> Result<(Vec<T>, Vec<BadRecord>), StoreError> {
         let mut good = Vec::new();
         let mut bad = Vec::new();
         for entry in fs::read_dir(&self.dir).map_err(io("read", &self.dir))? {
@@ -97,30 +151,31 @@ impl Store {
             }
             let Some(id) = name.strip_suffix(".json") else { continue };
             if !is_full_id(id) {
-                bad.push(BadRecord { path, reason: "file name is not a sandbox ID".into() });
+                bad.push(BadRecord { path, reason: format!("file name is not a {} ID", T::KIND) });
                 continue;
             }
             match Self::read(&path) {
-                Ok(rec) if rec.id != id => bad.push(BadRecord {
+                Ok(rec) if rec.id() != id => bad.push(BadRecord {
                     path,
-                    reason: format!("holds the record of sandbox {}", rec.id),
+                    reason: format!("holds the record of {} {}", T::KIND, rec.id()),
                 }),
-                Ok(rec) if rec.version != RECORD_VERSION => bad.push(BadRecord {
+                Ok(rec) if rec.version() != T::VERSION => bad.push(BadRecord {
                     path,
                     reason: format!(
-                        "record version {} (this daemon reads version {RECORD_VERSION})",
-                        rec.version
+                        "record version {} (this daemon reads version {})",
+                        rec.version(),
+                        T::VERSION
                     ),
                 }),
                 Ok(rec) => good.push(rec),
                 Err(reason) => bad.push(BadRecord { path, reason }),
             }
         }
-        good.sort_by_key(|r| r.created_at);
+        good.sort_by_key(|r| r.created_at());
         Ok((good, bad))
     }
 
-    fn read(path: &Path) -> Result<SandboxRecord, String> {
+    fn read(path: &Path) -> Result<T, String> {
         let data = fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
         serde_json::from_slice(&data).map_err(|e| format!("not a valid record: {e}"))
     }
@@ -163,7 +218,7 @@ pub(crate) mod tests {
     #[test]
     fn save_load_remove_round_trip() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store: Store = Store::open(dir.path()).unwrap();
         let a = sample(&"a".repeat(64), "a");
         let mut b = sample(&"b".repeat(64), "b");
         b.created_at += 1;
@@ -185,7 +240,7 @@ pub(crate) mod tests {
     #[test]
     fn torn_and_foreign_files_are_reported_not_loaded() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store: Store = Store::open(dir.path()).unwrap();
         let good = sample(&"c".repeat(64), "c");
         store.save(&good).unwrap();
         fs::write(store.dir().join(format!("{}.json", "d".repeat(64))), b"{\"version\": 1, ").unwrap();

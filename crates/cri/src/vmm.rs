@@ -39,6 +39,8 @@ pub struct VmFiles<'a> {
     pub vsock: &'a Path,
     pub serial_log: &'a Path,
     pub vmm_log: &'a Path,
+    /// Shared into the guest by virtio-fs (the agent mounts it at `/run/carapace/shared`).
+    pub shared_dir: &'a Path,
 }
 
 /// The `carapace vmm` arguments for `profile`.
@@ -59,6 +61,8 @@ pub fn vmm_args(cfg: &Config, profile: &VmProfile, files: &VmFiles<'_>) -> Vec<S
         files.vsock.display().to_string(),
         "--stop-timeout-ms".into(),
         cfg.stop_timeout.as_millis().to_string(),
+        "--shared-dir".into(),
+        files.shared_dir.display().to_string(),
     ];
     if !profile.cmdline_extra.is_empty() {
         args.push(format!("--cmdline-extra={}", profile.cmdline_extra));
@@ -238,6 +242,7 @@ mod tests {
             vsock: Path::new("/r/v"),
             serial_log: Path::new("/r/s"),
             vmm_log: Path::new("/r/l"),
+            shared_dir: Path::new("/r/shared"),
         };
         let a = vmm_args(&c, &VmProfile::default(), &files).join(" ");
         assert!(a.starts_with("vmm --kernel /var/lib/carapace/guest/vmlinux"), "{a}");
@@ -245,6 +250,7 @@ mod tests {
         assert!(a.contains("--serial-log /r/s"), "{a}");
         assert!(a.contains("--kick-interval-ms 100"), "{a}");
         assert!(a.contains("--stop-timeout-ms 1000"), "{a}");
+        assert!(a.contains("--shared-dir /r/shared"), "{a}");
     }
 
     #[tokio::test]
@@ -253,7 +259,7 @@ mod tests {
         let bin = script(dir.path(), "echo 'carapace vmm: error: kernel is not an ELF' >&2; exit 1");
         let c = cfg(dir.path(), &bin);
         let log = dir.path().join("vmm.log");
-        let files = VmFiles { vsock: &dir.path().join("v"), serial_log: &dir.path().join("s"), vmm_log: &log };
+        let files = VmFiles { vsock: &dir.path().join("v"), serial_log: &dir.path().join("s"), vmm_log: &log, shared_dir: dir.path() };
         let p = match spawn(&c, &VmProfile::default(), &files) {
             Ok(p) => p,
             Err(VmmError::Vanished { .. }) => return, // exited before /proc was read: also fine
@@ -270,7 +276,7 @@ mod tests {
         let c = cfg(dir.path(), &bin);
         let log = dir.path().join("vmm.log");
         let vsock = dir.path().join("v");
-        let files = VmFiles { vsock: &vsock, serial_log: &dir.path().join("s"), vmm_log: &log };
+        let files = VmFiles { vsock: &vsock, serial_log: &dir.path().join("s"), vmm_log: &log, shared_dir: dir.path() };
         let p = spawn(&c, &VmProfile::default(), &files).unwrap();
         assert!(procfs::is_alive(&p));
         // SAFETY: getsid has no memory effects.
