@@ -308,7 +308,7 @@ fn garbage_chains_and_messages_never_panic_and_the_device_keeps_working() {
                 }
                 if round % 3 == 2 && msg.len() >= HEADER_LEN {
                     let header = InHeader {
-                        len: if r.next() % 2 == 0 { msg.len() as u32 } else { r.next() as u32 },
+                        len: if r.next() & 1 == 0 { msg.len() as u32 } else { r.next() as u32 },
                         opcode: (r.next() % 52) as u32,
                         unique: r.next(),
                         nodeid: r.next() % 4,
