@@ -517,11 +517,14 @@ impl Containers {
         Ok(out)
     }
 
-    /// ReadStdio: the output channel of a process (one reader).
-    pub fn take_output(&self, id: &str, exec_id: &str) -> Result<tokio::sync::mpsc::Receiver<pb::StdioChunk>, ContainerError> {
+    /// ReadStdio: the output channel of a process (one reader at a time).
+    pub fn take_output(&self, id: &str, exec_id: &str) -> Result<OutputLease, ContainerError> {
         let (_e, p) = self.proc_of(id, exec_id)?;
-        p.io.take_output()
-            .ok_or_else(|| ContainerError::State("output is already being read (one reader per process)".into()))
+        let rx = p
+            .io
+            .take_output()
+            .ok_or_else(|| ContainerError::State("output is already being read (one reader per process)".into()))?;
+        Ok(OutputLease { rx: Some(rx), proc: p, ended: false })
     }
 
     /// WriteStdin.
@@ -541,4 +544,42 @@ fn signal_cgroup(dir: &Path, sig: nix::sys::signal::Signal) -> Result<(), Contai
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
     }
     Ok(())
+}
+
+/// A process's output channel lent to one ReadStdio reader. A reader that goes away before the
+/// output ended (e.g. the host daemon restarted) gives the channel back, so the next reader
+/// continues with what was not read yet.
+pub struct OutputLease {
+    rx: Option<tokio::sync::mpsc::Receiver<pb::StdioChunk>>,
+    proc: Arc<Proc>,
+    ended: bool,
+}
+
+impl tokio_stream::Stream for OutputLease {
+    type Item = pb::StdioChunk;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<pb::StdioChunk>> {
+        let this = &mut *self;
+        let Some(rx) = this.rx.as_mut() else { return std::task::Poll::Ready(None) };
+        match rx.poll_recv(cx) {
+            std::task::Poll::Ready(None) => {
+                this.ended = true;
+                std::task::Poll::Ready(None)
+            }
+            other => other,
+        }
+    }
+}
+
+impl Drop for OutputLease {
+    fn drop(&mut self) {
+        if !self.ended {
+            if let Some(rx) = self.rx.take() {
+                *lock(&self.proc.io.output) = Some(rx);
+            }
+        }
+    }
 }

@@ -5,7 +5,6 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use carapace_agent_client::pb;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
@@ -79,8 +78,8 @@ pub async fn list_containers(c: &Containers, _req: Request<pb::ListContainersReq
 
 pub async fn read_stdio(c: &Containers, req: Request<pb::ReadStdioRequest>) -> R<StdioStream> {
     let r = req.into_inner();
-    let rx = c.take_output(&r.container_id, &r.exec_id)?;
-    let s: StdioStream = Box::pin(ReceiverStream::new(rx).map(Ok));
+    let lease = c.take_output(&r.container_id, &r.exec_id)?;
+    let s: StdioStream = Box::pin(lease.map(Ok));
     Ok(Response::new(s))
 }
 
