@@ -1,0 +1,558 @@
+//! End-to-end: containers through the CRI daemon, inside pod VMs. A throwaway `docker-registry`
+//! on 127.0.0.1 serves the project's test images (tests/images/build-and-push.sh); the daemon
+//! pulls them through its ImageService, then runs pod → create → start → exec → logs → stop →
+//! remove. Needs a KVM that boots Linux; `make test-e2e` runs it (in the test host here).
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use carapace_cri::k8s_cri::v1 as cri;
+use carapace_cri::k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use carapace_cri::tonic;
+use carapace_tests::{carapace_bin, GuestImage};
+use tonic::transport::Channel;
+
+/// Set (to a config path) when this binary is re-executed to be the daemon.
+const DAEMON_ENV: &str = "CARAPACE_CRI_CONTAINERS_E2E_DAEMON";
+const RUNNING: i32 = cri::ContainerState::ContainerRunning as i32;
+const EXITED: i32 = cri::ContainerState::ContainerExited as i32;
+const CREATED: i32 = cri::ContainerState::ContainerCreated as i32;
+
+/// Not a test: the daemon process of the tests below when `carapace serve` is not available.
+#[test]
+#[ignore = "needs a KVM that boots Linux guests: run by `make test-e2e`"]
+fn daemon_process() {
+    let Some(path) = std::env::var_os(DAEMON_ENV) else { return };
+    let cfg = carapace_cri::Config::load(Path::new(&path), true).expect("daemon config");
+    if let Err(e) = carapace_cri::serve_blocking(cfg) {
+        eprintln!("daemon: {e}");
+        std::process::exit(1);
+    }
+    std::process::exit(0);
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A `docker-registry` on 127.0.0.1 with the test images pushed.
+struct Registry {
+    addr: String,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    fn start() -> Result<Registry> {
+        let dir = tempfile::Builder::new().prefix("reg").tempdir_in("/tmp")?;
+        for attempt in 0..3 {
+            let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            let addr = format!("127.0.0.1:{port}");
+            let config = format!(
+                "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+                dir.path().join("storage").display()
+            );
+            std::fs::write(dir.path().join("config.yml"), config)?;
+            let log = std::fs::File::create(dir.path().join("registry.log"))?;
+            let mut child = Command::new("docker-registry")
+                .arg("serve")
+                .arg(dir.path().join("config.yml"))
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()
+                .context("docker-registry (Debian package docker-registry)")?;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let ready = loop {
+                if let Ok(mut s) = TcpStream::connect(&addr) {
+                    let _ = s.write_all(format!("GET /v2/ HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes());
+                    let mut buf = String::new();
+                    let _ = s.read_to_string(&mut buf);
+                    if buf.contains("Docker-Distribution-Api-Version") {
+                        break true;
+                    }
+                }
+                if child.try_wait()?.is_some() || Instant::now() > deadline {
+                    break false;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            };
+            if !ready {
+                let _ = child.kill();
+                let _ = child.wait();
+                eprintln!("registry on {addr} did not start (attempt {attempt})");
+                continue;
+            }
+            let out = Command::new(repo_root().join("tests/images/build-and-push.sh")).arg(&addr).output()?;
+            let reg = Registry { addr, child, _dir: dir };
+            ensure!(out.status.success(), "pushing test images: {}", String::from_utf8_lossy(&out.stderr));
+            return Ok(reg);
+        }
+        bail!("docker-registry did not start")
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A daemon process with private state/run/image dirs under /tmp.
+struct Daemon {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    socket: PathBuf,
+    child: Option<Child>,
+}
+
+fn carapace_has_serve() -> bool {
+    Command::new(carapace_bin())
+        .args(["serve", "--help"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+impl Daemon {
+    fn new(registry: &str) -> Result<Daemon> {
+        let image = GuestImage::from_env()?;
+        let dir = tempfile::Builder::new().prefix("cric").tempdir_in("/tmp")?;
+        let d = dir.path();
+        let socket = d.join("cri.sock");
+        let config = d.join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"unix://{sock}\"\nstate_dir = \"{d}/state\"\nrun_dir = \"{d}/run\"\n\
+                 vmm_binary = \"{bin}\"\nagent_timeout_s = 120\nstop_timeout_s = 10\n\
+                 [images]\nroot = \"{d}/images\"\n[images.registries]\ninsecure = [\"{registry}\"]\n\
+                 [profiles.default]\nkernel = \"{k}\"\ninitramfs = \"{i}\"\n",
+                sock = socket.display(),
+                d = d.display(),
+                bin = carapace_bin().display(),
+                k = image.kernel.display(),
+                i = image.initramfs.display()
+            ),
+        )?;
+        let mut daemon = Daemon { dir, config, socket, child: None };
+        daemon.start()?;
+        Ok(daemon)
+    }
+
+    fn start(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("daemon.log"))?;
+        let mut cmd = if carapace_has_serve() {
+            let mut c = Command::new(carapace_bin());
+            c.arg("serve").arg("--config").arg(&self.config);
+            c
+        } else {
+            let mut c = Command::new(std::env::current_exe()?);
+            c.args(["--exact", "daemon_process", "--ignored", "--nocapture", "--test-threads=1"])
+                .env(DAEMON_ENV, &self.config);
+            c
+        };
+        cmd.env("CARAPACE_LOG", "info").stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+        self.child = Some(cmd.spawn().context("start the daemon")?);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
+            if Instant::now() > deadline {
+                bail!("daemon did not listen within 30 s\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    fn pods_dir(&self) -> PathBuf {
+        self.dir.path().join("run/pods")
+    }
+
+    fn logs_dir(&self, pod: &str) -> PathBuf {
+        self.dir.path().join("logs").join(pod)
+    }
+
+    fn vmm_processes(&self) -> Vec<i32> {
+        let needle = self.pods_dir().display().to_string();
+        let mut pids = Vec::new();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            let zombie = stat.rsplit(')').next().is_some_and(|s| s.trim_start().starts_with('Z'));
+            if !zombie && String::from_utf8_lossy(&cmdline).contains(&needle) {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+
+    async fn client(&self) -> Result<RuntimeServiceClient<Channel>> {
+        Ok(carapace_cri::client::connect(&self.socket).await?)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+        for pid in self.vmm_processes() {
+            // SAFETY: kill(2) on a PID whose command line names this test's private directory.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        // Volumes bound under the run dir must not outlive the test (tempdir removal would
+        // otherwise walk into them).
+        let _ = carapace_cri::volumes::unmount_all_under(&self.dir.path().join("run"));
+    }
+}
+
+fn pod_config(d: &Daemon, name: &str) -> cri::PodSandboxConfig {
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "e2e".into(),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        log_directory: d.logs_dir(name).display().to_string(),
+        dns_config: Some(cri::DnsConfig {
+            servers: vec!["10.96.0.10".into()],
+            searches: vec!["e2e.svc.cluster.local".into()],
+            options: vec!["ndots:5".into()],
+        }),
+        ..Default::default()
+    }
+}
+
+fn container(name: &str, image: &str, command: &[&str]) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata { name: name.into(), attempt: 0 }),
+        image: Some(cri::ImageSpec { image: image.into(), ..Default::default() }),
+        command: command.iter().map(|s| s.to_string()).collect(),
+        envs: vec![cri::KeyValue { key: "GREETING".into(), value: "hi there".into() }],
+        labels: [("role".to_string(), name.to_string())].into(),
+        log_path: format!("{name}/0.log"),
+        ..Default::default()
+    }
+}
+
+async fn create(
+    c: &mut RuntimeServiceClient<Channel>,
+    pod: &str,
+    pod_cfg: &cri::PodSandboxConfig,
+    cfg: cri::ContainerConfig,
+) -> std::result::Result<String, tonic::Status> {
+    Ok(c.create_container(cri::CreateContainerRequest {
+        pod_sandbox_id: pod.into(),
+        config: Some(cfg),
+        sandbox_config: Some(pod_cfg.clone()),
+    })
+    .await?
+    .into_inner()
+    .container_id)
+}
+
+async fn status(c: &mut RuntimeServiceClient<Channel>, id: &str) -> Result<cri::ContainerStatus> {
+    c.container_status(cri::ContainerStatusRequest { container_id: id.into(), verbose: false })
+        .await?
+        .into_inner()
+        .status
+        .context("no status")
+}
+
+async fn wait_state(c: &mut RuntimeServiceClient<Channel>, id: &str, state: i32) -> Result<cri::ContainerStatus> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let s = status(c, id).await?;
+        if s.state == state {
+            return Ok(s);
+        }
+        ensure!(Instant::now() < deadline, "container {id} stayed in state {} (want {state})", s.state);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until the file has a line containing all of `parts`; returns the file.
+async fn wait_log(path: &Path, parts: &[&str]) -> Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.lines().any(|l| parts.iter().all(|p| l.contains(p))) {
+            return Ok(text);
+        }
+        ensure!(Instant::now() < deadline, "no line with {parts:?} in {}:\n{text}", path.display());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Checks the CRI log line shape: `<RFC3339Nano> <stream> <F|P> <text>`.
+fn log_lines(text: &str) -> Result<Vec<(String, String, String)>> {
+    let mut out = Vec::new();
+    for l in text.lines() {
+        let mut f = l.splitn(4, ' ');
+        let (ts, stream, tag) = (f.next().unwrap_or(""), f.next().unwrap_or(""), f.next().unwrap_or(""));
+        let msg = f.next().unwrap_or("");
+        ensure!(ts.len() >= 20 && ts.ends_with('Z') && ts.as_bytes()[10] == b'T', "bad timestamp in {l:?}");
+        ensure!(stream == "stdout" || stream == "stderr", "bad stream in {l:?}");
+        ensure!(tag == "F" || tag == "P", "bad tag in {l:?}");
+        out.push((stream.to_string(), tag.to_string(), msg.to_string()));
+    }
+    Ok(out)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime")
+}
+
+fn with_log<T>(d: &Daemon, r: Result<T>) -> T {
+    match r {
+        Ok(v) => v,
+        Err(e) => panic!("{e:#}\n--- daemon log ---\n{}", d.log()),
+    }
+}
+
+#[test]
+#[ignore = "needs a KVM that boots Linux guests: run by `make test-e2e`"]
+fn containers_run_exec_log_stop_and_remove() {
+    let reg = Registry::start().expect("test registry");
+    let d = Daemon::new(&reg.addr).expect("daemon");
+    let r = runtime().block_on(async {
+        let mut c = d.client().await?;
+        let mut images = carapace_cri::client::connect_images(&d.socket).await?;
+        let busybox = format!("{}/test/busybox:latest", reg.addr);
+        let missing = format!("{}/test/nothere:latest", reg.addr);
+        images
+            .pull_image(cri::PullImageRequest {
+                image: Some(cri::ImageSpec { image: busybox.clone(), ..Default::default() }),
+                ..Default::default()
+            })
+            .await
+            .context("PullImage")?;
+
+        let pod_cfg = pod_config(&d, "web");
+        let pod = c
+            .run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(pod_cfg.clone()), runtime_handler: String::new() })
+            .await
+            .context("RunPodSandbox")?
+            .into_inner()
+            .pod_sandbox_id;
+
+        // Errors: missing image, unknown pod, unknown container IDs.
+        let e = create(&mut c, &pod, &pod_cfg, container("x", &missing, &["true"])).await.expect_err("missing image");
+        ensure!(e.code() == tonic::Code::NotFound && e.message().contains("pull it first"), "{e:?}");
+        let unknown = "f".repeat(64);
+        let e = create(&mut c, &unknown, &pod_cfg, container("x", &busybox, &["true"])).await.expect_err("unknown pod");
+        ensure!(e.code() == tonic::Code::NotFound, "{e:?}");
+        let e = c.start_container(cri::StartContainerRequest { container_id: unknown.clone() }).await.expect_err("start");
+        ensure!(e.code() == tonic::Code::NotFound, "{e:?}");
+        let e = c
+            .stop_container(cri::StopContainerRequest { container_id: unknown.clone(), timeout: 1 })
+            .await
+            .expect_err("stop");
+        ensure!(e.code() == tonic::Code::NotFound, "{e:?}");
+        let e = status(&mut c, &unknown).await.expect_err("status");
+        ensure!(format!("{e:#}").contains("not found"), "{e:#}");
+        let e = c
+            .exec_sync(cri::ExecSyncRequest { container_id: unknown.clone(), cmd: vec!["true".into()], timeout: 5 })
+            .await
+            .expect_err("exec");
+        ensure!(e.code() == tonic::Code::NotFound, "{e:?}");
+        c.remove_container(cri::RemoveContainerRequest { container_id: unknown.clone() }).await?;
+
+        // A long-running container with a volume.
+        let vol = tempfile::Builder::new().prefix("vol").tempdir_in("/tmp")?;
+        std::fs::write(vol.path().join("hello"), "from the host\n")?;
+        let mut cfg = container("server", &busybox, &["sh", "-c", "echo started; echo $GREETING; sleep 1000"]);
+        cfg.mounts = vec![cri::Mount {
+            container_path: "/data".into(),
+            host_path: vol.path().display().to_string(),
+            ..Default::default()
+        }];
+        let server = create(&mut c, &pod, &pod_cfg, cfg.clone()).await.context("CreateContainer")?;
+        ensure!(status(&mut c, &server).await?.state == CREATED);
+        let e = create(&mut c, &pod, &pod_cfg, cfg).await.expect_err("duplicate name");
+        ensure!(e.code() == tonic::Code::AlreadyExists && e.message().contains(&server), "{e:?}");
+        c.start_container(cri::StartContainerRequest { container_id: server.clone() }).await.context("StartContainer")?;
+        let st = status(&mut c, &server).await?;
+        ensure!(st.state == RUNNING && st.started_at > 0, "{st:?}");
+        ensure!(st.image_id.starts_with("sha256:"), "{st:?}");
+        ensure!(st.mounts.len() == 1 && st.mounts[0].container_path == "/data", "{st:?}");
+        let log_path = d.logs_dir("web").join("server/0.log");
+        ensure!(st.log_path == log_path.display().to_string(), "{st:?}");
+        let text = wait_log(&log_path, &["stdout F started"]).await?;
+        wait_log(&log_path, &["stdout F hi there"]).await?;
+        log_lines(&text)?;
+
+        // ExecSync: output, exit codes, the volume both ways, the pod's hostname.
+        let exec = |cmd: &[&str]| cri::ExecSyncRequest {
+            container_id: server.clone(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout: 60,
+        };
+        let r = c.exec_sync(exec(&["cat", "/data/hello"])).await.context("ExecSync")?.into_inner();
+        ensure!(r.exit_code == 0 && r.stdout == b"from the host\n", "{r:?}");
+        let r = c.exec_sync(exec(&["sh", "-c", "echo oops >&2; exit 7"])).await?.into_inner();
+        ensure!(r.exit_code == 7 && r.stderr == b"oops\n" && r.stdout.is_empty(), "{r:?}");
+        let r = c.exec_sync(exec(&["sh", "-c", "echo written > /data/from-guest && cat /etc/hostname"])).await?.into_inner();
+        ensure!(r.exit_code == 0 && r.stdout == b"web\n", "{r:?}");
+        ensure!(std::fs::read_to_string(vol.path().join("from-guest"))? == "written\n");
+        let mut short = exec(&["sleep", "100"]);
+        short.timeout = 1;
+        let e = c.exec_sync(short).await.expect_err("exec timeout");
+        ensure!(e.code() == tonic::Code::DeadlineExceeded, "{e:?}");
+
+        // Stats of the running container (also inside the pod's stats).
+        let s = c
+            .container_stats(cri::ContainerStatsRequest { container_id: server.clone() })
+            .await?
+            .into_inner()
+            .stats
+            .context("no stats")?;
+        ensure!(s.cpu.is_some() && s.memory.as_ref().is_some_and(|m| m.working_set_bytes.is_some()), "{s:?}");
+        let ps = c.pod_sandbox_stats(cri::PodSandboxStatsRequest { pod_sandbox_id: pod.clone() }).await?.into_inner();
+        let n = ps.stats.and_then(|s| s.linux).map_or(0, |l| l.containers.len());
+        ensure!(n == 1, "pod stats carry {n} containers");
+
+        // The job: stdout and stderr apart in the CRI log, exit code 3.
+        let job = create(&mut c, &pod, &pod_cfg, container("job", &busybox, &["sh", "-c", "echo out; echo err >&2; exit 3"]))
+            .await
+            .context("CreateContainer job")?;
+        c.start_container(cri::StartContainerRequest { container_id: job.clone() }).await?;
+        let st = wait_state(&mut c, &job, EXITED).await?;
+        ensure!(st.exit_code == 3 && st.reason == "Error" && st.finished_at >= st.started_at, "{st:?}");
+        let job_log = d.logs_dir("web").join("job/0.log");
+        let text = wait_log(&job_log, &["stderr F err"]).await?;
+        let lines = log_lines(&text)?;
+        ensure!(lines.contains(&("stdout".into(), "F".into(), "out".into())), "{text}");
+        ensure!(lines.contains(&("stderr".into(), "F".into(), "err".into())), "{text}");
+        let e = c.start_container(cri::StartContainerRequest { container_id: job.clone() }).await.expect_err("restart");
+        ensure!(e.code() == tonic::Code::FailedPrecondition, "{e:?}");
+
+        // Lists and filters.
+        let list = |f: cri::ContainerFilter| cri::ListContainersRequest { filter: Some(f) };
+        let all = c.list_containers(list(Default::default())).await?.into_inner().containers;
+        ensure!(all.len() == 2, "{all:?}");
+        let exited = cri::ContainerFilter {
+            state: Some(cri::ContainerStateValue { state: EXITED }),
+            ..Default::default()
+        };
+        let ex = c.list_containers(list(exited)).await?.into_inner().containers;
+        ensure!(ex.len() == 1 && ex[0].id == job, "{ex:?}");
+        let by_label = cri::ContainerFilter {
+            label_selector: HashMap::from([("role".to_string(), "server".to_string())]),
+            pod_sandbox_id: pod.clone(),
+            ..Default::default()
+        };
+        let l = c.list_containers(list(by_label)).await?.into_inner().containers;
+        ensure!(l.len() == 1 && l[0].id == server, "{l:?}");
+
+        // Log rotation: the old file is renamed away, the next lines go to a new file.
+        std::fs::rename(&log_path, log_path.with_extension("log.1"))?;
+        c.reopen_container_log(cri::ReopenContainerLogRequest { container_id: server.clone() }).await?;
+        ensure!(log_path.exists(), "ReopenContainerLog did not create a new file");
+
+        // Stop (idempotent), remove (idempotent); the volume keeps its files.
+        c.stop_container(cri::StopContainerRequest { container_id: server.clone(), timeout: 2 }).await?;
+        let st = status(&mut c, &server).await?;
+        ensure!(st.state == EXITED && st.finished_at > 0, "{st:?}");
+        c.stop_container(cri::StopContainerRequest { container_id: server.clone(), timeout: 2 }).await?;
+        let e = c.exec_sync(exec(&["true"])).await.expect_err("exec in a stopped container");
+        ensure!(e.code() == tonic::Code::FailedPrecondition, "{e:?}");
+        for id in [&server, &job] {
+            c.remove_container(cri::RemoveContainerRequest { container_id: id.to_string() }).await?;
+            c.remove_container(cri::RemoveContainerRequest { container_id: id.to_string() }).await?;
+        }
+        ensure!(c.list_containers(list(Default::default())).await?.into_inner().containers.is_empty());
+        ensure!(std::fs::read_to_string(vol.path().join("hello"))? == "from the host\n", "volume lost its file");
+        let shared = d.pods_dir().join(&pod).join("shared");
+        let left: Vec<_> = std::fs::read_dir(&shared)?.flatten().map(|e| e.file_name()).collect();
+        ensure!(left.is_empty(), "container files left in {}: {left:?}", shared.display());
+
+        // A container left running goes with its pod; the name is free again after removal.
+        let again = create(&mut c, &pod, &pod_cfg, container("server", &busybox, &["sleep", "1000"])).await?;
+        c.start_container(cri::StartContainerRequest { container_id: again.clone() }).await?;
+        c.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await?;
+        ensure!(status(&mut c, &again).await?.state == EXITED);
+        c.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod.clone() }).await?;
+        ensure!(c.list_containers(list(Default::default())).await?.into_inner().containers.is_empty());
+        ensure!(std::fs::read_to_string(vol.path().join("hello"))? == "from the host\n", "volume lost its file");
+        ensure!(d.vmm_processes().is_empty(), "VMM left running");
+        ensure!(std::fs::read_dir(d.pods_dir())?.count() == 0, "pod files left");
+        Ok(())
+    });
+    with_log(&d, r);
+}
+
+#[test]
+#[ignore = "needs a KVM that boots Linux guests: run by `make test-e2e`"]
+fn containers_survive_a_daemon_restart() {
+    let reg = Registry::start().expect("test registry");
+    let mut d = Daemon::new(&reg.addr).expect("daemon");
+    let rt = runtime();
+    let r = rt.block_on(async {
+        let mut c = d.client().await?;
+        let mut images = carapace_cri::client::connect_images(&d.socket).await?;
+        let busybox = format!("{}/test/busybox:latest", reg.addr);
+        images
+            .pull_image(cri::PullImageRequest {
+                image: Some(cri::ImageSpec { image: busybox.clone(), ..Default::default() }),
+                ..Default::default()
+            })
+            .await?;
+        let pod_cfg = pod_config(&d, "db");
+        let pod = c
+            .run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(pod_cfg.clone()), runtime_handler: String::new() })
+            .await?
+            .into_inner()
+            .pod_sandbox_id;
+        let long = create(&mut c, &pod, &pod_cfg, container("long", &busybox, &["sh", "-c", "echo one; sleep 8; echo two; sleep 1000"])).await?;
+        let short = create(&mut c, &pod, &pod_cfg, container("short", &busybox, &["sh", "-c", "sleep 3; exit 4"])).await?;
+        for id in [&long, &short] {
+            c.start_container(cri::StartContainerRequest { container_id: id.to_string() }).await?;
+        }
+        wait_log(&d.logs_dir("db").join("long/0.log"), &["stdout F one"]).await?;
+        Ok::<_, anyhow::Error>((pod, long, short))
+    });
+    let (pod, long, short) = with_log(&d, r);
+    d.kill9();
+    std::thread::sleep(Duration::from_secs(5)); // "short" exits while the daemon is down
+    d.start().expect("daemon restart");
+    let r = rt.block_on(async {
+        let mut c = d.client().await?;
+        ensure!(status(&mut c, &long).await?.state == RUNNING, "long-running container not running after restart");
+        // Log forwarding resumed: what it printed after the daemon died reaches the log.
+        wait_log(&d.logs_dir("db").join("long/0.log"), &["stdout F two"]).await?;
+        let st = wait_state(&mut c, &short, EXITED).await?;
+        ensure!(st.exit_code == 4, "exit code after restart: {st:?}");
+        let r = c
+            .exec_sync(cri::ExecSyncRequest { container_id: long.clone(), cmd: vec!["echo".into(), "ok".into()], timeout: 60 })
+            .await?
+            .into_inner();
+        ensure!(r.stdout == b"ok\n", "{r:?}");
+        c.stop_container(cri::StopContainerRequest { container_id: long.clone(), timeout: 0 }).await?;
+        ensure!(status(&mut c, &long).await?.state == EXITED);
+        c.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod.clone() }).await?;
+        ensure!(c.list_containers(cri::ListContainersRequest::default()).await?.into_inner().containers.is_empty());
+        ensure!(d.vmm_processes().is_empty(), "VMM left running");
+        Ok(())
+    });
+    with_log(&d, r);
+}
