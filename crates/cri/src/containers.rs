@@ -1273,6 +1273,100 @@ mod tests {
         assert!(d.path().join("containers").is_dir());
     }
 
+    fn manager_with(dir: &Path, pods: &[SandboxRecord], ctrs: &[ContainerRecord]) -> Manager {
+        let text = format!("run_dir = {:?}\nstate_dir = {:?}", dir.join("r"), dir.join("s"));
+        let cfg = Arc::new(crate::config::Config::from_toml_str(&text, Path::new("t"), None).unwrap());
+        let sstore: Store = Store::open(&cfg.state_dir).unwrap();
+        for p in pods {
+            sstore.save(p).unwrap();
+        }
+        let cstore: Store<ContainerRecord> = Store::open(&cfg.state_dir).unwrap();
+        for c in ctrs {
+            cstore.save(c).unwrap();
+        }
+        Manager::open(cfg).unwrap()
+    }
+
+    #[tokio::test]
+    async fn unknown_ids_get_not_found_and_removal_is_idempotent() {
+        let d = tempfile::tempdir().unwrap();
+        let m = manager_with(d.path(), &[], &[]);
+        let unknown = "e".repeat(64);
+        assert!(matches!(m.container_status(&unknown, false), Err(CriError::NotFound(_))));
+        assert!(matches!(m.container_status("", false), Err(CriError::InvalidArgument(_))));
+        assert!(matches!(m.container_status("../x", false), Err(CriError::NotFound(_))));
+        assert!(matches!(m.start_container(&unknown).await, Err(CriError::NotFound(_))));
+        assert!(matches!(m.stop_container(&unknown, 1).await, Err(CriError::NotFound(_))));
+        assert!(matches!(m.exec_sync(&unknown, vec!["true".into()], 1).await, Err(CriError::NotFound(_))));
+        assert!(matches!(m.exec_sync(&unknown, vec![], 1).await, Err(CriError::InvalidArgument(_))));
+        assert!(matches!(m.container_stats(&unknown).await, Err(CriError::NotFound(_))));
+        assert!(matches!(m.reopen_container_log(&unknown), Err(CriError::NotFound(_))));
+        assert!(matches!(m.update_container_resources(&unknown, None).await, Err(CriError::NotFound(_))));
+        m.remove_container(&unknown).await.unwrap();
+        assert!(m.list_containers(&ContainerFilter::default()).is_empty());
+        // CreateContainer: unknown pod, missing config.
+        let req = cri::CreateContainerRequest {
+            pod_sandbox_id: unknown.clone(),
+            config: Some(cri::ContainerConfig {
+                metadata: Some(cri::ContainerMetadata { name: "c".into(), attempt: 0 }),
+                ..Default::default()
+            }),
+            sandbox_config: None,
+        };
+        assert!(matches!(m.create_container(req).await, Err(CriError::NotFound(_))));
+        let req = cri::CreateContainerRequest { pod_sandbox_id: unknown, ..Default::default() };
+        assert!(matches!(m.create_container(req).await, Err(CriError::InvalidArgument(_))));
+    }
+
+    #[tokio::test]
+    async fn reload_keeps_states_ends_containers_of_dead_vms_and_drops_orphans() {
+        let d = tempfile::tempdir().unwrap();
+        // A pod whose VM is long gone (a PID with the wrong start time).
+        let mut pod = crate::store::tests::sample(&"b".repeat(64), "web");
+        pod.vmm = Some(crate::record::VmmProcess { pid: std::process::id() as i32, start_time: 1 });
+        let mut running = sample(&"a1".repeat(32), &pod.id, "server");
+        running.phase = ContainerPhase::Running;
+        running.started_at = 5;
+        running.dir = d.path().join("c1");
+        let mut done = sample(&"a2".repeat(32), &pod.id, "job");
+        done.phase = ContainerPhase::Exited;
+        done.exit_code = 3;
+        done.dir = d.path().join("c2");
+        let mut orphan = sample(&"a3".repeat(32), &"9".repeat(64), "lost");
+        orphan.dir = d.path().join("c3");
+        std::fs::create_dir_all(orphan.dir.join("rootfs")).unwrap();
+        let m = manager_with(d.path(), &[pod.clone()], &[running.clone(), done.clone(), orphan.clone()]);
+        let all = m.list_containers(&ContainerFilter::default());
+        assert_eq!(all.len(), 2, "{all:?}");
+        assert!(!orphan.dir.exists(), "orphan's files kept");
+        let s = m.container_status(&running.id[..8], false).unwrap().status.unwrap();
+        assert_eq!(s.state, cri::ContainerState::ContainerExited as i32);
+        assert_eq!(s.exit_code, 255);
+        assert!(s.message.contains("VM"), "{}", s.message);
+        let s = m.container_status(&done.id, true).unwrap();
+        assert_eq!(s.status.unwrap().exit_code, 3);
+        assert!(s.info["info"].contains("\"job\""));
+        // An ambiguous prefix is refused; a running-only action on an exited one is a precondition.
+        assert!(matches!(m.container_status("a", false), Err(CriError::InvalidArgument(_))));
+        assert!(matches!(m.start_container(&done.id).await, Err(CriError::FailedPrecondition(_))));
+        assert!(matches!(m.exec_sync(&done.id, vec!["true".into()], 1).await, Err(CriError::FailedPrecondition(_))));
+        assert!(matches!(m.reopen_container_log(&done.id), Err(CriError::FailedPrecondition(_))));
+        m.stop_container(&done.id, 1).await.unwrap(); // stopping an exited container: no error
+        // Remove (the pod's VM is down: no agent call) deletes record and files; idempotent.
+        let mut events = m.container_events();
+        m.remove_container(&done.id).await.unwrap();
+        m.remove_container(&done.id).await.unwrap();
+        let ev = events.try_recv().unwrap();
+        assert_eq!(ev.container_id, done.id);
+        assert_eq!(ev.container_event_type, cri::ContainerEventType::ContainerDeletedEvent as i32);
+        assert_eq!(m.list_containers(&ContainerFilter::default()).len(), 1);
+        // Removing the pod removes its remaining containers and their records.
+        m.remove(&pod.id).await.unwrap();
+        assert!(m.list_containers(&ContainerFilter::default()).is_empty());
+        let store: Store<ContainerRecord> = Store::open(&d.path().join("s")).unwrap();
+        assert!(store.load_all().unwrap().0.is_empty());
+    }
+
     #[test]
     fn filters() {
         let mut r = sample(&"ab".repeat(32), &"cd".repeat(32), "web");
