@@ -247,10 +247,12 @@ async fn agent_of(sb: &SandboxRecord) -> Result<AgentClient, CriError> {
 }
 
 fn exit_of(w: &pb::WaitProcessResponse) -> (i32, String, i64) {
+    // CRI reasons as containerd gives them: Completed, Error, OOMKilled (the agent's "Killed",
+    // a stop whose grace period ran out, is an Error exit 137 to kubelet).
     let reason = match w.reason.as_str() {
-        "" if w.exit_code == 0 => "Completed".to_string(),
-        "" => "Error".to_string(),
-        r => r.to_string(),
+        "OOMKilled" => "OOMKilled".to_string(),
+        _ if w.exit_code == 0 => "Completed".to_string(),
+        _ => "Error".to_string(),
     };
     let finished = if w.finished_at_unix_ms > 0 {
         i64::try_from(w.finished_at_unix_ms).unwrap_or(0).saturating_mul(1_000_000)
@@ -1422,6 +1424,9 @@ mod tests {
         assert_eq!(exit_of(&w(0, "", 5)), (0, "Completed".into(), 5_000_000));
         assert_eq!(exit_of(&w(3, "", 5)).1, "Error");
         assert_eq!(exit_of(&w(137, "OOMKilled", 5)).1, "OOMKilled");
+        assert_eq!(exit_of(&w(137, "Killed", 5)).1, "Error");
+        assert_eq!(exit_of(&w(0, "Completed", 0)).1, "Completed");
+        assert!(exit_of(&w(0, "", 0)).2 > 0, "no finish time when the agent gave none");
     }
 
     #[test]

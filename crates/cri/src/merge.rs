@@ -293,7 +293,7 @@ mod tests {
         std::fs::write(d.path().join("etc/group"), "g:x:9:\n").unwrap();
         let a = Accounts::read(d.path());
         assert!(a.passwd.is_empty());
-        assert_eq!(a.group(&"g".to_string()), Some(9));
+        assert_eq!(a.group("g"), Some(9));
     }
 
     #[test]
