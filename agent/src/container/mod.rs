@@ -583,3 +583,35 @@ impl Drop for OutputLease {
         }
     }
 }
+
+#[cfg(test)]
+mod lease_tests {
+    use super::*;
+    use carapace_agent_client::pb::StdioChunk;
+    use tokio_stream::StreamExt;
+
+    fn chunk(data: &[u8]) -> StdioChunk {
+        StdioChunk { stream: 0, data: data.to_vec() }
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_goes_away_gives_the_output_back_one_that_read_to_the_end_does_not() {
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let io = stdio::ProcessIo { output: Mutex::new(Some(rx)), stdin: Mutex::new(None) };
+        let p = Proc::new(1, io);
+        tx.send(chunk(b"one")).await.unwrap();
+        tx.send(chunk(b"two")).await.unwrap();
+        let rx = p.io.take_output().unwrap();
+        let mut lease = OutputLease { rx: Some(rx), proc: Arc::clone(&p), ended: false };
+        assert_eq!(lease.next().await.unwrap().data, b"one");
+        drop(lease);
+        // The next reader continues after what the first one read.
+        let rx = p.io.take_output().expect("output not given back");
+        let mut lease = OutputLease { rx: Some(rx), proc: Arc::clone(&p), ended: false };
+        assert_eq!(lease.next().await.unwrap().data, b"two");
+        drop(tx);
+        assert!(lease.next().await.is_none());
+        drop(lease);
+        assert!(p.io.take_output().is_none(), "an ended output was given back");
+    }
+}
