@@ -18,7 +18,7 @@ CARGO := cargo
 DEB_PACKAGES := qemu-system-x86 linux-source-6.1 bison flex bc libelf-dev libssl-dev busybox-static cpio \
 	protobuf-compiler xz-utils kmod jq file libseccomp-dev docker-registry apache2-utils zstd curl skopeo
 
-.PHONY: run test deps build agent guest-image test-unit test-testhost test-e2e bench-boot clean-guest
+.PHONY: run test deps build agent guest-image test-unit test-testhost test-e2e bench-boot bench-pull clean-guest
 
 deps: ## Debian packages the build and the tests need (idempotent)
 	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
@@ -56,10 +56,11 @@ test-testhost: deps
 # otherwise inside the emulated test host (which also turns on the VMM's vCPU kick, see ENVIRONMENT.md).
 # The test host gets one CPU: with two, its own kernel has frozen in long boot series (text patching
 # while both emulated CPUs were busy, ENVIRONMENT.md); with one, no freeze has been seen.
-test-e2e: build guest-image
-	@bins=$$($(CARGO) test --release --locked -p carapace-tests --no-run --message-format=json 2>/dev/null \
+test-e2e: build guest-image agent
+	@bins=$$( { $(CARGO) test --release --locked -p carapace-tests --no-run --message-format=json; \
+	  $(CARGO) test --release --locked -p carapace-agent --test container_vm --no-run --message-format=json; } 2>/dev/null \
 	  | jq -r 'select(.profile.test == true and .target.kind == ["test"]) | .executable'); \
-	export CARAPACE_BIN=$(BIN)/carapace CARAPACE_GUEST_DIR=$(GUEST_DIR); \
+	export CARAPACE_BIN=$(BIN)/carapace CARAPACE_GUEST_DIR=$(GUEST_DIR) CARAPACE_AGENT_BIN=$(AGENT); \
 	if $(BIN)/carapace check >/dev/null 2>&1; then runner=(); else \
 	  echo "test-e2e: this host's KVM cannot boot a Linux guest; running end-to-end tests in the test host"; \
 	  runner=(tests/testhost/run --smp 1 --timeout 1500 -- env CARAPACE_VMM_KICK_MS=100); fi; \
@@ -70,3 +71,7 @@ bench-boot: build guest-image
 	export CARAPACE_BIN=$(BIN)/carapace CARAPACE_GUEST_DIR=$(GUEST_DIR); \
 	if $(BIN)/carapace check >/dev/null 2>&1; then $(BIN)/bench-boot; else \
 	  tests/testhost/run --smp 1 --timeout 3000 -- env CARAPACE_VMM_KICK_MS=100 $(BIN)/bench-boot; fi
+
+# Pulls one image from a local registry with carapace's puller and with `skopeo copy` (no VM needed).
+bench-pull: deps
+	$(CARGO) run --release --locked -p carapace-image --example bench-pull

@@ -62,11 +62,12 @@ impl Daemon {
             format!(
                 "listen = \"unix://{}\"\nstate_dir = \"{}/state\"\nrun_dir = \"{}/run\"\n\
                  vmm_binary = \"{}\"\nagent_timeout_s = 120\nstop_timeout_s = 10\n\
-                 [profiles.default]\nkernel = \"{}\"\ninitramfs = \"{}\"\n",
+                 [images]\nroot = \"{}/images\"\n[profiles.default]\nkernel = \"{}\"\ninitramfs = \"{}\"\n",
                 socket.display(),
                 d.display(),
                 d.display(),
                 carapace_bin().display(),
+                d.display(),
                 image.kernel.display(),
                 image.initramfs.display()
             ),

@@ -1,6 +1,7 @@
 //! `carapace`: a Kubernetes CRI runtime where every pod is a KVM microVM.
 //!
-//! Subcommands: `vmm` (one VM per process, started by the daemon), `check` (can this host run pods?).
+//! Subcommands: `serve` (the CRI daemon), `vmm` (one VM per process, started by the daemon),
+//! `check` (can this host run pods?).
 
 use std::process::ExitCode;
 
@@ -8,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 mod check;
 mod probe;
+mod serve_cmd;
 mod vmm_cmd;
 
 /// Where `make guest-image` installs the guest kernel and initramfs; the default everywhere.
@@ -22,6 +24,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve the CRI v1 API kubelet and crictl use (every pod a microVM).
+    Serve(serve_cmd::ServeArgs),
     /// Run one microVM in this process (started by the daemon, usable by hand).
     Vmm(vmm_cmd::VmmArgs),
     /// Say whether this host can run pods: KVM usable and able to boot Linux, cgroups, guest image.
@@ -38,6 +42,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
     match cli.command {
+        Command::Serve(args) => serve_cmd::run(args),
         Command::Vmm(args) => vmm_cmd::run(args),
         Command::Check(args) => check::run(args),
     }

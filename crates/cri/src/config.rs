@@ -20,12 +20,20 @@
 //! [runtime_handlers]
 //! "" = "default"       # the empty handler: the default RuntimeClass
 //! big = "big"
+//!
+//! [images]                                  # the ImageService
+//! root = "/var/lib/carapace/images"
+//! [images.registries.mirrors]
+//! "registry.k8s.io" = ["http://127.0.0.1:5000"]
+//! [images.registries]
+//! insecure = ["127.0.0.1:5000"]
 //! ```
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use carapace_image::ImageServiceConfig;
 use serde::{Deserialize, Serialize};
 
 /// Where the daemon reads its configuration unless told otherwise.
@@ -125,6 +133,8 @@ struct RawConfig {
     profiles: BTreeMap<String, VmProfile>,
     #[serde(default)]
     runtime_handlers: BTreeMap<String, String>,
+    #[serde(default)]
+    images: ImageServiceConfig,
 }
 
 /// The validated configuration the daemon runs with.
@@ -146,6 +156,8 @@ pub struct Config {
     pub profiles: BTreeMap<String, VmProfile>,
     /// Runtime handler (RuntimeClass handler) → profile name; "" is the default handler.
     pub runtime_handlers: BTreeMap<String, String>,
+    /// The ImageService: store root, registry mirrors and plain-HTTP registries.
+    pub images: ImageServiceConfig,
 }
 
 impl Config {
@@ -256,6 +268,12 @@ impl Config {
                 "vmm_kick_interval_ms must be at least 1 (leave it out for no kick)".into(),
             ));
         }
+        if !raw.images.root.is_absolute() {
+            return Err(ConfigError::Invalid(format!(
+                "images.root = {:?} must be an absolute path",
+                raw.images.root.display()
+            )));
+        }
         let agent_timeout_s = raw.agent_timeout_s.unwrap_or(120);
         let stop_timeout_s = raw.stop_timeout_s.unwrap_or(10);
         if agent_timeout_s == 0 || stop_timeout_s == 0 {
@@ -274,6 +292,7 @@ impl Config {
             stop_timeout: Duration::from_secs(stop_timeout_s),
             profiles,
             runtime_handlers,
+            images: raw.images,
         })
     }
 
@@ -303,6 +322,7 @@ fn unreachable_defaults() -> Config {
         stop_timeout: Duration::from_secs(10),
         profiles: BTreeMap::from([(DEFAULT_PROFILE.to_string(), VmProfile::default())]),
         runtime_handlers: BTreeMap::from([(String::new(), DEFAULT_PROFILE.to_string())]),
+        images: ImageServiceConfig::default(),
     }
 }
 
@@ -345,6 +365,26 @@ mod tests {
         assert_eq!(p.initramfs, PathBuf::from("/var/lib/carapace/guest/initramfs.cpio"));
         assert_eq!(c.vmm_binary, std::env::current_exe().unwrap());
         assert!(c.profile_for_handler("nope").is_none());
+        assert_eq!(c.images.root, PathBuf::from("/var/lib/carapace/images"));
+        assert!(c.images.registries.mirrors.is_empty());
+    }
+
+    #[test]
+    fn images_section_sets_store_mirrors_and_insecure_registries() {
+        let c = parse(
+            r#"
+            [images]
+            root = "/tmp/img"
+            [images.registries.mirrors]
+            "registry.k8s.io" = ["http://127.0.0.1:5000"]
+            [images.registries]
+            insecure = ["127.0.0.1:5000"]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.images.root, PathBuf::from("/tmp/img"));
+        assert_eq!(c.images.registries.mirrors["registry.k8s.io"], vec!["http://127.0.0.1:5000"]);
+        assert_eq!(c.images.registries.insecure, vec!["127.0.0.1:5000"]);
     }
 
     #[test]
@@ -390,6 +430,8 @@ mod tests {
             ("cgroup_driver = \"cgroupv3\"", "cgroup_driver"),
             ("listen = ", "test.toml"),
             ("vmm_kick_interval_ms = 0", "vmm_kick_interval_ms"),
+            ("[images]\nroot = \"rel\"", "images.root"),
+            ("[images]\nmirrors = 1", "unknown field"),
         ];
         for (text, want) in cases {
             let err = parse(text).expect_err(text).to_string();

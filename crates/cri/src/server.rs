@@ -5,6 +5,8 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use carapace_image::ImageServiceImpl;
+use k8s_cri::v1::image_service_server::ImageServiceServer;
 use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
@@ -21,6 +23,8 @@ const GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 pub enum ServeError {
     #[error(transparent)]
     Open(#[from] OpenError),
+    #[error("cannot open the image store: {0}")]
+    Images(#[from] carapace_image::ImageError),
     #[error("cannot create {path}: {source}")]
     SocketDir { path: PathBuf, source: std::io::Error },
     #[error("another process is already serving on {0}; stop it or set `listen` to another socket")]
@@ -51,9 +55,10 @@ pub fn bind_socket(path: &Path) -> Result<UnixListener, ServeError> {
     UnixListener::bind(path).map_err(|source| ServeError::Bind { path: path.to_path_buf(), source })
 }
 
-/// A running daemon's parts, for callers that add services (e.g. the ImageService) themselves.
+/// A running daemon's parts: the sandbox manager, the image service, the bound socket.
 pub struct Daemon {
     pub manager: Arc<Manager>,
+    pub images: ImageServiceImpl,
     pub listener: UnixListener,
     pub socket: PathBuf,
 }
@@ -62,9 +67,12 @@ impl Daemon {
     /// Opens the state (reattaching to running VMs) and binds the socket. Needs a Tokio runtime.
     pub fn open(cfg: Config) -> Result<Daemon, ServeError> {
         let socket = cfg.socket.clone();
+        let images = ImageServiceImpl::new(&cfg.images)?;
         let manager = Arc::new(Manager::open(Arc::new(cfg))?);
+        // CreateContainer takes its images from the store the ImageService pulls into.
+        manager.set_image_store(images.store());
         let listener = bind_socket(&socket)?;
-        Ok(Daemon { manager, listener, socket })
+        Ok(Daemon { manager, images, listener, socket })
     }
 
     /// The RuntimeService of this daemon, ready to add to a tonic router.
@@ -72,15 +80,23 @@ impl Daemon {
         RuntimeServiceServer::new(CriRuntime::new(self.manager.clone()))
     }
 
-    /// Serves the RuntimeService until `shutdown` completes; removes the socket afterwards.
+    /// The ImageService of this daemon (shares its store with CreateContainer).
+    pub fn image_service(&self) -> ImageServiceServer<ImageServiceImpl> {
+        ImageServiceServer::new(self.images.clone())
+    }
+
+    /// Serves the RuntimeService and the ImageService until `shutdown` completes; removes the
+    /// socket afterwards.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
         let service = self.runtime_service();
+        let images = self.image_service();
         tracing::info!(socket = %self.socket.display(), "carapace CRI daemon serving");
         // After `shutdown`, clients get GRACE to finish their calls and close their connections;
         // a client that keeps its connection open (or is not reading) does not hold the daemon.
         let (tx, mut rx) = tokio::sync::watch::channel(false);
         let server = tonic::transport::Server::builder()
             .add_service(service)
+            .add_service(images)
             .serve_with_incoming_shutdown(UnixListenerStream::new(self.listener), async move {
                 let _ = rx.wait_for(|stop| *stop).await;
             });

@@ -37,6 +37,8 @@ async fn start(vmm_body: &str) -> Env {
         vmm_binary = "{d}/vmm"
         agent_timeout_s = 1
         stop_timeout_s = 1
+        [images]
+        root = "{d}/images"
         [profiles.default]
         kernel = "{d}/missing-vmlinux"
         [profiles.fake]
