@@ -16,9 +16,9 @@ AGENT := $(CARGO_TARGET_DIR)/$(HOST_TRIPLE)/release/carapace-agent
 CARGO := cargo
 
 DEB_PACKAGES := qemu-system-x86 linux-source-6.1 bison flex bc libelf-dev libssl-dev busybox-static cpio \
-	protobuf-compiler xz-utils kmod jq file libseccomp-dev docker-registry apache2-utils zstd curl skopeo
+	protobuf-compiler xz-utils kmod jq file libseccomp-dev docker-registry apache2-utils zstd curl skopeo runc
 
-.PHONY: run test deps build agent guest-image test-unit test-testhost test-e2e bench-boot bench-pull clean-guest
+.PHONY: run test deps build agent guest-image test-unit test-testhost test-e2e bench-boot bench-pull bench-container bench-cri clean-guest
 
 deps: ## Debian packages the build and the tests need (idempotent)
 	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
@@ -71,6 +71,22 @@ bench-boot: build guest-image
 	export CARAPACE_BIN=$(BIN)/carapace CARAPACE_GUEST_DIR=$(GUEST_DIR); \
 	if $(BIN)/carapace check >/dev/null 2>&1; then $(BIN)/bench-boot; else \
 	  tests/testhost/run --smp 1 --timeout 3000 -- env CARAPACE_VMM_KICK_MS=100 $(BIN)/bench-boot; fi
+
+# Container start (agent CreateContainer + StartContainer) in one pod VM against runc create +
+# start of the same busybox rootfs, both in the same test host run (BENCH_N, default 20).
+bench-container: build guest-image
+	$(CARGO) build --release --locked -p carapace-tests --bin bench-container
+	export CARAPACE_BIN=$(BIN)/carapace CARAPACE_GUEST_DIR=$(GUEST_DIR); \
+	if $(BIN)/carapace check >/dev/null 2>&1; then $(BIN)/bench-container; else \
+	  tests/testhost/run --smp 1 --timeout 3000 -- env CARAPACE_VMM_KICK_MS=100 $${BENCH_N:+BENCH_N=$$BENCH_N} $(BIN)/bench-container; fi
+
+# The CRI lifecycle of N pods (BENCH_N, default 10) through `carapace serve`, per step, with a
+# local docker-registry serving the test images.
+bench-cri: build guest-image
+	$(CARGO) build --release --locked -p carapace-tests --bin bench-cri
+	export CARAPACE_BIN=$(BIN)/carapace CARAPACE_GUEST_DIR=$(GUEST_DIR); \
+	if $(BIN)/carapace check >/dev/null 2>&1; then $(BIN)/bench-cri; else \
+	  tests/testhost/run --smp 1 --timeout 3000 -- env CARAPACE_VMM_KICK_MS=100 $${BENCH_N:+BENCH_N=$$BENCH_N} $(BIN)/bench-cri; fi
 
 # Pulls one image from a local registry with carapace's puller and with `skopeo copy` (no VM needed).
 bench-pull: deps

@@ -1,0 +1,220 @@
+//! `make bench-container`: container start time inside one pod VM, against runc on the same host.
+//!
+//! carapace: boots one pod VM (`carapace vmm --shared-dir DIR`, the real guest kernel and
+//! initramfs), lays ONE busybox rootfs (tests/rootfs/busybox.sh) into the shared directory and
+//! shares it read-only between all containers (`rootfs_readonly`, on virtio-fs at
+//! /run/carapace/shared/rootfs). Then N times (BENCH_N, default 20): the time from sending the
+//! agent's CreateContainer until StartContainer returned for a `sleep 30` process; each container
+//! is then removed (force, not timed).
+//!
+//! runc (Debian `runc`): the same busybox rootfs laid on this host (under /tmp), one OCI bundle per
+//! container with a minimal config.json written here (read-only root, its own pid/ipc/uts/mount/
+//! network namespaces, like the agent gives), `runc create` + `runc start` timed the same way,
+//! then `runc delete --force` (not timed).
+//!
+//! Prints per-tool medians; the last line is `container start: median <X> ms over <N>`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use carapace_agent_client::pb;
+use carapace_agent_client::{AgentClient, AGENT_VSOCK_PORT, GUEST_SHARED_DIR};
+use carapace_tests::{median_ms, GuestImage, VmOptions, VmProcess};
+
+const AGENT_DEADLINE: Duration = Duration::from_secs(120);
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn busybox_rootfs(dest: &Path) -> Result<()> {
+    let st = Command::new(repo().join("tests/rootfs/busybox.sh"))
+        .arg(dest)
+        .stdout(Stdio::null())
+        .status()
+        .context("run tests/rootfs/busybox.sh")?;
+    ensure!(st.success(), "tests/rootfs/busybox.sh {}: {st}", dest.display());
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let n: usize = std::env::var("BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(20).max(1);
+    let image = GuestImage::from_env()?;
+
+    let mut ours = carapace_series(&image, n)?;
+    let (mut theirs, runc_note) = match runc_series(n) {
+        Ok(v) => (v, None),
+        Err(e) => {
+            println!("runc: FAILED: {e:#}");
+            (Vec::new(), Some(format!("{e:#}")))
+        }
+    };
+
+    let x = median_ms(&mut ours);
+    let y = median_ms(&mut theirs);
+    let fmt = |v: Option<f64>| v.map(|v| format!("{v:.1}")).unwrap_or_else(|| "n/a".into());
+    println!("carapace (agent in a pod VM, rootfs on virtio-fs): median {} ms over {}", fmt(x), ours.len());
+    println!("runc (directly on the host, rootfs on tmpfs): median {} ms over {}", fmt(y), theirs.len());
+    if let Some(note) = runc_note {
+        println!("runc: n/a — {}", note.lines().next().unwrap_or(""));
+    }
+    let ratio = match (x, y) {
+        (Some(x), Some(y)) if y > 0.0 => format!("{:.2}", x / y),
+        _ => "n/a".into(),
+    };
+    println!("container start: carapace/runc ratio {ratio} (carapace {} ms, runc {} ms)", fmt(x), fmt(y));
+    let Some(x) = x else { bail!("no carapace container started") };
+    println!("container start: median {x:.1} ms over {}", ours.len());
+    Ok(())
+}
+
+/// One VM, one shared read-only rootfs, N containers; returns ms per create+start.
+fn carapace_series(image: &GuestImage, n: usize) -> Result<Vec<f64>> {
+    let shared = tempfile::Builder::new().prefix("carapace-bench-shared-").tempdir()?;
+    busybox_rootfs(&shared.path().join("rootfs"))?;
+    let opts = VmOptions {
+        mem_mib: 512,
+        extra_args: vec!["--shared-dir".into(), shared.path().display().to_string()],
+        ..Default::default()
+    };
+    let mut vm = VmProcess::spawn(image, &opts)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let res = rt.block_on(async {
+        let agent = AgentClient::connect(&vm.vsock_path(), AGENT_VSOCK_PORT, AGENT_DEADLINE)
+            .await
+            .context("agent not reached")?
+            .with_call_timeout(Duration::from_secs(120));
+        let mut g = agent.grpc();
+        let mut times = Vec::new();
+        // One untimed warm-up container (first use of the rootfs's dentries, cgroup setup).
+        for i in 0..=n {
+            let id = format!("bench-{i}");
+            let req = pb::CreateContainerRequest {
+                id: id.clone(),
+                process: Some(pb::Process {
+                    args: vec!["sleep".into(), "30".into()],
+                    ..Default::default()
+                }),
+                rootfs_path: format!("{GUEST_SHARED_DIR}/rootfs"),
+                rootfs_readonly: true,
+                hostname: "bench".into(),
+                ..Default::default()
+            };
+            let t = Instant::now();
+            g.create_container(req).await.with_context(|| format!("create {id}"))?;
+            g.start_container(pb::StartContainerRequest { id: id.clone() })
+                .await
+                .with_context(|| format!("start {id}"))?;
+            let ms = t.elapsed().as_secs_f64() * 1000.0;
+            // The process really runs: the agent lists it as running.
+            let list = g.list_containers(pb::ListContainersRequest {}).await?.into_inner();
+            let state = list.containers.iter().find(|c| c.id == id).map(|c| c.state.clone());
+            ensure!(state.as_deref() == Some("running"), "container {id} is {state:?} after start");
+            g.remove_container(pb::RemoveContainerRequest { id: id.clone(), force: true })
+                .await
+                .with_context(|| format!("remove {id}"))?;
+            if i == 0 {
+                println!("carapace warm-up container: {ms:.1} ms (not counted)");
+            } else {
+                println!("carapace container {i}: create+start {ms:.1} ms");
+                times.push(ms);
+            }
+        }
+        agent.shutdown().await.context("shutdown")?;
+        Ok::<_, anyhow::Error>(times)
+    });
+    match res {
+        Ok(t) => {
+            let _ = vm.wait_exit(Duration::from_secs(30));
+            Ok(t)
+        }
+        Err(e) => Err(e.context(vm.diagnostics())),
+    }
+}
+
+/// A minimal OCI runtime config for `sleep 30` with a read-only busybox root.
+fn runc_config(rootfs: &Path) -> serde_json::Value {
+    serde_json::json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": {"uid": 0, "gid": 0},
+            "args": ["sleep", "30"],
+            "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+            "cwd": "/",
+            "noNewPrivileges": true
+        },
+        "root": {"path": rootfs.display().to_string(), "readonly": true},
+        "hostname": "bench",
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev"]}
+        ],
+        "linux": {
+            "namespaces": [
+                {"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "network"}
+            ],
+            "maskedPaths": ["/proc/kcore", "/proc/keys", "/proc/timer_list"],
+            "readonlyPaths": ["/proc/sys", "/proc/sysrq-trigger"]
+        }
+    })
+}
+
+/// Runs runc with its output in `log` (not a pipe: the container inherits runc create's stdio
+/// and would hold a pipe open).
+fn runc(root: &Path, args: &[&str], log: &Path) -> Result<()> {
+    let out = fs::File::create(log)?;
+    let st = Command::new("runc")
+        .arg("--root")
+        .arg(root)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .status()
+        .context("runc (Debian package runc)")?;
+    ensure!(
+        st.success(),
+        "runc {}: {st}: {}",
+        args.join(" "),
+        fs::read_to_string(log).unwrap_or_default().trim()
+    );
+    Ok(())
+}
+
+/// runc create + start of the same busybox rootfs, N times (plus one warm-up).
+fn runc_series(n: usize) -> Result<Vec<f64>> {
+    let dir = tempfile::Builder::new().prefix("carapace-bench-runc-").tempdir_in("/tmp")?;
+    let rootfs = dir.path().join("rootfs");
+    busybox_rootfs(&rootfs)?;
+    let state = dir.path().join("state");
+    fs::create_dir_all(&state)?;
+    let config = serde_json::to_vec_pretty(&runc_config(&rootfs))?;
+    let log = dir.path().join("runc.log");
+    let mut times = Vec::new();
+    for i in 0..=n {
+        let id = format!("carapace-bench-{}-{i}", std::process::id());
+        let bundle = dir.path().join(&id);
+        fs::create_dir_all(&bundle)?;
+        fs::write(bundle.join("config.json"), &config)?;
+        let t = Instant::now();
+        let started = runc(&state, &["create", "--bundle", &bundle.display().to_string(), &id], &log)
+            .and_then(|()| runc(&state, &["start", &id], &log));
+        let ms = t.elapsed().as_secs_f64() * 1000.0;
+        let cleanup = runc(&state, &["delete", "--force", &id], &log);
+        started?;
+        cleanup?;
+        if i == 0 {
+            println!("runc warm-up container: {ms:.1} ms (not counted)");
+        } else {
+            println!("runc container {i}: create+start {ms:.1} ms");
+            times.push(ms);
+        }
+    }
+    Ok(times)
+}
