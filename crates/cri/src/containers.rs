@@ -733,6 +733,13 @@ impl Manager {
         }
         let made = self.make_container(&sb, rec, &config, image, sc.as_ref()).await;
         match made {
+            Ok(rec) if self.sandbox(&sb.id).is_err() => {
+                // The pod was removed while the container was being made: undo it.
+                self.ctrs.table().names.remove(&name_key);
+                discard(&rec.dir);
+                self.ctrs.store.remove(&rec.id)?;
+                Err(CriError::NotFound(format!("pod sandbox {} was removed while the container was created", sb.id)))
+            }
             Ok(rec) => {
                 let e = CEntry::new(rec.clone());
                 self.ctrs.table().by_id.insert(id.clone(), e);

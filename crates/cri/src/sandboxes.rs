@@ -442,7 +442,7 @@ impl Manager {
         Ok(cri::PodSandboxStatusResponse {
             status: Some(status),
             info,
-            containers_statuses: Vec::new(),
+            containers_statuses: self.pod_container_statuses(&rec.id),
             timestamp: now_nanos(),
         })
     }
