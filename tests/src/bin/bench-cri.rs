@@ -103,7 +103,8 @@ struct Daemon {
 impl Daemon {
     fn start(registry: &str) -> Result<Daemon> {
         let image = GuestImage::from_env()?;
-        let dir = tempfile::Builder::new().prefix("benchcri").tempdir_in("/tmp")?;
+        // Short: pods' vsock socket paths live under run_dir and must fit a Unix socket address.
+        let dir = tempfile::Builder::new().prefix("bcri").tempdir_in("/tmp")?;
         let d = dir.path();
         let socket = d.join("cri.sock");
         let config = d.join("config.toml");
@@ -132,9 +133,12 @@ impl Daemon {
             .stderr(log)
             .spawn()
             .with_context(|| format!("start {} serve", carapace_bin().display()))?;
-        let daemon = Daemon { dir, socket, child };
+        let mut daemon = Daemon { dir, socket, child };
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::os::unix::net::UnixStream::connect(&daemon.socket).is_err() {
+            if let Some(st) = daemon.child.try_wait()? {
+                bail!("daemon exited ({st})\n{}", daemon.log());
+            }
             if Instant::now() > deadline {
                 bail!("daemon did not listen within 30 s\n{}", daemon.log());
             }
