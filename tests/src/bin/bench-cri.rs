@@ -180,7 +180,19 @@ impl Drop for Daemon {
     }
 }
 
-fn pod_config(d: &Daemon, name: &str) -> cri::PodSandboxConfig {
+/// A pod; `host_network` for the containerd peer (no CNI needed; carapace pods have their own
+/// kernel and ignore it).
+fn pod_config(logs: &Path, name: &str, host_network: bool) -> cri::PodSandboxConfig {
+    let linux = host_network.then(|| cri::LinuxPodSandboxConfig {
+        security_context: Some(cri::LinuxSandboxSecurityContext {
+            namespace_options: Some(cri::NamespaceOption {
+                network: cri::NamespaceMode::Node as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
     cri::PodSandboxConfig {
         metadata: Some(cri::PodSandboxMetadata {
             name: name.into(),
@@ -189,7 +201,8 @@ fn pod_config(d: &Daemon, name: &str) -> cri::PodSandboxConfig {
             attempt: 0,
         }),
         hostname: name.into(),
-        log_directory: d.dir.path().join("logs").join(name).display().to_string(),
+        log_directory: logs.join(name).display().to_string(),
+        linux,
         ..Default::default()
     }
 }
@@ -207,43 +220,81 @@ fn container(image: &str) -> cri::ContainerConfig {
 fn main() -> Result<()> {
     let n: usize = std::env::var("BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(10).max(1);
     let reg = Registry::start()?;
-    let daemon = Daemon::start(&reg.addr)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let res = rt.block_on(lifecycles(&daemon, &reg.addr, n));
-    let mut per_pod = match res {
-        Ok(v) => v,
-        Err(e) => bail!("{e:#}\n--- daemon log ---\n{}", daemon.log()),
-    };
-    let left = daemon.vmm_processes();
-    ensure!(left.is_empty(), "VMMs left running after RemovePodSandbox: {left:?}");
 
+    let ours = {
+        let daemon = Daemon::start(&reg.addr)?;
+        let logs = daemon.dir.path().join("logs");
+        let res = rt.block_on(lifecycles("carapace", &daemon.socket, &logs, &reg.addr, &[], n, false));
+        let per_pod = match res {
+            Ok(v) => v,
+            Err(e) => bail!("{e:#}\n--- daemon log ---\n{}", daemon.log()),
+        };
+        let left = daemon.vmm_processes();
+        ensure!(left.is_empty(), "VMMs left running after RemovePodSandbox: {left:?}");
+        per_pod
+    };
+
+    // Peer: containerd 1.6 + runc (Debian), the same client and steps, host-network pods.
+    let peer = match containerd_series(&rt, &reg.addr, n) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            println!("containerd: n/a — {}", format!("{e:#}").lines().take(3).collect::<Vec<_>>().join(" | "));
+            None
+        }
+    };
+
+    let ours_total = report("carapace", &ours);
+    if let Some(peer) = &peer {
+        let theirs_total = report("containerd+runc", peer);
+        println!(
+            "cri lifecycle: carapace/containerd ratio {:.2} (carapace {ours_total:.0} ms, containerd+runc {theirs_total:.0} ms)",
+            ours_total / theirs_total
+        );
+    }
+    println!("cri lifecycle: median total {ours_total:.0} ms over {n} pods");
+    Ok(())
+}
+
+/// Prints the median of each step; returns the median total.
+fn report(who: &str, per_pod: &[[f64; 8]]) -> f64 {
     let mut parts = Vec::new();
     for (s, name) in STEPS.iter().enumerate() {
         let mut v: Vec<f64> = per_pod.iter().map(|p| p[s]).collect();
         let m = median_ms(&mut v).unwrap_or(f64::NAN);
         parts.push(format!("{name} {m:.0}"));
     }
-    println!("cri steps (median ms over {n} pods, carapace): {}", parts.join(", "));
-    let mut totals: Vec<f64> = per_pod.iter_mut().map(|p| p.iter().sum()).collect();
+    let mut totals: Vec<f64> = per_pod.iter().map(|p| p.iter().sum()).collect();
     let total = median_ms(&mut totals).unwrap_or(f64::NAN);
-    println!("cri lifecycle: median total {total:.0} ms over {n} pods");
-    Ok(())
+    println!("{who}: median ms per step over {} pods: {}; total {total:.0}", per_pod.len(), parts.join(", "));
+    total
 }
 
 /// Pulls busybox, then runs N pod lifecycles; returns the step times (ms) of each pod.
-async fn lifecycles(d: &Daemon, registry: &str, n: usize) -> Result<Vec<[f64; 8]>> {
-    let mut c = carapace_cri::client::connect(&d.socket).await?;
-    let mut images = carapace_cri::client::connect_images(&d.socket).await?;
+/// `extra_images` are pulled first too (containerd's sandbox image).
+async fn lifecycles(
+    who: &str,
+    socket: &Path,
+    logs: &Path,
+    registry: &str,
+    extra_images: &[String],
+    n: usize,
+    host_network: bool,
+) -> Result<Vec<[f64; 8]>> {
+    let mut c = carapace_cri::client::connect(socket).await?;
+    let mut images = carapace_cri::client::connect_images(socket).await?;
     let busybox = format!("{registry}/test/busybox:latest");
-    let t = Instant::now();
-    images
-        .pull_image(cri::PullImageRequest {
-            image: Some(cri::ImageSpec { image: busybox.clone(), ..Default::default() }),
-            ..Default::default()
-        })
-        .await
-        .context("PullImage")?;
-    println!("pull {busybox} through the daemon: {:.0} ms (not counted)", t.elapsed().as_secs_f64() * 1000.0);
+    for image in std::iter::once(&busybox).chain(extra_images) {
+        let t = Instant::now();
+        images
+            .pull_image(cri::PullImageRequest {
+                image: Some(cri::ImageSpec { image: image.clone(), ..Default::default() }),
+                ..Default::default()
+            })
+            .await
+            .with_context(|| format!("PullImage {image}"))?;
+        println!("{who}: pull {image}: {:.0} ms (not counted)", t.elapsed().as_secs_f64() * 1000.0);
+    }
 
     let mut all = Vec::new();
     for i in 0..n {
@@ -254,7 +305,7 @@ async fn lifecycles(d: &Daemon, registry: &str, n: usize) -> Result<Vec<[f64; 8]
             step += 1;
             *t = Instant::now();
         };
-        let pod_cfg = pod_config(d, &format!("bench-{i}"));
+        let pod_cfg = pod_config(logs, &format!("bench-{i}"), host_network);
         let mut t = Instant::now();
         let pod = c
             .run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(pod_cfg.clone()), runtime_handler: String::new() })
@@ -297,8 +348,133 @@ async fn lifecycles(d: &Daemon, registry: &str, n: usize) -> Result<Vec<[f64; 8]
             .context("RemovePodSandbox")?;
         lap(&mut t);
         let line: Vec<String> = STEPS.iter().zip(times.iter()).map(|(s, v)| format!("{s} {v:.0}")).collect();
-        println!("pod {}: {} (ms), total {:.0} ms", i + 1, line.join(", "), times.iter().sum::<f64>());
+        println!("{who} pod {}: {} (ms), total {:.0} ms", i + 1, line.join(", "), times.iter().sum::<f64>());
         all.push(times);
     }
     Ok(all)
+}
+
+/// Pushes `test/pause:latest` (busybox `sleep` forever, one uncompressed OCI layer) for
+/// containerd's sandbox_image.
+const PUSH_PAUSE: &str = r#"
+set -euo pipefail
+REG=$1 W=$2
+mkdir -p "$W/stage/bin"
+install -m 0755 "${BUSYBOX:-/bin/busybox}" "$W/stage/bin/busybox"
+ln -s busybox "$W/stage/bin/sleep"
+tar --sort=name --mtime=@1700000000 --numeric-owner --owner=0 --group=0 -C "$W/stage" -cf "$W/layer.tar" .
+sha() { sha256sum "$1" | cut -d' ' -f1; }
+size() { stat -c %s "$1"; }
+L=$(sha "$W/layer.tar")
+printf '{"architecture":"amd64","os":"linux","config":{"Cmd":["/bin/sleep","2147483647"]},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' "$L" > "$W/config.json"
+C=$(sha "$W/config.json")
+push_blob() {
+  loc=$(curl -fsS -X POST -D - -o /dev/null "http://$REG/v2/test/pause/blobs/uploads/" | tr -d '\r' | sed -n 's/^[Ll]ocation: //p')
+  case $loc in http*) ;; *) loc="http://$REG$loc" ;; esac
+  case $loc in *\?*) loc="$loc&digest=sha256:$2" ;; *) loc="$loc?digest=sha256:$2" ;; esac
+  curl -fsS -X PUT -H 'Content-Type: application/octet-stream' --data-binary @"$1" -o /dev/null "$loc"
+}
+push_blob "$W/layer.tar" "$L"
+push_blob "$W/config.json" "$C"
+printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:%s","size":%s}]}' \
+  "$C" "$(size "$W/config.json")" "$L" "$(size "$W/layer.tar")" > "$W/manifest.json"
+curl -fsS -X PUT -H 'Content-Type: application/vnd.oci.image.manifest.v1+json' --data-binary @"$W/manifest.json" -o /dev/null "http://$REG/v2/test/pause/manifests/latest"
+"#;
+
+/// A containerd process with a private root/state/socket under /tmp; killed (and its shims and
+/// containers with it, through runc) on drop.
+struct Containerd {
+    dir: tempfile::TempDir,
+    socket: PathBuf,
+    child: Child,
+}
+
+impl Containerd {
+    fn start(registry: &str, sandbox_image: &str) -> Result<Containerd> {
+        let dir = tempfile::Builder::new().prefix("bctd").tempdir_in("/tmp")?;
+        let d = dir.path();
+        let socket = d.join("containerd.sock");
+        for sub in ["cni/bin", "cni/conf"] {
+            std::fs::create_dir_all(d.join(sub))?;
+        }
+        let config = d.join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
+                 [grpc]\n  address = \"{sock}\"\n\
+                 [ttrpc]\n  address = \"{d}/ttrpc.sock\"\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\"]\n  sandbox_image = \"{sandbox_image}\"\n  restrict_oom_score_adj = true\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\".containerd]\n  snapshotter = \"overlayfs\"\n  default_runtime_name = \"runc\"\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\".cni]\n  bin_dir = \"{d}/cni/bin\"\n  conf_dir = \"{d}/cni/conf\"\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors.\"{registry}\"]\n  endpoint = [\"http://{registry}\"]\n",
+                d = d.display(),
+                sock = socket.display(),
+            ),
+        )?;
+        let log = std::fs::File::create(d.join("containerd.log"))?;
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("containerd (Debian package containerd)")?;
+        let mut c = Containerd { dir, socket, child };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::os::unix::net::UnixStream::connect(&c.socket).is_err() {
+            if let Some(st) = c.child.try_wait()? {
+                bail!("containerd exited ({st})\n{}", c.log());
+            }
+            if Instant::now() > deadline {
+                bail!("containerd did not listen within 60 s\n{}", c.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(c)
+    }
+
+    fn log(&self) -> String {
+        let s = std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default();
+        let start = s.len().saturating_sub(4000);
+        s.get(start..).unwrap_or("").to_string()
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Shims outlive containerd; every pod was removed already, so only their mounts remain.
+        let _ = Command::new("umount").arg("-R").arg(self.dir.path().join("root")).stderr(Stdio::null()).status();
+    }
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+}
+
+fn containerd_series(rt: &tokio::runtime::Runtime, registry: &str, n: usize) -> Result<Vec<[f64; 8]>> {
+    ensure!(which("containerd").is_some(), "containerd is not installed (Debian package containerd)");
+    let work = tempfile::Builder::new().prefix("bpause").tempdir_in("/tmp")?;
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(PUSH_PAUSE)
+        .arg("push-pause")
+        .arg(registry)
+        .arg(work.path())
+        .output()
+        .context("push the pause image")?;
+    ensure!(out.status.success(), "pushing test/pause: {}", String::from_utf8_lossy(&out.stderr));
+    let pause = format!("{registry}/test/pause:latest");
+    let ctd = Containerd::start(registry, &pause)?;
+    let logs = ctd.dir.path().join("logs");
+    let res = rt.block_on(lifecycles("containerd+runc", &ctd.socket, &logs, registry, &[pause.clone()], n, true));
+    res.map_err(|e| anyhow::anyhow!("{e:#}\n--- containerd log (tail) ---\n{}", ctd.log()))
 }
