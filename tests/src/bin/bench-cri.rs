@@ -9,8 +9,15 @@
 //! whole grace period), StartContainer, ExecSync (`echo hi`), StopContainer, RemoveContainer,
 //! StopPodSandbox, RemovePodSandbox, each timed from request to answer.
 //!
-//! Prints the median ms of each step (runp, create, start, exec, stop, rm, stopp, rmp); the last
-//! line is `cri lifecycle: median total <X> ms over <N> pods`.
+//! Peer in the same run: containerd 1.6 + runc (Debian packages), driven through its CRI socket by
+//! the same client and steps; its pods use the host network (no CNI needed) and its sandbox_image
+//! is a pause-like image (busybox `sleep`) the bench pushes to the same registry. Both pull their
+//! images before the first pod (not timed). If containerd is missing or fails, its figures are
+//! `n/a` with the reason on a line of its own.
+//!
+//! Prints the median ms of each step (runp, create, start, exec, stop, rm, stopp, rmp) per runtime,
+//! then the carapace/containerd ratio of the median totals; the last line is
+//! `cri lifecycle: median total <X> ms over <N> pods` (carapace).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
