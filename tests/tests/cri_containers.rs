@@ -381,11 +381,21 @@ fn containers_run_exec_log_stop_and_remove() {
         let vol = tempfile::Builder::new().prefix("vol").tempdir_in("/tmp")?;
         std::fs::write(vol.path().join("hello"), "from the host\n")?;
         let mut cfg = container("server", &busybox, &["sh", "-c", "echo started; echo $GREETING; sleep 1000"]);
-        cfg.mounts = vec![cri::Mount {
-            container_path: "/data".into(),
-            host_path: vol.path().display().to_string(),
-            ..Default::default()
-        }];
+        let ro = tempfile::Builder::new().prefix("volro").tempdir_in("/tmp")?;
+        std::fs::write(ro.path().join("config"), "read me\n")?;
+        cfg.mounts = vec![
+            cri::Mount {
+                container_path: "/data".into(),
+                host_path: vol.path().display().to_string(),
+                ..Default::default()
+            },
+            cri::Mount {
+                container_path: "/etc/app".into(),
+                host_path: ro.path().display().to_string(),
+                readonly: true,
+                ..Default::default()
+            },
+        ];
         let server = create(&mut c, &pod, &pod_cfg, cfg.clone()).await.context("CreateContainer")?;
         ensure!(status(&mut c, &server).await?.state == CREATED);
         let e = create(&mut c, &pod, &pod_cfg, cfg).await.expect_err("duplicate name");
@@ -393,8 +403,11 @@ fn containers_run_exec_log_stop_and_remove() {
         c.start_container(cri::StartContainerRequest { container_id: server.clone() }).await.context("StartContainer")?;
         let st = status(&mut c, &server).await?;
         ensure!(st.state == RUNNING && st.started_at > 0, "{st:?}");
+        let ps = c.pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false }).await?;
+        let cs = ps.into_inner().containers_statuses;
+        ensure!(cs.len() == 1 && cs[0].id == server && cs[0].state == RUNNING, "{cs:?}");
         ensure!(st.image_id.starts_with("sha256:"), "{st:?}");
-        ensure!(st.mounts.len() == 1 && st.mounts[0].container_path == "/data", "{st:?}");
+        ensure!(st.mounts.len() == 2 && st.mounts[0].container_path == "/data" && st.mounts[1].readonly, "{st:?}");
         let log_path = d.logs_dir("web").join("server/0.log");
         ensure!(st.log_path == log_path.display().to_string(), "{st:?}");
         let text = wait_log(&log_path, &["stdout F started"]).await?;
@@ -414,6 +427,9 @@ fn containers_run_exec_log_stop_and_remove() {
         let r = c.exec_sync(exec(&["sh", "-c", "echo written > /data/from-guest && cat /etc/hostname"])).await?.into_inner();
         ensure!(r.exit_code == 0 && r.stdout == b"web\n", "{r:?}");
         ensure!(std::fs::read_to_string(vol.path().join("from-guest"))? == "written\n");
+        let r = c.exec_sync(exec(&["sh", "-c", "cat /etc/app/config && touch /etc/app/new"])).await?.into_inner();
+        ensure!(r.stdout == b"read me\n" && r.exit_code != 0, "read-only volume: {r:?}");
+        ensure!(!ro.path().join("new").exists(), "a read-only volume was written");
         let mut short = exec(&["sleep", "100"]);
         short.timeout = 1;
         let e = c.exec_sync(short).await.expect_err("exec timeout");
@@ -431,7 +447,8 @@ fn containers_run_exec_log_stop_and_remove() {
         let n = ps.stats.and_then(|s| s.linux).map_or(0, |l| l.containers.len());
         ensure!(n == 1, "pod stats carry {n} containers");
 
-        // The job: stdout and stderr apart in the CRI log, exit code 3.
+        // The job: stdout and stderr apart in the CRI log, exit code 3; its events.
+        let mut events = c.get_container_events(cri::GetEventsRequest {}).await?.into_inner();
         let job = create(&mut c, &pod, &pod_cfg, container("job", &busybox, &["sh", "-c", "echo out; echo err >&2; exit 3"]))
             .await
             .context("CreateContainer job")?;
@@ -443,6 +460,22 @@ fn containers_run_exec_log_stop_and_remove() {
         let lines = log_lines(&text)?;
         ensure!(lines.contains(&("stdout".into(), "F".into(), "out".into())), "{text}");
         ensure!(lines.contains(&("stderr".into(), "F".into(), "err".into())), "{text}");
+        let mut seen = Vec::new();
+        while !seen.contains(&(cri::ContainerEventType::ContainerStoppedEvent as i32)) {
+            let ev = tokio::time::timeout(Duration::from_secs(60), events.message())
+                .await
+                .context("no container event within 60 s")??
+                .context("event stream ended")?;
+            if ev.container_id == job {
+                seen.push(ev.container_event_type);
+            }
+        }
+        let want = [
+            cri::ContainerEventType::ContainerCreatedEvent as i32,
+            cri::ContainerEventType::ContainerStartedEvent as i32,
+            cri::ContainerEventType::ContainerStoppedEvent as i32,
+        ];
+        ensure!(seen == want, "events of the job: {seen:?}");
         let e = c.start_container(cri::StartContainerRequest { container_id: job.clone() }).await.expect_err("restart");
         ensure!(e.code() == tonic::Code::FailedPrecondition, "{e:?}");
 
@@ -481,6 +514,16 @@ fn containers_run_exec_log_stop_and_remove() {
             c.remove_container(cri::RemoveContainerRequest { container_id: id.to_string() }).await?;
         }
         ensure!(c.list_containers(list(Default::default())).await?.into_inner().containers.is_empty());
+        let deleted = cri::ContainerEventType::ContainerDeletedEvent as i32;
+        loop {
+            let ev = tokio::time::timeout(Duration::from_secs(60), events.message())
+                .await
+                .context("no DELETED event within 60 s")??
+                .context("event stream ended")?;
+            if ev.container_id == job && ev.container_event_type == deleted {
+                break;
+            }
+        }
         ensure!(std::fs::read_to_string(vol.path().join("hello"))? == "from the host\n", "volume lost its file");
         let shared = d.pods_dir().join(&pod).join("shared");
         let left: Vec<_> = std::fs::read_dir(&shared)?.flatten().map(|e| e.file_name()).collect();
