@@ -207,7 +207,8 @@ fn pod_config(logs: &Path, name: &str, host_network: bool) -> cri::PodSandboxCon
             namespace: "bench".into(),
             attempt: 0,
         }),
-        hostname: name.into(),
+        // A host-network pod shares the host's UTS namespace: runc refuses to set a hostname there.
+        hostname: if host_network { String::new() } else { name.into() },
         log_directory: logs.join(name).display().to_string(),
         linux,
         ..Default::default()
