@@ -623,6 +623,33 @@ const ALL_CAPS: &[&str] = &[
     "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ", "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
 ];
 
+/// The signal number of an image's STOPSIGNAL ("SIGQUIT", "QUIT", "3"); 0 (SIGTERM) when
+/// empty; None when unknown.
+pub fn stop_signal(s: &str) -> Option<i32> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Some(0);
+    }
+    if let Ok(n) = s.parse::<i32>() {
+        return (1..=64).contains(&n).then_some(n);
+    }
+    let name = s.to_ascii_uppercase();
+    let name = name.strip_prefix("SIG").unwrap_or(&name);
+    Some(match name {
+        "HUP" => libc::SIGHUP,
+        "INT" => libc::SIGINT,
+        "QUIT" => libc::SIGQUIT,
+        "KILL" => libc::SIGKILL,
+        "USR1" => libc::SIGUSR1,
+        "USR2" => libc::SIGUSR2,
+        "TERM" => libc::SIGTERM,
+        "WINCH" => libc::SIGWINCH,
+        "PWR" => libc::SIGPWR,
+        "STOP" => libc::SIGSTOP,
+        _ => return None,
+    })
+}
+
 /// Undoes a half-made container: its bind mounts and files.
 fn discard(dir: &Path) {
     if let Err(e) = volumes::remove_tree(dir) {
@@ -717,6 +744,7 @@ impl Manager {
             mounts,
             dir: dir.clone(),
             resources: linux.resources.clone(),
+            stop_signal: image.config.stop_signal.clone(),
         };
         // Reserve the name (CRI: one container per name and attempt in a pod).
         let name_key = rec.pod_unique_name();
@@ -921,7 +949,11 @@ impl Manager {
         }
         let agent = agent_of(sb).await?;
         let timeout_ms = u64::try_from(timeout_s.max(0)).unwrap_or(0).saturating_mul(1000);
-        let req = pb::StopContainerRequest { id: rec.id.clone(), signal: 0, timeout_ms };
+        let signal = stop_signal(&rec.stop_signal).unwrap_or_else(|| {
+            tracing::warn!(id = %rec.id, signal = %rec.stop_signal, "unknown stop signal of the image; using SIGTERM");
+            0
+        });
+        let req = pb::StopContainerRequest { id: rec.id.clone(), signal, timeout_ms };
         let mut g = agent.grpc();
         // The agent kills after the grace period; allow it that long plus the normal bound.
         let limit = Duration::from_millis(timeout_ms) + AGENT_CALL;
@@ -1264,6 +1296,7 @@ mod tests {
             }],
             dir: PathBuf::from("/run/x"),
             resources: Some(cri::LinuxContainerResources { memory_limit_in_bytes: 1 << 20, ..Default::default() }),
+            stop_signal: String::new(),
         }
     }
 
@@ -1418,6 +1451,16 @@ mod tests {
         let c = to_container(&r);
         assert_eq!(c.pod_sandbox_id, "b".repeat(64));
         assert_eq!(c.state, cri::ContainerState::ContainerExited as i32);
+    }
+
+    #[test]
+    fn stop_signals() {
+        assert_eq!(stop_signal(""), Some(0));
+        assert_eq!(stop_signal("SIGQUIT"), Some(libc::SIGQUIT));
+        assert_eq!(stop_signal("quit"), Some(libc::SIGQUIT));
+        assert_eq!(stop_signal("9"), Some(9));
+        assert_eq!(stop_signal("99"), None);
+        assert_eq!(stop_signal("SIGNOPE"), None);
     }
 
     #[test]

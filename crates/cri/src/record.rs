@@ -186,6 +186,9 @@ pub struct ContainerRecord {
     pub dir: PathBuf,
     /// The last resources set (CreateContainer or UpdateContainerResources).
     pub resources: Option<k8s_cri::v1::LinuxContainerResources>,
+    /// The image's STOPSIGNAL ("SIGQUIT", "3"; empty: SIGTERM).
+    #[serde(default)]
+    pub stop_signal: String,
 }
 
 impl ContainerRecord {
