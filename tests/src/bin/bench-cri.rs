@@ -483,6 +483,6 @@ fn containerd_series(rt: &tokio::runtime::Runtime, registry: &str, n: usize) -> 
     let pause = format!("{registry}/test/pause:latest");
     let ctd = Containerd::start(registry, &pause)?;
     let logs = ctd.dir.path().join("logs");
-    let res = rt.block_on(lifecycles("containerd+runc", &ctd.socket, &logs, registry, &[pause.clone()], n, true));
+    let res = rt.block_on(lifecycles("containerd+runc", &ctd.socket, &logs, registry, std::slice::from_ref(&pause), n, true));
     res.map_err(|e| anyhow::anyhow!("{e:#}\n--- containerd log (tail) ---\n{}", ctd.log()))
 }
