@@ -154,12 +154,17 @@ impl Daemon {
     fn assert_clean(&self) -> Result<()> {
         let procs = self.vmm_processes();
         ensure!(procs.is_empty(), "VMM processes left behind: {procs:?}");
-        for d in [self.pods_dir(), self.records_dir()] {
+        // Pod run dirs hold each VM's vsock sockets, serial log and shared dir.
+        for d in [self.pods_dir(), self.records_dir(), self.dir.path().join("state/containers")] {
             let left: Vec<_> = std::fs::read_dir(&d)
                 .map(|r| r.flatten().map(|e| e.file_name()).collect())
                 .unwrap_or_default();
             ensure!(left.is_empty(), "left behind in {}: {left:?}", d.display());
         }
+        let root = self.dir.path().display().to_string();
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
+        let mounts: Vec<&str> = mountinfo.lines().filter(|l| l.contains(&root)).collect();
+        ensure!(mounts.is_empty(), "mounts left behind: {mounts:?}");
         Ok(())
     }
 
@@ -355,7 +360,7 @@ fn cri_daemon_killed_with_a_running_pod_reattaches_after_restart() {
 #[test]
 #[ignore = "needs a KVM that boots Linux guests: run by `make test-e2e`"]
 fn cri_run_remove_cycles_leave_nothing_behind() {
-    let cycles: u32 = std::env::var("CARAPACE_E2E_CRI_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    let cycles: u32 = std::env::var("CARAPACE_E2E_CRI_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
     let d = Daemon::new().expect("daemon");
     let r = runtime().block_on(async {
         let mut c = d.client().await?;
