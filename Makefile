@@ -55,22 +55,16 @@ test-testhost: deps
 # End-to-end tests need a KVM that boots Linux: run them directly where `carapace check` says so,
 # otherwise inside the emulated test host (which also turns on the VMM's vCPU kick, see ENVIRONMENT.md).
 # The test host gets one CPU: with two, its own kernel has frozen in long boot series (text patching
-# while both emulated CPUs were busy, ENVIRONMENT.md). The concurrent-pods test gets two: with one,
-# ten nested VMs starve the test host's scheduler (its timer does not force exits from the nested
-# guests, only the VMMs' kick threads do, and they do not get to run) and the test host freezes.
-E2E_SMP2 := cri_pods
+# while both emulated CPUs were busy, ENVIRONMENT.md).
 test-e2e: build guest-image agent
 	@bins=$$( { $(CARGO) test --release --locked -p carapace-tests --no-run --message-format=json; \
 	  $(CARGO) test --release --locked -p carapace-agent --test container_vm --no-run --message-format=json; } 2>/dev/null \
 	  | jq -r 'select(.profile.test == true and .target.kind == ["test"]) | .executable'); \
 	export CARAPACE_BIN=$(BIN)/carapace CARAPACE_GUEST_DIR=$(GUEST_DIR) CARAPACE_AGENT_BIN=$(AGENT); \
-	direct=; $(BIN)/carapace check >/dev/null 2>&1 && direct=1 || \
+	if $(BIN)/carapace check >/dev/null 2>&1; then runner=(); else \
 	  echo "test-e2e: this host's KVM cannot boot a Linux guest; running end-to-end tests in the test host"; \
-	for b in $$bins; do \
-	  name=$$(basename $$b); echo "== $$name"; runner=(); \
-	  if [ -z "$$direct" ]; then smp=1; for t in $(E2E_SMP2); do [[ $$name == $$t-* ]] && smp=2; done; \
-	    runner=(tests/testhost/run --smp $$smp --timeout 1500 -- env CARAPACE_VMM_KICK_MS=100); fi; \
-	  "$${runner[@]}" "$$b" --ignored --test-threads=1; done
+	  runner=(tests/testhost/run --smp 1 --timeout 1500 -- env CARAPACE_VMM_KICK_MS=100); fi; \
+	for b in $$bins; do echo "== $$(basename $$b)"; "$${runner[@]}" "$$b" --ignored --test-threads=1; done
 
 bench-boot: build guest-image
 	$(CARGO) build --release --locked -p carapace-tests --bin bench-boot

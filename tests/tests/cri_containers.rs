@@ -572,14 +572,31 @@ fn containers_survive_a_daemon_restart() {
             c.start_container(cri::StartContainerRequest { container_id: id.to_string() }).await?;
         }
         wait_log(&d.logs_dir("db").join("long/0.log"), &["stdout F one"]).await?;
-        Ok::<_, anyhow::Error>((pod, long, short))
+        // A second running pod with its own container: both must come back after the restart.
+        let web_cfg = pod_config(&d, "web");
+        let web = c
+            .run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(web_cfg.clone()), runtime_handler: String::new() })
+            .await?
+            .into_inner()
+            .pod_sandbox_id;
+        let serve = create(&mut c, &web, &web_cfg, container("serve", &busybox, &["sleep", "1000"])).await?;
+        c.start_container(cri::StartContainerRequest { container_id: serve.clone() }).await?;
+        Ok::<_, anyhow::Error>((pod, long, short, web, serve))
     });
-    let (pod, long, short) = with_log(&d, r);
+    let (pod, long, short, web, serve) = with_log(&d, r);
     d.kill9();
     std::thread::sleep(Duration::from_secs(5)); // "short" exits while the daemon is down
     d.start().expect("daemon restart");
     let r = rt.block_on(async {
         let mut c = d.client().await?;
+        let pods = c.list_pod_sandbox(cri::ListPodSandboxRequest::default()).await?.into_inner().items;
+        for id in [&pod, &web] {
+            let p = pods.iter().find(|p| &p.id == id).with_context(|| format!("pod {id} not listed after restart"))?;
+            ensure!(p.state == cri::PodSandboxState::SandboxReady as i32, "pod {id} not ready after restart: {p:?}");
+        }
+        let listed = c.list_containers(cri::ListContainersRequest::default()).await?.into_inner().containers;
+        ensure!(listed.len() == 3, "containers listed after restart: {listed:?}");
+        ensure!(status(&mut c, &serve).await?.state == RUNNING, "second pod's container not running after restart");
         ensure!(status(&mut c, &long).await?.state == RUNNING, "long-running container not running after restart");
         // Log forwarding resumed: what it printed after the daemon died reaches the log.
         wait_log(&d.logs_dir("db").join("long/0.log"), &["stdout F two"]).await?;
@@ -593,7 +610,102 @@ fn containers_survive_a_daemon_restart() {
         c.stop_container(cri::StopContainerRequest { container_id: long.clone(), timeout: 0 }).await?;
         ensure!(status(&mut c, &long).await?.state == EXITED);
         c.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod.clone() }).await?;
+        // The second pod: stopped (its container with it), then removed.
+        c.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: web.clone() }).await?;
+        ensure!(status(&mut c, &serve).await?.state == EXITED, "StopPodSandbox left its container running");
+        c.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: web.clone() }).await?;
         ensure!(c.list_containers(cri::ListContainersRequest::default()).await?.into_inner().containers.is_empty());
+        ensure!(c.list_pod_sandbox(cri::ListPodSandboxRequest::default()).await?.into_inner().items.is_empty());
+        ensure!(d.vmm_processes().is_empty(), "VMM left running");
+        Ok(())
+    });
+    with_log(&d, r);
+}
+
+/// Runs `cfg` in `pod` to completion; returns (exit code, stdout lines) from its CRI log.
+async fn run_to_exit(
+    c: &mut RuntimeServiceClient<Channel>,
+    d: &Daemon,
+    pod: &str,
+    pod_cfg: &cri::PodSandboxConfig,
+    cfg: cri::ContainerConfig,
+) -> Result<(i32, Vec<String>)> {
+    let log = d.logs_dir(&pod_cfg.metadata.as_ref().context("pod metadata")?.name).join(&cfg.log_path);
+    let id = create(c, pod, pod_cfg, cfg).await.context("CreateContainer")?;
+    c.start_container(cri::StartContainerRequest { container_id: id.clone() }).await.context("StartContainer")?;
+    let st = wait_state(c, &id, EXITED).await?;
+    // The log task writes the last lines as it sees the exit: give it a moment to catch up.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("stdout F __end__") || Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let out =
+        log_lines(&text)?.into_iter().filter(|(s, _, _)| s == "stdout").map(|(_, _, m)| m).collect::<Vec<_>>();
+    c.remove_container(cri::RemoveContainerRequest { container_id: id }).await?;
+    Ok((st.exit_code, out))
+}
+
+#[test]
+#[ignore = "needs a KVM that boots Linux guests: run by `make test-e2e`"]
+fn each_test_image_runs_with_its_entrypoint_env_workdir_and_user() {
+    let reg = Registry::start().expect("test registry");
+    let d = Daemon::new(&reg.addr).expect("daemon");
+    let r = runtime().block_on(async {
+        let mut c = d.client().await?;
+        let mut images = carapace_cri::client::connect_images(&d.socket).await?;
+        let [busybox, app, multi] =
+            ["test/busybox:latest", "test/app:1.0", "test/multi:latest"].map(|i| format!("{}/{i}", reg.addr));
+        for image in [&busybox, &app, &multi] {
+            images
+                .pull_image(cri::PullImageRequest {
+                    image: Some(cri::ImageSpec { image: image.clone(), ..Default::default() }),
+                    ..Default::default()
+                })
+                .await
+                .with_context(|| format!("PullImage {image}"))?;
+        }
+        let pod_cfg = pod_config(&d, "images");
+        let pod = c
+            .run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(pod_cfg.clone()), runtime_handler: String::new() })
+            .await
+            .context("RunPodSandbox")?
+            .into_inner()
+            .pod_sandbox_id;
+
+        // test/app with no command: ENTRYPOINT ["/bin/sh","-c"] + CMD ["echo hello from app"].
+        let mut cfg = container("app-default", &app, &[]);
+        cfg.log_path = "app-default/0.log".into();
+        let (code, out) = run_to_exit(&mut c, &d, &pod, &pod_cfg, cfg).await?;
+        ensure!(code == 0 && out.first().map(String::as_str) == Some("hello from app"), "app default: {code} {out:?}");
+
+        // test/app with args only: the entrypoint stays, CMD is replaced; USER 1000, WORKDIR /app,
+        // image ENV (FOO) plus the container's (GREETING); the zstd layer's files, the cleanup
+        // layer's whiteout (/etc/motd gone) and opaque dir (/data holds only `new`).
+        let mut cfg = container("app-args", &app, &[]);
+        cfg.args = vec!["id -u; id -g; pwd; echo FOO=$FOO; echo GREETING=$GREETING; ./hello-link.sh; \
+             test -e /etc/motd && echo motd || echo no-motd; ls /data; echo __end__"
+            .into()];
+        let (code, out) = run_to_exit(&mut c, &d, &pod, &pod_cfg, cfg).await?;
+        let want = [
+            "1000", "1000", "/app", "FOO=bar", "GREETING=hi there", "hello from app: FOO=bar", "no-motd", "new", "__end__",
+        ];
+        ensure!(code == 0 && out == want, "app with args: exit {code}, stdout {out:?}, want {want:?}");
+
+        // test/busybox (Docker schema2): root, PATH from the image.
+        let cfg = container("bb", &busybox, &["sh", "-c", "id -u; echo PATH=$PATH; pwd; echo __end__"]);
+        let (code, out) = run_to_exit(&mut c, &d, &pod, &pod_cfg, cfg).await?;
+        ensure!(code == 0 && out == ["0", "PATH=/bin", "/", "__end__"], "busybox: {code} {out:?}");
+
+        // test/multi (OCI index): the linux/amd64 image was selected, and it runs here.
+        let cfg = container("multi", &multi, &["sh", "-c", "uname -m; echo __end__"]);
+        let (code, out) = run_to_exit(&mut c, &d, &pod, &pod_cfg, cfg).await?;
+        ensure!(code == 0 && out == ["x86_64", "__end__"], "multi: {code} {out:?}");
+
+        c.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod }).await?;
         ensure!(d.vmm_processes().is_empty(), "VMM left running");
         Ok(())
     });

