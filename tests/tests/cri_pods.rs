@@ -360,7 +360,7 @@ fn cri_daemon_killed_with_a_running_pod_reattaches_after_restart() {
 #[test]
 #[ignore = "needs a KVM that boots Linux guests: run by `make test-e2e`"]
 fn cri_run_remove_cycles_leave_nothing_behind() {
-    let cycles: u32 = std::env::var("CARAPACE_E2E_CRI_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
+    let cycles: u32 = std::env::var("CARAPACE_E2E_CRI_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
     let d = Daemon::new().expect("daemon");
     let r = runtime().block_on(async {
         let mut c = d.client().await?;
