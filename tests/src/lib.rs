@@ -1,5 +1,11 @@
 //! Shared helpers for carapace's end-to-end tests and benchmarks: find the built binaries and the
 //! guest image, start a `carapace vmm` process in a private directory, and clean up after it.
+//! [`cri`] drives the CRI daemon, [`registry`] runs a local registry with the test images, [`vm`]
+//! boots a VM with a shared directory.
+
+pub mod cri;
+pub mod registry;
+pub mod vm;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -20,6 +26,16 @@ pub fn carapace_bin() -> PathBuf {
         dir.pop();
     }
     dir.join("carapace")
+}
+
+/// The repository's root (test scripts and images live under it).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A tokio runtime with two worker threads.
+pub fn multi_thread_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()
 }
 
 /// The guest kernel and initramfs built by `make guest-image`.

@@ -3,18 +3,20 @@
 //! pulls them through its ImageService, then runs pod → create → start → exec → logs → stop →
 //! remove. Needs a KVM that boots Linux; `make test-e2e` runs it (in the test host here).
 
+
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use carapace_cri::k8s_cri::v1 as cri;
 use carapace_cri::k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use carapace_cri::tonic;
-use carapace_tests::{carapace_bin, GuestImage};
+use carapace_tests::cri::{
+    container_config, e2e_dns, pod_config as base_pod_config, pull_image, run_pod_request, runtime, with_log, Daemon,
+    DaemonOptions,
+};
+use carapace_tests::registry::Registry;
 use tonic::transport::Channel;
 
 /// Set (to a config path) when this binary is re-executed to be the daemon.
@@ -27,231 +29,35 @@ const CREATED: i32 = cri::ContainerState::ContainerCreated as i32;
 #[test]
 #[ignore = "needs a KVM that boots Linux guests: run by `make test-e2e`"]
 fn daemon_process() {
-    let Some(path) = std::env::var_os(DAEMON_ENV) else { return };
-    let cfg = carapace_cri::Config::load(Path::new(&path), true).expect("daemon config");
-    if let Err(e) = carapace_cri::serve_blocking(cfg) {
-        eprintln!("daemon: {e}");
-        std::process::exit(1);
-    }
-    std::process::exit(0);
+    carapace_tests::cri::daemon_process(DAEMON_ENV);
 }
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+/// The test registry with the test images pushed.
+fn start_registry() -> Result<Registry> {
+    Registry::start("reg", "info")
 }
 
-/// A `docker-registry` on 127.0.0.1 with the test images pushed.
-struct Registry {
-    addr: String,
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Registry {
-    fn start() -> Result<Registry> {
-        let dir = tempfile::Builder::new().prefix("reg").tempdir_in("/tmp")?;
-        for attempt in 0..3 {
-            let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-            let addr = format!("127.0.0.1:{port}");
-            let config = format!(
-                "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
-                dir.path().join("storage").display()
-            );
-            std::fs::write(dir.path().join("config.yml"), config)?;
-            let log = std::fs::File::create(dir.path().join("registry.log"))?;
-            let mut child = Command::new("docker-registry")
-                .arg("serve")
-                .arg(dir.path().join("config.yml"))
-                .stdin(Stdio::null())
-                .stdout(log.try_clone()?)
-                .stderr(log)
-                .spawn()
-                .context("docker-registry (Debian package docker-registry)")?;
-            let deadline = Instant::now() + Duration::from_secs(30);
-            let ready = loop {
-                if let Ok(mut s) = TcpStream::connect(&addr) {
-                    let _ = s.write_all(format!("GET /v2/ HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes());
-                    let mut buf = String::new();
-                    let _ = s.read_to_string(&mut buf);
-                    if buf.contains("Docker-Distribution-Api-Version") {
-                        break true;
-                    }
-                }
-                if child.try_wait()?.is_some() || Instant::now() > deadline {
-                    break false;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            };
-            if !ready {
-                let _ = child.kill();
-                let _ = child.wait();
-                eprintln!("registry on {addr} did not start (attempt {attempt})");
-                continue;
-            }
-            let out = Command::new(repo_root().join("tests/images/build-and-push.sh")).arg(&addr).output()?;
-            let reg = Registry { addr, child, _dir: dir };
-            ensure!(out.status.success(), "pushing test images: {}", String::from_utf8_lossy(&out.stderr));
-            return Ok(reg);
-        }
-        bail!("docker-registry did not start")
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A daemon process with private state/run/image dirs under /tmp.
-struct Daemon {
-    dir: tempfile::TempDir,
-    config: PathBuf,
-    socket: PathBuf,
-    child: Option<Child>,
-}
-
-fn carapace_has_serve() -> bool {
-    Command::new(carapace_bin())
-        .args(["serve", "--help"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-impl Daemon {
-    fn new(registry: &str) -> Result<Daemon> {
-        let image = GuestImage::from_env()?;
-        let dir = tempfile::Builder::new().prefix("cric").tempdir_in("/tmp")?;
-        let d = dir.path();
-        let socket = d.join("cri.sock");
-        let config = d.join("config.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "listen = \"unix://{sock}\"\nstate_dir = \"{d}/state\"\nrun_dir = \"{d}/run\"\n\
-                 vmm_binary = \"{bin}\"\nagent_timeout_s = 120\nstop_timeout_s = 10\n\
-                 [images]\nroot = \"{d}/images\"\n[images.registries]\ninsecure = [\"{registry}\"]\n\
-                 [profiles.default]\nkernel = \"{k}\"\ninitramfs = \"{i}\"\n",
-                sock = socket.display(),
-                d = d.display(),
-                bin = carapace_bin().display(),
-                k = image.kernel.display(),
-                i = image.initramfs.display()
-            ),
-        )?;
-        let mut daemon = Daemon { dir, config, socket, child: None };
-        daemon.start()?;
-        Ok(daemon)
-    }
-
-    fn start(&mut self) -> Result<()> {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("daemon.log"))?;
-        let mut cmd = if carapace_has_serve() {
-            let mut c = Command::new(carapace_bin());
-            c.arg("serve").arg("--config").arg(&self.config);
-            c
-        } else {
-            let mut c = Command::new(std::env::current_exe()?);
-            c.args(["--exact", "daemon_process", "--ignored", "--nocapture", "--test-threads=1"])
-                .env(DAEMON_ENV, &self.config);
-            c
-        };
-        cmd.env("CARAPACE_LOG", "info").stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
-        self.child = Some(cmd.spawn().context("start the daemon")?);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
-            if Instant::now() > deadline {
-                bail!("daemon did not listen within 30 s\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(())
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
-    }
-
-    fn pods_dir(&self) -> PathBuf {
-        self.dir.path().join("run/pods")
-    }
-
-    fn logs_dir(&self, pod: &str) -> PathBuf {
-        self.dir.path().join("logs").join(pod)
-    }
-
-    fn vmm_processes(&self) -> Vec<i32> {
-        let needle = self.pods_dir().display().to_string();
-        let mut pids = Vec::new();
-        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-            let zombie = stat.rsplit(')').next().is_some_and(|s| s.trim_start().starts_with('Z'));
-            if !zombie && String::from_utf8_lossy(&cmdline).contains(&needle) {
-                pids.push(pid);
-            }
-        }
-        pids
-    }
-
-    async fn client(&self) -> Result<RuntimeServiceClient<Channel>> {
-        Ok(carapace_cri::client::connect(&self.socket).await?)
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.kill9();
-        for pid in self.vmm_processes() {
-            // SAFETY: kill(2) on a PID whose command line names this test's private directory.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-        // Volumes bound under the run dir must not outlive the test (tempdir removal would
-        // otherwise walk into them).
-        let _ = carapace_cri::volumes::unmount_all_under(&self.dir.path().join("run"));
-    }
+/// A daemon process with private state/run/image dirs under /tmp, pulling from `registry`.
+fn start_daemon(registry: &Registry) -> Result<Daemon> {
+    Daemon::start(DaemonOptions {
+        dir_prefix: "cric",
+        insecure_registry: Some(registry.addr.clone()),
+        fallback_env: Some(DAEMON_ENV),
+        ..Default::default()
+    })
 }
 
 fn pod_config(d: &Daemon, name: &str) -> cri::PodSandboxConfig {
-    cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            namespace: "e2e".into(),
-            attempt: 0,
-        }),
-        hostname: name.into(),
-        log_directory: d.logs_dir(name).display().to_string(),
-        dns_config: Some(cri::DnsConfig {
-            servers: vec!["10.96.0.10".into()],
-            searches: vec!["e2e.svc.cluster.local".into()],
-            options: vec!["ndots:5".into()],
-        }),
-        ..Default::default()
-    }
+    let mut cfg = base_pod_config("e2e", name, 0, &d.logs_dir(name));
+    cfg.dns_config = Some(e2e_dns());
+    cfg
 }
 
 fn container(name: &str, image: &str, command: &[&str]) -> cri::ContainerConfig {
-    cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata { name: name.into(), attempt: 0 }),
-        image: Some(cri::ImageSpec { image: image.into(), ..Default::default() }),
-        command: command.iter().map(|s| s.to_string()).collect(),
-        envs: vec![cri::KeyValue { key: "GREETING".into(), value: "hi there".into() }],
-        labels: [("role".to_string(), name.to_string())].into(),
-        log_path: format!("{name}/0.log"),
-        ..Default::default()
-    }
+    let mut cfg = container_config(name, image, command);
+    cfg.envs = vec![cri::KeyValue { key: "GREETING".into(), value: "hi there".into() }];
+    cfg.labels = [("role".to_string(), name.to_string())].into();
+    cfg
 }
 
 async fn create(
@@ -318,38 +124,21 @@ fn log_lines(text: &str) -> Result<Vec<(String, String, String)>> {
     Ok(out)
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime")
-}
-
-fn with_log<T>(d: &Daemon, r: Result<T>) -> T {
-    match r {
-        Ok(v) => v,
-        Err(e) => panic!("{e:#}\n--- daemon log ---\n{}", d.log()),
-    }
-}
-
 #[test]
 #[ignore = "needs a KVM that boots Linux guests: run by `make test-e2e`"]
 fn containers_run_exec_log_stop_and_remove() {
-    let reg = Registry::start().expect("test registry");
-    let d = Daemon::new(&reg.addr).expect("daemon");
+    let reg = start_registry().expect("test registry");
+    let d = start_daemon(&reg).expect("daemon");
     let r = runtime().block_on(async {
         let mut c = d.client().await?;
-        let mut images = carapace_cri::client::connect_images(&d.socket).await?;
-        let busybox = format!("{}/test/busybox:latest", reg.addr);
-        let missing = format!("{}/test/nothere:latest", reg.addr);
-        images
-            .pull_image(cri::PullImageRequest {
-                image: Some(cri::ImageSpec { image: busybox.clone(), ..Default::default() }),
-                ..Default::default()
-            })
-            .await
-            .context("PullImage")?;
+        let mut images = d.image_client().await?;
+        let busybox = reg.image("test/busybox:latest");
+        let missing = reg.image("test/nothere:latest");
+        pull_image(&mut images, &busybox).await?;
 
         let pod_cfg = pod_config(&d, "web");
         let pod = c
-            .run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(pod_cfg.clone()), runtime_handler: String::new() })
+            .run_pod_sandbox(run_pod_request(pod_cfg.clone()))
             .await
             .context("RunPodSandbox")?
             .into_inner()
@@ -547,22 +336,17 @@ fn containers_run_exec_log_stop_and_remove() {
 #[test]
 #[ignore = "needs a KVM that boots Linux guests: run by `make test-e2e`"]
 fn containers_survive_a_daemon_restart() {
-    let reg = Registry::start().expect("test registry");
-    let mut d = Daemon::new(&reg.addr).expect("daemon");
+    let reg = start_registry().expect("test registry");
+    let mut d = start_daemon(&reg).expect("daemon");
     let rt = runtime();
     let r = rt.block_on(async {
         let mut c = d.client().await?;
-        let mut images = carapace_cri::client::connect_images(&d.socket).await?;
-        let busybox = format!("{}/test/busybox:latest", reg.addr);
-        images
-            .pull_image(cri::PullImageRequest {
-                image: Some(cri::ImageSpec { image: busybox.clone(), ..Default::default() }),
-                ..Default::default()
-            })
-            .await?;
+        let mut images = d.image_client().await?;
+        let busybox = reg.image("test/busybox:latest");
+        pull_image(&mut images, &busybox).await?;
         let pod_cfg = pod_config(&d, "db");
         let pod = c
-            .run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(pod_cfg.clone()), runtime_handler: String::new() })
+            .run_pod_sandbox(run_pod_request(pod_cfg.clone()))
             .await?
             .into_inner()
             .pod_sandbox_id;
@@ -575,7 +359,7 @@ fn containers_survive_a_daemon_restart() {
         // A second running pod with its own container: both must come back after the restart.
         let web_cfg = pod_config(&d, "web");
         let web = c
-            .run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(web_cfg.clone()), runtime_handler: String::new() })
+            .run_pod_sandbox(run_pod_request(web_cfg.clone()))
             .await?
             .into_inner()
             .pod_sandbox_id;
@@ -586,7 +370,7 @@ fn containers_survive_a_daemon_restart() {
     let (pod, long, short, web, serve) = with_log(&d, r);
     d.kill9();
     std::thread::sleep(Duration::from_secs(5)); // "short" exits while the daemon is down
-    d.start().expect("daemon restart");
+    d.restart().expect("daemon restart");
     let r = rt.block_on(async {
         let mut c = d.client().await?;
         let pods = c.list_pod_sandbox(cri::ListPodSandboxRequest::default()).await?.into_inner().items;
@@ -652,25 +436,19 @@ async fn run_to_exit(
 #[test]
 #[ignore = "needs a KVM that boots Linux guests: run by `make test-e2e`"]
 fn each_test_image_runs_with_its_entrypoint_env_workdir_and_user() {
-    let reg = Registry::start().expect("test registry");
-    let d = Daemon::new(&reg.addr).expect("daemon");
+    let reg = start_registry().expect("test registry");
+    let d = start_daemon(&reg).expect("daemon");
     let r = runtime().block_on(async {
         let mut c = d.client().await?;
-        let mut images = carapace_cri::client::connect_images(&d.socket).await?;
+        let mut images = d.image_client().await?;
         let [busybox, app, multi] =
-            ["test/busybox:latest", "test/app:1.0", "test/multi:latest"].map(|i| format!("{}/{i}", reg.addr));
+            ["test/busybox:latest", "test/app:1.0", "test/multi:latest"].map(|i| reg.image(i));
         for image in [&busybox, &app, &multi] {
-            images
-                .pull_image(cri::PullImageRequest {
-                    image: Some(cri::ImageSpec { image: image.clone(), ..Default::default() }),
-                    ..Default::default()
-                })
-                .await
-                .with_context(|| format!("PullImage {image}"))?;
+            pull_image(&mut images, image).await?;
         }
         let pod_cfg = pod_config(&d, "images");
         let pod = c
-            .run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(pod_cfg.clone()), runtime_handler: String::new() })
+            .run_pod_sandbox(run_pod_request(pod_cfg.clone()))
             .await
             .context("RunPodSandbox")?
             .into_inner()

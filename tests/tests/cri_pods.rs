@@ -4,15 +4,14 @@
 //! runs it (inside the test host on these machines; CARAPACE_VMM_KICK_MS reaches the VMMs
 //! through the daemon).
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use carapace_cri::k8s_cri::v1 as cri;
 use carapace_cri::k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
-use carapace_tests::{carapace_bin, GuestImage};
 use carapace_cri::tonic;
+use carapace_tests::cri::{e2e_dns, pod_config, run_pod_request, runtime, with_log, Daemon, DaemonOptions};
 use tonic::transport::Channel;
 
 /// Set (to a config path) when this binary is re-executed to be the daemon.
@@ -24,188 +23,20 @@ const NOTREADY: i32 = cri::PodSandboxState::SandboxNotready as i32;
 #[test]
 #[ignore = "needs a KVM that boots Linux guests: run by `make test-e2e`"]
 fn daemon_process() {
-    let Some(path) = std::env::var_os(DAEMON_ENV) else { return };
-    let cfg = carapace_cri::Config::load(Path::new(&path), true).expect("daemon config");
-    if let Err(e) = carapace_cri::serve_blocking(cfg) {
-        eprintln!("daemon: {e}");
-        std::process::exit(1);
-    }
-    std::process::exit(0);
+    carapace_tests::cri::daemon_process(DAEMON_ENV);
 }
 
 /// A daemon process with private state/run dirs under /tmp (Unix sockets need a local fs).
-struct Daemon {
-    dir: tempfile::TempDir,
-    config: PathBuf,
-    socket: PathBuf,
-    child: Option<Child>,
-}
-
-fn carapace_has_serve() -> bool {
-    Command::new(carapace_bin())
-        .args(["serve", "--help"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-impl Daemon {
-    fn new() -> Result<Daemon> {
-        let image = GuestImage::from_env()?;
-        let dir = tempfile::Builder::new().prefix("cri").tempdir_in("/tmp")?;
-        let d = dir.path();
-        let socket = d.join("cri.sock");
-        let config = d.join("config.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "listen = \"unix://{}\"\nstate_dir = \"{}/state\"\nrun_dir = \"{}/run\"\n\
-                 vmm_binary = \"{}\"\nagent_timeout_s = 120\nstop_timeout_s = 10\n\
-                 [images]\nroot = \"{}/images\"\n[profiles.default]\nkernel = \"{}\"\ninitramfs = \"{}\"\n",
-                socket.display(),
-                d.display(),
-                d.display(),
-                carapace_bin().display(),
-                d.display(),
-                image.kernel.display(),
-                image.initramfs.display()
-            ),
-        )?;
-        let mut daemon = Daemon { dir, config, socket, child: None };
-        daemon.start()?;
-        Ok(daemon)
-    }
-
-    fn start(&mut self) -> Result<()> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("daemon.log"))?;
-        let mut cmd = if carapace_has_serve() {
-            let mut c = Command::new(carapace_bin());
-            c.arg("serve").arg("--config").arg(&self.config);
-            c
-        } else {
-            let mut c = Command::new(std::env::current_exe()?);
-            c.args(["--exact", "daemon_process", "--ignored", "--nocapture", "--test-threads=1"])
-                .env(DAEMON_ENV, &self.config);
-            c
-        };
-        cmd.env("CARAPACE_LOG", "info").stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
-        self.child = Some(cmd.spawn().context("start the daemon")?);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
-            if Instant::now() > deadline {
-                bail!("daemon did not listen within 30 s\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(())
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// SIGTERM, then waits for a clean exit.
-    fn terminate(&mut self) -> Result<()> {
-        let mut c = self.child.take().context("daemon not running")?;
-        // SAFETY: kill(2) on the daemon process this test started.
-        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-        let st = carapace_tests::wait_child(&mut c, Duration::from_secs(30))?;
-        ensure!(st.success(), "daemon exited with {st} after SIGTERM\n{}", self.log());
-        ensure!(!self.socket.exists(), "daemon left its socket behind after SIGTERM");
-        Ok(())
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
-    }
-
-    fn pods_dir(&self) -> PathBuf {
-        self.dir.path().join("run/pods")
-    }
-
-    fn records_dir(&self) -> PathBuf {
-        self.dir.path().join("state/sandboxes")
-    }
-
-    /// VMM processes started for this daemon (their command line names its run dir).
-    fn vmm_processes(&self) -> Vec<i32> {
-        let needle = self.pods_dir().display().to_string();
-        let mut pids = Vec::new();
-        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-            let zombie = stat.rsplit(')').next().is_some_and(|s| s.trim_start().starts_with('Z'));
-            if !zombie && String::from_utf8_lossy(&cmdline).contains(&needle) {
-                pids.push(pid);
-            }
-        }
-        pids
-    }
-
-    /// Fails unless no VMM process, pod file, socket or record is left.
-    fn assert_clean(&self) -> Result<()> {
-        let procs = self.vmm_processes();
-        ensure!(procs.is_empty(), "VMM processes left behind: {procs:?}");
-        // Pod run dirs hold each VM's vsock sockets, serial log and shared dir.
-        for d in [self.pods_dir(), self.records_dir(), self.dir.path().join("state/containers")] {
-            let left: Vec<_> = std::fs::read_dir(&d)
-                .map(|r| r.flatten().map(|e| e.file_name()).collect())
-                .unwrap_or_default();
-            ensure!(left.is_empty(), "left behind in {}: {left:?}", d.display());
-        }
-        let root = self.dir.path().display().to_string();
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
-        let mounts: Vec<&str> = mountinfo.lines().filter(|l| l.contains(&root)).collect();
-        ensure!(mounts.is_empty(), "mounts left behind: {mounts:?}");
-        Ok(())
-    }
-
-    async fn client(&self) -> Result<RuntimeServiceClient<Channel>> {
-        Ok(carapace_cri::client::connect(&self.socket).await?)
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.kill9();
-        // Never leave a VM running after a failed test.
-        for pid in self.vmm_processes() {
-            // SAFETY: kill(2) on a PID whose command line names this test's private directory.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-    }
+fn start_daemon() -> Result<Daemon> {
+    Daemon::start(DaemonOptions { dir_prefix: "cri", fallback_env: Some(DAEMON_ENV), ..Default::default() })
 }
 
 fn pod(name: &str, attempt: u32) -> cri::RunPodSandboxRequest {
-    cri::RunPodSandboxRequest {
-        config: Some(cri::PodSandboxConfig {
-            metadata: Some(cri::PodSandboxMetadata {
-                name: name.into(),
-                uid: format!("uid-{name}"),
-                namespace: "e2e".into(),
-                attempt,
-            }),
-            hostname: name.into(),
-            log_directory: format!("/var/log/pods/e2e_{name}"),
-            dns_config: Some(cri::DnsConfig {
-                servers: vec!["10.96.0.10".into()],
-                searches: vec!["e2e.svc.cluster.local".into()],
-                options: vec!["ndots:5".into()],
-            }),
-            labels: [("app".to_string(), name.to_string())].into(),
-            annotations: [("note".to_string(), "e2e".to_string())].into(),
-            ..Default::default()
-        }),
-        runtime_handler: String::new(),
-    }
+    let mut cfg = pod_config("e2e", name, attempt, Path::new(&format!("/var/log/pods/e2e_{name}")));
+    cfg.dns_config = Some(e2e_dns());
+    cfg.labels = [("app".to_string(), name.to_string())].into();
+    cfg.annotations = [("note".to_string(), "e2e".to_string())].into();
+    run_pod_request(cfg)
 }
 
 async fn status_of(c: &mut RuntimeServiceClient<Channel>, id: &str) -> Result<cri::PodSandboxStatusResponse> {
@@ -218,21 +49,10 @@ async fn list(c: &mut RuntimeServiceClient<Channel>, filter: cri::PodSandboxFilt
     Ok(c.list_pod_sandbox(cri::ListPodSandboxRequest { filter: Some(filter) }).await?.into_inner().items)
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime")
-}
-
-fn with_log<T>(d: &Daemon, r: Result<T>) -> T {
-    match r {
-        Ok(v) => v,
-        Err(e) => panic!("{e:#}\n--- daemon log ---\n{}", d.log()),
-    }
-}
-
 #[test]
 #[ignore = "needs a KVM that boots Linux guests: run by `make test-e2e`"]
 fn cri_pod_runs_ready_lists_stops_and_removes() {
-    let d = Daemon::new().expect("daemon");
+    let d = start_daemon().expect("daemon");
     let r = runtime().block_on(async {
         let mut c = d.client().await?;
         let started = Instant::now();
@@ -305,7 +125,7 @@ fn cri_pod_runs_ready_lists_stops_and_removes() {
 #[test]
 #[ignore = "needs a KVM that boots Linux guests: run by `make test-e2e`"]
 fn cri_daemon_killed_with_a_running_pod_reattaches_after_restart() {
-    let mut d = Daemon::new().expect("daemon");
+    let mut d = start_daemon().expect("daemon");
     let rt = runtime();
     let (live, dead) = with_log(
         &d,
@@ -321,7 +141,7 @@ fn cri_daemon_killed_with_a_running_pod_reattaches_after_restart() {
     // A requested stop leaves the pods running too.
     d.terminate().expect("stop the daemon with SIGTERM");
     assert_eq!(d.vmm_processes(), vmms, "VMMs changed after the daemon's SIGTERM");
-    d.start().expect("start the daemon again");
+    d.restart().expect("start the daemon again");
     d.kill9();
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(d.vmm_processes().len(), 2, "VMMs died with the daemon\n{}", d.log());
@@ -336,7 +156,7 @@ fn cri_daemon_killed_with_a_running_pod_reattaches_after_restart() {
     // SAFETY: kill(2) on the VMM this test started (its command line names the pod's ID).
     unsafe { libc::kill(dies_pid, libc::SIGKILL) };
     std::thread::sleep(Duration::from_millis(300));
-    d.start().expect("restart the daemon");
+    d.restart().expect("restart the daemon");
     let r = rt.block_on(async {
         let mut c = d.client().await?;
         let all = list(&mut c, cri::PodSandboxFilter::default()).await?;
@@ -361,7 +181,7 @@ fn cri_daemon_killed_with_a_running_pod_reattaches_after_restart() {
 #[ignore = "needs a KVM that boots Linux guests: run by `make test-e2e`"]
 fn cri_run_remove_cycles_leave_nothing_behind() {
     let cycles: u32 = std::env::var("CARAPACE_E2E_CRI_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
-    let d = Daemon::new().expect("daemon");
+    let d = start_daemon().expect("daemon");
     let r = runtime().block_on(async {
         let mut c = d.client().await?;
         for i in 0..cycles {
@@ -389,8 +209,8 @@ fn cri_pods_started_concurrently_all_reach_ready() {
     // 10 is the goal (issue 4); the emulated test host freezes or times out with 10 nested VMs
     // booting at once (ARCHITECTURE.md, Testing), so `make test` runs 5; set the variable for more.
     let n: u32 = std::env::var("CARAPACE_E2E_CRI_CONCURRENT").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
-    let d = Daemon::new().expect("daemon");
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let d = start_daemon().expect("daemon");
+    let rt = carapace_tests::multi_thread_runtime().expect("runtime");
     let r = rt.block_on(async {
         let c = d.client().await?;
         let started = Instant::now();

@@ -5,32 +5,16 @@
 //! sees (3) a file the container wrote.
 //! Needs a KVM that boots Linux; `make test-e2e` runs it (inside the test host on these machines).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use carapace_agent_client::pb;
-use carapace_agent_client::{AgentClient, AGENT_VSOCK_PORT, GUEST_SHARED_DIR};
-use carapace_tests::{GuestImage, VmOptions, VmProcess};
+use carapace_agent_client::{AgentClient, GUEST_SHARED_DIR};
+use carapace_tests::vm::{busybox_rootfs, SharedDirVm};
+use carapace_tests::GuestImage;
 
-const AGENT_DEADLINE: Duration = Duration::from_secs(120);
 const EXIT_DEADLINE: Duration = Duration::from_secs(30);
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// Lays the busybox test rootfs at `dest` (tests/rootfs/busybox.sh).
-fn busybox_rootfs(dest: &Path) -> Result<()> {
-    let st = Command::new(repo().join("tests/rootfs/busybox.sh"))
-        .arg(dest)
-        .stdout(Stdio::null())
-        .status()
-        .context("run tests/rootfs/busybox.sh")?;
-    ensure!(st.success(), "tests/rootfs/busybox.sh {}: {st}", dest.display());
-    Ok(())
-}
 
 /// A container with its rootfs and a read-write bind volume, both inside the shared directory.
 fn container(id: &str, script: &str) -> pb::CreateContainerRequest {
@@ -91,11 +75,8 @@ async fn run_container(agent: &AgentClient, req: pb::CreateContainerRequest) -> 
     Ok((out, err, waited.exit_code))
 }
 
-async fn scenario(vm: &VmProcess, host_vol: &Path) -> Result<()> {
-    let agent = AgentClient::connect(&vm.vsock_path(), AGENT_VSOCK_PORT, AGENT_DEADLINE)
-        .await
-        .context("agent not reached")?
-        .with_call_timeout(Duration::from_secs(120));
+async fn scenario(vm: &SharedDirVm, host_vol: &Path) -> Result<()> {
+    let agent = vm.connect_agent().await?;
 
     let (out, err, code) = run_container(&agent, container("before", "cat /vol/before.txt")).await?;
     ensure!(
@@ -125,27 +106,21 @@ async fn scenario(vm: &VmProcess, host_vol: &Path) -> Result<()> {
 #[ignore = "needs a KVM that boots Linux guests: run by `make test-e2e`"]
 fn guest_sees_the_shared_directory_live_and_runs_a_container_from_it() {
     let image = GuestImage::from_env().expect("guest image");
-    let shared = tempfile::Builder::new().prefix("carapace-shared-").tempdir().expect("tempdir");
-    let pod = shared.path().join("pod");
-    busybox_rootfs(&pod.join("rootfs")).expect("busybox rootfs");
-    let vol = pod.join("vol");
-    std::fs::create_dir_all(&vol).expect("volume dir");
-    std::fs::write(vol.join("before.txt"), "present before boot\n").expect("before.txt");
-
-    let opts = VmOptions {
-        mem_mib: 512,
-        extra_args: vec!["--shared-dir".into(), shared.path().display().to_string()],
-        ..Default::default()
-    };
-    let mut vm = VmProcess::spawn(&image, &opts).expect("spawn");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let mut vm = SharedDirVm::boot(&image, "carapace-shared-", |shared| {
+        let pod = shared.join("pod");
+        busybox_rootfs(&pod.join("rootfs"))?;
+        let vol = pod.join("vol");
+        std::fs::create_dir_all(&vol).context("volume dir")?;
+        std::fs::write(vol.join("before.txt"), "present before boot\n").context("before.txt")?;
+        Ok(())
+    })
+    .expect("boot a VM with a shared directory");
+    let vol = vm.shared_path().join("pod/vol");
+    let rt = carapace_tests::multi_thread_runtime().expect("tokio runtime");
     if let Err(e) = rt.block_on(scenario(&vm, &vol)) {
-        panic!("{e:#}\n{}", vm.diagnostics());
+        panic!("{e:#}\n{}", vm.vm.diagnostics());
     }
+    let vm = &mut vm.vm;
     let status = vm
         .wait_exit(EXIT_DEADLINE)
         .unwrap_or_else(|e| panic!("VMM did not exit after shutdown: {e:#}\n{}", vm.diagnostics()));

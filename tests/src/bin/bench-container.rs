@@ -15,30 +15,15 @@
 //! Prints per-tool medians; the last line is `container start: median <X> ms over <N>`.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use carapace_agent_client::pb;
-use carapace_agent_client::{AgentClient, AGENT_VSOCK_PORT, GUEST_SHARED_DIR};
-use carapace_tests::{median_ms, GuestImage, VmOptions, VmProcess};
-
-const AGENT_DEADLINE: Duration = Duration::from_secs(120);
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn busybox_rootfs(dest: &Path) -> Result<()> {
-    let st = Command::new(repo().join("tests/rootfs/busybox.sh"))
-        .arg(dest)
-        .stdout(Stdio::null())
-        .status()
-        .context("run tests/rootfs/busybox.sh")?;
-    ensure!(st.success(), "tests/rootfs/busybox.sh {}: {st}", dest.display());
-    Ok(())
-}
+use carapace_agent_client::GUEST_SHARED_DIR;
+use carapace_tests::vm::{busybox_rootfs, SharedDirVm};
+use carapace_tests::{median_ms, GuestImage};
 
 fn main() -> Result<()> {
     let n: usize = std::env::var("BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(20).max(1);
@@ -73,20 +58,10 @@ fn main() -> Result<()> {
 
 /// One VM, one shared read-only rootfs, N containers; returns ms per create+start.
 fn carapace_series(image: &GuestImage, n: usize) -> Result<Vec<f64>> {
-    let shared = tempfile::Builder::new().prefix("carapace-bench-shared-").tempdir()?;
-    busybox_rootfs(&shared.path().join("rootfs"))?;
-    let opts = VmOptions {
-        mem_mib: 512,
-        extra_args: vec!["--shared-dir".into(), shared.path().display().to_string()],
-        ..Default::default()
-    };
-    let mut vm = VmProcess::spawn(image, &opts)?;
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let mut vm = SharedDirVm::boot(image, "carapace-bench-shared-", |shared| busybox_rootfs(&shared.join("rootfs")))?;
+    let rt = carapace_tests::multi_thread_runtime()?;
     let res = rt.block_on(async {
-        let agent = AgentClient::connect(&vm.vsock_path(), AGENT_VSOCK_PORT, AGENT_DEADLINE)
-            .await
-            .context("agent not reached")?
-            .with_call_timeout(Duration::from_secs(120));
+        let agent = vm.connect_agent().await?;
         let mut g = agent.grpc();
         let mut times = Vec::new();
         // One untimed warm-up container (first use of the rootfs's dentries, cgroup setup).
@@ -128,10 +103,10 @@ fn carapace_series(image: &GuestImage, n: usize) -> Result<Vec<f64>> {
     });
     match res {
         Ok(t) => {
-            let _ = vm.wait_exit(Duration::from_secs(30));
+            let _ = vm.vm.wait_exit(Duration::from_secs(30));
             Ok(t)
         }
-        Err(e) => Err(e.context(vm.diagnostics())),
+        Err(e) => Err(e.context(vm.vm.diagnostics())),
     }
 }
 

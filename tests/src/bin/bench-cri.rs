@@ -19,221 +19,51 @@
 //! then the carapace/containerd ratio of the median totals; the last line is
 //! `cri lifecycle: median total <X> ms over <N> pods` (carapace).
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use carapace_cri::k8s_cri::v1 as cri;
-use carapace_tests::{carapace_bin, median_ms, GuestImage};
+use carapace_tests::cri::{
+    container_config, pod_config as base_pod_config, pull_image, run_pod_request, use_host_network, Daemon,
+    DaemonOptions,
+};
+use carapace_tests::median_ms;
+use carapace_tests::registry::Registry;
 
 const STEPS: [&str; 8] = ["runp", "create", "start", "exec", "stop", "rm", "stopp", "rmp"];
 const STOP_TIMEOUT_S: i64 = 10;
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// A `docker-registry` on 127.0.0.1 with the test images pushed.
-struct Registry {
-    addr: String,
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Registry {
-    fn start() -> Result<Registry> {
-        let dir = tempfile::Builder::new().prefix("benchreg").tempdir_in("/tmp")?;
-        for attempt in 0..3 {
-            let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-            let addr = format!("127.0.0.1:{port}");
-            let config = format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
-                dir.path().join("storage").display()
-            );
-            std::fs::write(dir.path().join("config.yml"), config)?;
-            let log = std::fs::File::create(dir.path().join("registry.log"))?;
-            let mut child = Command::new("docker-registry")
-                .arg("serve")
-                .arg(dir.path().join("config.yml"))
-                .stdin(Stdio::null())
-                .stdout(log.try_clone()?)
-                .stderr(log)
-                .spawn()
-                .context("docker-registry (Debian package docker-registry)")?;
-            let deadline = Instant::now() + Duration::from_secs(30);
-            let ready = loop {
-                if let Ok(mut s) = TcpStream::connect(&addr) {
-                    let _ = s.write_all(format!("GET /v2/ HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes());
-                    let mut buf = String::new();
-                    let _ = s.read_to_string(&mut buf);
-                    if buf.contains("Docker-Distribution-Api-Version") {
-                        break true;
-                    }
-                }
-                if child.try_wait()?.is_some() || Instant::now() > deadline {
-                    break false;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            };
-            if !ready {
-                let _ = child.kill();
-                let _ = child.wait();
-                eprintln!("registry on {addr} did not start (attempt {attempt})");
-                continue;
-            }
-            let out = Command::new(repo_root().join("tests/images/build-and-push.sh")).arg(&addr).output()?;
-            let reg = Registry { addr, child, _dir: dir };
-            ensure!(out.status.success(), "pushing test images: {}", String::from_utf8_lossy(&out.stderr));
-            return Ok(reg);
-        }
-        bail!("docker-registry did not start")
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `carapace serve` with private state/run/image dirs under /tmp.
-struct Daemon {
-    dir: tempfile::TempDir,
-    socket: PathBuf,
-    child: Child,
-}
-
-impl Daemon {
-    fn start(registry: &str) -> Result<Daemon> {
-        let image = GuestImage::from_env()?;
-        // Short: pods' vsock socket paths live under run_dir and must fit a Unix socket address.
-        let dir = tempfile::Builder::new().prefix("bcri").tempdir_in("/tmp")?;
-        let d = dir.path();
-        let socket = d.join("cri.sock");
-        let config = d.join("config.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "listen = \"unix://{sock}\"\nstate_dir = \"{d}/state\"\nrun_dir = \"{d}/run\"\n\
-                 vmm_binary = \"{bin}\"\nagent_timeout_s = 120\nstop_timeout_s = 10\n\
-                 [images]\nroot = \"{d}/images\"\n[images.registries]\ninsecure = [\"{registry}\"]\n\
-                 [profiles.default]\nkernel = \"{k}\"\ninitramfs = \"{i}\"\n",
-                sock = socket.display(),
-                d = d.display(),
-                bin = carapace_bin().display(),
-                k = image.kernel.display(),
-                i = image.initramfs.display()
-            ),
-        )?;
-        let log = std::fs::File::create(d.join("daemon.log"))?;
-        let child = Command::new(carapace_bin())
-            .arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .env("CARAPACE_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("start {} serve", carapace_bin().display()))?;
-        let mut daemon = Daemon { dir, socket, child };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::os::unix::net::UnixStream::connect(&daemon.socket).is_err() {
-            if let Some(st) = daemon.child.try_wait()? {
-                bail!("daemon exited ({st})\n{}", daemon.log());
-            }
-            if Instant::now() > deadline {
-                bail!("daemon did not listen within 30 s\n{}", daemon.log());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(daemon)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
-    }
-
-    /// VMM processes started for this daemon (their command line names its run dir).
-    fn vmm_processes(&self) -> Vec<i32> {
-        let needle = self.dir.path().join("run").display().to_string();
-        let mut pids = Vec::new();
-        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-            let zombie = stat.rsplit(')').next().is_some_and(|s| s.trim_start().starts_with('Z'));
-            if !zombie && pid != self.child.id() as i32 && String::from_utf8_lossy(&cmdline).contains(&needle) {
-                pids.push(pid);
-            }
-        }
-        pids
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        for pid in self.vmm_processes() {
-            // SAFETY: kill(2) on a VMM whose command line names this bench's private directory.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-        let _ = carapace_cri::volumes::unmount_all_under(&self.dir.path().join("run"));
-    }
-}
-
 /// A pod; `host_network` for the containerd peer (no CNI needed; carapace pods have their own
 /// kernel and ignore it).
 fn pod_config(logs: &Path, name: &str, host_network: bool) -> cri::PodSandboxConfig {
-    let linux = host_network.then(|| cri::LinuxPodSandboxConfig {
-        security_context: Some(cri::LinuxSandboxSecurityContext {
-            namespace_options: Some(cri::NamespaceOption {
-                network: cri::NamespaceMode::Node as i32,
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
-    cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            namespace: "bench".into(),
-            attempt: 0,
-        }),
-        // A host-network pod shares the host's UTS namespace: runc refuses to set a hostname there.
-        hostname: if host_network { String::new() } else { name.into() },
-        log_directory: logs.join(name).display().to_string(),
-        linux,
-        ..Default::default()
+    let mut cfg = base_pod_config("bench", name, 0, &logs.join(name));
+    if host_network {
+        use_host_network(&mut cfg);
     }
+    cfg
 }
 
 fn container(image: &str) -> cri::ContainerConfig {
-    cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata { name: "sleeper".into(), attempt: 0 }),
-        image: Some(cri::ImageSpec { image: image.into(), ..Default::default() }),
-        command: ["sh", "-c", "trap 'exit 0' TERM; sleep 1000 & wait $!"].iter().map(|s| s.to_string()).collect(),
-        log_path: "sleeper/0.log".into(),
-        ..Default::default()
-    }
+    container_config("sleeper", image, &["sh", "-c", "trap 'exit 0' TERM; sleep 1000 & wait $!"])
 }
 
 fn main() -> Result<()> {
     let n: usize = std::env::var("BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(10).max(1);
-    let reg = Registry::start()?;
+    let reg = Registry::start("benchreg", "warn")?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
 
     let ours = {
-        let daemon = Daemon::start(&reg.addr)?;
-        let logs = daemon.dir.path().join("logs");
-        let res = rt.block_on(lifecycles("carapace", &daemon.socket, &logs, &reg.addr, &[], n, false));
+        // `carapace serve` with private state/run/image dirs under /tmp ("bcri": short, the pods'
+        // vsock socket paths live under it and must fit a Unix socket address).
+        let daemon = Daemon::start(DaemonOptions {
+            dir_prefix: "bcri",
+            insecure_registry: Some(reg.addr.clone()),
+            fallback_env: None,
+            log_level: "warn",
+        })?;
+        let res = rt.block_on(lifecycles("carapace", daemon.socket(), &daemon.logs_root(), &reg.addr, &[], n, false));
         let per_pod = match res {
             Ok(v) => v,
             Err(e) => bail!("{e:#}\n--- daemon log ---\n{}", daemon.log()),
@@ -294,13 +124,7 @@ async fn lifecycles(
     let busybox = format!("{registry}/test/busybox:latest");
     for image in std::iter::once(&busybox).chain(extra_images) {
         let t = Instant::now();
-        images
-            .pull_image(cri::PullImageRequest {
-                image: Some(cri::ImageSpec { image: image.clone(), ..Default::default() }),
-                ..Default::default()
-            })
-            .await
-            .with_context(|| format!("PullImage {image}"))?;
+        pull_image(&mut images, image).await?;
         println!("{who}: pull {image}: {:.0} ms (not counted)", t.elapsed().as_secs_f64() * 1000.0);
     }
 
@@ -316,7 +140,7 @@ async fn lifecycles(
         let pod_cfg = pod_config(logs, &format!("bench-{i}"), host_network);
         let mut t = Instant::now();
         let pod = c
-            .run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(pod_cfg.clone()), runtime_handler: String::new() })
+            .run_pod_sandbox(run_pod_request(pod_cfg.clone()))
             .await
             .context("RunPodSandbox")?
             .into_inner()
