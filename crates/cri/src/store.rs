@@ -26,35 +26,28 @@ pub trait Record: Serialize + DeserializeOwned {
     fn created_at(&self) -> i64;
 }
 
-impl Record for SandboxRecord {
-    const DIR: &'static str = "sandboxes";
-    const KIND: &'static str = "sandbox";
-    const VERSION: u32 = RECORD_VERSION;
-    fn id(&self) -> &str {
-        &self.id
-    }
-    fn version(&self) -> u32 {
-        self.version
-    }
-    fn created_at(&self) -> i64 {
-        self.created_at
-    }
+/// Implements [`Record`] for a record type with `id`, `version` and `created_at` fields.
+macro_rules! impl_record {
+    ($ty:ty, dir: $dir:literal, kind: $kind:literal, version: $version:expr) => {
+        impl Record for $ty {
+            const DIR: &'static str = $dir;
+            const KIND: &'static str = $kind;
+            const VERSION: u32 = $version;
+            fn id(&self) -> &str {
+                &self.id
+            }
+            fn version(&self) -> u32 {
+                self.version
+            }
+            fn created_at(&self) -> i64 {
+                self.created_at
+            }
+        }
+    };
 }
 
-impl Record for ContainerRecord {
-    const DIR: &'static str = "containers";
-    const KIND: &'static str = "container";
-    const VERSION: u32 = CONTAINER_RECORD_VERSION;
-    fn id(&self) -> &str {
-        &self.id
-    }
-    fn version(&self) -> u32 {
-        self.version
-    }
-    fn created_at(&self) -> i64 {
-        self.created_at
-    }
-}
+impl_record!(SandboxRecord, dir: "sandboxes", kind: "sandbox", version: RECORD_VERSION);
+impl_record!(ContainerRecord, dir: "containers", kind: "container", version: CONTAINER_RECORD_VERSION);
 
 /// A state-dir operation that failed; the message names the file.
 #[derive(Debug, thiserror::Error)]
@@ -185,7 +178,7 @@ impl<T: Record> Store<T> {
 pub(crate) mod tests {
     use super::*;
     use crate::config::VmProfile;
-    use crate::record::{Metadata, SandboxPhase, SecuritySummary, VmmProcess};
+    use crate::record::{ContainerPhase, Metadata, ProcessSpec, SandboxPhase, SecuritySummary, VmmProcess};
 
     pub(crate) fn sample(id: &str, name: &str) -> SandboxRecord {
         SandboxRecord {
@@ -255,5 +248,76 @@ pub(crate) mod tests {
         assert_eq!(bad.len(), 3, "{bad:?}");
         assert!(bad.iter().any(|b| b.reason.contains("version 99")));
         assert!(!tmp.exists(), "leftover temporary file not cleaned");
+    }
+
+    fn container_sample(id: &str, pod: &str) -> ContainerRecord {
+        ContainerRecord {
+            version: CONTAINER_RECORD_VERSION,
+            id: id.into(),
+            sandbox_id: pod.into(),
+            name: "c".into(),
+            attempt: 0,
+            image: "busybox:latest".into(),
+            image_id: "sha256:aa".into(),
+            image_ref: "sha256:aa".into(),
+            labels: Default::default(),
+            annotations: Default::default(),
+            log_path: String::new(),
+            phase: ContainerPhase::Created,
+            created_at: 5,
+            started_at: 0,
+            finished_at: 0,
+            exit_code: 0,
+            reason: String::new(),
+            message: String::new(),
+            process: ProcessSpec { args: vec!["true".into()], ..Default::default() },
+            mounts: Vec::new(),
+            dir: PathBuf::from("/run/x").join(id),
+            resources: None,
+            stop_signal: String::new(),
+        }
+    }
+
+    #[test]
+    fn record_file_is_the_pretty_json_named_by_its_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Store = Store::open(dir.path()).unwrap();
+        let mut rec = sample(&"1".repeat(64), "one");
+        store.save(&rec).unwrap();
+        rec.phase = SandboxPhase::Stopped;
+        store.save(&rec).unwrap();
+        let path = dir.path().join("sandboxes").join(format!("{}.json", rec.id));
+        assert_eq!(fs::read(&path).unwrap(), serde_json::to_vec_pretty(&rec).unwrap());
+        // The overwrite went through a temporary file that is gone now.
+        let names: Vec<_> = fs::read_dir(store.dir()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec![path.file_name().unwrap().to_owned()]);
+    }
+
+    #[test]
+    fn sandbox_and_container_records_live_apart_in_one_state_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let pods: Store = Store::open(dir.path()).unwrap();
+        let ctrs: Store<ContainerRecord> = Store::open(dir.path()).unwrap();
+        let pod = sample(&"2".repeat(64), "two");
+        let ctr = container_sample(&"3".repeat(64), &pod.id);
+        pods.save(&pod).unwrap();
+        ctrs.save(&ctr).unwrap();
+        assert!(dir.path().join("containers").join(format!("{}.json", ctr.id)).is_file());
+        assert_eq!(pods.load_all().unwrap().0, vec![pod]);
+        assert_eq!(ctrs.load_all().unwrap().0, vec![ctr.clone()]);
+        // A container record under another name is reported as such (the kind is in the reason).
+        fs::copy(ctrs.path_of(&ctr.id), ctrs.path_of(&"4".repeat(64))).unwrap();
+        fs::write(ctrs.dir().join("x.json"), b"{}").unwrap();
+        let (recs, bad) = ctrs.load_all().unwrap();
+        assert_eq!(recs, vec![ctr.clone()]);
+        let mut reasons: Vec<_> = bad.into_iter().map(|b| b.reason).collect();
+        reasons.sort();
+        assert_eq!(
+            reasons,
+            vec!["file name is not a container ID".to_string(), format!("holds the record of container {}", ctr.id)]
+        );
+        ctrs.remove(&ctr.id).unwrap();
+        assert!(!ctrs.path_of(&ctr.id).exists());
+        assert_eq!(pods.load_all().unwrap().0.len(), 1, "removing a container touched the sandboxes");
     }
 }
