@@ -57,7 +57,8 @@ test-testhost: deps
 # The test host gets one CPU: with two, its own kernel has frozen in long boot series (text patching
 # while both emulated CPUs were busy, ENVIRONMENT.md).
 test-e2e: build guest-image agent
-	@bins=$$($(CARGO) test --release --locked -p carapace-tests --no-run --message-format=json 2>/dev/null \
+	@bins=$$( { $(CARGO) test --release --locked -p carapace-tests --no-run --message-format=json; \
+	  $(CARGO) test --release --locked -p carapace-agent --test container_vm --no-run --message-format=json; } 2>/dev/null \
 	  | jq -r 'select(.profile.test == true and .target.kind == ["test"]) | .executable'); \
 	export CARAPACE_BIN=$(BIN)/carapace CARAPACE_GUEST_DIR=$(GUEST_DIR) CARAPACE_AGENT_BIN=$(AGENT); \
 	if $(BIN)/carapace check >/dev/null 2>&1; then runner=(); else \

@@ -146,6 +146,10 @@ impl Agent for AgentService {
     async fn read_stdio(&self, r: Request<pb::ReadStdioRequest>) -> Result<Response<Self::ReadStdioStream>, Status> {
         rpc::read_stdio(&self.containers, r).await
     }
+    async fn resize_tty(&self, r: Request<pb::ResizeTtyRequest>) -> Result<Response<pb::ResizeTtyResponse>, Status> {
+        rpc::resize_tty(&self.containers, r).await
+    }
+
     async fn write_stdin(&self, r: Request<pb::WriteStdinRequest>) -> Result<Response<pb::WriteStdinResponse>, Status> {
         rpc::write_stdin(&self.containers, r).await
     }

@@ -253,6 +253,65 @@ async fn containers_in_a_real_guest() {
     assert_eq!((out.await.unwrap().out.as_str(), w.exit_code), ("ping\n", 0));
     g.remove_container(pb::RemoveContainerRequest { id: "cat".into(), force: false }).await.unwrap();
 
+    step("tty: a container and an exec on a terminal, resized, with stdin");
+    let mut term = container("term", &["sh", "-c", "tty; stty size; read line; echo got:$line"]);
+    {
+        let p = term.process.as_mut().unwrap();
+        p.tty = true;
+        p.stdin = true;
+    }
+    g.create_container(term).await.unwrap_or_else(|e| panic!("create term: {e:?}\n{}", vm.serial()));
+    g.resize_tty(pb::ResizeTtyRequest { container_id: "term".into(), exec_id: String::new(), rows: 33, cols: 101 })
+        .await
+        .unwrap();
+    let out = collect(g.clone(), "term", "");
+    g.start_container(pb::StartContainerRequest { id: "term".into() }).await.unwrap();
+    g.write_stdin(pb::WriteStdinRequest { container_id: "term".into(), exec_id: String::new(), data: b"typed\n".to_vec(), close: false })
+        .await
+        .unwrap();
+    let w = g.wait_container(pb::WaitContainerRequest { id: "term".into() }).await.unwrap().into_inner();
+    let o = tokio::time::timeout(Duration::from_secs(30), out).await.unwrap().unwrap();
+    assert_eq!(w.exit_code, 0, "{o:?}");
+    assert!(o.err.is_empty(), "a terminal has one stream: {o:?}");
+    let text = o.out.replace('\r', "");
+    // The terminal echoes what was typed, wherever it lands in the output.
+    assert!(text.contains("/dev/pts/") && text.contains("33 101\n"), "{text:?}");
+    assert!(text.contains("typed\n") && text.contains("got:typed\n"), "{text:?}");
+    g.remove_container(pb::RemoveContainerRequest { id: "term".into(), force: false }).await.unwrap();
+    let _sleeper = launch(&mut g, container("plain", &["sleep", "1000"])).await;
+    let mut tp = process(&["sh", "-c", "tty; echo $TERM_TEST; stty size"]);
+    tp.tty = true;
+    tp.env = vec!["TERM_TEST=from-exec".into()];
+    let r = g
+        .exec_process(pb::ExecProcessRequest { container_id: "plain".into(), exec_id: "t1".into(), process: Some(tp) })
+        .await
+        .unwrap()
+        .into_inner();
+    let out = collect(g.clone(), "plain", &r.exec_id);
+    let w = g
+        .wait_process(pb::WaitProcessRequest { container_id: "plain".into(), exec_id: r.exec_id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    let o = tokio::time::timeout(Duration::from_secs(30), out).await.unwrap().unwrap();
+    let text = o.out.replace('\r', "");
+    assert_eq!(w.exit_code, 0, "{o:?}");
+    assert!(text.starts_with("/dev/pts/") && text.contains("from-exec\n"), "{text:?}");
+    // Without a terminal: resizing is refused, and the exec sees no tty.
+    let (o, w) = exec(&mut g, "plain", &["tty"]).await.unwrap();
+    assert_eq!((o.out.as_str(), w.exit_code), ("not a tty\n", 1), "{o:?}");
+    let e = g
+        .resize_tty(pb::ResizeTtyRequest { container_id: "plain".into(), exec_id: String::new(), rows: 10, cols: 10 })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    let e = g
+        .resize_tty(pb::ResizeTtyRequest { container_id: "plain".into(), exec_id: "t1".into(), rows: 0, cols: 70_000 })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    g.remove_container(pb::RemoveContainerRequest { id: "plain".into(), force: true }).await.unwrap();
+
     step("memory limit 32 MiB, 100 MiB allocation -> OOMKilled");
     let mut oom = container("oom", &["dd", "if=/dev/zero", "of=/dev/null", "bs=100M", "count=1"]);
     oom.resources = Some(pb::Resources { memory_limit_bytes: 32 << 20, ..Default::default() });

@@ -318,9 +318,21 @@ impl Containers {
             .map_err(|e| ContainerError::io(format!("mkdir {}", cfg.state_root.display()), e))?;
 
         let with_stdin = req.process.as_ref().map(|p| p.stdin).unwrap_or(false);
-        let (child, agent) = stdio::create(with_stdin)?;
+        let tty = req.process.as_ref().map(|p| p.tty).unwrap_or(false);
+        let (child, agent) = if tty {
+            stdio::create_tty(&bundle.join("console.sock"), with_stdin)?
+        } else {
+            stdio::create(with_stdin)?
+        };
         let (container, pid) = runtime::create(&self.inner.reaper, &req.id, &cfg.state_root, bundle, child)?;
-        let io = agent.start(&format!("c-{pid}"));
+        let io = match agent.start(&format!("c-{pid}")) {
+            Ok(io) => io,
+            Err(e) => {
+                // The process exists but has no terminal: it must not stay.
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                return Err(e);
+            }
+        };
         Ok(Arc::new(Entry {
             id: req.id.clone(),
             created_at_ms: now_unix_ms(),
@@ -378,20 +390,41 @@ impl Containers {
                 env.insert(k.to_owned(), v.to_owned());
             }
         }
-        let opts = runtime::ExecOptions {
+        let mut opts = runtime::ExecOptions {
             args: p.args.clone(),
             env,
             cwd: (!p.cwd.is_empty()).then(|| PathBuf::from(&p.cwd)),
             user: p.user.as_ref().map(|u| (u.uid, u.gid, u.additional_gids.clone())),
+            process_file: None,
         };
         let reaper = self.inner.reaper.clone();
         let state_root = self.inner.cfg.state_root.clone();
         let cid = e.id.clone();
+        let bundle = e.bundle.clone();
         let with_stdin = p.stdin;
+        let tty = p.tty;
+        let eid = exec_id.clone();
         let (pid, io) = tokio::task::spawn_blocking(move || {
-            let (child, agent) = stdio::create(with_stdin)?;
-            let pid = runtime::exec(&reaper, &cid, &state_root, opts, child)?;
-            Ok::<_, ContainerError>((pid, agent.start(&format!("x-{pid}"))))
+            let (child, agent) = if tty {
+                opts.process_file = Some(write_exec_process(&bundle, &eid, &p)?);
+                stdio::create_tty(&bundle.join(format!("exec-{eid}.sock")), with_stdin)?
+            } else {
+                stdio::create(with_stdin)?
+            };
+            let res = runtime::exec(&reaper, &cid, &state_root, opts, child);
+            if let Some(f) = tty.then(|| bundle.join(format!("exec-{eid}.process.json"))) {
+                let _ = std::fs::remove_file(f);
+            }
+            let pid = res.inspect_err(|_| {
+                let _ = std::fs::remove_file(bundle.join(format!("exec-{eid}.sock")));
+            })?;
+            match agent.start(&format!("x-{pid}")) {
+                Ok(io) => Ok::<_, ContainerError>((pid, io)),
+                Err(e) => {
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                    Err(e)
+                }
+            }
         })
         .await
         .map_err(blocking_err)??;
@@ -527,6 +560,20 @@ impl Containers {
         Ok(OutputLease { rx: Some(rx), proc: p, ended: false })
     }
 
+    /// ResizeTty: the window size of a process started with a terminal.
+    pub fn resize_tty(&self, req: &pb::ResizeTtyRequest) -> Result<(), ContainerError> {
+        let rows = u16::try_from(req.rows).ok().filter(|r| *r > 0);
+        let cols = u16::try_from(req.cols).ok().filter(|c| *c > 0);
+        let (Some(rows), Some(cols)) = (rows, cols) else {
+            return Err(ContainerError::invalid(format!(
+                "terminal size {}x{}: rows and cols must be 1..=65535",
+                req.rows, req.cols
+            )));
+        };
+        let (_e, p) = self.proc_of(&req.container_id, &req.exec_id)?;
+        p.io.resize(rows, cols)
+    }
+
     /// WriteStdin.
     pub async fn write_stdin(&self, req: pb::WriteStdinRequest) -> Result<(), ContainerError> {
         let (_e, p) = self.proc_of(&req.container_id, &req.exec_id)?;
@@ -534,6 +581,20 @@ impl Containers {
             .await
             .map_err(blocking_err)?
     }
+}
+
+/// Writes the OCI process of a terminal exec next to the container's
+/// config.json (from which it takes the container's process).
+fn write_exec_process(bundle: &Path, exec_id: &str, p: &pb::Process) -> Result<PathBuf, ContainerError> {
+    let cfg = bundle.join("config.json");
+    let text = std::fs::read(&cfg).map_err(|e| ContainerError::io(format!("read {}", cfg.display()), e))?;
+    let spec: serde_json::Value =
+        serde_json::from_slice(&text).map_err(|e| ContainerError::Runtime(format!("parse {}: {e}", cfg.display())))?;
+    let process = spec::exec_process_json(&spec["process"], p);
+    let file = bundle.join(format!("exec-{exec_id}.process.json"));
+    let body = serde_json::to_vec(&process).map_err(|e| ContainerError::Runtime(format!("serialize process: {e}")))?;
+    std::fs::write(&file, body).map_err(|e| ContainerError::io(format!("write {}", file.display()), e))?;
+    Ok(file)
 }
 
 /// Sends `sig` to every process listed in the cgroup.
@@ -597,7 +658,7 @@ mod lease_tests {
     #[tokio::test]
     async fn a_reader_that_goes_away_gives_the_output_back_one_that_read_to_the_end_does_not() {
         let (tx, rx) = tokio::sync::mpsc::channel(8);
-        let io = stdio::ProcessIo { output: Mutex::new(Some(rx)), stdin: Mutex::new(None) };
+        let io = stdio::ProcessIo { output: Mutex::new(Some(rx)), stdin: Mutex::new(None), tty: None };
         let p = Proc::new(1, io);
         tx.send(chunk(b"one")).await.unwrap();
         tx.send(chunk(b"two")).await.unwrap();

@@ -83,6 +83,11 @@ pub async fn read_stdio(c: &Containers, req: Request<pb::ReadStdioRequest>) -> R
     Ok(Response::new(s))
 }
 
+pub async fn resize_tty(c: &Containers, req: Request<pb::ResizeTtyRequest>) -> R<pb::ResizeTtyResponse> {
+    c.resize_tty(req.get_ref())?;
+    Ok(Response::new(pb::ResizeTtyResponse {}))
+}
+
 pub async fn write_stdin(c: &Containers, req: Request<pb::WriteStdinRequest>) -> R<pb::WriteStdinResponse> {
     c.write_stdin(req.into_inner()).await?;
     Ok(Response::new(pb::WriteStdinResponse {}))
@@ -139,13 +144,6 @@ mod tests {
                     ..good.clone()
                 },
                 tonic::Code::InvalidArgument,
-            ),
-            (
-                pb::CreateContainerRequest {
-                    process: Some(pb::Process { args: vec!["sh".into()], tty: true, ..Default::default() }),
-                    ..good.clone()
-                },
-                tonic::Code::Unimplemented,
             ),
         ];
         for (req, code) in cases {

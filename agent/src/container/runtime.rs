@@ -50,12 +50,13 @@ pub fn classify(what: &str, msg: &str) -> ContainerError {
 }
 
 fn builder(id: &str, state_root: &Path, stdio: ChildStdio) -> Result<ContainerBuilder, ContainerError> {
-    Ok(ContainerBuilder::new(id.to_owned(), SyscallType::default())
+    let b = ContainerBuilder::new(id.to_owned(), SyscallType::default())
         .with_root_path(state_root)
-        .map_err(|e| runtime_err("state root", e))?
-        .with_stdin(stdio.stdin)
-        .with_stdout(stdio.stdout)
-        .with_stderr(stdio.stderr))
+        .map_err(|e| runtime_err("state root", e))?;
+    Ok(match stdio {
+        ChildStdio::Pipes { stdin, stdout, stderr } => b.with_stdin(stdin).with_stdout(stdout).with_stderr(stderr),
+        ChildStdio::Console { socket } => b.with_console_socket(Some(socket)),
+    })
 }
 
 /// Creates the container from `bundle/config.json`; its process waits for
@@ -120,6 +121,9 @@ pub struct ExecOptions {
     pub env: HashMap<String, String>,
     pub cwd: Option<PathBuf>,
     pub user: Option<(u32, u32, Vec<u32>)>,
+    /// A whole OCI process (JSON file) instead of the fields above: used
+    /// for terminals, which the builder cannot ask for otherwise.
+    pub process_file: Option<PathBuf>,
 }
 
 /// Runs one more process in a running container. Returns its pid (watched).
@@ -130,14 +134,14 @@ pub fn exec(
     opts: ExecOptions,
     stdio: ChildStdio,
 ) -> Result<i32, ContainerError> {
-    let mut t = builder(id, state_root, stdio)?
-        .as_tenant()
-        .with_detach(true)
-        .with_container_args(opts.args)
-        .with_env(opts.env)
-        .with_cwd(opts.cwd);
-    if let Some((uid, gid, gids)) = opts.user {
-        t = t.with_user(Some(uid)).with_group(Some(gid)).with_additional_gids(gids);
+    let mut t = builder(id, state_root, stdio)?.as_tenant().with_detach(true);
+    if let Some(file) = opts.process_file {
+        t = t.with_process(Some(file));
+    } else {
+        t = t.with_container_args(opts.args).with_env(opts.env).with_cwd(opts.cwd);
+        if let Some((uid, gid, gids)) = opts.user {
+            t = t.with_user(Some(uid)).with_group(Some(gid)).with_additional_gids(gids);
+        }
     }
     let mut guard = reaper.lock();
     let pid = t.build().map_err(|e| runtime_err("exec", e))?.as_raw();

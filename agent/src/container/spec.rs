@@ -109,7 +109,7 @@ pub fn process_json(p: &pb::Process, caps: &[String], no_new_privs: bool) -> Val
     }
     let cwd = if p.cwd.is_empty() { "/" } else { p.cwd.as_str() };
     let mut v = json!({
-        "terminal": false,
+        "terminal": p.tty,
         "user": user_json(p.user.as_ref()),
         "args": p.args,
         "env": env,
@@ -125,6 +125,33 @@ pub fn process_json(p: &pb::Process, caps: &[String], no_new_privs: bool) -> Val
     // load the filter after the drop, which the kernel refuses (EACCES).
     if no_new_privs {
         v["noNewPrivileges"] = json!(true);
+    }
+    v
+}
+
+/// The process of an exec that needs a whole OCI process (a terminal): the
+/// container's own process (capabilities, no_new_privs, rlimits) with the
+/// exec's args, env (added to the container's, overriding by key), cwd,
+/// user and terminal.
+pub fn exec_process_json(init: &Value, p: &pb::Process) -> Value {
+    let mut v = init.clone();
+    let mut env: Vec<String> = init["env"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|e| e.as_str().map(str::to_owned)).collect())
+        .unwrap_or_default();
+    for kv in &p.env {
+        let key = kv.split_once('=').map_or(kv.as_str(), |(k, _)| k);
+        env.retain(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) != key);
+        env.push(kv.clone());
+    }
+    v["args"] = json!(p.args);
+    v["env"] = json!(env);
+    v["terminal"] = json!(p.tty);
+    if !p.cwd.is_empty() {
+        v["cwd"] = json!(p.cwd);
+    }
+    if p.user.is_some() {
+        v["user"] = user_json(p.user.as_ref());
     }
     v
 }
@@ -477,5 +504,32 @@ mod tests {
         assert_eq!(spec["hostname"], "pod");
         assert!(spec["linux"].get("maskedPaths").is_none());
         assert!(spec["process"]["capabilities"]["bounding"].as_array().unwrap().len() > 30);
+    }
+
+    #[test]
+    fn a_terminal_exec_keeps_the_container_process_and_overrides_its_own_fields() {
+        let init = process_json(
+            &pb::Process { args: vec!["sleep".into()], env: vec!["A=1".into(), "B=2".into()], ..Default::default() },
+            &["CAP_KILL".to_owned()],
+            true,
+        );
+        let p = pb::Process {
+            args: vec!["sh".into()],
+            env: vec!["B=3".into(), "C=4".into()],
+            cwd: "/work".into(),
+            user: Some(pb::User { uid: 7, gid: 8, additional_gids: vec![] }),
+            tty: true,
+            stdin: true,
+        };
+        let v = exec_process_json(&init, &p);
+        assert_eq!(v["args"], json!(["sh"]));
+        let env: Vec<&str> = v["env"].as_array().unwrap().iter().map(|e| e.as_str().unwrap()).collect();
+        assert!(env.contains(&"A=1") && env.contains(&"B=3") && env.contains(&"C=4") && !env.contains(&"B=2"), "{env:?}");
+        assert_eq!((v["terminal"].clone(), v["cwd"].clone()), (json!(true), json!("/work")));
+        assert_eq!(v["user"]["uid"], json!(7));
+        assert_eq!(v["capabilities"], init["capabilities"]);
+        assert_eq!(v["noNewPrivileges"], json!(true));
+        let plain = exec_process_json(&init, &pb::Process { args: vec!["id".into()], ..Default::default() });
+        assert_eq!((plain["cwd"].clone(), plain["user"].clone()), (init["cwd"].clone(), init["user"].clone()));
     }
 }

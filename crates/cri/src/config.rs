@@ -23,6 +23,7 @@
 //!
 //! [images]                                  # the ImageService
 //! root = "/var/lib/carapace/images"
+//! pinned_images = ["registry.k8s.io/pause:3.9"]   # reported pinned: kubelet's GC keeps them
 //! [images.registries.mirrors]
 //! "registry.k8s.io" = ["http://127.0.0.1:5000"]
 //! [images.registries]
@@ -375,6 +376,7 @@ mod tests {
             r#"
             [images]
             root = "/tmp/img"
+            pinned_images = ["busybox"]
             [images.registries.mirrors]
             "registry.k8s.io" = ["http://127.0.0.1:5000"]
             [images.registries]
@@ -385,6 +387,7 @@ mod tests {
         assert_eq!(c.images.root, PathBuf::from("/tmp/img"));
         assert_eq!(c.images.registries.mirrors["registry.k8s.io"], vec!["http://127.0.0.1:5000"]);
         assert_eq!(c.images.registries.insecure, vec!["127.0.0.1:5000"]);
+        assert_eq!(c.images.pinned_images, vec!["busybox"]);
     }
 
     #[test]

@@ -32,7 +32,7 @@ async fn main() {
     for i in 0..n {
         let root = tempfile::tempdir().expect("temp dir");
         let t = Instant::now();
-        let svc = ImageServiceImpl::new(&ImageServiceConfig { root: root.path().into(), registries: registries.clone() })
+        let svc = ImageServiceImpl::new(&ImageServiceConfig { root: root.path().into(), registries: registries.clone(), ..Default::default() })
             .expect("image store");
         svc.pull(&reference, &Credentials::Anonymous).await.expect("carapace pull");
         ours.push(t.elapsed().as_secs_f64() * 1000.0);

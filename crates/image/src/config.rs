@@ -17,6 +17,11 @@ pub struct ImageServiceConfig {
     pub root: PathBuf,
     #[serde(default)]
     pub registries: RegistryConfig,
+    /// Images reported as pinned (`Image.pinned`), so kubelet's image garbage collection
+    /// never removes them, the way containerd pins its sandbox image. Written as image
+    /// references (`registry.k8s.io/pause:3.9`, `busybox`, `repo@sha256:...`).
+    #[serde(default)]
+    pub pinned_images: Vec<String>,
 }
 
 fn default_root() -> PathBuf {
@@ -25,7 +30,7 @@ fn default_root() -> PathBuf {
 
 impl Default for ImageServiceConfig {
     fn default() -> Self {
-        ImageServiceConfig { root: default_root(), registries: RegistryConfig::default() }
+        ImageServiceConfig { root: default_root(), registries: RegistryConfig::default(), pinned_images: Vec::new() }
     }
 }
 

@@ -107,14 +107,18 @@ impl TmpGuard {
         self.path.as_deref().unwrap_or(Path::new(""))
     }
 
-    /// Renames the temp file or directory to `dst`.
+    /// Renames the temp file or directory to `dst` and syncs `dst`'s parent directory, so the
+    /// new name survives a crash. The content must have been synced before (see [`sync_fs`]).
     pub(crate) fn persist(mut self, dst: &Path) -> std::io::Result<()> {
         let path = self.path.take().unwrap_or_default();
-        let res = fs::rename(&path, dst);
-        if res.is_err() {
+        if let Err(e) = fs::rename(&path, dst) {
             self.path = Some(path);
+            return Err(e);
         }
-        res
+        match dst.parent() {
+            Some(parent) => fs::File::open(parent)?.sync_all(),
+            None => Ok(()),
+        }
     }
 }
 
@@ -163,5 +167,18 @@ mod tests {
         t.persist(&dir.path().join("kept")).unwrap();
         assert_eq!(fs::read_dir(l.tmp_dir()).unwrap().count(), 0);
         assert!(dir.path().join("kept").is_file());
+    }
+}
+
+/// Flushes every file of the filesystem holding `path` to disk (`syncfs(2)`): one call for a
+/// whole unpacked layer tree instead of an fsync per file, before the tree is renamed into place.
+pub(crate) fn sync_fs(path: &Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let f = fs::File::open(path)?;
+    // SAFETY: syncfs only reads the descriptor, which `f` keeps open for the call.
+    if unsafe { libc::syncfs(f.as_raw_fd()) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }

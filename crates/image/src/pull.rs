@@ -22,6 +22,7 @@ use crate::manifest::{select_linux_amd64, Descriptor, Manifest, ACCEPTED};
 use crate::record::{ImageRecord, LayerRecord};
 use crate::reference::ImageRef;
 use crate::store::ImageStore;
+use crate::layout::sync_fs;
 use crate::unpack::unpack_layer;
 
 /// Largest manifest or config accepted (they are read into memory).
@@ -246,6 +247,7 @@ impl Puller {
         let id = diff_id.clone();
         tokio::task::spawn_blocking(move || {
             unpack_layer(&blob, tmp.path(), &id)?;
+            sync_fs(tmp.path()).map_err(|e| ImageError::io_path("syncing", tmp.path(), e))?;
             tmp.persist(&layer_dir).map_err(|e| ImageError::io_path("renaming layer to", &layer_dir, e))
         })
         .await

@@ -19,19 +19,32 @@ use crate::error::{ImageError, Result};
 use crate::imageconfig::ImageUser;
 use crate::pull::Puller;
 use crate::record::ImageRecord;
+use crate::reference::ImageRef;
 use crate::store::{ContainerImage, ImageStore};
 
 /// The CRI ImageService. Cheap to clone; clones share the store.
 #[derive(Clone)]
 pub struct ImageServiceImpl {
     puller: Arc<Puller>,
+    /// Normalised repo tags and repo digests of the configured pinned images.
+    pinned: Arc<Vec<String>>,
 }
 
 impl ImageServiceImpl {
     /// Opens the store under `config.root` (reloading images pulled before a restart).
     pub fn new(config: &ImageServiceConfig) -> Result<Self> {
+        let pinned = pinned_names(&config.pinned_images)?;
         let store = ImageStore::open(&config.root)?;
-        Ok(ImageServiceImpl { puller: Arc::new(Puller::new(store, config.registries.clone())) })
+        Ok(ImageServiceImpl { puller: Arc::new(Puller::new(store, config.registries.clone())), pinned: Arc::new(pinned) })
+    }
+
+    /// Whether kubelet must keep this image: pinned in its record or named in `pinned_images`.
+    fn is_pinned(&self, rec: &ImageRecord) -> bool {
+        rec.pinned || rec.repo_tags.iter().chain(&rec.repo_digests).any(|n| self.pinned.contains(n))
+    }
+
+    fn to_cri(&self, rec: &ImageRecord) -> Image {
+        Image { pinned: self.is_pinned(rec), ..to_cri(rec) }
     }
 
     /// The store, shared with the runtime service (CreateContainer).
@@ -48,6 +61,20 @@ impl ImageServiceImpl {
     pub fn container_image(&self, reference: &str) -> Result<Option<ContainerImage>> {
         self.puller.store().container_image(reference)
     }
+}
+
+/// The names a pinned-image reference matches: its normalised repo tag and, when it pins a
+/// digest, its repo digest. A reference that does not parse is a configuration error.
+fn pinned_names(refs: &[String]) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for r in refs {
+        let image = ImageRef::parse(r)?;
+        out.extend(image.repo_tag());
+        if let Some(d) = image.digest() {
+            out.push(image.repo_digest(&d));
+        }
+    }
+    Ok(out)
 }
 
 fn spec_image(spec: Option<&ImageSpec>) -> Result<&str, Status> {
@@ -85,8 +112,8 @@ impl ImageService for ImageServiceImpl {
         let store = self.puller.store();
         let filter = request.into_inner().filter.and_then(|f| f.image).map(|s| s.image).filter(|s| !s.is_empty());
         let images = match filter {
-            Some(f) => store.resolve(&f).iter().map(to_cri).collect(),
-            None => store.list().iter().map(to_cri).collect(),
+            Some(f) => store.resolve(&f).iter().map(|r| self.to_cri(r)).collect(),
+            None => store.list().iter().map(|r| self.to_cri(r)).collect(),
         };
         Ok(Response::new(ListImagesResponse { images }))
     }
@@ -113,7 +140,7 @@ impl ImageService for ImageServiceImpl {
             });
             info.insert("info".to_string(), v.to_string());
         }
-        Ok(Response::new(ImageStatusResponse { image: Some(to_cri(&rec)), info }))
+        Ok(Response::new(ImageStatusResponse { image: Some(self.to_cri(&rec)), info }))
     }
 
     async fn pull_image(&self, request: Request<PullImageRequest>) -> Result<Response<PullImageResponse>, Status> {
@@ -179,5 +206,18 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
         assert!(svc.container_image("busybox").unwrap().is_none());
+    }
+
+    #[test]
+    fn pinned_images_normalise_and_bad_ones_are_config_errors() {
+        let names = pinned_names(&["busybox".into(), "registry.k8s.io/pause:3.9".into()]).unwrap();
+        assert_eq!(names, vec!["docker.io/library/busybox:latest", "registry.k8s.io/pause:3.9"]);
+        let d = format!("sha256:{}", "a".repeat(64));
+        let names = pinned_names(&[format!("example.com/app@{d}")]).unwrap();
+        assert_eq!(names, vec![format!("example.com/app@{d}")]);
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = ImageServiceConfig { root: dir.path().into(), pinned_images: vec!["Bad Name".into()], ..Default::default() };
+        let err = ImageServiceImpl::new(&cfg).err().expect("a bad pinned reference is refused");
+        assert!(err.to_string().contains("Bad Name"), "{err}");
     }
 }

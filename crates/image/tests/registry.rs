@@ -16,7 +16,7 @@ use k8s_cri::v1::{
 use tonic::{Code, Request};
 
 fn service(root: &Path, registries: RegistryConfig) -> ImageServiceImpl {
-    ImageServiceImpl::new(&ImageServiceConfig { root: root.to_path_buf(), registries }).unwrap()
+    ImageServiceImpl::new(&ImageServiceConfig { root: root.to_path_buf(), registries, ..Default::default() }).unwrap()
 }
 
 fn insecure(reg: &TestRegistry) -> RegistryConfig {
@@ -208,9 +208,17 @@ async fn parallel_pulls_fetch_each_layer_once() {
 async fn list_status_remove_fsinfo_and_restart() {
     let reg = TestRegistry::start(None);
     let root = tempfile::tempdir().unwrap();
-    let svc = service(root.path(), insecure(&reg));
     let busybox = reg.image("test/busybox:latest");
     let app = reg.image("test/app:1.0");
+    let pinned_service = |root: &Path| {
+        let config = ImageServiceConfig {
+            root: root.to_path_buf(),
+            registries: insecure(&reg),
+            pinned_images: vec![busybox.clone()],
+        };
+        ImageServiceImpl::new(&config).unwrap()
+    };
+    let svc = pinned_service(root.path());
 
     // Absent image: empty response, not an error.
     assert!(status(&svc, &busybox).await.is_none());
@@ -220,6 +228,9 @@ async fn list_status_remove_fsinfo_and_restart() {
     let aid = pull(&svc, &app, None).await.unwrap();
     let list = svc.list_images(Request::new(ListImagesRequest { filter: None })).await.unwrap().into_inner().images;
     assert_eq!(list.len(), 2);
+    // Only the image named in `pinned_images` is pinned (kubelet's GC skips it).
+    let pinned: Vec<_> = list.iter().filter(|i| i.pinned).map(|i| i.id.clone()).collect();
+    assert_eq!(pinned, vec![bid.clone()]);
     let filter = Some(ImageFilter { image: spec(&app) });
     let list = svc.list_images(Request::new(ListImagesRequest { filter })).await.unwrap().into_inner().images;
     assert_eq!(list.iter().map(|i| i.id.clone()).collect::<Vec<_>>(), vec![aid.clone()]);
@@ -240,8 +251,10 @@ async fn list_status_remove_fsinfo_and_restart() {
 
     // Restart: a new service on the same root sees both images.
     drop(svc);
-    let svc = service(root.path(), insecure(&reg));
+    let svc = pinned_service(root.path());
     assert_eq!(status(&svc, &busybox).await.unwrap().id, bid);
+    assert!(status(&svc, &busybox).await.unwrap().pinned);
+    assert!(!status(&svc, &aid).await.unwrap().pinned);
     assert_eq!(status(&svc, &aid).await.unwrap().repo_tags, vec![app.clone()]);
 
     // Remove by tag, then again (idempotent), then the other by id.
