@@ -235,6 +235,22 @@ fn containers_run_exec_log_stop_and_remove() {
         let ps = c.pod_sandbox_stats(cri::PodSandboxStatsRequest { pod_sandbox_id: pod.clone() }).await?.into_inner();
         let n = ps.stats.and_then(|s| s.linux).map_or(0, |l| l.containers.len());
         ensure!(n == 1, "pod stats carry {n} containers");
+        // The same figures as CRI metrics, each one described.
+        let described: Vec<String> = c
+            .list_metric_descriptors(cri::ListMetricDescriptorsRequest {})
+            .await?
+            .into_inner()
+            .descriptors
+            .into_iter()
+            .map(|d| d.name)
+            .collect();
+        let pm = c.list_pod_sandbox_metrics(cri::ListPodSandboxMetricsRequest {}).await?.into_inner().pod_metrics;
+        let mine = pm.iter().find(|m| m.pod_sandbox_id == pod).context("no metrics for the pod")?;
+        let cm = mine.container_metrics.iter().find(|m| m.container_id == server).context("no metrics for the container")?;
+        let names: Vec<&str> = cm.metrics.iter().chain(&mine.metrics).map(|m| m.name.as_str()).collect();
+        ensure!(names.contains(&"container_memory_working_set_bytes"), "{names:?}");
+        ensure!(names.contains(&"carapace_pod_vm_memory_rss_bytes"), "{names:?}");
+        ensure!(names.iter().all(|n| described.iter().any(|d| d == n)), "undescribed metric in {names:?}");
 
         // The job: stdout and stderr apart in the CRI log, exit code 3; its events.
         let mut events = c.get_container_events(cri::GetEventsRequest {}).await?.into_inner();

@@ -16,6 +16,7 @@ pub mod error;
 pub mod filters;
 pub mod ids;
 pub mod merge;
+pub mod metrics;
 pub mod procfs;
 pub mod record;
 pub mod runtime_service;

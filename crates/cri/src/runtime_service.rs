@@ -421,14 +421,20 @@ impl RuntimeService for CriRuntime {
         &self,
         _request: Request<cri::ListMetricDescriptorsRequest>,
     ) -> Result<Response<cri::ListMetricDescriptorsResponse>, Status> {
-        Ok(Response::new(cri::ListMetricDescriptorsResponse { descriptors: Vec::new() }))
+        Ok(Response::new(cri::ListMetricDescriptorsResponse { descriptors: crate::metrics::descriptors() }))
     }
 
     async fn list_pod_sandbox_metrics(
         &self,
         _request: Request<cri::ListPodSandboxMetricsRequest>,
     ) -> Result<Response<cri::ListPodSandboxMetricsResponse>, Status> {
-        Ok(Response::new(cri::ListPodSandboxMetricsResponse { pod_metrics: Vec::new() }))
+        // Ready pods only, as for ListPodSandboxStats.
+        let mut pod_metrics = Vec::new();
+        for mut stats in self.manager.list_stats(&SandboxFilter::default()) {
+            self.add_container_stats(&mut stats).await;
+            pod_metrics.push(crate::metrics::pod_metrics(&stats));
+        }
+        Ok(Response::new(cri::ListPodSandboxMetricsResponse { pod_metrics }))
     }
 
     async fn runtime_config(
