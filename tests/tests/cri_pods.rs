@@ -11,7 +11,10 @@ use anyhow::{ensure, Context, Result};
 use carapace_cri::k8s_cri::v1 as cri;
 use carapace_cri::k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use carapace_cri::tonic;
-use carapace_tests::cri::{e2e_dns, pod_config, run_pod_request, runtime, with_log, Daemon, DaemonOptions};
+use carapace_tests::cri::{
+    container_config, e2e_dns, pod_config, pull_image, run_pod_request, runtime, with_log, Daemon, DaemonOptions,
+};
+use carapace_tests::registry::Registry;
 use tonic::transport::Channel;
 
 /// Set (to a config path) when this binary is re-executed to be the daemon.
@@ -180,24 +183,52 @@ fn cri_daemon_killed_with_a_running_pod_reattaches_after_restart() {
 #[test]
 #[ignore = "needs a KVM that boots Linux guests: run by `make test-e2e`"]
 fn cri_run_remove_cycles_leave_nothing_behind() {
-    let cycles: u32 = std::env::var("CARAPACE_E2E_CRI_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
-    let d = start_daemon().expect("daemon");
+    let cycles: u32 = std::env::var("CARAPACE_E2E_CRI_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
+    // Every 5th cycle also runs a container with a host volume, so that the count covers the
+    // container's records, its rootfs in the pod's shared dir and the volume's bind mount.
+    let registry = Registry::start("reg", "warn").expect("registry");
+    let d = Daemon::start(DaemonOptions {
+        dir_prefix: "cri",
+        insecure_registry: Some(registry.addr.clone()),
+        fallback_env: Some(DAEMON_ENV),
+        ..Default::default()
+    })
+    .expect("daemon");
+    let volume = tempfile::tempdir().expect("volume dir");
+    std::fs::write(volume.path().join("greeting"), "hello\n").expect("volume file");
+    let busybox = registry.image("test/busybox:latest");
     let r = runtime().block_on(async {
         let mut c = d.client().await?;
+        pull_image(&mut d.image_client().await?, &busybox).await?;
         for i in 0..cycles {
             let started = Instant::now();
+            let mut cfg = pod_config("e2e", "cycle", i, &d.logs_dir("cycle"));
+            cfg.dns_config = Some(e2e_dns());
             let id = c
-                .run_pod_sandbox(pod("cycle", i))
+                .run_pod_sandbox(run_pod_request(cfg.clone()))
                 .await
                 .with_context(|| format!("cycle {i}: RunPodSandbox"))?
                 .into_inner()
                 .pod_sandbox_id;
             ensure!(status_of(&mut c, &id).await?.status.context("status")?.state == READY);
-            // Remove without Stop: RemovePodSandbox stops the VM itself.
+            if i % 5 == 0 {
+                let mut ctr = container_config("reader", &busybox, &["sh", "-c", "cat /data/greeting; sleep 1000"]);
+                ctr.mounts = vec![cri::Mount {
+                    container_path: "/data".into(),
+                    host_path: volume.path().display().to_string(),
+                    readonly: true,
+                    ..Default::default()
+                }];
+                let req = cri::CreateContainerRequest { pod_sandbox_id: id.clone(), config: Some(ctr), sandbox_config: Some(cfg) };
+                let cid = c.create_container(req).await.with_context(|| format!("cycle {i}: CreateContainer"))?.into_inner().container_id;
+                c.start_container(cri::StartContainerRequest { container_id: cid }).await?;
+            }
+            // Remove without Stop: RemovePodSandbox stops the containers and the VM itself.
             c.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id.clone() }).await?;
             d.assert_clean().with_context(|| format!("after cycle {i}"))?;
             eprintln!("cycle {i}: {:?}", started.elapsed());
         }
+        ensure!(std::fs::read_to_string(volume.path().join("greeting"))? == "hello\n", "the volume was touched");
         Ok(())
     });
     with_log(&d, r);
@@ -206,9 +237,7 @@ fn cri_run_remove_cycles_leave_nothing_behind() {
 #[test]
 #[ignore = "needs a KVM that boots Linux guests: run by `make test-e2e`"]
 fn cri_pods_started_concurrently_all_reach_ready() {
-    // 10 is the goal (issue 4); the emulated test host freezes or times out with 10 nested VMs
-    // booting at once (ARCHITECTURE.md, Testing), so `make test` runs 5; set the variable for more.
-    let n: u32 = std::env::var("CARAPACE_E2E_CRI_CONCURRENT").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    let n: u32 = std::env::var("CARAPACE_E2E_CRI_CONCURRENT").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
     let d = start_daemon().expect("daemon");
     let rt = carapace_tests::multi_thread_runtime().expect("runtime");
     let r = rt.block_on(async {

@@ -134,6 +134,19 @@ impl Drop for TmpGuard {
     }
 }
 
+/// Flushes every file of the filesystem holding `path` to disk (`syncfs(2)`): one call for a
+/// whole unpacked layer tree instead of an fsync per file, before the tree is renamed into place.
+pub(crate) fn sync_fs(path: &Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let f = fs::File::open(path)?;
+    // SAFETY: syncfs only reads the descriptor, which `f` keeps open for the call.
+    if unsafe { libc::syncfs(f.as_raw_fd()) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,18 +180,5 @@ mod tests {
         t.persist(&dir.path().join("kept")).unwrap();
         assert_eq!(fs::read_dir(l.tmp_dir()).unwrap().count(), 0);
         assert!(dir.path().join("kept").is_file());
-    }
-}
-
-/// Flushes every file of the filesystem holding `path` to disk (`syncfs(2)`): one call for a
-/// whole unpacked layer tree instead of an fsync per file, before the tree is renamed into place.
-pub(crate) fn sync_fs(path: &Path) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let f = fs::File::open(path)?;
-    // SAFETY: syncfs only reads the descriptor, which `f` keeps open for the call.
-    if unsafe { libc::syncfs(f.as_raw_fd()) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
     }
 }
