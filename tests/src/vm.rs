@@ -1,7 +1,7 @@
 //! A pod VM with a host directory shared in (`carapace vmm --shared-dir DIR`, virtio-fs; the
 //! agent mounts it at /run/carapace/shared) and its agent client.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -26,6 +26,29 @@ pub fn busybox_rootfs(dest: &Path) -> Result<()> {
         .context("run tests/rootfs/busybox.sh")?;
     ensure!(st.success(), "tests/rootfs/busybox.sh {}: {st}", dest.display());
     Ok(())
+}
+
+/// Writes `<dir>/initramfs.cpio`: the guest's initramfs `base` followed by a cpio archive
+/// with the busybox test rootfs at `guest_path` (relative, e.g. `testroot`); the kernel
+/// unpacks both, so the rootfs sits in guest RAM (the initramfs) at `/<guest_path>`.
+pub fn initramfs_with_busybox(base: &Path, dir: &Path, guest_path: &str) -> Result<PathBuf> {
+    let stage = dir.join("stage");
+    busybox_rootfs(&stage.join(guest_path))?;
+    let extra = dir.join("extra.cpio");
+    let st = Command::new("sh")
+        .arg("-c")
+        .arg("cd \"$1\" && find . -mindepth 1 | LC_ALL=C sort | cpio --quiet -o -H newc --owner=0:0 > \"$2\"")
+        .arg("sh")
+        .arg(&stage)
+        .arg(&extra)
+        .status()
+        .context("cpio (Debian package cpio)")?;
+    ensure!(st.success(), "cpio of {}: {st}", stage.display());
+    let out = dir.join("initramfs.cpio");
+    let mut all = std::fs::read(base).with_context(|| format!("read {}", base.display()))?;
+    all.extend(std::fs::read(&extra)?);
+    std::fs::write(&out, all)?;
+    Ok(out)
 }
 
 /// A running VM with a private temporary directory shared into it. Dropping it kills the VMM,

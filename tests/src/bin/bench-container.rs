@@ -7,6 +7,12 @@
 //! agent's CreateContainer until StartContainer returned for a `sleep 30` process; each container
 //! is then removed (force, not timed).
 //!
+//! The rootfs transport: the same VM also has the same busybox rootfs in guest RAM (appended to
+//! its initramfs at /ramroot), and every virtio-fs container is paired with one started from
+//! there. A rootfs in guest RAM is the lower bound of what a block image (erofs/ext4 on
+//! virtio-blk, read once into the guest's page cache) could reach, so the ratio
+//! virtio-fs/RAM bounds what switching the rootfs to block images could gain.
+//!
 //! runc (Debian `runc`): the same busybox rootfs laid on this host (under /tmp), one OCI bundle per
 //! container with a minimal config.json written here (read-only root, its own pid/ipc/uts/mount/
 //! network namespaces, like the agent gives), `runc create` + `runc start` timed the same way,
@@ -15,21 +21,22 @@
 //! Prints per-tool medians; the last line is `container start: median <X> ms over <N>`.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use carapace_agent_client::pb;
 use carapace_agent_client::GUEST_SHARED_DIR;
-use carapace_tests::vm::{busybox_rootfs, SharedDirVm};
+use carapace_tests::vm::{busybox_rootfs, initramfs_with_busybox, SharedDirVm};
 use carapace_tests::{median_ms, GuestImage};
 
 fn main() -> Result<()> {
     let n: usize = std::env::var("BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(20).max(1);
     let image = GuestImage::from_env()?;
 
-    let mut ours = carapace_series(&image, n)?;
+    let (mut ours, mut ram) = carapace_series(&image, n)?;
+    let ram_median = median_ms(&mut ram);
     let (mut theirs, runc_note) = match runc_series(n) {
         Ok(v) => (v, None),
         Err(e) => {
@@ -42,6 +49,10 @@ fn main() -> Result<()> {
     let y = median_ms(&mut theirs);
     let fmt = |v: Option<f64>| v.map(|v| format!("{v:.1}")).unwrap_or_else(|| "n/a".into());
     println!("carapace (agent in a pod VM, rootfs on virtio-fs): median {} ms over {}", fmt(x), ours.len());
+    println!("carapace (same VM, rootfs in guest RAM): median {} ms over {}", fmt(ram_median), ram.len());
+    if let (Some(x), Some(r)) = (x, ram_median) {
+        println!("rootfs transport: virtio-fs/guest-RAM ratio {:.2} (what a block image could gain at most)", x / r);
+    }
     println!("runc (directly on the host, rootfs on tmpfs): median {} ms over {}", fmt(y), theirs.len());
     if let Some(note) = runc_note {
         println!("runc: n/a — {}", note.lines().next().unwrap_or(""));
@@ -56,16 +67,34 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// One VM, one shared read-only rootfs, N containers; returns ms per create+start.
-fn carapace_series(image: &GuestImage, n: usize) -> Result<Vec<f64>> {
-    let mut vm = SharedDirVm::boot(image, "carapace-bench-shared-", |shared| busybox_rootfs(&shared.join("rootfs")))?;
+/// Where the RAM rootfs sits in the guest (appended to the initramfs).
+const RAM_ROOTFS: &str = "ramroot";
+
+/// One VM, one shared read-only rootfs, N containers from it and N from the same rootfs in guest
+/// RAM, interleaved; returns ms per create+start (virtio-fs, RAM).
+fn carapace_series(image: &GuestImage, n: usize) -> Result<(Vec<f64>, Vec<f64>)> {
+    let work = tempfile::Builder::new().prefix("carapace-bench-initramfs-").tempdir()?;
+    let image = GuestImage {
+        kernel: image.kernel.clone(),
+        initramfs: initramfs_with_busybox(&image.initramfs, work.path(), RAM_ROOTFS)?,
+    };
+    let mut vm = SharedDirVm::boot(&image, "carapace-bench-shared-", |shared| busybox_rootfs(&shared.join("rootfs")))?;
     let rt = carapace_tests::multi_thread_runtime()?;
     let res = rt.block_on(async {
         let agent = vm.connect_agent().await?;
         let mut g = agent.grpc();
         let mut times = Vec::new();
-        // One untimed warm-up container (first use of the rootfs's dentries, cgroup setup).
-        for i in 0..=n {
+        let mut ram = Vec::new();
+        let rootfs_of = |i: usize| -> (PathBuf, &str) {
+            if i % 2 == 0 {
+                (Path::new(GUEST_SHARED_DIR).join("rootfs"), "virtio-fs")
+            } else {
+                (Path::new("/").join(RAM_ROOTFS), "RAM")
+            }
+        };
+        // Two untimed warm-up containers (first use of each rootfs's dentries, cgroup setup).
+        for i in 0..2 * (n + 1) {
+            let (rootfs, kind) = rootfs_of(i);
             let id = format!("bench-{i}");
             let req = pb::CreateContainerRequest {
                 id: id.clone(),
@@ -73,7 +102,7 @@ fn carapace_series(image: &GuestImage, n: usize) -> Result<Vec<f64>> {
                     args: vec!["sleep".into(), "30".into()],
                     ..Default::default()
                 }),
-                rootfs_path: format!("{GUEST_SHARED_DIR}/rootfs"),
+                rootfs_path: rootfs.display().to_string(),
                 rootfs_readonly: true,
                 hostname: "bench".into(),
                 ..Default::default()
@@ -91,15 +120,15 @@ fn carapace_series(image: &GuestImage, n: usize) -> Result<Vec<f64>> {
             g.remove_container(pb::RemoveContainerRequest { id: id.clone(), force: true })
                 .await
                 .with_context(|| format!("remove {id}"))?;
-            if i == 0 {
-                println!("carapace warm-up container: {ms:.1} ms (not counted)");
+            if i < 2 {
+                println!("carapace warm-up container ({kind}): {ms:.1} ms (not counted)");
             } else {
-                println!("carapace container {i}: create+start {ms:.1} ms");
-                times.push(ms);
+                println!("carapace container {} ({kind}): create+start {ms:.1} ms", i / 2);
+                if i % 2 == 0 { times.push(ms) } else { ram.push(ms) }
             }
         }
         agent.shutdown().await.context("shutdown")?;
-        Ok::<_, anyhow::Error>(times)
+        Ok::<_, anyhow::Error>((times, ram))
     });
     match res {
         Ok(t) => {
