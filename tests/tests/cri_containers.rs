@@ -284,6 +284,19 @@ fn containers_run_exec_log_stop_and_remove() {
         let e = c.start_container(cri::StartContainerRequest { container_id: job.clone() }).await.expect_err("restart");
         ensure!(e.code() == tonic::Code::FailedPrecondition, "{e:?}");
 
+        // A container with a terminal: its output is one stream (stdout) in the CRI log.
+        let mut term_cfg = container("term", &busybox, &["sh", "-c", "tty; echo done"]);
+        term_cfg.tty = true;
+        let term = create(&mut c, &pod, &pod_cfg, term_cfg).await.context("CreateContainer term")?;
+        c.start_container(cri::StartContainerRequest { container_id: term.clone() }).await?;
+        let st = wait_state(&mut c, &term, EXITED).await?;
+        ensure!(st.exit_code == 0, "{st:?}");
+        let text = wait_log(&d.logs_dir("web").join("term/0.log"), &["done"]).await?;
+        let lines = log_lines(&text)?;
+        ensure!(lines.iter().all(|(stream, _, _)| stream == "stdout"), "{text}");
+        ensure!(lines.iter().any(|(_, _, t)| t.trim_end_matches('\r').starts_with("/dev/pts/")), "{text}");
+        c.remove_container(cri::RemoveContainerRequest { container_id: term }).await?;
+
         // Lists and filters.
         let list = |f: cri::ContainerFilter| cri::ListContainersRequest { filter: Some(f) };
         let all = c.list_containers(list(Default::default())).await?.into_inner().containers;

@@ -690,8 +690,8 @@ impl Manager {
                 "devices are not supported by carapace (the pod runs in a VM without host devices)".into(),
             ));
         }
-        if config.stdin || config.tty {
-            tracing::info!(name = %md.name, "stdin/tty are kept for attach, which carapace does not serve yet");
+        if config.stdin {
+            tracing::info!(name = %md.name, "stdin is kept open for attach, which carapace does not serve yet");
         }
         if state_of(&sb) != cri::PodSandboxState::SandboxReady {
             return Err(CriError::FailedPrecondition(format!(
