@@ -28,6 +28,15 @@ pub fn carapace_bin() -> PathBuf {
     dir.join("carapace")
 }
 
+/// The first file named `name` in a directory of PATH.
+pub fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+}
+
 /// The repository's root (test scripts and images live under it).
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")

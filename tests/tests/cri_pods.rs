@@ -211,7 +211,7 @@ fn cri_run_remove_cycles_leave_nothing_behind() {
                 .into_inner()
                 .pod_sandbox_id;
             ensure!(status_of(&mut c, &id).await?.status.context("status")?.state == READY);
-            if i % 5 == 0 {
+            if i.is_multiple_of(5) {
                 let mut ctr = container_config("reader", &busybox, &["sh", "-c", "cat /data/greeting; sleep 1000"]);
                 ctr.mounts = vec![cri::Mount {
                     container_path: "/data".into(),

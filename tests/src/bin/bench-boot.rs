@@ -5,13 +5,13 @@
 //! memory overhead (RSS minus the guest memory it touched).
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use carapace_agent_client::{AgentClient, AGENT_VSOCK_PORT};
-use carapace_tests::{kick_interval_ms, median_ms, GuestImage, VmOptions, VmProcess};
+use carapace_tests::{kick_interval_ms, median_ms, which, GuestImage, VmOptions, VmProcess};
 
 const READY_MARKER: &str = "carapace-agent: ready";
 const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
@@ -248,14 +248,6 @@ fn vcpu_threads(pid: u32) -> Vec<i32> {
             }
         })
         .collect()
-}
-
-fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.is_file())
 }
 
 fn tail(s: &str, n: usize) -> &str {

@@ -86,7 +86,7 @@ fn carapace_series(image: &GuestImage, n: usize) -> Result<(Vec<f64>, Vec<f64>)>
         let mut times = Vec::new();
         let mut ram = Vec::new();
         let rootfs_of = |i: usize| -> (PathBuf, &str) {
-            if i % 2 == 0 {
+            if i.is_multiple_of(2) {
                 (Path::new(GUEST_SHARED_DIR).join("rootfs"), "virtio-fs")
             } else {
                 (Path::new("/").join(RAM_ROOTFS), "RAM")
@@ -124,7 +124,7 @@ fn carapace_series(image: &GuestImage, n: usize) -> Result<(Vec<f64>, Vec<f64>)>
                 println!("carapace warm-up container ({kind}): {ms:.1} ms (not counted)");
             } else {
                 println!("carapace container {} ({kind}): create+start {ms:.1} ms", i / 2);
-                if i % 2 == 0 { times.push(ms) } else { ram.push(ms) }
+                if i.is_multiple_of(2) { times.push(ms) } else { ram.push(ms) }
             }
         }
         agent.shutdown().await.context("shutdown")?;

@@ -29,7 +29,7 @@ use carapace_tests::cri::{
     container_config, pod_config as base_pod_config, pull_image, run_pod_request, use_host_network, Daemon,
     DaemonOptions,
 };
-use carapace_tests::median_ms;
+use carapace_tests::{median_ms, which};
 use carapace_tests::registry::Registry;
 
 const STEPS: [&str; 8] = ["runp", "create", "start", "exec", "stop", "rm", "stopp", "rmp"];
@@ -282,14 +282,6 @@ impl Drop for Containerd {
         // Shims outlive containerd; every pod was removed already, so only their mounts remain.
         let _ = Command::new("umount").arg("-R").arg(self.dir.path().join("root")).stderr(Stdio::null()).status();
     }
-}
-
-fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.is_file())
 }
 
 fn containerd_series(rt: &tokio::runtime::Runtime, registry: &str, n: usize) -> Result<Vec<[f64; 8]>> {
