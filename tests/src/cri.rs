@@ -321,6 +321,11 @@ pub fn run_pod_request(config: cri::PodSandboxConfig) -> cri::RunPodSandboxReque
     cri::RunPodSandboxRequest { config: Some(config), runtime_handler: String::new() }
 }
 
+/// RunPodSandbox of `config` with the default handler; returns the pod sandbox ID.
+pub async fn run_pod(c: &mut RuntimeServiceClient<Channel>, config: &cri::PodSandboxConfig) -> Result<String> {
+    Ok(c.run_pod_sandbox(run_pod_request(config.clone())).await.context("RunPodSandbox")?.into_inner().pod_sandbox_id)
+}
+
 /// The base config of a container named `name` (attempt 0) running `command` (empty: the
 /// image's) from `image`, logging to `<name>/0.log` in the pod's log directory.
 pub fn container_config(name: &str, image: &str, command: &[&str]) -> cri::ContainerConfig {

@@ -13,7 +13,7 @@ use carapace_cri::k8s_cri::v1 as cri;
 use carapace_cri::k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use carapace_cri::tonic;
 use carapace_tests::cri::{
-    container_config, e2e_dns, pod_config as base_pod_config, pull_image, run_pod_request, runtime, with_log, Daemon,
+    container_config, e2e_dns, pod_config as base_pod_config, pull_image, run_pod, runtime, with_log, Daemon,
     DaemonOptions,
 };
 use carapace_tests::registry::Registry;
@@ -137,12 +137,7 @@ fn containers_run_exec_log_stop_and_remove() {
         pull_image(&mut images, &busybox).await?;
 
         let pod_cfg = pod_config(&d, "web");
-        let pod = c
-            .run_pod_sandbox(run_pod_request(pod_cfg.clone()))
-            .await
-            .context("RunPodSandbox")?
-            .into_inner()
-            .pod_sandbox_id;
+        let pod = run_pod(&mut c, &pod_cfg).await?;
 
         // Errors: missing image, unknown pod, unknown container IDs.
         let e = create(&mut c, &pod, &pod_cfg, container("x", &missing, &["true"])).await.expect_err("missing image");
@@ -374,11 +369,7 @@ fn containers_survive_a_daemon_restart() {
         let busybox = reg.image("test/busybox:latest");
         pull_image(&mut images, &busybox).await?;
         let pod_cfg = pod_config(&d, "db");
-        let pod = c
-            .run_pod_sandbox(run_pod_request(pod_cfg.clone()))
-            .await?
-            .into_inner()
-            .pod_sandbox_id;
+        let pod = run_pod(&mut c, &pod_cfg).await?;
         let long = create(&mut c, &pod, &pod_cfg, container("long", &busybox, &["sh", "-c", "echo one; sleep 8; echo two; sleep 1000"])).await?;
         let short = create(&mut c, &pod, &pod_cfg, container("short", &busybox, &["sh", "-c", "sleep 3; exit 4"])).await?;
         for id in [&long, &short] {
@@ -387,11 +378,7 @@ fn containers_survive_a_daemon_restart() {
         wait_log(&d.logs_dir("db").join("long/0.log"), &["stdout F one"]).await?;
         // A second running pod with its own container: both must come back after the restart.
         let web_cfg = pod_config(&d, "web");
-        let web = c
-            .run_pod_sandbox(run_pod_request(web_cfg.clone()))
-            .await?
-            .into_inner()
-            .pod_sandbox_id;
+        let web = run_pod(&mut c, &web_cfg).await?;
         let serve = create(&mut c, &web, &web_cfg, container("serve", &busybox, &["sleep", "1000"])).await?;
         c.start_container(cri::StartContainerRequest { container_id: serve.clone() }).await?;
         Ok::<_, anyhow::Error>((pod, long, short, web, serve))
@@ -476,12 +463,7 @@ fn each_test_image_runs_with_its_entrypoint_env_workdir_and_user() {
             pull_image(&mut images, image).await?;
         }
         let pod_cfg = pod_config(&d, "images");
-        let pod = c
-            .run_pod_sandbox(run_pod_request(pod_cfg.clone()))
-            .await
-            .context("RunPodSandbox")?
-            .into_inner()
-            .pod_sandbox_id;
+        let pod = run_pod(&mut c, &pod_cfg).await?;
 
         // test/app with no command: ENTRYPOINT ["/bin/sh","-c"] + CMD ["echo hello from app"].
         let mut cfg = container("app-default", &app, &[]);

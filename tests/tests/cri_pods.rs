@@ -12,7 +12,7 @@ use carapace_cri::k8s_cri::v1 as cri;
 use carapace_cri::k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use carapace_cri::tonic;
 use carapace_tests::cri::{
-    container_config, e2e_dns, pod_config, pull_image, run_pod_request, runtime, with_log, Daemon, DaemonOptions,
+    container_config, e2e_dns, pod_config, pull_image, run_pod, run_pod_request, runtime, with_log, Daemon, DaemonOptions,
 };
 use carapace_tests::registry::Registry;
 use tonic::transport::Channel;
@@ -204,12 +204,7 @@ fn cri_run_remove_cycles_leave_nothing_behind() {
             let started = Instant::now();
             let mut cfg = pod_config("e2e", "cycle", i, &d.logs_dir("cycle"));
             cfg.dns_config = Some(e2e_dns());
-            let id = c
-                .run_pod_sandbox(run_pod_request(cfg.clone()))
-                .await
-                .with_context(|| format!("cycle {i}: RunPodSandbox"))?
-                .into_inner()
-                .pod_sandbox_id;
+            let id = run_pod(&mut c, &cfg).await.with_context(|| format!("cycle {i}"))?;
             ensure!(status_of(&mut c, &id).await?.status.context("status")?.state == READY);
             if i.is_multiple_of(5) {
                 let mut ctr = container_config("reader", &busybox, &["sh", "-c", "cat /data/greeting; sleep 1000"]);

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use carapace_cri::k8s_cri::v1 as cri;
 use carapace_tests::cri::{
-    container_config, pod_config as base_pod_config, pull_image, run_pod_request, use_host_network, Daemon,
+    container_config, pod_config as base_pod_config, pull_image, run_pod, use_host_network, Daemon,
     DaemonOptions,
 };
 use carapace_tests::{median_ms, which};
@@ -139,12 +139,7 @@ async fn lifecycles(
         };
         let pod_cfg = pod_config(logs, &format!("bench-{i}"), host_network);
         let mut t = Instant::now();
-        let pod = c
-            .run_pod_sandbox(run_pod_request(pod_cfg.clone()))
-            .await
-            .context("RunPodSandbox")?
-            .into_inner()
-            .pod_sandbox_id;
+        let pod = run_pod(&mut c, &pod_cfg).await?;
         lap(&mut t);
         let cid = c
             .create_container(cri::CreateContainerRequest {
