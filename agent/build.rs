@@ -13,15 +13,10 @@ use std::path::PathBuf;
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=LIBSECCOMP_LIB_PATH");
-    let dirs: Vec<PathBuf> = std::env::var_os("LIBSECCOMP_LIB_PATH")
-        .map(|p| vec![PathBuf::from(p)])
-        .unwrap_or_else(|| {
-            vec![
-                "/usr/lib/x86_64-linux-gnu".into(),
-                "/usr/lib64".into(),
-                "/usr/lib".into(),
-            ]
-        });
+    let dirs: Vec<PathBuf> =
+        std::env::var_os("LIBSECCOMP_LIB_PATH").map(|p| vec![PathBuf::from(p)]).unwrap_or_else(
+            || vec!["/usr/lib/x86_64-linux-gnu".into(), "/usr/lib64".into(), "/usr/lib".into()],
+        );
     let Some(archive) = dirs.iter().map(|d| d.join("libseccomp.a")).find(|p| p.is_file()) else {
         println!(
             "cargo:warning=libseccomp.a not found (apt-get install libseccomp-dev): \

@@ -57,38 +57,25 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Command, ArgsE
             "-h" | "--help" => return Ok(Command::Help),
             "-V" | "--version" => return Ok(Command::Version),
             "--listen-unix" => {
-                let v = it
-                    .next()
-                    .ok_or_else(|| ArgsError::MissingValue(name.clone()))?;
+                let v = it.next().ok_or_else(|| ArgsError::MissingValue(name.clone()))?;
                 if v.is_empty() {
-                    return Err(ArgsError::BadValue {
-                        option: name,
-                        value: String::new(),
-                    });
+                    return Err(ArgsError::BadValue { option: name, value: String::new() });
                 }
                 listen = Listen::Unix(PathBuf::from(v));
             }
             "--vsock-port" => {
-                let v = it
-                    .next()
-                    .ok_or_else(|| ArgsError::MissingValue(name.clone()))?;
+                let v = it.next().ok_or_else(|| ArgsError::MissingValue(name.clone()))?;
                 let s = v.to_string_lossy().into_owned();
-                let port = s.parse::<u32>().map_err(|_| ArgsError::BadValue {
-                    option: name.clone(),
-                    value: s.clone(),
-                })?;
+                let port = s
+                    .parse::<u32>()
+                    .map_err(|_| ArgsError::BadValue { option: name.clone(), value: s.clone() })?;
                 listen = Listen::Vsock(port);
             }
             "--hostname" => {
-                let v = it
-                    .next()
-                    .ok_or_else(|| ArgsError::MissingValue(name.clone()))?;
+                let v = it.next().ok_or_else(|| ArgsError::MissingValue(name.clone()))?;
                 let s = v.to_string_lossy().into_owned();
                 if !valid_hostname(&s) {
-                    return Err(ArgsError::BadValue {
-                        option: name,
-                        value: s,
-                    });
+                    return Err(ArgsError::BadValue { option: name, value: s });
                 }
                 hostname = Some(s);
             }
@@ -131,8 +118,7 @@ pub fn valid_hostname(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
         && !s.starts_with(['-', '.'])
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
 #[cfg(test)]
@@ -147,10 +133,7 @@ mod tests {
     fn defaults_to_vsock_1024() {
         assert_eq!(
             p(&[]).unwrap(),
-            Command::Run(Args {
-                listen: Listen::Vsock(1024),
-                hostname: None
-            })
+            Command::Run(Args { listen: Listen::Vsock(1024), hostname: None })
         );
     }
 
@@ -165,10 +148,7 @@ mod tests {
         );
         assert_eq!(
             p(&["--vsock-port", "5000"]).unwrap(),
-            Command::Run(Args {
-                listen: Listen::Vsock(5000),
-                hostname: None
-            })
+            Command::Run(Args { listen: Listen::Vsock(5000), hostname: None })
         );
         assert_eq!(p(&["--version"]).unwrap(), Command::Version);
         assert_eq!(p(&["-h"]).unwrap(), Command::Help);
@@ -176,22 +156,10 @@ mod tests {
 
     #[test]
     fn rejects_bad_arguments() {
-        assert!(matches!(
-            p(&["--listen-unix"]),
-            Err(ArgsError::MissingValue(_))
-        ));
-        assert!(matches!(
-            p(&["--vsock-port", "x"]),
-            Err(ArgsError::BadValue { .. })
-        ));
-        assert!(matches!(
-            p(&["--vsock-port", "-1"]),
-            Err(ArgsError::BadValue { .. })
-        ));
-        assert!(matches!(
-            p(&["--hostname", "a b"]),
-            Err(ArgsError::BadValue { .. })
-        ));
+        assert!(matches!(p(&["--listen-unix"]), Err(ArgsError::MissingValue(_))));
+        assert!(matches!(p(&["--vsock-port", "x"]), Err(ArgsError::BadValue { .. })));
+        assert!(matches!(p(&["--vsock-port", "-1"]), Err(ArgsError::BadValue { .. })));
+        assert!(matches!(p(&["--hostname", "a b"]), Err(ArgsError::BadValue { .. })));
         assert!(matches!(p(&["--bogus"]), Err(ArgsError::Unknown(_))));
     }
 

@@ -17,10 +17,7 @@ pub fn ensure_stdio_on_console() -> std::io::Result<usize> {
     if missing.is_empty() {
         return Ok(0);
     }
-    let console = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/console")?;
+    let console = std::fs::OpenOptions::new().read(true).write(true).open("/dev/console")?;
     let cfd = console.as_raw_fd();
     let mut fixed = 0;
     for fd in &missing {

@@ -149,18 +149,14 @@ fn main() {
             return;
         }
         // PID 1 must never return from main: --help/--version are ignored.
-        Ok(Command::Help | Command::Version) => Args {
-            listen: Listen::Vsock(carapace_agent_client::AGENT_VSOCK_PORT),
-            hostname: None,
-        },
+        Ok(Command::Help | Command::Version) => {
+            Args { listen: Listen::Vsock(carapace_agent_client::AGENT_VSOCK_PORT), hostname: None }
+        }
         Err(e) if pid1 => {
             // The kernel hands init whatever words it did not understand;
             // a typo must not stop the guest.
             eprintln!("carapace-agent: {e}; using defaults");
-            Args {
-                listen: Listen::Vsock(carapace_agent_client::AGENT_VSOCK_PORT),
-                hostname: None,
-            }
+            Args { listen: Listen::Vsock(carapace_agent_client::AGENT_VSOCK_PORT), hostname: None }
         }
         Err(e) => {
             eprintln!("carapace-agent: {e}\n{}", args::USAGE);
@@ -178,11 +174,7 @@ fn main() {
         }
     }
     init_logging(kopts.log.as_deref());
-    tracing::info!(
-        version = env!("CARGO_PKG_VERSION"),
-        pid1,
-        "carapace-agent starting"
-    );
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), pid1, "carapace-agent starting");
     for e in &mount_errors {
         tracing::warn!(error = %e, "mount failed");
     }

@@ -16,9 +16,8 @@ pub struct MountSpec {
     pub data: Option<&'static str>,
 }
 
-const NOSUID_NODEV_NOEXEC: MsFlags = MsFlags::MS_NOSUID
-    .union(MsFlags::MS_NODEV)
-    .union(MsFlags::MS_NOEXEC);
+const NOSUID_NODEV_NOEXEC: MsFlags =
+    MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV).union(MsFlags::MS_NOEXEC);
 
 /// In order: /proc first (mountinfo is read from it), /dev before its
 /// subdirectories, /sys before /sys/fs/cgroup.
@@ -98,11 +97,7 @@ pub enum MountError {
         source: std::io::Error,
     },
     #[error("mount {fstype} on {target} failed: {errno}")]
-    Mount {
-        fstype: &'static str,
-        target: &'static str,
-        errno: Errno,
-    },
+    Mount { fstype: &'static str, target: &'static str, errno: Errno },
 }
 
 /// Decodes the octal escapes (`\040` etc.) the kernel uses in mountinfo.
@@ -114,9 +109,7 @@ fn unescape_mountinfo(field: &str) -> String {
         if b == b'\\' {
             if let Some(oct) = bytes.get(i + 1..i + 4) {
                 if oct.iter().all(|d| (b'0'..=b'7').contains(d)) {
-                    let v = oct
-                        .iter()
-                        .fold(0u32, |acc, d| acc * 8 + u32::from(d - b'0'));
+                    let v = oct.iter().fold(0u32, |acc, d| acc * 8 + u32::from(d - b'0'));
                     if let Ok(v) = u8::try_from(v) {
                         out.push(v);
                         i += 4;
@@ -133,10 +126,7 @@ fn unescape_mountinfo(field: &str) -> String {
 
 /// Mount points listed in /proc/self/mountinfo text (5th field).
 pub fn parse_mountinfo_targets(text: &str) -> Vec<String> {
-    text.lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .map(unescape_mountinfo)
-        .collect()
+    text.lines().filter_map(|line| line.split(' ').nth(4)).map(unescape_mountinfo).collect()
 }
 
 fn mounted_targets() -> Vec<String> {
@@ -155,21 +145,11 @@ fn mkdir_p(target: &'static str) -> Result<(), MountError> {
 
 fn mount_one(spec: &MountSpec) -> Result<(), MountError> {
     mkdir_p(spec.target)?;
-    match mount(
-        Some(spec.source),
-        spec.target,
-        Some(spec.fstype),
-        spec.flags,
-        spec.data,
-    ) {
+    match mount(Some(spec.source), spec.target, Some(spec.fstype), spec.flags, spec.data) {
         Ok(()) => Ok(()),
         // Already mounted (e.g. the kernel mounted devtmpfs itself).
         Err(Errno::EBUSY) => Ok(()),
-        Err(errno) => Err(MountError::Mount {
-            fstype: spec.fstype,
-            target: spec.target,
-            errno,
-        }),
+        Err(errno) => Err(MountError::Mount { fstype: spec.fstype, target: spec.target, errno }),
     }
 }
 

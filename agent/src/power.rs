@@ -108,10 +108,7 @@ mod tests {
 
     #[test]
     fn live_process_list_sees_a_child() {
-        let mut child = std::process::Command::new("sleep")
-            .arg("5")
-            .spawn()
-            .unwrap();
+        let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
         let pid = child.id() as i32;
         assert!(other_user_processes().contains(&pid));
         assert!(!other_user_processes().contains(&(std::process::id() as i32)));

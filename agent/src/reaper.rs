@@ -72,10 +72,7 @@ impl Default for Reaper {
 impl Reaper {
     pub fn new() -> Reaper {
         let (events, _) = broadcast::channel(256);
-        Reaper {
-            state: Arc::new(Mutex::new(State::default())),
-            events,
-        }
+        Reaper { state: Arc::new(Mutex::new(State::default())), events }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -86,9 +83,7 @@ impl Reaper {
 
     /// Lock out the reaper while spawning a child.
     pub fn lock(&self) -> ReaperGuard<'_> {
-        ReaperGuard {
-            state: self.state(),
-        }
+        ReaperGuard { state: self.state() }
     }
 
     /// Exit events of watched pids, as they are reaped.
@@ -143,13 +138,9 @@ impl Reaper {
         loop {
             let (pid, status) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, code)) => (pid.as_raw(), ExitStatus::Exited(code)),
-                Ok(WaitStatus::Signaled(pid, sig, core)) => (
-                    pid.as_raw(),
-                    ExitStatus::Signaled {
-                        signal: sig as i32,
-                        core_dumped: core,
-                    },
-                ),
+                Ok(WaitStatus::Signaled(pid, sig, core)) => {
+                    (pid.as_raw(), ExitStatus::Signaled { signal: sig as i32, core_dumped: core })
+                }
                 Ok(WaitStatus::StillAlive) => break,
                 Ok(_) => continue, // stopped/continued: not an exit
                 Err(Errno::EINTR) => continue,
@@ -197,11 +188,7 @@ mod tests {
     #[allow(clippy::zombie_processes)]
     fn spawn_sh(reaper: &Reaper, script: &str, watch: bool) -> i32 {
         let mut g = reaper.lock();
-        let child = std::process::Command::new("/bin/sh")
-            .arg("-c")
-            .arg(script)
-            .spawn()
-            .unwrap();
+        let child = std::process::Command::new("/bin/sh").arg("-c").arg(script).spawn().unwrap();
         let pid = child.id() as i32;
         if watch {
             g.watch(pid);
@@ -221,20 +208,10 @@ mod tests {
         let b = spawn_sh(&reaper, "kill -TERM $$", true);
         let orphan = spawn_sh(&reaper, "exit 0", false);
 
-        let wa = tokio::time::timeout(Duration::from_secs(10), reaper.wait(a))
-            .await
-            .unwrap();
+        let wa = tokio::time::timeout(Duration::from_secs(10), reaper.wait(a)).await.unwrap();
         assert_eq!(wa, Some(ExitStatus::Exited(3)));
-        let wb = tokio::time::timeout(Duration::from_secs(10), reaper.wait(b))
-            .await
-            .unwrap();
-        assert_eq!(
-            wb,
-            Some(ExitStatus::Signaled {
-                signal: libc::SIGTERM,
-                core_dumped: false
-            })
-        );
+        let wb = tokio::time::timeout(Duration::from_secs(10), reaper.wait(b)).await.unwrap();
+        assert_eq!(wb, Some(ExitStatus::Signaled { signal: libc::SIGTERM, core_dumped: false }));
 
         // Both watched exits were broadcast.
         let mut seen = Vec::new();
@@ -260,9 +237,7 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         };
-        tokio::time::timeout(Duration::from_secs(10), gone)
-            .await
-            .unwrap();
+        tokio::time::timeout(Duration::from_secs(10), gone).await.unwrap();
         task.abort();
     }
 }

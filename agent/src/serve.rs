@@ -65,10 +65,7 @@ impl Acceptor for tokio::net::UnixListener {
 /// (e.g. EMFILE) instead of spinning. Abort the task to close the listener.
 fn spawn_accept_loop<A: Acceptor>(
     mut listener: A,
-) -> (
-    ReceiverStream<std::io::Result<A::Io>>,
-    tokio::task::JoinHandle<()>,
-) {
+) -> (ReceiverStream<std::io::Result<A::Io>>, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(16);
     let task = tokio::spawn(async move {
         loop {
@@ -138,11 +135,9 @@ pub async fn serve(
     match listen {
         Listen::Vsock(port) => {
             let addr = tokio_vsock::VsockAddr::new(tokio_vsock::VMADDR_CID_ANY, *port);
-            let listener =
-                tokio_vsock::VsockListener::bind(addr).map_err(|source| ServeError::Bind {
-                    what: format!("vsock port {port}"),
-                    source,
-                })?;
+            let listener = tokio_vsock::VsockListener::bind(addr).map_err(|source| {
+                ServeError::Bind { what: format!("vsock port {port}"), source }
+            })?;
             tracing::info!(port, "serving the agent API on vsock");
             let (incoming, task) = spawn_accept_loop(listener);
             print_ready();
@@ -152,11 +147,8 @@ pub async fn serve(
         }
         Listen::Unix(path) => {
             remove_stale_socket(path);
-            let listener =
-                tokio::net::UnixListener::bind(path).map_err(|source| ServeError::Bind {
-                    what: path.display().to_string(),
-                    source,
-                })?;
+            let listener = tokio::net::UnixListener::bind(path)
+                .map_err(|source| ServeError::Bind { what: path.display().to_string(), source })?;
             tracing::info!(path = %path.display(), "serving the agent API on a Unix socket");
             let (incoming, task) = spawn_accept_loop(listener);
             print_ready();

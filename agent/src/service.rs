@@ -107,28 +107,52 @@ impl Agent for AgentService {
     // Containers: see crate::container::rpc.
     type ReadStdioStream = rpc::StdioStream;
 
-    async fn create_container(&self, r: Request<pb::CreateContainerRequest>) -> Result<Response<pb::CreateContainerResponse>, Status> {
+    async fn create_container(
+        &self,
+        r: Request<pb::CreateContainerRequest>,
+    ) -> Result<Response<pb::CreateContainerResponse>, Status> {
         rpc::create_container(&self.containers, r).await
     }
-    async fn start_container(&self, r: Request<pb::StartContainerRequest>) -> Result<Response<pb::StartContainerResponse>, Status> {
+    async fn start_container(
+        &self,
+        r: Request<pb::StartContainerRequest>,
+    ) -> Result<Response<pb::StartContainerResponse>, Status> {
         rpc::start_container(&self.containers, r).await
     }
-    async fn exec_process(&self, r: Request<pb::ExecProcessRequest>) -> Result<Response<pb::ExecProcessResponse>, Status> {
+    async fn exec_process(
+        &self,
+        r: Request<pb::ExecProcessRequest>,
+    ) -> Result<Response<pb::ExecProcessResponse>, Status> {
         rpc::exec_process(&self.containers, r).await
     }
-    async fn signal_process(&self, r: Request<pb::SignalProcessRequest>) -> Result<Response<pb::SignalProcessResponse>, Status> {
+    async fn signal_process(
+        &self,
+        r: Request<pb::SignalProcessRequest>,
+    ) -> Result<Response<pb::SignalProcessResponse>, Status> {
         rpc::signal_process(&self.containers, r).await
     }
-    async fn wait_process(&self, r: Request<pb::WaitProcessRequest>) -> Result<Response<pb::WaitProcessResponse>, Status> {
+    async fn wait_process(
+        &self,
+        r: Request<pb::WaitProcessRequest>,
+    ) -> Result<Response<pb::WaitProcessResponse>, Status> {
         rpc::wait_process(&self.containers, r).await
     }
-    async fn wait_container(&self, r: Request<pb::WaitContainerRequest>) -> Result<Response<pb::WaitProcessResponse>, Status> {
+    async fn wait_container(
+        &self,
+        r: Request<pb::WaitContainerRequest>,
+    ) -> Result<Response<pb::WaitProcessResponse>, Status> {
         rpc::wait_container(&self.containers, r).await
     }
-    async fn stop_container(&self, r: Request<pb::StopContainerRequest>) -> Result<Response<pb::WaitProcessResponse>, Status> {
+    async fn stop_container(
+        &self,
+        r: Request<pb::StopContainerRequest>,
+    ) -> Result<Response<pb::WaitProcessResponse>, Status> {
         rpc::stop_container(&self.containers, r).await
     }
-    async fn container_stats(&self, r: Request<pb::ContainerStatsRequest>) -> Result<Response<pb::ContainerStatsResponse>, Status> {
+    async fn container_stats(
+        &self,
+        r: Request<pb::ContainerStatsRequest>,
+    ) -> Result<Response<pb::ContainerStatsResponse>, Status> {
         rpc::container_stats(&self.containers, r).await
     }
     async fn update_container_resources(
@@ -137,20 +161,35 @@ impl Agent for AgentService {
     ) -> Result<Response<pb::UpdateContainerResourcesResponse>, Status> {
         rpc::update_resources(&self.containers, r).await
     }
-    async fn remove_container(&self, r: Request<pb::RemoveContainerRequest>) -> Result<Response<pb::RemoveContainerResponse>, Status> {
+    async fn remove_container(
+        &self,
+        r: Request<pb::RemoveContainerRequest>,
+    ) -> Result<Response<pb::RemoveContainerResponse>, Status> {
         rpc::remove_container(&self.containers, r).await
     }
-    async fn list_containers(&self, r: Request<pb::ListContainersRequest>) -> Result<Response<pb::ListContainersResponse>, Status> {
+    async fn list_containers(
+        &self,
+        r: Request<pb::ListContainersRequest>,
+    ) -> Result<Response<pb::ListContainersResponse>, Status> {
         rpc::list_containers(&self.containers, r).await
     }
-    async fn read_stdio(&self, r: Request<pb::ReadStdioRequest>) -> Result<Response<Self::ReadStdioStream>, Status> {
+    async fn read_stdio(
+        &self,
+        r: Request<pb::ReadStdioRequest>,
+    ) -> Result<Response<Self::ReadStdioStream>, Status> {
         rpc::read_stdio(&self.containers, r).await
     }
-    async fn resize_tty(&self, r: Request<pb::ResizeTtyRequest>) -> Result<Response<pb::ResizeTtyResponse>, Status> {
+    async fn resize_tty(
+        &self,
+        r: Request<pb::ResizeTtyRequest>,
+    ) -> Result<Response<pb::ResizeTtyResponse>, Status> {
         rpc::resize_tty(&self.containers, r).await
     }
 
-    async fn write_stdin(&self, r: Request<pb::WriteStdinRequest>) -> Result<Response<pb::WriteStdinResponse>, Status> {
+    async fn write_stdin(
+        &self,
+        r: Request<pb::WriteStdinRequest>,
+    ) -> Result<Response<pb::WriteStdinResponse>, Status> {
         rpc::write_stdin(&self.containers, r).await
     }
 }
@@ -168,11 +207,7 @@ mod tests {
             shutdown: trigger,
             containers: Containers::disabled("test"),
         };
-        let h = svc
-            .health(Request::new(HealthRequest {}))
-            .await
-            .unwrap()
-            .into_inner();
+        let h = svc.health(Request::new(HealthRequest {})).await.unwrap().into_inner();
         assert_eq!(h.api_version, "carapace.agent.v1");
         assert_eq!(h.agent_start_uptime_ms, 1234);
         assert!(h.mem_total_bytes >= h.mem_available_bytes);
@@ -189,9 +224,7 @@ mod tests {
             shutdown: trigger.clone(),
             containers: Containers::disabled("test"),
         };
-        svc.shutdown(Request::new(ShutdownRequest {}))
-            .await
-            .unwrap();
+        svc.shutdown(Request::new(ShutdownRequest {})).await.unwrap();
         assert!(!trigger.fire(ShutdownReason::Signal(2)));
         assert_eq!(requested(rx).await, Some(ShutdownReason::Rpc));
     }

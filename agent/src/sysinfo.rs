@@ -66,28 +66,19 @@ pub fn parse_meminfo(text: &str) -> Result<MemInfo, SysInfoError> {
             what: format!("bad line {line:?}"),
         })?);
     }
-    let total_bytes = total.ok_or(SysInfoError::Parse {
-        path: MEMINFO,
-        what: "no MemTotal".into(),
-    })?;
-    let available_bytes = available.or(free).ok_or(SysInfoError::Parse {
-        path: MEMINFO,
-        what: "no MemAvailable or MemFree".into(),
-    })?;
-    Ok(MemInfo {
-        total_bytes,
-        available_bytes,
-    })
+    let total_bytes =
+        total.ok_or(SysInfoError::Parse { path: MEMINFO, what: "no MemTotal".into() })?;
+    let available_bytes = available
+        .or(free)
+        .ok_or(SysInfoError::Parse { path: MEMINFO, what: "no MemAvailable or MemFree".into() })?;
+    Ok(MemInfo { total_bytes, available_bytes })
 }
 
 /// Parses the first field of /proc/uptime ("12345.67 ...") without floats.
 pub fn parse_uptime(text: &str) -> Result<Duration, SysInfoError> {
     let bad = || SysInfoError::Parse {
         path: UPTIME,
-        what: format!(
-            "bad content {:?}",
-            text.chars().take(64).collect::<String>()
-        ),
+        what: format!("bad content {:?}", text.chars().take(64).collect::<String>()),
     };
     let first = text.split_ascii_whitespace().next().ok_or_else(bad)?;
     let (secs, frac) = first.split_once('.').unwrap_or((first, ""));
@@ -112,10 +103,7 @@ pub fn parse_uptime(text: &str) -> Result<Duration, SysInfoError> {
 pub fn parse_cpu_list(text: &str) -> Result<u32, SysInfoError> {
     let bad = || SysInfoError::Parse {
         path: CPU_ONLINE,
-        what: format!(
-            "bad CPU list {:?}",
-            text.chars().take(64).collect::<String>()
-        ),
+        what: format!("bad CPU list {:?}", text.chars().take(64).collect::<String>()),
     };
     let text = text.trim();
     if text.is_empty() {
@@ -127,9 +115,7 @@ pub fn parse_cpu_list(text: &str) -> Result<u32, SysInfoError> {
             Some((a, b)) => {
                 let a = a.parse::<u32>().map_err(|_| bad())?;
                 let b = b.parse::<u32>().map_err(|_| bad())?;
-                b.checked_sub(a)
-                    .and_then(|d| d.checked_add(1))
-                    .ok_or_else(bad)?
+                b.checked_sub(a).and_then(|d| d.checked_add(1)).ok_or_else(bad)?
             }
             None => {
                 part.parse::<u32>().map_err(|_| bad())?;
@@ -142,10 +128,7 @@ pub fn parse_cpu_list(text: &str) -> Result<u32, SysInfoError> {
 }
 
 fn read(path: &'static str) -> Result<String, SysInfoError> {
-    std::fs::read_to_string(path).map_err(|e| SysInfoError::Read {
-        path,
-        reason: e.to_string(),
-    })
+    std::fs::read_to_string(path).map_err(|e| SysInfoError::Read { path, reason: e.to_string() })
 }
 
 /// Current uptime from /proc/uptime.
@@ -165,10 +148,7 @@ pub fn cpus() -> u32 {
 
 /// Wall-clock boot time in ms since the epoch: now minus uptime.
 pub fn boot_time_unix_ms(now: SystemTime, uptime: Duration) -> u64 {
-    let now_ms = now
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0);
+    let now_ms = now.duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
     let now_ms = u64::try_from(now_ms).unwrap_or(u64::MAX);
     let up_ms = u64::try_from(uptime.as_millis()).unwrap_or(u64::MAX);
     now_ms.saturating_sub(up_ms)
@@ -176,10 +156,8 @@ pub fn boot_time_unix_ms(now: SystemTime, uptime: Duration) -> u64 {
 
 /// Gathers all facts.
 pub fn facts() -> Result<Facts, SysInfoError> {
-    let uts = nix::sys::utsname::uname().map_err(|e| SysInfoError::Read {
-        path: "uname(2)",
-        reason: e.to_string(),
-    })?;
+    let uts = nix::sys::utsname::uname()
+        .map_err(|e| SysInfoError::Read { path: "uname(2)", reason: e.to_string() })?;
     let uptime = uptime()?;
     let memory = parse_meminfo(&read(MEMINFO)?)?;
     Ok(Facts {
@@ -227,26 +205,11 @@ HugePages_Total:       0\n";
 
     #[test]
     fn uptime_parsing() {
-        assert_eq!(
-            parse_uptime("12345.67 54321.00\n").unwrap(),
-            Duration::from_millis(12_345_670)
-        );
+        assert_eq!(parse_uptime("12345.67 54321.00\n").unwrap(), Duration::from_millis(12_345_670));
         assert_eq!(parse_uptime("3.5").unwrap(), Duration::from_millis(3500));
         assert_eq!(parse_uptime("7 1").unwrap(), Duration::from_secs(7));
-        assert_eq!(
-            parse_uptime("0.1234567891234 0").unwrap(),
-            Duration::new(0, 123_456_789)
-        );
-        for bad in [
-            "",
-            "   ",
-            "abc",
-            "-1.0",
-            "1.x",
-            ".5",
-            "1e3",
-            "99999999999999999999999.0",
-        ] {
+        assert_eq!(parse_uptime("0.1234567891234 0").unwrap(), Duration::new(0, 123_456_789));
+        for bad in ["", "   ", "abc", "-1.0", "1.x", ".5", "1e3", "99999999999999999999999.0"] {
             assert!(parse_uptime(bad).is_err(), "accepted {bad:?}");
         }
     }
@@ -256,15 +219,7 @@ HugePages_Total:       0\n";
         assert_eq!(parse_cpu_list("0\n").unwrap(), 1);
         assert_eq!(parse_cpu_list("0-3").unwrap(), 4);
         assert_eq!(parse_cpu_list("0-3,6,8-9\n").unwrap(), 7);
-        for bad in [
-            "",
-            "a",
-            "3-1",
-            "0-",
-            "-",
-            "0,,1",
-            "0-4294967295,0-4294967295",
-        ] {
+        for bad in ["", "a", "3-1", "0-", "-", "0,,1", "0-4294967295,0-4294967295"] {
             assert!(parse_cpu_list(bad).is_err(), "accepted {bad:?}");
         }
     }

@@ -45,19 +45,22 @@ fn build_initramfs(dir: &Path) -> PathBuf {
         target_dir().join("x86_64-unknown-linux-gnu/release/carapace-agent"),
     );
     let base = dir.join("base.cpio");
-    run(Command::new(repo().join("guest-image/build-initramfs.sh")).arg(&agent).arg(&base).stdout(Stdio::null()));
+    run(Command::new(repo().join("guest-image/build-initramfs.sh"))
+        .arg(&agent)
+        .arg(&base)
+        .stdout(Stdio::null()));
     let stage = dir.join("stage");
-    run(Command::new(repo().join("tests/rootfs/busybox.sh")).arg(stage.join("testroot")).stdout(Stdio::null()));
+    run(Command::new(repo().join("tests/rootfs/busybox.sh"))
+        .arg(stage.join("testroot"))
+        .stdout(Stdio::null()));
     std::fs::create_dir_all(stage.join("testdata")).unwrap();
     std::fs::write(stage.join("testdata/greeting"), "hello from a volume\n").unwrap();
     let extra = dir.join("extra.cpio");
-    run(Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "cd {} && find . -mindepth 1 | LC_ALL=C sort | cpio --quiet -o -H newc --owner=0:0 > {}",
-            stage.display(),
-            extra.display()
-        )));
+    run(Command::new("sh").arg("-c").arg(format!(
+        "cd {} && find . -mindepth 1 | LC_ALL=C sort | cpio --quiet -o -H newc --owner=0:0 > {}",
+        stage.display(),
+        extra.display()
+    )));
     let out = dir.join("initramfs.cpio");
     let mut all = std::fs::read(&base).unwrap();
     all.extend(std::fs::read(&extra).unwrap());
@@ -88,12 +91,18 @@ fn boot(dir: &Path, initramfs: &Path) -> Vm {
     let bin = env_path("CARAPACE_BIN", target_dir().join("release/carapace"));
     let mut cmd = Command::new(bin);
     cmd.arg("vmm")
-        .arg("--kernel").arg(guest.join("vmlinux"))
-        .arg("--initramfs").arg(initramfs)
-        .arg("--vcpus").arg("1")
-        .arg("--mem-mib").arg("512")
-        .arg("--serial-log").arg(dir.join("serial.log"))
-        .arg("--vsock-uds").arg(dir.join("vsock.sock"))
+        .arg("--kernel")
+        .arg(guest.join("vmlinux"))
+        .arg("--initramfs")
+        .arg(initramfs)
+        .arg("--vcpus")
+        .arg("1")
+        .arg("--mem-mib")
+        .arg("512")
+        .arg("--serial-log")
+        .arg(dir.join("serial.log"))
+        .arg("--vsock-uds")
+        .arg(dir.join("vsock.sock"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join("vmm.stderr")).unwrap());
@@ -124,7 +133,11 @@ struct Output {
 }
 
 /// Collects a process's output until EOF.
-fn collect(mut g: Grpc<Channel>, container_id: &str, exec_id: &str) -> tokio::task::JoinHandle<Output> {
+fn collect(
+    mut g: Grpc<Channel>,
+    container_id: &str,
+    exec_id: &str,
+) -> tokio::task::JoinHandle<Output> {
     let req = pb::ReadStdioRequest { container_id: container_id.into(), exec_id: exec_id.into() };
     tokio::spawn(async move {
         let mut o = Output::default();
@@ -142,27 +155,44 @@ fn collect(mut g: Grpc<Channel>, container_id: &str, exec_id: &str) -> tokio::ta
 }
 
 /// create + start; returns the output collector.
-async fn launch(g: &mut Grpc<Channel>, req: pb::CreateContainerRequest) -> tokio::task::JoinHandle<Output> {
+async fn launch(
+    g: &mut Grpc<Channel>,
+    req: pb::CreateContainerRequest,
+) -> tokio::task::JoinHandle<Output> {
     let id = req.id.clone();
     g.create_container(req).await.unwrap_or_else(|e| panic!("create {id}: {e:?}"));
     let out = collect(g.clone(), &id, "");
-    g.start_container(pb::StartContainerRequest { id: id.clone() }).await.unwrap_or_else(|e| panic!("start {id}: {e:?}"));
+    g.start_container(pb::StartContainerRequest { id: id.clone() })
+        .await
+        .unwrap_or_else(|e| panic!("start {id}: {e:?}"));
     out
 }
 
 /// Runs a container to completion; removes it.
-async fn run_to_end(g: &mut Grpc<Channel>, req: pb::CreateContainerRequest) -> (Output, pb::WaitProcessResponse) {
+async fn run_to_end(
+    g: &mut Grpc<Channel>,
+    req: pb::CreateContainerRequest,
+) -> (Output, pb::WaitProcessResponse) {
     let id = req.id.clone();
     let out = launch(g, req).await;
-    let w = g.wait_container(pb::WaitContainerRequest { id: id.clone() }).await.unwrap().into_inner();
+    let w =
+        g.wait_container(pb::WaitContainerRequest { id: id.clone() }).await.unwrap().into_inner();
     let o = tokio::time::timeout(Duration::from_secs(30), out).await.unwrap().unwrap();
     g.remove_container(pb::RemoveContainerRequest { id, force: false }).await.unwrap();
     (o, w)
 }
 
-async fn exec(g: &mut Grpc<Channel>, id: &str, args: &[&str]) -> Result<(Output, pb::WaitProcessResponse), tonic::Status> {
+async fn exec(
+    g: &mut Grpc<Channel>,
+    id: &str,
+    args: &[&str],
+) -> Result<(Output, pb::WaitProcessResponse), tonic::Status> {
     let r = g
-        .exec_process(pb::ExecProcessRequest { container_id: id.into(), exec_id: String::new(), process: Some(process(args)) })
+        .exec_process(pb::ExecProcessRequest {
+            container_id: id.into(),
+            exec_id: String::new(),
+            process: Some(process(args)),
+        })
         .await?
         .into_inner();
     let out = collect(g.clone(), id, &r.exec_id);
@@ -179,7 +209,13 @@ async fn containers_in_a_real_guest() {
     let tmp = tempfile::tempdir().unwrap();
     let initramfs = build_initramfs(tmp.path());
     let vm = boot(tmp.path(), &initramfs);
-    let client = match AgentClient::connect(&tmp.path().join("vsock.sock"), AGENT_VSOCK_PORT, Duration::from_secs(120)).await {
+    let client = match AgentClient::connect(
+        &tmp.path().join("vsock.sock"),
+        AGENT_VSOCK_PORT,
+        Duration::from_secs(120),
+    )
+    .await
+    {
         Ok(c) => c.with_call_timeout(Duration::from_secs(120)),
         Err(e) => panic!("agent: {e}\n{}", vm.serial()),
     };
@@ -189,7 +225,10 @@ async fn containers_in_a_real_guest() {
     step("stdout and stderr separate, exit 3 (default seccomp profile)");
     let mut req = container("c-exit3", &["sh", "-c", "echo out; echo err >&2; exit 3"]);
     req.security = Some(pb::Security {
-        seccomp: Some(pb::Seccomp { kind: pb::seccomp::Kind::RuntimeDefault as i32, profile_json: String::new() }),
+        seccomp: Some(pb::Seccomp {
+            kind: pb::seccomp::Kind::RuntimeDefault as i32,
+            profile_json: String::new(),
+        }),
         ..Default::default()
     });
     let (o, w) = run_to_end(&mut g, req).await;
@@ -230,7 +269,11 @@ async fn containers_in_a_real_guest() {
     let webinfo = list.containers.iter().find(|c| c.id == "web").unwrap();
     assert_eq!(webinfo.state, "running");
     assert_eq!(webinfo.exec_ids.len(), 2);
-    let st = g.container_stats(pb::ContainerStatsRequest { id: "web".into() }).await.unwrap().into_inner();
+    let st = g
+        .container_stats(pb::ContainerStatsRequest { id: "web".into() })
+        .await
+        .unwrap()
+        .into_inner();
     assert!(st.memory_usage_bytes > 0 && st.pids_current >= 1, "{st:?}");
     g.update_container_resources(pb::UpdateContainerResourcesRequest {
         id: "web".into(),
@@ -238,7 +281,11 @@ async fn containers_in_a_real_guest() {
     })
     .await
     .unwrap();
-    let st = g.container_stats(pb::ContainerStatsRequest { id: "web".into() }).await.unwrap().into_inner();
+    let st = g
+        .container_stats(pb::ContainerStatsRequest { id: "web".into() })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(st.memory_limit_bytes, 64 << 20);
     g.remove_container(pb::RemoveContainerRequest { id: "web".into(), force: true }).await.unwrap();
 
@@ -246,12 +293,20 @@ async fn containers_in_a_real_guest() {
     let mut cat = container("cat", &["cat"]);
     cat.process.as_mut().unwrap().stdin = true;
     let out = launch(&mut g, cat).await;
-    g.write_stdin(pb::WriteStdinRequest { container_id: "cat".into(), exec_id: String::new(), data: b"ping\n".to_vec(), close: true })
+    g.write_stdin(pb::WriteStdinRequest {
+        container_id: "cat".into(),
+        exec_id: String::new(),
+        data: b"ping\n".to_vec(),
+        close: true,
+    })
+    .await
+    .unwrap();
+    let w =
+        g.wait_container(pb::WaitContainerRequest { id: "cat".into() }).await.unwrap().into_inner();
+    assert_eq!((out.await.unwrap().out.as_str(), w.exit_code), ("ping\n", 0));
+    g.remove_container(pb::RemoveContainerRequest { id: "cat".into(), force: false })
         .await
         .unwrap();
-    let w = g.wait_container(pb::WaitContainerRequest { id: "cat".into() }).await.unwrap().into_inner();
-    assert_eq!((out.await.unwrap().out.as_str(), w.exit_code), ("ping\n", 0));
-    g.remove_container(pb::RemoveContainerRequest { id: "cat".into(), force: false }).await.unwrap();
 
     step("tty: a container and an exec on a terminal, resized, with stdin");
     let mut term = container("term", &["sh", "-c", "tty; stty size; read line; echo got:$line"]);
@@ -260,16 +315,32 @@ async fn containers_in_a_real_guest() {
         p.tty = true;
         p.stdin = true;
     }
-    g.create_container(term).await.unwrap_or_else(|e| panic!("create term: {e:?}\n{}", vm.serial()));
-    g.resize_tty(pb::ResizeTtyRequest { container_id: "term".into(), exec_id: String::new(), rows: 33, cols: 101 })
+    g.create_container(term)
         .await
-        .unwrap();
+        .unwrap_or_else(|e| panic!("create term: {e:?}\n{}", vm.serial()));
+    g.resize_tty(pb::ResizeTtyRequest {
+        container_id: "term".into(),
+        exec_id: String::new(),
+        rows: 33,
+        cols: 101,
+    })
+    .await
+    .unwrap();
     let out = collect(g.clone(), "term", "");
     g.start_container(pb::StartContainerRequest { id: "term".into() }).await.unwrap();
-    g.write_stdin(pb::WriteStdinRequest { container_id: "term".into(), exec_id: String::new(), data: b"typed\n".to_vec(), close: false })
+    g.write_stdin(pb::WriteStdinRequest {
+        container_id: "term".into(),
+        exec_id: String::new(),
+        data: b"typed\n".to_vec(),
+        close: false,
+    })
+    .await
+    .unwrap();
+    let w = g
+        .wait_container(pb::WaitContainerRequest { id: "term".into() })
         .await
-        .unwrap();
-    let w = g.wait_container(pb::WaitContainerRequest { id: "term".into() }).await.unwrap().into_inner();
+        .unwrap()
+        .into_inner();
     let o = tokio::time::timeout(Duration::from_secs(30), out).await.unwrap().unwrap();
     assert_eq!(w.exit_code, 0, "{o:?}");
     assert!(o.err.is_empty(), "a terminal has one stream: {o:?}");
@@ -277,19 +348,28 @@ async fn containers_in_a_real_guest() {
     // The terminal echoes what was typed, wherever it lands in the output.
     assert!(text.contains("/dev/pts/") && text.contains("33 101\n"), "{text:?}");
     assert!(text.contains("typed\n") && text.contains("got:typed\n"), "{text:?}");
-    g.remove_container(pb::RemoveContainerRequest { id: "term".into(), force: false }).await.unwrap();
+    g.remove_container(pb::RemoveContainerRequest { id: "term".into(), force: false })
+        .await
+        .unwrap();
     let _sleeper = launch(&mut g, container("plain", &["sleep", "1000"])).await;
     let mut tp = process(&["sh", "-c", "tty; echo $TERM_TEST; stty size"]);
     tp.tty = true;
     tp.env = vec!["TERM_TEST=from-exec".into()];
     let r = g
-        .exec_process(pb::ExecProcessRequest { container_id: "plain".into(), exec_id: "t1".into(), process: Some(tp) })
+        .exec_process(pb::ExecProcessRequest {
+            container_id: "plain".into(),
+            exec_id: "t1".into(),
+            process: Some(tp),
+        })
         .await
         .unwrap()
         .into_inner();
     let out = collect(g.clone(), "plain", &r.exec_id);
     let w = g
-        .wait_process(pb::WaitProcessRequest { container_id: "plain".into(), exec_id: r.exec_id.clone() })
+        .wait_process(pb::WaitProcessRequest {
+            container_id: "plain".into(),
+            exec_id: r.exec_id.clone(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -301,16 +381,28 @@ async fn containers_in_a_real_guest() {
     let (o, w) = exec(&mut g, "plain", &["tty"]).await.unwrap();
     assert_eq!((o.out.as_str(), w.exit_code), ("not a tty\n", 1), "{o:?}");
     let e = g
-        .resize_tty(pb::ResizeTtyRequest { container_id: "plain".into(), exec_id: String::new(), rows: 10, cols: 10 })
+        .resize_tty(pb::ResizeTtyRequest {
+            container_id: "plain".into(),
+            exec_id: String::new(),
+            rows: 10,
+            cols: 10,
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
     let e = g
-        .resize_tty(pb::ResizeTtyRequest { container_id: "plain".into(), exec_id: "t1".into(), rows: 0, cols: 70_000 })
+        .resize_tty(pb::ResizeTtyRequest {
+            container_id: "plain".into(),
+            exec_id: "t1".into(),
+            rows: 0,
+            cols: 70_000,
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
-    g.remove_container(pb::RemoveContainerRequest { id: "plain".into(), force: true }).await.unwrap();
+    g.remove_container(pb::RemoveContainerRequest { id: "plain".into(), force: true })
+        .await
+        .unwrap();
 
     step("memory limit 32 MiB, 100 MiB allocation -> OOMKilled");
     let mut oom = container("oom", &["dd", "if=/dev/zero", "of=/dev/null", "bs=100M", "count=1"]);
@@ -320,17 +412,30 @@ async fn containers_in_a_real_guest() {
     assert_eq!(w.exit_code, 137);
 
     step("SIGTERM ignored -> killed after the grace period");
-    let _out = launch(&mut g, container("stubborn", &["sh", "-c", "trap '' TERM; echo ready; while true; do sleep 1; done"])).await;
+    let _out = launch(
+        &mut g,
+        container(
+            "stubborn",
+            &["sh", "-c", "trap '' TERM; echo ready; while true; do sleep 1; done"],
+        ),
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let t0 = Instant::now();
     let w = g
-        .stop_container(pb::StopContainerRequest { id: "stubborn".into(), signal: 0, timeout_ms: 2000 })
+        .stop_container(pb::StopContainerRequest {
+            id: "stubborn".into(),
+            signal: 0,
+            timeout_ms: 2000,
+        })
         .await
         .unwrap()
         .into_inner();
     assert!(t0.elapsed() >= Duration::from_millis(1900));
     assert_eq!((w.exit_code, w.reason.as_str()), (137, "Killed"), "{w:?}");
-    g.remove_container(pb::RemoveContainerRequest { id: "stubborn".into(), force: false }).await.unwrap();
+    g.remove_container(pb::RemoveContainerRequest { id: "stubborn".into(), force: false })
+        .await
+        .unwrap();
 
     step("read-only rootfs -> EROFS; non-root user cannot write root-owned files");
     let mut ro = container("ro", &["touch", "/newfile"]);
@@ -339,17 +444,22 @@ async fn containers_in_a_real_guest() {
     assert_ne!(w.exit_code, 0);
     assert!(o.err.contains("Read-only file system"), "{o:?}");
     let mut user = container("user", &["sh", "-c", "id -u; echo x >> /etc/motd"]);
-    user.process.as_mut().unwrap().user = Some(pb::User { uid: 1000, gid: 1000, additional_gids: vec![] });
+    user.process.as_mut().unwrap().user =
+        Some(pb::User { uid: 1000, gid: 1000, additional_gids: vec![] });
     let (o, w) = run_to_end(&mut g, user).await;
     assert_eq!(o.out, "1000\n");
     assert!(o.err.contains("Permission denied"), "{o:?}");
     assert_ne!(w.exit_code, 0);
 
     step("default seccomp profile (no_new_privs): unshare is refused");
-    let mut sc = container("seccomp", &["sh", "-c", "unshare -U true && echo allowed || echo refused"]);
+    let mut sc =
+        container("seccomp", &["sh", "-c", "unshare -U true && echo allowed || echo refused"]);
     sc.security = Some(pb::Security {
         no_new_privs: true,
-        seccomp: Some(pb::Seccomp { kind: pb::seccomp::Kind::RuntimeDefault as i32, profile_json: String::new() }),
+        seccomp: Some(pb::Seccomp {
+            kind: pb::seccomp::Kind::RuntimeDefault as i32,
+            profile_json: String::new(),
+        }),
         ..Default::default()
     });
     let (o, _) = run_to_end(&mut g, sc).await;
@@ -358,13 +468,18 @@ async fn containers_in_a_real_guest() {
     step("PID namespace shared only when asked");
     let pod_pid = |id: &str, args: &[&str]| {
         let mut c = container(id, args);
-        c.namespaces = Some(pb::Namespaces { pid: pb::NamespaceMode::Pod as i32, ..Default::default() });
+        c.namespaces =
+            Some(pb::Namespaces { pid: pb::NamespaceMode::Pod as i32, ..Default::default() });
         c
     };
     let _p1 = launch(&mut g, pod_pid("p1", &["sleep", "1000"])).await;
-    let (o, _) = run_to_end(&mut g, pod_pid("p2", &["sh", "-c", "ps -o comm,args | grep -c '^sleep'"])).await;
+    let (o, _) =
+        run_to_end(&mut g, pod_pid("p2", &["sh", "-c", "ps -o comm,args | grep -c '^sleep'"]))
+            .await;
     assert_eq!(o.out, "1\n", "shared: {o:?}");
-    let (o, _) = run_to_end(&mut g, container("p3", &["sh", "-c", "ps -o comm,args | grep -c '^sleep'"])).await;
+    let (o, _) =
+        run_to_end(&mut g, container("p3", &["sh", "-c", "ps -o comm,args | grep -c '^sleep'"]))
+            .await;
     assert_eq!(o.out, "0\n", "private: {o:?}");
     g.remove_container(pb::RemoveContainerRequest { id: "p1".into(), force: true }).await.unwrap();
 
@@ -373,12 +488,22 @@ async fn containers_in_a_real_guest() {
     bad.rootfs_path = "/testroot/../".into();
     assert_eq!(g.create_container(bad).await.unwrap_err().code(), tonic::Code::InvalidArgument);
     let mut bad = container("bad", &["sh"]);
-    bad.mounts = vec![pb::Mount { destination: "/../../etc".into(), source: "/".into(), ..Default::default() }];
+    bad.mounts = vec![pb::Mount {
+        destination: "/../../etc".into(),
+        source: "/".into(),
+        ..Default::default()
+    }];
     assert_eq!(g.create_container(bad).await.unwrap_err().code(), tonic::Code::InvalidArgument);
     let bad = container("../escape", &["sh"]);
     assert_eq!(g.create_container(bad).await.unwrap_err().code(), tonic::Code::InvalidArgument);
     client.health().await.unwrap();
-    assert!(g.list_containers(pb::ListContainersRequest {}).await.unwrap().into_inner().containers.is_empty());
+    assert!(g
+        .list_containers(pb::ListContainersRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .containers
+        .is_empty());
     client.shutdown().await.unwrap();
     drop(vm);
 }

@@ -23,11 +23,7 @@ async fn health_and_shutdown_through_fake_vmm() {
         .expect("connect");
     let h = client.health().await.expect("health");
     assert_eq!(h.kernel_version, uname_r());
-    assert!(
-        h.kernel_build.starts_with('#'),
-        "kernel build {:?}",
-        h.kernel_build
-    );
+    assert!(h.kernel_build.starts_with('#'), "kernel build {:?}", h.kernel_build);
     assert_eq!(h.agent_version, env!("CARGO_PKG_VERSION"));
     assert_eq!(h.api_version, "carapace.agent.v1");
     assert!(h.mem_total_bytes > 0);
@@ -36,15 +32,9 @@ async fn health_and_shutdown_through_fake_vmm() {
     assert!(h.uptime_ms > 0);
     assert!(h.agent_start_uptime_ms <= h.uptime_ms);
     assert!(!h.pid1);
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
+    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
     let expected_boot = now_ms - h.uptime_ms;
-    assert!(
-        h.boot_time_unix_ms.abs_diff(expected_boot) < 5_000,
-        "boot time {h:?}"
-    );
+    assert!(h.boot_time_unix_ms.abs_diff(expected_boot) < 5_000, "boot time {h:?}");
 
     // A second call on the same connection works too.
     let h2 = client.health().await.expect("health again");
@@ -89,8 +79,7 @@ async fn deadline_error_when_agent_never_listens() {
         .await
         .unwrap_err();
     assert!(
-        err.to_string()
-            .contains("agent did not answer on vsock port 1024 within 0.3s"),
+        err.to_string().contains("agent did not answer on vsock port 1024 within 0.3s"),
         "{err}"
     );
 }
@@ -105,19 +94,13 @@ fn sigterm_stops_dev_mode_agent_cleanly() {
 }
 
 fn nix_kill_term(pid: i32) {
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .expect("kill");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM)
+        .expect("kill");
 }
 
 #[test]
 fn bad_arguments_exit_2() {
-    let out = Command::new(env!("CARGO_BIN_EXE_carapace-agent"))
-        .arg("--bogus")
-        .output()
-        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_carapace-agent")).arg("--bogus").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown argument"));
 }
@@ -127,14 +110,7 @@ fn bad_arguments_exit_2() {
 #[test]
 fn vsock_listener_binds_and_stops_on_sigterm() {
     use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
-    if socket(
-        AddressFamily::Vsock,
-        SockType::Stream,
-        SockFlag::empty(),
-        None,
-    )
-    .is_err()
-    {
+    if socket(AddressFamily::Vsock, SockType::Stream, SockFlag::empty(), None).is_err() {
         eprintln!("skipping: no AF_VSOCK on this host");
         return;
     }

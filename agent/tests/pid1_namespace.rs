@@ -46,9 +46,7 @@ fn all_children(pid: i32) -> Vec<i32> {
     tasks
         .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("children")).ok())
         .flat_map(|text| {
-            text.split_whitespace()
-                .filter_map(|p| p.parse().ok())
-                .collect::<Vec<i32>>()
+            text.split_whitespace().filter_map(|p| p.parse().ok()).collect::<Vec<i32>>()
         })
         .collect()
 }
@@ -85,32 +83,17 @@ async fn agent_as_pid1_in_namespaces() {
     ])
     .arg("chroot")
     .arg(&root)
-    .args([
-        "/init",
-        "--listen-unix",
-        "/agent.sock",
-        "--hostname",
-        "testpod",
-    ]);
+    .args(["/init", "--listen-unix", "/agent.sock", "--hostname", "testpod"]);
     let mut agent = AgentProc::start_cmd(cmd);
 
     // The agent's host-side pid: unshare's only child.
     let agent_pid = child_of(agent.pid()).expect("agent pid");
     let mountinfo = std::fs::read_to_string(format!("/proc/{agent_pid}/mountinfo")).unwrap();
-    for target in [
-        "/proc",
-        "/sys",
-        "/dev",
-        "/dev/pts",
-        "/dev/shm",
-        "/run",
-        "/tmp",
-        "/sys/fs/cgroup",
-    ] {
+    for target in
+        ["/proc", "/sys", "/dev", "/dev/pts", "/dev/shm", "/run", "/tmp", "/sys/fs/cgroup"]
+    {
         assert!(
-            mountinfo
-                .lines()
-                .any(|l| l.split(' ').nth(4) == Some(target)),
+            mountinfo.lines().any(|l| l.split(' ').nth(4) == Some(target)),
             "{target} not mounted:\n{mountinfo}"
         );
     }
@@ -137,10 +120,7 @@ async fn agent_as_pid1_in_namespaces() {
     assert!(st.success());
     let adopted_by = std::time::Instant::now() + Duration::from_secs(10);
     while all_children(agent_pid).is_empty() {
-        assert!(
-            std::time::Instant::now() < adopted_by,
-            "orphan never adopted by the agent"
-        );
+        assert!(std::time::Instant::now() < adopted_by, "orphan never adopted by the agent");
         std::thread::sleep(Duration::from_millis(10));
     }
     let reaped_by = std::time::Instant::now() + Duration::from_secs(10);

@@ -24,10 +24,7 @@ struct Cpio {
 
 impl Cpio {
     fn new() -> Cpio {
-        Cpio {
-            out: Vec::new(),
-            ino: 1,
-        }
+        Cpio { out: Vec::new(), ino: 1 }
     }
 
     fn pad4(&mut self) {
@@ -91,11 +88,7 @@ fn find_kernel() -> Option<PathBuf> {
 }
 
 fn have(tool: &str) -> bool {
-    Command::new(tool)
-        .arg("--version")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
+    Command::new(tool).arg("--version").output().map(|o| o.status.success()).unwrap_or(false)
 }
 
 /// An initramfs with the (dynamically linked) test build of the agent as
@@ -104,11 +97,7 @@ fn build_initramfs(dir: &Path) -> Vec<u8> {
     let bin = Path::new(env!("CARGO_BIN_EXE_carapace-agent"));
     let stripped = dir.join("init");
     std::fs::copy(bin, &stripped).unwrap();
-    assert!(Command::new("strip")
-        .arg(&stripped)
-        .status()
-        .unwrap()
-        .success());
+    assert!(Command::new("strip").arg(&stripped).status().unwrap().success());
 
     let mut cpio = Cpio::new();
     for d in ["dev", "proc", "sys", "run", "tmp", "etc"] {
@@ -159,16 +148,8 @@ fn agent_boots_as_pid1_under_qemu_tcg_and_stops_on_ctrl_alt_del() {
     let monitor = dir.path().join("monitor.sock");
 
     let mut qemu = Command::new("qemu-system-x86_64")
-        .args([
-            "-M", "pc", "-accel", "tcg", "-cpu", "max", "-m", "512", "-smp", "1",
-        ])
-        .args([
-            "-nodefaults",
-            "-no-user-config",
-            "-display",
-            "none",
-            "-no-reboot",
-        ])
+        .args(["-M", "pc", "-accel", "tcg", "-cpu", "max", "-m", "512", "-smp", "1"])
+        .args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"])
         .args(["-serial", "stdio"])
         .arg("-monitor")
         .arg(format!("unix:{},server,nowait", monitor.display()))
@@ -197,10 +178,7 @@ fn agent_boots_as_pid1_under_qemu_tcg_and_stops_on_ctrl_alt_del() {
     });
     let mut console = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(180);
-    while !console
-        .iter()
-        .any(|l: &String| l.trim_end() == "carapace-agent: ready")
-    {
+    while !console.iter().any(|l: &String| l.trim_end() == "carapace-agent: ready") {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
             Ok(l) => console.push(l),
@@ -220,21 +198,14 @@ fn agent_boots_as_pid1_under_qemu_tcg_and_stops_on_ctrl_alt_del() {
             kill_on_failure.0 = None;
             break st;
         }
-        assert!(
-            Instant::now() < deadline,
-            "guest did not stop; console:\n{}",
-            console.join("\n")
-        );
+        assert!(Instant::now() < deadline, "guest did not stop; console:\n{}", console.join("\n"));
         std::thread::sleep(Duration::from_millis(50));
     };
     while let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
         console.push(l);
     }
     let text = console.join("\n");
-    assert!(
-        status.success(),
-        "qemu exited with {status}; console:\n{text}"
-    );
+    assert!(status.success(), "qemu exited with {status}; console:\n{text}");
     for want in [
         "pid1=true",
         "hostname set hostname=\"tcg-guest\"",
@@ -244,9 +215,6 @@ fn agent_boots_as_pid1_under_qemu_tcg_and_stops_on_ctrl_alt_del() {
         assert!(text.contains(want), "console lacks {want:?}:\n{text}");
     }
     for unwanted in ["mount failed", "Kernel panic", "panicked"] {
-        assert!(
-            !text.contains(unwanted),
-            "console has {unwanted:?}:\n{text}"
-        );
+        assert!(!text.contains(unwanted), "console has {unwanted:?}:\n{text}");
     }
 }

@@ -59,13 +59,23 @@ pub struct DaemonOptions {
 
 impl Default for DaemonOptions {
     fn default() -> Self {
-        DaemonOptions { dir_prefix: "cri", insecure_registry: None, fallback_env: None, log_level: "info" }
+        DaemonOptions {
+            dir_prefix: "cri",
+            insecure_registry: None,
+            fallback_env: None,
+            log_level: "info",
+        }
     }
 }
 
 /// The daemon config: state, run and image dirs under `dir`, listening on `socket`, VMMs from
 /// the `carapace` binary under test booting `image`; pulls from `insecure_registry` over HTTP.
-pub fn config_toml(dir: &Path, socket: &Path, image: &GuestImage, insecure_registry: Option<&str>) -> String {
+pub fn config_toml(
+    dir: &Path,
+    socket: &Path,
+    image: &GuestImage,
+    insecure_registry: Option<&str>,
+) -> String {
     let registries = match insecure_registry {
         Some(r) => format!("[images.registries]\ninsecure = [\"{r}\"]\n"),
         None => String::new(),
@@ -102,7 +112,10 @@ impl Daemon {
         let d = dir.path();
         let socket = d.join("cri.sock");
         let config = d.join("config.toml");
-        std::fs::write(&config, config_toml(d, &socket, &image, opts.insecure_registry.as_deref()))?;
+        std::fs::write(
+            &config,
+            config_toml(d, &socket, &image, opts.insecure_registry.as_deref()),
+        )?;
         let mut daemon = Daemon { dir, config, socket, opts, child: None };
         daemon.restart()?;
         Ok(daemon)
@@ -111,12 +124,21 @@ impl Daemon {
     /// Starts the daemon process (again) and waits until it listens; its output is appended to
     /// the daemon log.
     pub fn restart(&mut self) -> Result<()> {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("daemon.log"))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("daemon.log"))?;
         let mut cmd = match self.opts.fallback_env {
             Some(env) if !carapace_has_serve() => {
                 let mut c = Command::new(std::env::current_exe()?);
-                c.args(["--exact", DAEMON_TEST_NAME, "--ignored", "--nocapture", "--test-threads=1"])
-                    .env(env, &self.config);
+                c.args([
+                    "--exact",
+                    DAEMON_TEST_NAME,
+                    "--ignored",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(env, &self.config);
                 c
             }
             _ => {
@@ -125,7 +147,10 @@ impl Daemon {
                 c
             }
         };
-        cmd.env("CARAPACE_LOG", self.opts.log_level).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+        cmd.env("CARAPACE_LOG", self.opts.log_level)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
         self.child = Some(cmd.spawn().with_context(|| format!("start the daemon ({cmd:?})"))?);
         let deadline = Instant::now() + LISTEN_DEADLINE;
         while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
@@ -138,7 +163,11 @@ impl Daemon {
                 bail!("daemon exited ({st})\n{}", self.log());
             }
             if Instant::now() > deadline {
-                bail!("daemon did not listen within {} s\n{}", LISTEN_DEADLINE.as_secs(), self.log());
+                bail!(
+                    "daemon did not listen within {} s\n{}",
+                    LISTEN_DEADLINE.as_secs(),
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -214,7 +243,8 @@ impl Daemon {
             let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
             let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
             let zombie = stat.rsplit(')').next().is_some_and(|s| s.trim_start().starts_with('Z'));
-            if !zombie && Some(pid) != daemon && String::from_utf8_lossy(&cmdline).contains(&needle) {
+            if !zombie && Some(pid) != daemon && String::from_utf8_lossy(&cmdline).contains(&needle)
+            {
                 pids.push(pid);
             }
         }
@@ -226,8 +256,9 @@ impl Daemon {
         let procs = self.vmm_processes();
         ensure!(procs.is_empty(), "VMM processes left behind: {procs:?}");
         for d in [self.pods_dir(), self.records_dir(), self.container_records_dir()] {
-            let left: Vec<_> =
-                std::fs::read_dir(&d).map(|r| r.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+            let left: Vec<_> = std::fs::read_dir(&d)
+                .map(|r| r.flatten().map(|e| e.file_name()).collect())
+                .unwrap_or_default();
             ensure!(left.is_empty(), "left behind in {}: {left:?}", d.display());
         }
         let root = self.dir.path().display().to_string();
@@ -276,7 +307,12 @@ pub fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// The base config of a pod named `name`: metadata (uid `uid-<name>`), hostname and log directory.
-pub fn pod_config(namespace: &str, name: &str, attempt: u32, log_directory: &Path) -> cri::PodSandboxConfig {
+pub fn pod_config(
+    namespace: &str,
+    name: &str,
+    attempt: u32,
+    log_directory: &Path,
+) -> cri::PodSandboxConfig {
     cri::PodSandboxConfig {
         metadata: Some(cri::PodSandboxMetadata {
             name: name.into(),
@@ -322,8 +358,15 @@ pub fn run_pod_request(config: cri::PodSandboxConfig) -> cri::RunPodSandboxReque
 }
 
 /// RunPodSandbox of `config` with the default handler; returns the pod sandbox ID.
-pub async fn run_pod(c: &mut RuntimeServiceClient<Channel>, config: &cri::PodSandboxConfig) -> Result<String> {
-    Ok(c.run_pod_sandbox(run_pod_request(config.clone())).await.context("RunPodSandbox")?.into_inner().pod_sandbox_id)
+pub async fn run_pod(
+    c: &mut RuntimeServiceClient<Channel>,
+    config: &cri::PodSandboxConfig,
+) -> Result<String> {
+    Ok(c.run_pod_sandbox(run_pod_request(config.clone()))
+        .await
+        .context("RunPodSandbox")?
+        .into_inner()
+        .pod_sandbox_id)
 }
 
 /// The base config of a container named `name` (attempt 0) running `command` (empty: the
@@ -356,11 +399,13 @@ mod tests {
 
     #[test]
     fn daemon_config_is_accepted_by_the_daemon() {
-        let image = GuestImage { kernel: "/g/vmlinux".into(), initramfs: "/g/initramfs.cpio".into() };
+        let image =
+            GuestImage { kernel: "/g/vmlinux".into(), initramfs: "/g/initramfs.cpio".into() };
         let d = Path::new("/tmp/cri123");
         for registry in [None, Some("127.0.0.1:5000")] {
             let text = config_toml(d, &d.join("cri.sock"), &image, registry);
-            let cfg = carapace_cri::Config::from_toml_str(&text, Path::new("t"), None).expect(&text);
+            let cfg =
+                carapace_cri::Config::from_toml_str(&text, Path::new("t"), None).expect(&text);
             assert_eq!(cfg.socket, d.join("cri.sock"));
             assert_eq!(cfg.state_dir, d.join("state"));
             assert_eq!(cfg.run_dir, d.join("run"));
@@ -373,11 +418,18 @@ mod tests {
     #[test]
     fn pod_and_container_configs() {
         let mut pod = pod_config("e2e", "web", 2, Path::new("/logs/web"));
-        assert_eq!(pod.metadata.as_ref().map(|m| (m.uid.as_str(), m.attempt)), Some(("uid-web", 2)));
+        assert_eq!(
+            pod.metadata.as_ref().map(|m| (m.uid.as_str(), m.attempt)),
+            Some(("uid-web", 2))
+        );
         assert_eq!((pod.hostname.as_str(), pod.log_directory.as_str()), ("web", "/logs/web"));
         use_host_network(&mut pod);
         assert!(pod.hostname.is_empty());
-        let net = pod.linux.and_then(|l| l.security_context).and_then(|s| s.namespace_options).map(|n| n.network);
+        let net = pod
+            .linux
+            .and_then(|l| l.security_context)
+            .and_then(|s| s.namespace_options)
+            .map(|n| n.network);
         assert_eq!(net, Some(cri::NamespaceMode::Node as i32));
         let c = container_config("job", "reg/img:1", &["sh", "-c", "true"]);
         assert_eq!((c.log_path.as_str(), c.command.len()), ("job/0.log", 3));

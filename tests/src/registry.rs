@@ -43,7 +43,8 @@ impl Registry {
             let deadline = Instant::now() + Duration::from_secs(30);
             let ready = loop {
                 if let Ok(mut s) = TcpStream::connect(&addr) {
-                    let _ = s.write_all(format!("GET /v2/ HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes());
+                    let _ = s
+                        .write_all(format!("GET /v2/ HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes());
                     let mut buf = String::new();
                     let _ = s.read_to_string(&mut buf);
                     if buf.contains("Docker-Distribution-Api-Version") {
@@ -61,9 +62,15 @@ impl Registry {
                 eprintln!("registry on {addr} did not start (attempt {attempt})");
                 continue;
             }
-            let out = Command::new(repo_root().join("tests/images/build-and-push.sh")).arg(&addr).output()?;
+            let out = Command::new(repo_root().join("tests/images/build-and-push.sh"))
+                .arg(&addr)
+                .output()?;
             let reg = Registry { addr, child, _dir: dir };
-            ensure!(out.status.success(), "pushing test images: {}", String::from_utf8_lossy(&out.stderr));
+            ensure!(
+                out.status.success(),
+                "pushing test images: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             return Ok(reg);
         }
         bail!("docker-registry did not start")

@@ -63,7 +63,11 @@ pub struct SharedDirVm {
 impl SharedDirVm {
     /// Creates the shared directory (a temporary directory named with `dir_prefix`), lets
     /// `prepare` fill it before boot, then starts the VM with it shared.
-    pub fn boot(image: &GuestImage, dir_prefix: &str, prepare: impl FnOnce(&Path) -> Result<()>) -> Result<Self> {
+    pub fn boot(
+        image: &GuestImage,
+        dir_prefix: &str,
+        prepare: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<Self> {
         let shared = tempfile::Builder::new().prefix(dir_prefix).tempdir()?;
         prepare(shared.path())?;
         let opts = VmOptions {

@@ -45,7 +45,11 @@ fn boot_once(rt: &tokio::runtime::Runtime, image: &GuestImage, opts: &VmOptions)
     let status = vm
         .wait_exit(EXIT_DEADLINE)
         .with_context(|| format!("VMM did not exit after shutdown\n{}", vm.diagnostics()))?;
-    ensure!(status.code() == Some(0), "VMM exited with {status} after shutdown\n{}", vm.diagnostics());
+    ensure!(
+        status.code() == Some(0),
+        "VMM exited with {status} after shutdown\n{}",
+        vm.diagnostics()
+    );
     ensure!(!sock.exists(), "VMM left its vsock socket {} behind", sock.display());
     Ok(())
 }
@@ -71,7 +75,12 @@ fn twenty_boots_in_a_row_reach_the_agent_and_exit_cleanly() {
             }
         }
     }
-    assert!(failures.is_empty(), "{} of {boots} boots failed:\n{}", failures.len(), failures.join("\n\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {boots} boots failed:\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
 }
 
 #[test]
@@ -100,9 +109,8 @@ fn sigterm_stops_the_guest_gracefully() {
     .unwrap_or_else(|e| panic!("agent not reached: {e:#}\n{}", vm.diagnostics()));
     // SAFETY: plain kill(2) on our own child's PID.
     unsafe { libc::kill(vm.child.id() as i32, libc::SIGTERM) };
-    let status = vm
-        .wait_exit(EXIT_DEADLINE)
-        .unwrap_or_else(|e| panic!("{e:#}\n{}", vm.diagnostics()));
+    let status =
+        vm.wait_exit(EXIT_DEADLINE).unwrap_or_else(|e| panic!("{e:#}\n{}", vm.diagnostics()));
     assert_eq!(status.code(), Some(0), "graceful stop must exit 0\n{}", vm.diagnostics());
     assert!(!sock.exists(), "vsock socket left behind");
 }

@@ -3,7 +3,6 @@
 //! pulls them through its ImageService, then runs pod → create → start → exec → logs → stop →
 //! remove. Needs a KVM that boots Linux; `make test-e2e` runs it (in the test host here).
 
-
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -13,8 +12,8 @@ use carapace_cri::k8s_cri::v1 as cri;
 use carapace_cri::k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use carapace_cri::tonic;
 use carapace_tests::cri::{
-    container_config, e2e_dns, pod_config as base_pod_config, pull_image, run_pod, runtime, with_log, Daemon,
-    DaemonOptions,
+    container_config, e2e_dns, pod_config as base_pod_config, pull_image, run_pod, runtime,
+    with_log, Daemon, DaemonOptions,
 };
 use carapace_tests::registry::Registry;
 use tonic::transport::Channel;
@@ -84,14 +83,22 @@ async fn status(c: &mut RuntimeServiceClient<Channel>, id: &str) -> Result<cri::
         .context("no status")
 }
 
-async fn wait_state(c: &mut RuntimeServiceClient<Channel>, id: &str, state: i32) -> Result<cri::ContainerStatus> {
+async fn wait_state(
+    c: &mut RuntimeServiceClient<Channel>,
+    id: &str,
+    state: i32,
+) -> Result<cri::ContainerStatus> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let s = status(c, id).await?;
         if s.state == state {
             return Ok(s);
         }
-        ensure!(Instant::now() < deadline, "container {id} stayed in state {} (want {state})", s.state);
+        ensure!(
+            Instant::now() < deadline,
+            "container {id} stayed in state {} (want {state})",
+            s.state
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -114,9 +121,13 @@ fn log_lines(text: &str) -> Result<Vec<(String, String, String)>> {
     let mut out = Vec::new();
     for l in text.lines() {
         let mut f = l.splitn(4, ' ');
-        let (ts, stream, tag) = (f.next().unwrap_or(""), f.next().unwrap_or(""), f.next().unwrap_or(""));
+        let (ts, stream, tag) =
+            (f.next().unwrap_or(""), f.next().unwrap_or(""), f.next().unwrap_or(""));
         let msg = f.next().unwrap_or("");
-        ensure!(ts.len() >= 20 && ts.ends_with('Z') && ts.as_bytes()[10] == b'T', "bad timestamp in {l:?}");
+        ensure!(
+            ts.len() >= 20 && ts.ends_with('Z') && ts.as_bytes()[10] == b'T',
+            "bad timestamp in {l:?}"
+        );
         ensure!(stream == "stdout" || stream == "stderr", "bad stream in {l:?}");
         ensure!(tag == "F" || tag == "P", "bad tag in {l:?}");
         out.push((stream.to_string(), tag.to_string(), msg.to_string()));
@@ -140,12 +151,22 @@ fn containers_run_exec_log_stop_and_remove() {
         let pod = run_pod(&mut c, &pod_cfg).await?;
 
         // Errors: missing image, unknown pod, unknown container IDs.
-        let e = create(&mut c, &pod, &pod_cfg, container("x", &missing, &["true"])).await.expect_err("missing image");
-        ensure!(e.code() == tonic::Code::NotFound && e.message().contains("pull it first"), "{e:?}");
+        let e = create(&mut c, &pod, &pod_cfg, container("x", &missing, &["true"]))
+            .await
+            .expect_err("missing image");
+        ensure!(
+            e.code() == tonic::Code::NotFound && e.message().contains("pull it first"),
+            "{e:?}"
+        );
         let unknown = "f".repeat(64);
-        let e = create(&mut c, &unknown, &pod_cfg, container("x", &busybox, &["true"])).await.expect_err("unknown pod");
+        let e = create(&mut c, &unknown, &pod_cfg, container("x", &busybox, &["true"]))
+            .await
+            .expect_err("unknown pod");
         ensure!(e.code() == tonic::Code::NotFound, "{e:?}");
-        let e = c.start_container(cri::StartContainerRequest { container_id: unknown.clone() }).await.expect_err("start");
+        let e = c
+            .start_container(cri::StartContainerRequest { container_id: unknown.clone() })
+            .await
+            .expect_err("start");
         ensure!(e.code() == tonic::Code::NotFound, "{e:?}");
         let e = c
             .stop_container(cri::StopContainerRequest { container_id: unknown.clone(), timeout: 1 })
@@ -155,7 +176,11 @@ fn containers_run_exec_log_stop_and_remove() {
         let e = status(&mut c, &unknown).await.expect_err("status");
         ensure!(format!("{e:#}").contains("not found"), "{e:#}");
         let e = c
-            .exec_sync(cri::ExecSyncRequest { container_id: unknown.clone(), cmd: vec!["true".into()], timeout: 5 })
+            .exec_sync(cri::ExecSyncRequest {
+                container_id: unknown.clone(),
+                cmd: vec!["true".into()],
+                timeout: 5,
+            })
             .await
             .expect_err("exec");
         ensure!(e.code() == tonic::Code::NotFound, "{e:?}");
@@ -164,7 +189,11 @@ fn containers_run_exec_log_stop_and_remove() {
         // A long-running container with a volume.
         let vol = tempfile::Builder::new().prefix("vol").tempdir_in("/tmp")?;
         std::fs::write(vol.path().join("hello"), "from the host\n")?;
-        let mut cfg = container("server", &busybox, &["sh", "-c", "echo started; echo $GREETING; sleep 1000"]);
+        let mut cfg = container(
+            "server",
+            &busybox,
+            &["sh", "-c", "echo started; echo $GREETING; sleep 1000"],
+        );
         let ro = tempfile::Builder::new().prefix("volro").tempdir_in("/tmp")?;
         std::fs::write(ro.path().join("config"), "read me\n")?;
         cfg.mounts = vec![
@@ -180,18 +209,29 @@ fn containers_run_exec_log_stop_and_remove() {
                 ..Default::default()
             },
         ];
-        let server = create(&mut c, &pod, &pod_cfg, cfg.clone()).await.context("CreateContainer")?;
+        let server =
+            create(&mut c, &pod, &pod_cfg, cfg.clone()).await.context("CreateContainer")?;
         ensure!(status(&mut c, &server).await?.state == CREATED);
         let e = create(&mut c, &pod, &pod_cfg, cfg).await.expect_err("duplicate name");
         ensure!(e.code() == tonic::Code::AlreadyExists && e.message().contains(&server), "{e:?}");
-        c.start_container(cri::StartContainerRequest { container_id: server.clone() }).await.context("StartContainer")?;
+        c.start_container(cri::StartContainerRequest { container_id: server.clone() })
+            .await
+            .context("StartContainer")?;
         let st = status(&mut c, &server).await?;
         ensure!(st.state == RUNNING && st.started_at > 0, "{st:?}");
-        let ps = c.pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false }).await?;
+        let ps = c
+            .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: pod.clone(),
+                verbose: false,
+            })
+            .await?;
         let cs = ps.into_inner().containers_statuses;
         ensure!(cs.len() == 1 && cs[0].id == server && cs[0].state == RUNNING, "{cs:?}");
         ensure!(st.image_id.starts_with("sha256:"), "{st:?}");
-        ensure!(st.mounts.len() == 2 && st.mounts[0].container_path == "/data" && st.mounts[1].readonly, "{st:?}");
+        ensure!(
+            st.mounts.len() == 2 && st.mounts[0].container_path == "/data" && st.mounts[1].readonly,
+            "{st:?}"
+        );
         let log_path = d.logs_dir("web").join("server/0.log");
         ensure!(st.log_path == log_path.display().to_string(), "{st:?}");
         let text = wait_log(&log_path, &["stdout F started"]).await?;
@@ -208,10 +248,16 @@ fn containers_run_exec_log_stop_and_remove() {
         ensure!(r.exit_code == 0 && r.stdout == b"from the host\n", "{r:?}");
         let r = c.exec_sync(exec(&["sh", "-c", "echo oops >&2; exit 7"])).await?.into_inner();
         ensure!(r.exit_code == 7 && r.stderr == b"oops\n" && r.stdout.is_empty(), "{r:?}");
-        let r = c.exec_sync(exec(&["sh", "-c", "echo written > /data/from-guest && cat /etc/hostname"])).await?.into_inner();
+        let r = c
+            .exec_sync(exec(&["sh", "-c", "echo written > /data/from-guest && cat /etc/hostname"]))
+            .await?
+            .into_inner();
         ensure!(r.exit_code == 0 && r.stdout == b"web\n", "{r:?}");
         ensure!(std::fs::read_to_string(vol.path().join("from-guest"))? == "written\n");
-        let r = c.exec_sync(exec(&["sh", "-c", "cat /etc/app/config && touch /etc/app/new"])).await?.into_inner();
+        let r = c
+            .exec_sync(exec(&["sh", "-c", "cat /etc/app/config && touch /etc/app/new"]))
+            .await?
+            .into_inner();
         ensure!(r.stdout == b"read me\n" && r.exit_code != 0, "read-only volume: {r:?}");
         ensure!(!ro.path().join("new").exists(), "a read-only volume was written");
         let mut short = exec(&["sleep", "100"]);
@@ -226,8 +272,14 @@ fn containers_run_exec_log_stop_and_remove() {
             .into_inner()
             .stats
             .context("no stats")?;
-        ensure!(s.cpu.is_some() && s.memory.as_ref().is_some_and(|m| m.working_set_bytes.is_some()), "{s:?}");
-        let ps = c.pod_sandbox_stats(cri::PodSandboxStatsRequest { pod_sandbox_id: pod.clone() }).await?.into_inner();
+        ensure!(
+            s.cpu.is_some() && s.memory.as_ref().is_some_and(|m| m.working_set_bytes.is_some()),
+            "{s:?}"
+        );
+        let ps = c
+            .pod_sandbox_stats(cri::PodSandboxStatsRequest { pod_sandbox_id: pod.clone() })
+            .await?
+            .into_inner();
         let n = ps.stats.and_then(|s| s.linux).map_or(0, |l| l.containers.len());
         ensure!(n == 1, "pod stats carry {n} containers");
         // The same figures as CRI metrics, each one described.
@@ -239,22 +291,42 @@ fn containers_run_exec_log_stop_and_remove() {
             .into_iter()
             .map(|d| d.name)
             .collect();
-        let pm = c.list_pod_sandbox_metrics(cri::ListPodSandboxMetricsRequest {}).await?.into_inner().pod_metrics;
+        let pm = c
+            .list_pod_sandbox_metrics(cri::ListPodSandboxMetricsRequest {})
+            .await?
+            .into_inner()
+            .pod_metrics;
         let mine = pm.iter().find(|m| m.pod_sandbox_id == pod).context("no metrics for the pod")?;
-        let cm = mine.container_metrics.iter().find(|m| m.container_id == server).context("no metrics for the container")?;
-        let names: Vec<&str> = cm.metrics.iter().chain(&mine.metrics).map(|m| m.name.as_str()).collect();
+        let cm = mine
+            .container_metrics
+            .iter()
+            .find(|m| m.container_id == server)
+            .context("no metrics for the container")?;
+        let names: Vec<&str> =
+            cm.metrics.iter().chain(&mine.metrics).map(|m| m.name.as_str()).collect();
         ensure!(names.contains(&"container_memory_working_set_bytes"), "{names:?}");
         ensure!(names.contains(&"carapace_pod_vm_memory_rss_bytes"), "{names:?}");
-        ensure!(names.iter().all(|n| described.iter().any(|d| d == n)), "undescribed metric in {names:?}");
+        ensure!(
+            names.iter().all(|n| described.iter().any(|d| d == n)),
+            "undescribed metric in {names:?}"
+        );
 
         // The job: stdout and stderr apart in the CRI log, exit code 3; its events.
         let mut events = c.get_container_events(cri::GetEventsRequest {}).await?.into_inner();
-        let job = create(&mut c, &pod, &pod_cfg, container("job", &busybox, &["sh", "-c", "echo out; echo err >&2; exit 3"]))
-            .await
-            .context("CreateContainer job")?;
+        let job = create(
+            &mut c,
+            &pod,
+            &pod_cfg,
+            container("job", &busybox, &["sh", "-c", "echo out; echo err >&2; exit 3"]),
+        )
+        .await
+        .context("CreateContainer job")?;
         c.start_container(cri::StartContainerRequest { container_id: job.clone() }).await?;
         let st = wait_state(&mut c, &job, EXITED).await?;
-        ensure!(st.exit_code == 3 && st.reason == "Error" && st.finished_at >= st.started_at, "{st:?}");
+        ensure!(
+            st.exit_code == 3 && st.reason == "Error" && st.finished_at >= st.started_at,
+            "{st:?}"
+        );
         let job_log = d.logs_dir("web").join("job/0.log");
         let text = wait_log(&job_log, &["stderr F err"]).await?;
         let lines = log_lines(&text)?;
@@ -276,20 +348,27 @@ fn containers_run_exec_log_stop_and_remove() {
             cri::ContainerEventType::ContainerStoppedEvent as i32,
         ];
         ensure!(seen == want, "events of the job: {seen:?}");
-        let e = c.start_container(cri::StartContainerRequest { container_id: job.clone() }).await.expect_err("restart");
+        let e = c
+            .start_container(cri::StartContainerRequest { container_id: job.clone() })
+            .await
+            .expect_err("restart");
         ensure!(e.code() == tonic::Code::FailedPrecondition, "{e:?}");
 
         // A container with a terminal: its output is one stream (stdout) in the CRI log.
         let mut term_cfg = container("term", &busybox, &["sh", "-c", "tty; echo done"]);
         term_cfg.tty = true;
-        let term = create(&mut c, &pod, &pod_cfg, term_cfg).await.context("CreateContainer term")?;
+        let term =
+            create(&mut c, &pod, &pod_cfg, term_cfg).await.context("CreateContainer term")?;
         c.start_container(cri::StartContainerRequest { container_id: term.clone() }).await?;
         let st = wait_state(&mut c, &term, EXITED).await?;
         ensure!(st.exit_code == 0, "{st:?}");
         let text = wait_log(&d.logs_dir("web").join("term/0.log"), &["done"]).await?;
         let lines = log_lines(&text)?;
         ensure!(lines.iter().all(|(stream, _, _)| stream == "stdout"), "{text}");
-        ensure!(lines.iter().any(|(_, _, t)| t.trim_end_matches('\r').starts_with("/dev/pts/")), "{text}");
+        ensure!(
+            lines.iter().any(|(_, _, t)| t.trim_end_matches('\r').starts_with("/dev/pts/")),
+            "{text}"
+        );
         c.remove_container(cri::RemoveContainerRequest { container_id: term }).await?;
 
         // Lists and filters.
@@ -312,21 +391,31 @@ fn containers_run_exec_log_stop_and_remove() {
 
         // Log rotation: the old file is renamed away, the next lines go to a new file.
         std::fs::rename(&log_path, log_path.with_extension("log.1"))?;
-        c.reopen_container_log(cri::ReopenContainerLogRequest { container_id: server.clone() }).await?;
+        c.reopen_container_log(cri::ReopenContainerLogRequest { container_id: server.clone() })
+            .await?;
         ensure!(log_path.exists(), "ReopenContainerLog did not create a new file");
 
         // Stop (idempotent), remove (idempotent); the volume keeps its files.
-        c.stop_container(cri::StopContainerRequest { container_id: server.clone(), timeout: 2 }).await?;
+        c.stop_container(cri::StopContainerRequest { container_id: server.clone(), timeout: 2 })
+            .await?;
         let st = status(&mut c, &server).await?;
         ensure!(st.state == EXITED && st.finished_at > 0, "{st:?}");
-        c.stop_container(cri::StopContainerRequest { container_id: server.clone(), timeout: 2 }).await?;
+        c.stop_container(cri::StopContainerRequest { container_id: server.clone(), timeout: 2 })
+            .await?;
         let e = c.exec_sync(exec(&["true"])).await.expect_err("exec in a stopped container");
         ensure!(e.code() == tonic::Code::FailedPrecondition, "{e:?}");
         for id in [&server, &job] {
-            c.remove_container(cri::RemoveContainerRequest { container_id: id.to_string() }).await?;
-            c.remove_container(cri::RemoveContainerRequest { container_id: id.to_string() }).await?;
+            c.remove_container(cri::RemoveContainerRequest { container_id: id.to_string() })
+                .await?;
+            c.remove_container(cri::RemoveContainerRequest { container_id: id.to_string() })
+                .await?;
         }
-        ensure!(c.list_containers(list(Default::default())).await?.into_inner().containers.is_empty());
+        ensure!(c
+            .list_containers(list(Default::default()))
+            .await?
+            .into_inner()
+            .containers
+            .is_empty());
         let deleted = cri::ContainerEventType::ContainerDeletedEvent as i32;
         loop {
             let ev = tokio::time::timeout(Duration::from_secs(60), events.message())
@@ -337,19 +426,32 @@ fn containers_run_exec_log_stop_and_remove() {
                 break;
             }
         }
-        ensure!(std::fs::read_to_string(vol.path().join("hello"))? == "from the host\n", "volume lost its file");
+        ensure!(
+            std::fs::read_to_string(vol.path().join("hello"))? == "from the host\n",
+            "volume lost its file"
+        );
         let shared = d.pods_dir().join(&pod).join("shared");
         let left: Vec<_> = std::fs::read_dir(&shared)?.flatten().map(|e| e.file_name()).collect();
         ensure!(left.is_empty(), "container files left in {}: {left:?}", shared.display());
 
         // A container left running goes with its pod; the name is free again after removal.
-        let again = create(&mut c, &pod, &pod_cfg, container("server", &busybox, &["sleep", "1000"])).await?;
+        let again =
+            create(&mut c, &pod, &pod_cfg, container("server", &busybox, &["sleep", "1000"]))
+                .await?;
         c.start_container(cri::StartContainerRequest { container_id: again.clone() }).await?;
         c.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await?;
         ensure!(status(&mut c, &again).await?.state == EXITED);
         c.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod.clone() }).await?;
-        ensure!(c.list_containers(list(Default::default())).await?.into_inner().containers.is_empty());
-        ensure!(std::fs::read_to_string(vol.path().join("hello"))? == "from the host\n", "volume lost its file");
+        ensure!(c
+            .list_containers(list(Default::default()))
+            .await?
+            .into_inner()
+            .containers
+            .is_empty());
+        ensure!(
+            std::fs::read_to_string(vol.path().join("hello"))? == "from the host\n",
+            "volume lost its file"
+        );
         ensure!(d.vmm_processes().is_empty(), "VMM left running");
         ensure!(std::fs::read_dir(d.pods_dir())?.count() == 0, "pod files left");
         Ok(())
@@ -370,8 +472,20 @@ fn containers_survive_a_daemon_restart() {
         pull_image(&mut images, &busybox).await?;
         let pod_cfg = pod_config(&d, "db");
         let pod = run_pod(&mut c, &pod_cfg).await?;
-        let long = create(&mut c, &pod, &pod_cfg, container("long", &busybox, &["sh", "-c", "echo one; sleep 8; echo two; sleep 1000"])).await?;
-        let short = create(&mut c, &pod, &pod_cfg, container("short", &busybox, &["sh", "-c", "sleep 3; exit 4"])).await?;
+        let long = create(
+            &mut c,
+            &pod,
+            &pod_cfg,
+            container("long", &busybox, &["sh", "-c", "echo one; sleep 8; echo two; sleep 1000"]),
+        )
+        .await?;
+        let short = create(
+            &mut c,
+            &pod,
+            &pod_cfg,
+            container("short", &busybox, &["sh", "-c", "sleep 3; exit 4"]),
+        )
+        .await?;
         for id in [&long, &short] {
             c.start_container(cri::StartContainerRequest { container_id: id.to_string() }).await?;
         }
@@ -379,7 +493,9 @@ fn containers_survive_a_daemon_restart() {
         // A second running pod with its own container: both must come back after the restart.
         let web_cfg = pod_config(&d, "web");
         let web = run_pod(&mut c, &web_cfg).await?;
-        let serve = create(&mut c, &web, &web_cfg, container("serve", &busybox, &["sleep", "1000"])).await?;
+        let serve =
+            create(&mut c, &web, &web_cfg, container("serve", &busybox, &["sleep", "1000"]))
+                .await?;
         c.start_container(cri::StartContainerRequest { container_id: serve.clone() }).await?;
         Ok::<_, anyhow::Error>((pod, long, short, web, serve))
     });
@@ -389,33 +505,65 @@ fn containers_survive_a_daemon_restart() {
     d.restart().expect("daemon restart");
     let r = rt.block_on(async {
         let mut c = d.client().await?;
-        let pods = c.list_pod_sandbox(cri::ListPodSandboxRequest::default()).await?.into_inner().items;
+        let pods =
+            c.list_pod_sandbox(cri::ListPodSandboxRequest::default()).await?.into_inner().items;
         for id in [&pod, &web] {
-            let p = pods.iter().find(|p| &p.id == id).with_context(|| format!("pod {id} not listed after restart"))?;
-            ensure!(p.state == cri::PodSandboxState::SandboxReady as i32, "pod {id} not ready after restart: {p:?}");
+            let p = pods
+                .iter()
+                .find(|p| &p.id == id)
+                .with_context(|| format!("pod {id} not listed after restart"))?;
+            ensure!(
+                p.state == cri::PodSandboxState::SandboxReady as i32,
+                "pod {id} not ready after restart: {p:?}"
+            );
         }
-        let listed = c.list_containers(cri::ListContainersRequest::default()).await?.into_inner().containers;
+        let listed =
+            c.list_containers(cri::ListContainersRequest::default()).await?.into_inner().containers;
         ensure!(listed.len() == 3, "containers listed after restart: {listed:?}");
-        ensure!(status(&mut c, &serve).await?.state == RUNNING, "second pod's container not running after restart");
-        ensure!(status(&mut c, &long).await?.state == RUNNING, "long-running container not running after restart");
+        ensure!(
+            status(&mut c, &serve).await?.state == RUNNING,
+            "second pod's container not running after restart"
+        );
+        ensure!(
+            status(&mut c, &long).await?.state == RUNNING,
+            "long-running container not running after restart"
+        );
         // Log forwarding resumed: what it printed after the daemon died reaches the log.
         wait_log(&d.logs_dir("db").join("long/0.log"), &["stdout F two"]).await?;
         let st = wait_state(&mut c, &short, EXITED).await?;
         ensure!(st.exit_code == 4, "exit code after restart: {st:?}");
         let r = c
-            .exec_sync(cri::ExecSyncRequest { container_id: long.clone(), cmd: vec!["echo".into(), "ok".into()], timeout: 60 })
+            .exec_sync(cri::ExecSyncRequest {
+                container_id: long.clone(),
+                cmd: vec!["echo".into(), "ok".into()],
+                timeout: 60,
+            })
             .await?
             .into_inner();
         ensure!(r.stdout == b"ok\n", "{r:?}");
-        c.stop_container(cri::StopContainerRequest { container_id: long.clone(), timeout: 0 }).await?;
+        c.stop_container(cri::StopContainerRequest { container_id: long.clone(), timeout: 0 })
+            .await?;
         ensure!(status(&mut c, &long).await?.state == EXITED);
         c.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod.clone() }).await?;
         // The second pod: stopped (its container with it), then removed.
         c.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: web.clone() }).await?;
-        ensure!(status(&mut c, &serve).await?.state == EXITED, "StopPodSandbox left its container running");
+        ensure!(
+            status(&mut c, &serve).await?.state == EXITED,
+            "StopPodSandbox left its container running"
+        );
         c.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: web.clone() }).await?;
-        ensure!(c.list_containers(cri::ListContainersRequest::default()).await?.into_inner().containers.is_empty());
-        ensure!(c.list_pod_sandbox(cri::ListPodSandboxRequest::default()).await?.into_inner().items.is_empty());
+        ensure!(c
+            .list_containers(cri::ListContainersRequest::default())
+            .await?
+            .into_inner()
+            .containers
+            .is_empty());
+        ensure!(c
+            .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+            .await?
+            .into_inner()
+            .items
+            .is_empty());
         ensure!(d.vmm_processes().is_empty(), "VMM left running");
         Ok(())
     });
@@ -430,9 +578,12 @@ async fn run_to_exit(
     pod_cfg: &cri::PodSandboxConfig,
     cfg: cri::ContainerConfig,
 ) -> Result<(i32, Vec<String>)> {
-    let log = d.logs_dir(&pod_cfg.metadata.as_ref().context("pod metadata")?.name).join(&cfg.log_path);
+    let log =
+        d.logs_dir(&pod_cfg.metadata.as_ref().context("pod metadata")?.name).join(&cfg.log_path);
     let id = create(c, pod, pod_cfg, cfg).await.context("CreateContainer")?;
-    c.start_container(cri::StartContainerRequest { container_id: id.clone() }).await.context("StartContainer")?;
+    c.start_container(cri::StartContainerRequest { container_id: id.clone() })
+        .await
+        .context("StartContainer")?;
     let st = wait_state(c, &id, EXITED).await?;
     // The log task writes the last lines as it sees the exit: give it a moment to catch up.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -443,8 +594,11 @@ async fn run_to_exit(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let out =
-        log_lines(&text)?.into_iter().filter(|(s, _, _)| s == "stdout").map(|(_, _, m)| m).collect::<Vec<_>>();
+    let out = log_lines(&text)?
+        .into_iter()
+        .filter(|(s, _, _)| s == "stdout")
+        .map(|(_, _, m)| m)
+        .collect::<Vec<_>>();
     c.remove_container(cri::RemoveContainerRequest { container_id: id }).await?;
     Ok((st.exit_code, out))
 }
@@ -469,23 +623,39 @@ fn each_test_image_runs_with_its_entrypoint_env_workdir_and_user() {
         let mut cfg = container("app-default", &app, &[]);
         cfg.log_path = "app-default/0.log".into();
         let (code, out) = run_to_exit(&mut c, &d, &pod, &pod_cfg, cfg).await?;
-        ensure!(code == 0 && out.first().map(String::as_str) == Some("hello from app"), "app default: {code} {out:?}");
+        ensure!(
+            code == 0 && out.first().map(String::as_str) == Some("hello from app"),
+            "app default: {code} {out:?}"
+        );
 
         // test/app with args only: the entrypoint stays, CMD is replaced; USER 1000, WORKDIR /app,
         // image ENV (FOO) plus the container's (GREETING); the zstd layer's files, the cleanup
         // layer's whiteout (/etc/motd gone) and opaque dir (/data holds only `new`).
         let mut cfg = container("app-args", &app, &[]);
-        cfg.args = vec!["id -u; id -g; pwd; echo FOO=$FOO; echo GREETING=$GREETING; ./hello-link.sh; \
+        cfg.args =
+            vec!["id -u; id -g; pwd; echo FOO=$FOO; echo GREETING=$GREETING; ./hello-link.sh; \
              test -e /etc/motd && echo motd || echo no-motd; ls /data; echo __end__"
-            .into()];
+                .into()];
         let (code, out) = run_to_exit(&mut c, &d, &pod, &pod_cfg, cfg).await?;
         let want = [
-            "1000", "1000", "/app", "FOO=bar", "GREETING=hi there", "hello from app: FOO=bar", "no-motd", "new", "__end__",
+            "1000",
+            "1000",
+            "/app",
+            "FOO=bar",
+            "GREETING=hi there",
+            "hello from app: FOO=bar",
+            "no-motd",
+            "new",
+            "__end__",
         ];
-        ensure!(code == 0 && out == want, "app with args: exit {code}, stdout {out:?}, want {want:?}");
+        ensure!(
+            code == 0 && out == want,
+            "app with args: exit {code}, stdout {out:?}, want {want:?}"
+        );
 
         // test/busybox (Docker schema2): root, PATH from the image.
-        let cfg = container("bb", &busybox, &["sh", "-c", "id -u; echo PATH=$PATH; pwd; echo __end__"]);
+        let cfg =
+            container("bb", &busybox, &["sh", "-c", "id -u; echo PATH=$PATH; pwd; echo __end__"]);
         let (code, out) = run_to_exit(&mut c, &d, &pod, &pod_cfg, cfg).await?;
         ensure!(code == 0 && out == ["0", "PATH=/bin", "/", "__end__"], "busybox: {code} {out:?}");
 

@@ -12,7 +12,8 @@ use carapace_cri::k8s_cri::v1 as cri;
 use carapace_cri::k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use carapace_cri::tonic;
 use carapace_tests::cri::{
-    container_config, e2e_dns, pod_config, pull_image, run_pod, run_pod_request, runtime, with_log, Daemon, DaemonOptions,
+    container_config, e2e_dns, pod_config, pull_image, run_pod, run_pod_request, runtime, with_log,
+    Daemon, DaemonOptions,
 };
 use carapace_tests::registry::Registry;
 use tonic::transport::Channel;
@@ -31,7 +32,11 @@ fn daemon_process() {
 
 /// A daemon process with private state/run dirs under /tmp (Unix sockets need a local fs).
 fn start_daemon() -> Result<Daemon> {
-    Daemon::start(DaemonOptions { dir_prefix: "cri", fallback_env: Some(DAEMON_ENV), ..Default::default() })
+    Daemon::start(DaemonOptions {
+        dir_prefix: "cri",
+        fallback_env: Some(DAEMON_ENV),
+        ..Default::default()
+    })
 }
 
 fn pod(name: &str, attempt: u32) -> cri::RunPodSandboxRequest {
@@ -42,14 +47,26 @@ fn pod(name: &str, attempt: u32) -> cri::RunPodSandboxRequest {
     run_pod_request(cfg)
 }
 
-async fn status_of(c: &mut RuntimeServiceClient<Channel>, id: &str) -> Result<cri::PodSandboxStatusResponse> {
-    Ok(c.pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: id.into(), verbose: true })
-        .await?
-        .into_inner())
+async fn status_of(
+    c: &mut RuntimeServiceClient<Channel>,
+    id: &str,
+) -> Result<cri::PodSandboxStatusResponse> {
+    Ok(c.pod_sandbox_status(cri::PodSandboxStatusRequest {
+        pod_sandbox_id: id.into(),
+        verbose: true,
+    })
+    .await?
+    .into_inner())
 }
 
-async fn list(c: &mut RuntimeServiceClient<Channel>, filter: cri::PodSandboxFilter) -> Result<Vec<cri::PodSandbox>> {
-    Ok(c.list_pod_sandbox(cri::ListPodSandboxRequest { filter: Some(filter) }).await?.into_inner().items)
+async fn list(
+    c: &mut RuntimeServiceClient<Channel>,
+    filter: cri::PodSandboxFilter,
+) -> Result<Vec<cri::PodSandbox>> {
+    Ok(c.list_pod_sandbox(cri::ListPodSandboxRequest { filter: Some(filter) })
+        .await?
+        .into_inner()
+        .items)
 }
 
 #[test]
@@ -59,7 +76,12 @@ fn cri_pod_runs_ready_lists_stops_and_removes() {
     let r = runtime().block_on(async {
         let mut c = d.client().await?;
         let started = Instant::now();
-        let id = c.run_pod_sandbox(pod("web", 0)).await.context("RunPodSandbox")?.into_inner().pod_sandbox_id;
+        let id = c
+            .run_pod_sandbox(pod("web", 0))
+            .await
+            .context("RunPodSandbox")?
+            .into_inner()
+            .pod_sandbox_id;
         eprintln!("runp: {:?}", started.elapsed());
         let st = status_of(&mut c, &id).await?;
         let s = st.status.clone().context("no status")?;
@@ -68,7 +90,10 @@ fn cri_pod_runs_ready_lists_stops_and_removes() {
         ensure!(s.labels.get("app").map(String::as_str) == Some("web"));
         ensure!(st.info["info"].contains("kernel_version"), "verbose info: {:?}", st.info);
         let resolv = std::fs::read_to_string(d.pods_dir().join(&id).join("resolv.conf"))?;
-        ensure!(resolv.contains("nameserver 10.96.0.10") && resolv.contains("options ndots:5"), "{resolv}");
+        ensure!(
+            resolv.contains("nameserver 10.96.0.10") && resolv.contains("options ndots:5"),
+            "{resolv}"
+        );
         ensure!(d.vmm_processes().len() == 1, "expected one VMM");
 
         // Same (name, namespace, uid, attempt) again → AlreadyExists, nothing new started.
@@ -153,7 +178,8 @@ fn cri_daemon_killed_with_a_running_pod_reattaches_after_restart() {
         .iter()
         .copied()
         .find(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(&dead))
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&dead))
         })
         .expect("VMM of the second pod");
     // SAFETY: kill(2) on the VMM this test started (its command line names the pod's ID).
@@ -168,11 +194,13 @@ fn cri_daemon_killed_with_a_running_pod_reattaches_after_restart() {
         ensure!(state(&live) == Some(READY), "live pod not READY after restart");
         ensure!(state(&dead) == Some(NOTREADY), "pod whose VM died is not NOTREADY");
         // The duplicate check survives the restart too.
-        let e = c.run_pod_sandbox(pod("live", 0)).await.expect_err("duplicate accepted after restart");
+        let e =
+            c.run_pod_sandbox(pod("live", 0)).await.expect_err("duplicate accepted after restart");
         ensure!(e.code() == tonic::Code::AlreadyExists, "{e:?}");
         for id in [&live, &dead] {
             c.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: id.clone() }).await?;
-            c.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id.clone() }).await?;
+            c.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id.clone() })
+                .await?;
         }
         ensure!(list(&mut c, cri::PodSandboxFilter::default()).await?.is_empty());
         d.assert_clean()
@@ -183,7 +211,8 @@ fn cri_daemon_killed_with_a_running_pod_reattaches_after_restart() {
 #[test]
 #[ignore = "needs a KVM that boots Linux guests: run by `make test-e2e`"]
 fn cri_run_remove_cycles_leave_nothing_behind() {
-    let cycles: u32 = std::env::var("CARAPACE_E2E_CRI_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
+    let cycles: u32 =
+        std::env::var("CARAPACE_E2E_CRI_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
     // Every 5th cycle also runs a container with a host volume, so that the count covers the
     // container's records, its rootfs in the pod's shared dir and the volume's bind mount.
     let registry = Registry::start("reg", "warn").expect("registry");
@@ -207,23 +236,40 @@ fn cri_run_remove_cycles_leave_nothing_behind() {
             let id = run_pod(&mut c, &cfg).await.with_context(|| format!("cycle {i}"))?;
             ensure!(status_of(&mut c, &id).await?.status.context("status")?.state == READY);
             if i.is_multiple_of(5) {
-                let mut ctr = container_config("reader", &busybox, &["sh", "-c", "cat /data/greeting; sleep 1000"]);
+                let mut ctr = container_config(
+                    "reader",
+                    &busybox,
+                    &["sh", "-c", "cat /data/greeting; sleep 1000"],
+                );
                 ctr.mounts = vec![cri::Mount {
                     container_path: "/data".into(),
                     host_path: volume.path().display().to_string(),
                     readonly: true,
                     ..Default::default()
                 }];
-                let req = cri::CreateContainerRequest { pod_sandbox_id: id.clone(), config: Some(ctr), sandbox_config: Some(cfg) };
-                let cid = c.create_container(req).await.with_context(|| format!("cycle {i}: CreateContainer"))?.into_inner().container_id;
+                let req = cri::CreateContainerRequest {
+                    pod_sandbox_id: id.clone(),
+                    config: Some(ctr),
+                    sandbox_config: Some(cfg),
+                };
+                let cid = c
+                    .create_container(req)
+                    .await
+                    .with_context(|| format!("cycle {i}: CreateContainer"))?
+                    .into_inner()
+                    .container_id;
                 c.start_container(cri::StartContainerRequest { container_id: cid }).await?;
             }
             // Remove without Stop: RemovePodSandbox stops the containers and the VM itself.
-            c.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id.clone() }).await?;
+            c.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id.clone() })
+                .await?;
             d.assert_clean().with_context(|| format!("after cycle {i}"))?;
             eprintln!("cycle {i}: {:?}", started.elapsed());
         }
-        ensure!(std::fs::read_to_string(volume.path().join("greeting"))? == "hello\n", "the volume was touched");
+        ensure!(
+            std::fs::read_to_string(volume.path().join("greeting"))? == "hello\n",
+            "the volume was touched"
+        );
         Ok(())
     });
     with_log(&d, r);
@@ -232,7 +278,10 @@ fn cri_run_remove_cycles_leave_nothing_behind() {
 #[test]
 #[ignore = "needs a KVM that boots Linux guests: run by `make test-e2e`"]
 fn cri_pods_started_concurrently_all_reach_ready() {
-    let n: u32 = std::env::var("CARAPACE_E2E_CRI_CONCURRENT").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
+    let n: u32 = std::env::var("CARAPACE_E2E_CRI_CONCURRENT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
     let d = start_daemon().expect("daemon");
     let rt = carapace_tests::multi_thread_runtime().expect("runtime");
     let r = rt.block_on(async {

@@ -37,7 +37,10 @@ fn container(id: &str, script: &str) -> pb::CreateContainerRequest {
 }
 
 /// Runs one container to completion; returns (stdout, stderr, exit code).
-async fn run_container(agent: &AgentClient, req: pb::CreateContainerRequest) -> Result<(String, String, i32)> {
+async fn run_container(
+    agent: &AgentClient,
+    req: pb::CreateContainerRequest,
+) -> Result<(String, String, i32)> {
     let mut g = agent.grpc();
     let id = req.id.clone();
     g.create_container(req).await.with_context(|| format!("create {id}"))?;
@@ -78,7 +81,8 @@ async fn run_container(agent: &AgentClient, req: pb::CreateContainerRequest) -> 
 async fn scenario(vm: &SharedDirVm, host_vol: &Path) -> Result<()> {
     let agent = vm.connect_agent().await?;
 
-    let (out, err, code) = run_container(&agent, container("before", "cat /vol/before.txt")).await?;
+    let (out, err, code) =
+        run_container(&agent, container("before", "cat /vol/before.txt")).await?;
     ensure!(
         (out.as_str(), code) == ("present before boot\n", 0),
         "file present before boot: stdout {out:?} stderr {err:?} exit {code}"
@@ -92,10 +96,14 @@ async fn scenario(vm: &SharedDirVm, host_vol: &Path) -> Result<()> {
         "file written after boot: stdout {out:?} stderr {err:?} exit {code}"
     );
 
-    let (out, err, code) =
-        run_container(&agent, container("writer", "echo written by the guest > /vol/from-guest.txt")).await?;
+    let (out, err, code) = run_container(
+        &agent,
+        container("writer", "echo written by the guest > /vol/from-guest.txt"),
+    )
+    .await?;
     ensure!(code == 0, "guest write: stdout {out:?} stderr {err:?} exit {code}");
-    let seen = std::fs::read_to_string(host_vol.join("from-guest.txt")).context("host reads the guest's file")?;
+    let seen = std::fs::read_to_string(host_vol.join("from-guest.txt"))
+        .context("host reads the guest's file")?;
     ensure!(seen == "written by the guest\n", "host sees {seen:?}");
 
     agent.shutdown().await.context("shutdown")?;

@@ -31,13 +31,11 @@ pub fn dir(root: &Path, id: &str) -> PathBuf {
 /// into the root's and the parent's `cgroup.subtree_control`. Returns the
 /// controllers enabled.
 pub fn enable_controllers(root: &Path) -> Result<Vec<String>, ContainerError> {
-    let avail = std::fs::read_to_string(root.join("cgroup.controllers"))
-        .map_err(|e| ContainerError::io(format!("read {}/cgroup.controllers", root.display()), e))?;
-    let enable: Vec<String> = avail
-        .split_whitespace()
-        .filter(|c| WANTED.contains(c))
-        .map(str::to_owned)
-        .collect();
+    let avail = std::fs::read_to_string(root.join("cgroup.controllers")).map_err(|e| {
+        ContainerError::io(format!("read {}/cgroup.controllers", root.display()), e)
+    })?;
+    let enable: Vec<String> =
+        avail.split_whitespace().filter(|c| WANTED.contains(c)).map(str::to_owned).collect();
     let parent = root.join(PARENT);
     std::fs::create_dir_all(&parent)
         .map_err(|e| ContainerError::io(format!("mkdir {}", parent.display()), e))?;
@@ -108,11 +106,7 @@ pub fn update_writes(r: &pb::Resources) -> Vec<(&'static str, String)> {
     let mut w = Vec::new();
     if r.cpu_quota_us > 0 || r.cpu_period_us > 0 {
         let period = if r.cpu_period_us > 0 { r.cpu_period_us } else { 100_000 };
-        let quota = if r.cpu_quota_us > 0 {
-            r.cpu_quota_us.to_string()
-        } else {
-            "max".to_owned()
-        };
+        let quota = if r.cpu_quota_us > 0 { r.cpu_quota_us.to_string() } else { "max".to_owned() };
         w.push(("cpu.max", format!("{quota} {period}")));
     }
     if r.cpu_weight > 0 {
@@ -156,11 +150,14 @@ mod tests {
     fn reads_stats_files() {
         let t = tempfile::tempdir().unwrap();
         let d = t.path();
-        std::fs::write(d.join("cpu.stat"), "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\n").unwrap();
+        std::fs::write(d.join("cpu.stat"), "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\n")
+            .unwrap();
         std::fs::write(d.join("memory.current"), "4096000\n").unwrap();
-        std::fs::write(d.join("memory.stat"), "anon 3000000\nfile 1000000\ninactive_file 96000\n").unwrap();
+        std::fs::write(d.join("memory.stat"), "anon 3000000\nfile 1000000\ninactive_file 96000\n")
+            .unwrap();
         std::fs::write(d.join("memory.max"), "max\n").unwrap();
-        std::fs::write(d.join("memory.events"), "low 0\nhigh 0\nmax 4\noom 1\noom_kill 1\n").unwrap();
+        std::fs::write(d.join("memory.events"), "low 0\nhigh 0\nmax 4\noom 1\noom_kill 1\n")
+            .unwrap();
         std::fs::write(d.join("pids.current"), "3\n").unwrap();
         let s = stats(d).unwrap();
         assert_eq!(s.cpu_usage_usec, 1500);
@@ -176,7 +173,11 @@ mod tests {
 
     #[test]
     fn update_files() {
-        let r = pb::Resources { cpu_quota_us: 50_000, memory_limit_bytes: 64 << 20, ..Default::default() };
+        let r = pb::Resources {
+            cpu_quota_us: 50_000,
+            memory_limit_bytes: 64 << 20,
+            ..Default::default()
+        };
         assert_eq!(
             update_writes(&r),
             vec![("cpu.max", "50000 100000".to_owned()), ("memory.max", (64u64 << 20).to_string())]
@@ -190,7 +191,11 @@ mod tests {
     #[test]
     fn enables_wanted_controllers() {
         let t = tempfile::tempdir().unwrap();
-        std::fs::write(t.path().join("cgroup.controllers"), "cpuset cpu io memory hugetlb pids rdma\n").unwrap();
+        std::fs::write(
+            t.path().join("cgroup.controllers"),
+            "cpuset cpu io memory hugetlb pids rdma\n",
+        )
+        .unwrap();
         let got = enable_controllers(t.path()).unwrap();
         assert_eq!(got, vec!["cpuset", "cpu", "io", "memory", "pids"]);
         assert!(t.path().join(PARENT).is_dir());

@@ -38,10 +38,7 @@ pub enum ContainerError {
 
 impl ContainerError {
     pub fn io(what: impl Into<String>, source: std::io::Error) -> ContainerError {
-        ContainerError::Io {
-            what: what.into(),
-            source,
-        }
+        ContainerError::Io { what: what.into(), source }
     }
 
     pub fn invalid(msg: impl Into<String>) -> ContainerError {
@@ -56,9 +53,7 @@ impl From<ContainerError> for Status {
             ContainerError::Invalid(_) => Status::invalid_argument(msg),
             ContainerError::NotFound(_)
             | ContainerError::ExecNotFound { .. }
-            | ContainerError::ExecutableNotFound(_) => {
-                Status::not_found(msg)
-            }
+            | ContainerError::ExecutableNotFound(_) => Status::not_found(msg),
             ContainerError::AlreadyExists(_) => Status::already_exists(msg),
             ContainerError::State(_) | ContainerError::Disabled(_) => {
                 Status::failed_precondition(msg)

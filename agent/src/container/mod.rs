@@ -118,9 +118,7 @@ pub struct Containers {
 
 impl std::fmt::Debug for Containers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Containers")
-            .field("disabled", &self.inner.disabled)
-            .finish_non_exhaustive()
+        f.debug_struct("Containers").field("disabled", &self.inner.disabled).finish_non_exhaustive()
     }
 }
 
@@ -250,7 +248,10 @@ impl Containers {
         })
     }
 
-    fn create_blocking(&self, req: &pb::CreateContainerRequest) -> Result<Arc<Entry>, ContainerError> {
+    fn create_blocking(
+        &self,
+        req: &pb::CreateContainerRequest,
+    ) -> Result<Arc<Entry>, ContainerError> {
         let cfg = &self.inner.cfg;
         let rootfs = spec::check_rootfs(&req.rootfs_path)?;
         let ns_req = req.namespaces.unwrap_or_default();
@@ -324,12 +325,16 @@ impl Containers {
         } else {
             stdio::create(with_stdin)?
         };
-        let (container, pid) = runtime::create(&self.inner.reaper, &req.id, &cfg.state_root, bundle, child)?;
+        let (container, pid) =
+            runtime::create(&self.inner.reaper, &req.id, &cfg.state_root, bundle, child)?;
         let io = match agent.start(&format!("c-{pid}")) {
             Ok(io) => io,
             Err(e) => {
                 // The process exists but has no terminal: it must not stay.
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
                 return Err(e);
             }
         };
@@ -421,7 +426,10 @@ impl Containers {
             match agent.start(&format!("x-{pid}")) {
                 Ok(io) => Ok::<_, ContainerError>((pid, io)),
                 Err(e) => {
-                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
                     Err(e)
                 }
             }
@@ -451,13 +459,22 @@ impl Containers {
     }
 
     /// WaitProcess / WaitContainer.
-    pub async fn wait(&self, id: &str, exec_id: &str) -> Result<pb::WaitProcessResponse, ContainerError> {
+    pub async fn wait(
+        &self,
+        id: &str,
+        exec_id: &str,
+    ) -> Result<pb::WaitProcessResponse, ContainerError> {
         let (_e, p) = self.proc_of(id, exec_id)?;
         Ok(p.wait().await)
     }
 
     /// StopContainer: `signal` to init, SIGKILL to the cgroup after `grace`.
-    pub async fn stop(&self, id: &str, signal: i32, grace: Duration) -> Result<pb::WaitProcessResponse, ContainerError> {
+    pub async fn stop(
+        &self,
+        id: &str,
+        signal: i32,
+        grace: Duration,
+    ) -> Result<pb::WaitProcessResponse, ContainerError> {
         let sig = validate::check_signal(if signal == 0 { libc::SIGTERM } else { signal })?;
         let e = self.get(id)?;
         let _op = e.op.lock().await;
@@ -483,9 +500,9 @@ impl Containers {
                 nix::sys::signal::Signal::SIGKILL,
             );
         }
-        tokio::time::timeout(KILL_WAIT, e.init.wait())
-            .await
-            .map_err(|_| ContainerError::State(format!("container {:?} did not die after SIGKILL", e.id)))
+        tokio::time::timeout(KILL_WAIT, e.init.wait()).await.map_err(|_| {
+            ContainerError::State(format!("container {:?} did not die after SIGKILL", e.id))
+        })
     }
 
     /// ContainerStats.
@@ -515,9 +532,10 @@ impl Containers {
             self.kill_and_wait(&e).await?;
         }
         let e2 = Arc::clone(&e);
-        let deleted = tokio::task::spawn_blocking(move || runtime::delete(&mut lock(&e2.container), true))
-            .await
-            .map_err(blocking_err)?;
+        let deleted =
+            tokio::task::spawn_blocking(move || runtime::delete(&mut lock(&e2.container), true))
+                .await
+                .map_err(blocking_err)?;
         if let Err(err) = deleted {
             tracing::warn!(id, error = %err, "libcontainer delete failed; removing state by hand");
             let _ = std::fs::remove_dir_all(self.inner.cfg.state_root.join(id));
@@ -553,10 +571,9 @@ impl Containers {
     /// ReadStdio: the output channel of a process (one reader at a time).
     pub fn take_output(&self, id: &str, exec_id: &str) -> Result<OutputLease, ContainerError> {
         let (_e, p) = self.proc_of(id, exec_id)?;
-        let rx = p
-            .io
-            .take_output()
-            .ok_or_else(|| ContainerError::State("output is already being read (one reader per process)".into()))?;
+        let rx = p.io.take_output().ok_or_else(|| {
+            ContainerError::State("output is already being read (one reader per process)".into())
+        })?;
         Ok(OutputLease { rx: Some(rx), proc: p, ended: false })
     }
 
@@ -585,15 +602,22 @@ impl Containers {
 
 /// Writes the OCI process of a terminal exec next to the container's
 /// config.json (from which it takes the container's process).
-fn write_exec_process(bundle: &Path, exec_id: &str, p: &pb::Process) -> Result<PathBuf, ContainerError> {
+fn write_exec_process(
+    bundle: &Path,
+    exec_id: &str,
+    p: &pb::Process,
+) -> Result<PathBuf, ContainerError> {
     let cfg = bundle.join("config.json");
-    let text = std::fs::read(&cfg).map_err(|e| ContainerError::io(format!("read {}", cfg.display()), e))?;
-    let spec: serde_json::Value =
-        serde_json::from_slice(&text).map_err(|e| ContainerError::Runtime(format!("parse {}: {e}", cfg.display())))?;
+    let text = std::fs::read(&cfg)
+        .map_err(|e| ContainerError::io(format!("read {}", cfg.display()), e))?;
+    let spec: serde_json::Value = serde_json::from_slice(&text)
+        .map_err(|e| ContainerError::Runtime(format!("parse {}: {e}", cfg.display())))?;
     let process = spec::exec_process_json(&spec["process"], p);
     let file = bundle.join(format!("exec-{exec_id}.process.json"));
-    let body = serde_json::to_vec(&process).map_err(|e| ContainerError::Runtime(format!("serialize process: {e}")))?;
-    std::fs::write(&file, body).map_err(|e| ContainerError::io(format!("write {}", file.display()), e))?;
+    let body = serde_json::to_vec(&process)
+        .map_err(|e| ContainerError::Runtime(format!("serialize process: {e}")))?;
+    std::fs::write(&file, body)
+        .map_err(|e| ContainerError::io(format!("write {}", file.display()), e))?;
     Ok(file)
 }
 
@@ -658,7 +682,8 @@ mod lease_tests {
     #[tokio::test]
     async fn a_reader_that_goes_away_gives_the_output_back_one_that_read_to_the_end_does_not() {
         let (tx, rx) = tokio::sync::mpsc::channel(8);
-        let io = stdio::ProcessIo { output: Mutex::new(Some(rx)), stdin: Mutex::new(None), tty: None };
+        let io =
+            stdio::ProcessIo { output: Mutex::new(Some(rx)), stdin: Mutex::new(None), tty: None };
         let p = Proc::new(1, io);
         tx.send(chunk(b"one")).await.unwrap();
         tx.send(chunk(b"two")).await.unwrap();

@@ -31,14 +31,10 @@ pub fn check_absolute(what: &str, p: &str) -> Result<(), ContainerError> {
         return Err(ContainerError::invalid(format!("{what}: NUL in path")));
     }
     if !p.starts_with('/') {
-        return Err(ContainerError::invalid(format!(
-            "{what}: {p:?} is not absolute"
-        )));
+        return Err(ContainerError::invalid(format!("{what}: {p:?} is not absolute")));
     }
     if Path::new(p).components().any(|c| c == Component::ParentDir) {
-        return Err(ContainerError::invalid(format!(
-            "{what}: {p:?} contains '..'"
-        )));
+        return Err(ContainerError::invalid(format!("{what}: {p:?} contains '..'")));
     }
     Ok(())
 }
@@ -149,9 +145,6 @@ mod tests {
         assert_eq!(r("/"), PathBuf::from("/"));
         assert!(resolve_in_root(root, "/loop1").is_err());
         assert!(resolve_in_root(root, "/data/../etc").is_err());
-        assert_eq!(
-            host_path(root, &r("/abs/passwd")),
-            root.join("etc/passwd")
-        );
+        assert_eq!(host_path(root, &r("/abs/passwd")), root.join("etc/passwd"));
     }
 }

@@ -28,12 +28,9 @@ pub struct PodNamespaces {
 impl PodNamespaces {
     /// Creates the namespaces under `dir` (idempotent: reuses mounted ones).
     pub fn create(dir: &Path, hostname: &str) -> Result<PodNamespaces, ContainerError> {
-        let ns = PodNamespaces {
-            net: dir.join("net"),
-            ipc: dir.join("ipc"),
-            uts: dir.join("uts"),
-        };
-        std::fs::create_dir_all(dir).map_err(|e| ContainerError::io(format!("mkdir {}", dir.display()), e))?;
+        let ns = PodNamespaces { net: dir.join("net"), ipc: dir.join("ipc"), uts: dir.join("uts") };
+        std::fs::create_dir_all(dir)
+            .map_err(|e| ContainerError::io(format!("mkdir {}", dir.display()), e))?;
         let ns2 = ns.clone();
         let hostname = hostname.to_owned();
         run_in_thread(move || {
@@ -51,8 +48,16 @@ impl PodNamespaces {
                 std::fs::write(target, b"")
                     .map_err(|e| ContainerError::io(format!("create {}", target.display()), e))?;
                 let src = format!("/proc/self/task/{tid}/ns/{kind}");
-                mount(Some(src.as_str()), target.as_path(), None::<&str>, MsFlags::MS_BIND, None::<&str>)
-                    .map_err(|e| ContainerError::io(format!("bind {src} to {}", target.display()), e.into()))?;
+                mount(
+                    Some(src.as_str()),
+                    target.as_path(),
+                    None::<&str>,
+                    MsFlags::MS_BIND,
+                    None::<&str>,
+                )
+                .map_err(|e| {
+                    ContainerError::io(format!("bind {src} to {}", target.display()), e.into())
+                })?;
             }
             Ok(())
         })?;
@@ -65,9 +70,12 @@ impl PodNamespaces {
         let uts = self.uts.clone();
         let hostname = hostname.to_owned();
         run_in_thread(move || {
-            let f = std::fs::File::open(&uts).map_err(|e| ContainerError::io(format!("open {}", uts.display()), e))?;
-            setns(&f, CloneFlags::CLONE_NEWUTS).map_err(|e| ContainerError::io("setns uts", e.into()))?;
-            nix::unistd::sethostname(&hostname).map_err(|e| ContainerError::io("sethostname", e.into()))
+            let f = std::fs::File::open(&uts)
+                .map_err(|e| ContainerError::io(format!("open {}", uts.display()), e))?;
+            setns(&f, CloneFlags::CLONE_NEWUTS)
+                .map_err(|e| ContainerError::io("setns uts", e.into()))?;
+            nix::unistd::sethostname(&hostname)
+                .map_err(|e| ContainerError::io("sethostname", e.into()))
         })
     }
 }

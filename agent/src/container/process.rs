@@ -63,7 +63,8 @@ impl Proc {
                 ExitStatus::Exited(255)
             });
             let oom = oom_cgroup.map(|d| cgroup::oom_kills(&d) > 0).unwrap_or(false);
-            let (exit_code, signal, reason) = describe(status, oom, me.killed.load(Ordering::SeqCst));
+            let (exit_code, signal, reason) =
+                describe(status, oom, me.killed.load(Ordering::SeqCst));
             tracing::info!(pid = me.pid, exit_code, reason, "container process exited");
             me.exit.send_replace(Some(WaitProcessResponse {
                 exit_code,
@@ -87,7 +88,11 @@ impl Proc {
             }
             if rx.changed().await.is_err() {
                 // The sender lives in self: cannot happen while we hold self.
-                return WaitProcessResponse { exit_code: 255, reason: "Unknown".into(), ..Default::default() };
+                return WaitProcessResponse {
+                    exit_code: 255,
+                    reason: "Unknown".into(),
+                    ..Default::default()
+                };
             }
         }
     }

@@ -18,42 +18,66 @@ pub const MAX_GRACE: Duration = Duration::from_secs(3600);
 
 type R<T> = Result<Response<T>, Status>;
 
-pub async fn create_container(c: &Containers, req: Request<pb::CreateContainerRequest>) -> R<pb::CreateContainerResponse> {
+pub async fn create_container(
+    c: &Containers,
+    req: Request<pb::CreateContainerRequest>,
+) -> R<pb::CreateContainerResponse> {
     let pid = c.create(req.into_inner()).await?;
     Ok(Response::new(pb::CreateContainerResponse { pid }))
 }
 
-pub async fn start_container(c: &Containers, req: Request<pb::StartContainerRequest>) -> R<pb::StartContainerResponse> {
+pub async fn start_container(
+    c: &Containers,
+    req: Request<pb::StartContainerRequest>,
+) -> R<pb::StartContainerResponse> {
     c.start(&req.into_inner().id).await?;
     Ok(Response::new(pb::StartContainerResponse {}))
 }
 
-pub async fn exec_process(c: &Containers, req: Request<pb::ExecProcessRequest>) -> R<pb::ExecProcessResponse> {
+pub async fn exec_process(
+    c: &Containers,
+    req: Request<pb::ExecProcessRequest>,
+) -> R<pb::ExecProcessResponse> {
     let (exec_id, pid) = c.exec(req.into_inner()).await?;
     Ok(Response::new(pb::ExecProcessResponse { exec_id, pid }))
 }
 
-pub async fn signal_process(c: &Containers, req: Request<pb::SignalProcessRequest>) -> R<pb::SignalProcessResponse> {
+pub async fn signal_process(
+    c: &Containers,
+    req: Request<pb::SignalProcessRequest>,
+) -> R<pb::SignalProcessResponse> {
     c.signal(req.get_ref())?;
     Ok(Response::new(pb::SignalProcessResponse {}))
 }
 
-pub async fn wait_process(c: &Containers, req: Request<pb::WaitProcessRequest>) -> R<pb::WaitProcessResponse> {
+pub async fn wait_process(
+    c: &Containers,
+    req: Request<pb::WaitProcessRequest>,
+) -> R<pb::WaitProcessResponse> {
     let r = req.into_inner();
     Ok(Response::new(c.wait(&r.container_id, &r.exec_id).await?))
 }
 
-pub async fn wait_container(c: &Containers, req: Request<pb::WaitContainerRequest>) -> R<pb::WaitProcessResponse> {
+pub async fn wait_container(
+    c: &Containers,
+    req: Request<pb::WaitContainerRequest>,
+) -> R<pb::WaitProcessResponse> {
     Ok(Response::new(c.wait(&req.into_inner().id, "").await?))
 }
 
-pub async fn stop_container(c: &Containers, req: Request<pb::StopContainerRequest>) -> R<pb::WaitProcessResponse> {
+pub async fn stop_container(
+    c: &Containers,
+    req: Request<pb::StopContainerRequest>,
+) -> R<pb::WaitProcessResponse> {
     let r = req.into_inner();
     let grace = Duration::from_millis(r.timeout_ms).min(MAX_GRACE);
     Ok(Response::new(c.stop(&r.id, r.signal, grace).await?))
 }
 
-pub async fn container_stats(c: &Containers, req: Request<pb::ContainerStatsRequest>) -> R<pb::ContainerStatsResponse> {
+pub async fn container_stats(
+    c: &Containers,
+    req: Request<pb::ContainerStatsRequest>,
+) -> R<pb::ContainerStatsResponse> {
     Ok(Response::new(c.stats(&req.into_inner().id)?))
 }
 
@@ -66,13 +90,19 @@ pub async fn update_resources(
     Ok(Response::new(pb::UpdateContainerResourcesResponse {}))
 }
 
-pub async fn remove_container(c: &Containers, req: Request<pb::RemoveContainerRequest>) -> R<pb::RemoveContainerResponse> {
+pub async fn remove_container(
+    c: &Containers,
+    req: Request<pb::RemoveContainerRequest>,
+) -> R<pb::RemoveContainerResponse> {
     let r = req.into_inner();
     c.remove(&r.id, r.force).await?;
     Ok(Response::new(pb::RemoveContainerResponse {}))
 }
 
-pub async fn list_containers(c: &Containers, _req: Request<pb::ListContainersRequest>) -> R<pb::ListContainersResponse> {
+pub async fn list_containers(
+    c: &Containers,
+    _req: Request<pb::ListContainersRequest>,
+) -> R<pb::ListContainersResponse> {
     Ok(Response::new(pb::ListContainersResponse { containers: c.list()? }))
 }
 
@@ -83,12 +113,18 @@ pub async fn read_stdio(c: &Containers, req: Request<pb::ReadStdioRequest>) -> R
     Ok(Response::new(s))
 }
 
-pub async fn resize_tty(c: &Containers, req: Request<pb::ResizeTtyRequest>) -> R<pb::ResizeTtyResponse> {
+pub async fn resize_tty(
+    c: &Containers,
+    req: Request<pb::ResizeTtyRequest>,
+) -> R<pb::ResizeTtyResponse> {
     c.resize_tty(req.get_ref())?;
     Ok(Response::new(pb::ResizeTtyResponse {}))
 }
 
-pub async fn write_stdin(c: &Containers, req: Request<pb::WriteStdinRequest>) -> R<pb::WriteStdinResponse> {
+pub async fn write_stdin(
+    c: &Containers,
+    req: Request<pb::WriteStdinRequest>,
+) -> R<pb::WriteStdinResponse> {
     c.write_stdin(req.into_inner()).await?;
     Ok(Response::new(pb::WriteStdinResponse {}))
 }
@@ -114,7 +150,9 @@ mod tests {
         let c = Containers::disabled("dev mode");
         let e = list_containers(&c, Request::new(pb::ListContainersRequest {})).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::FailedPrecondition);
-        let e = create_container(&c, Request::new(pb::CreateContainerRequest::default())).await.unwrap_err();
+        let e = create_container(&c, Request::new(pb::CreateContainerRequest::default()))
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), tonic::Code::FailedPrecondition);
     }
 
@@ -133,14 +171,36 @@ mod tests {
             ..Default::default()
         };
         let cases: Vec<(pb::CreateContainerRequest, tonic::Code)> = vec![
-            (pb::CreateContainerRequest { id: "../../etc".into(), ..good.clone() }, tonic::Code::InvalidArgument),
-            (pb::CreateContainerRequest { id: String::new(), ..good.clone() }, tonic::Code::InvalidArgument),
-            (pb::CreateContainerRequest { rootfs_path: "/".into(), ..good.clone() }, tonic::Code::InvalidArgument),
-            (pb::CreateContainerRequest { rootfs_path: format!("{}/../rootfs", root.display()), ..good.clone() }, tonic::Code::InvalidArgument),
-            (pb::CreateContainerRequest { process: None, ..good.clone() }, tonic::Code::InvalidArgument),
+            (
+                pb::CreateContainerRequest { id: "../../etc".into(), ..good.clone() },
+                tonic::Code::InvalidArgument,
+            ),
+            (
+                pb::CreateContainerRequest { id: String::new(), ..good.clone() },
+                tonic::Code::InvalidArgument,
+            ),
+            (
+                pb::CreateContainerRequest { rootfs_path: "/".into(), ..good.clone() },
+                tonic::Code::InvalidArgument,
+            ),
             (
                 pb::CreateContainerRequest {
-                    mounts: vec![pb::Mount { destination: "/x/../../..".into(), source: "/".into(), ..Default::default() }],
+                    rootfs_path: format!("{}/../rootfs", root.display()),
+                    ..good.clone()
+                },
+                tonic::Code::InvalidArgument,
+            ),
+            (
+                pb::CreateContainerRequest { process: None, ..good.clone() },
+                tonic::Code::InvalidArgument,
+            ),
+            (
+                pb::CreateContainerRequest {
+                    mounts: vec![pb::Mount {
+                        destination: "/x/../../..".into(),
+                        source: "/".into(),
+                        ..Default::default()
+                    }],
                     ..good.clone()
                 },
                 tonic::Code::InvalidArgument,
@@ -153,24 +213,47 @@ mod tests {
         assert!(!t.path().join("bundles").exists());
         assert!(!t.path().join("ns").exists());
         // Unknown ids and bad signals.
-        let e = start_container(&c, Request::new(pb::StartContainerRequest { id: "nope".into() })).await.unwrap_err();
-        assert_eq!(e.code(), tonic::Code::NotFound);
-        let e = signal_process(&c, Request::new(pb::SignalProcessRequest { container_id: "nope".into(), signal: 999, ..Default::default() }))
+        let e = start_container(&c, Request::new(pb::StartContainerRequest { id: "nope".into() }))
             .await
             .unwrap_err();
-        assert_eq!(e.code(), tonic::Code::InvalidArgument);
-        let e = update_resources(&c, Request::new(pb::UpdateContainerResourcesRequest {
-            id: "nope".into(),
-            resources: Some(pb::Resources { memory_limit_bytes: -1, ..Default::default() }),
-        }))
+        assert_eq!(e.code(), tonic::Code::NotFound);
+        let e = signal_process(
+            &c,
+            Request::new(pb::SignalProcessRequest {
+                container_id: "nope".into(),
+                signal: 999,
+                ..Default::default()
+            }),
+        )
         .await
         .unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
-        let e = read_stdio(&c, Request::new(pb::ReadStdioRequest { container_id: "nope".into(), exec_id: String::new() }))
-            .await
-            .err()
-            .unwrap();
+        let e = update_resources(
+            &c,
+            Request::new(pb::UpdateContainerResourcesRequest {
+                id: "nope".into(),
+                resources: Some(pb::Resources { memory_limit_bytes: -1, ..Default::default() }),
+            }),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        let e = read_stdio(
+            &c,
+            Request::new(pb::ReadStdioRequest {
+                container_id: "nope".into(),
+                exec_id: String::new(),
+            }),
+        )
+        .await
+        .err()
+        .unwrap();
         assert_eq!(e.code(), tonic::Code::NotFound);
-        assert!(list_containers(&c, Request::new(pb::ListContainersRequest {})).await.unwrap().into_inner().containers.is_empty());
+        assert!(list_containers(&c, Request::new(pb::ListContainersRequest {}))
+            .await
+            .unwrap()
+            .into_inner()
+            .containers
+            .is_empty());
     }
 }

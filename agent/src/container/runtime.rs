@@ -49,12 +49,18 @@ pub fn classify(what: &str, msg: &str) -> ContainerError {
     ContainerError::Runtime(format!("{what}: {msg}"))
 }
 
-fn builder(id: &str, state_root: &Path, stdio: ChildStdio) -> Result<ContainerBuilder, ContainerError> {
+fn builder(
+    id: &str,
+    state_root: &Path,
+    stdio: ChildStdio,
+) -> Result<ContainerBuilder, ContainerError> {
     let b = ContainerBuilder::new(id.to_owned(), SyscallType::default())
         .with_root_path(state_root)
         .map_err(|e| runtime_err("state root", e))?;
     Ok(match stdio {
-        ChildStdio::Pipes { stdin, stdout, stderr } => b.with_stdin(stdin).with_stdout(stdout).with_stderr(stderr),
+        ChildStdio::Pipes { stdin, stdout, stderr } => {
+            b.with_stdin(stdin).with_stdout(stdout).with_stderr(stderr)
+        }
         ChildStdio::Console { socket } => b.with_console_socket(Some(socket)),
     })
 }
@@ -187,7 +193,10 @@ mod tests {
 
     #[test]
     fn missing_executables_are_their_own_error() {
-        let e = classify("exec", "failed: error in executing process : executable '/x' not found in $PATH");
+        let e = classify(
+            "exec",
+            "failed: error in executing process : executable '/x' not found in $PATH",
+        );
         assert_eq!(e.to_string(), "executable '/x' not found in $PATH");
         assert!(matches!(classify("start", "boom"), ContainerError::Runtime(_)));
     }

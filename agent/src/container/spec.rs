@@ -47,13 +47,8 @@ pub const DEFAULT_MASKED_PATHS: &[&str] = &[
     "/sys/devices/virtual/powercap",
 ];
 
-pub const DEFAULT_READONLY_PATHS: &[&str] = &[
-    "/proc/bus",
-    "/proc/fs",
-    "/proc/irq",
-    "/proc/sys",
-    "/proc/sysrq-trigger",
-];
+pub const DEFAULT_READONLY_PATHS: &[&str] =
+    &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
 
 /// Mount types a request may ask for.
 const MOUNT_TYPES: &[&str] = &["bind", "tmpfs", "proc", "sysfs", "devpts", "mqueue"];
@@ -86,12 +81,12 @@ pub fn check_rootfs(p: &str) -> Result<PathBuf, ContainerError> {
     let canon = std::fs::canonicalize(p)
         .map_err(|e| ContainerError::invalid(format!("rootfs_path {p:?}: {e}")))?;
     if !canon.is_dir() {
-        return Err(ContainerError::invalid(format!(
-            "rootfs_path {p:?}: not a directory"
-        )));
+        return Err(ContainerError::invalid(format!("rootfs_path {p:?}: not a directory")));
     }
     if canon == Path::new("/") {
-        return Err(ContainerError::invalid("rootfs_path: the guest's / is not a container rootfs"));
+        return Err(ContainerError::invalid(
+            "rootfs_path: the guest's / is not a container rootfs",
+        ));
     }
     Ok(canon)
 }
@@ -178,13 +173,47 @@ fn all_capabilities() -> Vec<String> {
     // Every capability the spec crate knows; the kernel ignores unknown ones
     // only if absent, so keep to those up to CAP_CHECKPOINT_RESTORE (6.1).
     [
-        "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID",
-        "SETUID", "SETPCAP", "LINUX_IMMUTABLE", "NET_BIND_SERVICE", "NET_BROADCAST",
-        "NET_ADMIN", "NET_RAW", "IPC_LOCK", "IPC_OWNER", "SYS_MODULE", "SYS_RAWIO",
-        "SYS_CHROOT", "SYS_PTRACE", "SYS_PACCT", "SYS_ADMIN", "SYS_BOOT", "SYS_NICE",
-        "SYS_RESOURCE", "SYS_TIME", "SYS_TTY_CONFIG", "MKNOD", "LEASE", "AUDIT_WRITE",
-        "AUDIT_CONTROL", "SETFCAP", "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG", "WAKE_ALARM",
-        "BLOCK_SUSPEND", "AUDIT_READ", "PERFMON", "BPF", "CHECKPOINT_RESTORE",
+        "CHOWN",
+        "DAC_OVERRIDE",
+        "DAC_READ_SEARCH",
+        "FOWNER",
+        "FSETID",
+        "KILL",
+        "SETGID",
+        "SETUID",
+        "SETPCAP",
+        "LINUX_IMMUTABLE",
+        "NET_BIND_SERVICE",
+        "NET_BROADCAST",
+        "NET_ADMIN",
+        "NET_RAW",
+        "IPC_LOCK",
+        "IPC_OWNER",
+        "SYS_MODULE",
+        "SYS_RAWIO",
+        "SYS_CHROOT",
+        "SYS_PTRACE",
+        "SYS_PACCT",
+        "SYS_ADMIN",
+        "SYS_BOOT",
+        "SYS_NICE",
+        "SYS_RESOURCE",
+        "SYS_TIME",
+        "SYS_TTY_CONFIG",
+        "MKNOD",
+        "LEASE",
+        "AUDIT_WRITE",
+        "AUDIT_CONTROL",
+        "SETFCAP",
+        "MAC_OVERRIDE",
+        "MAC_ADMIN",
+        "SYSLOG",
+        "WAKE_ALARM",
+        "BLOCK_SUSPEND",
+        "AUDIT_READ",
+        "PERFMON",
+        "BPF",
+        "CHECKPOINT_RESTORE",
     ]
     .iter()
     .map(|c| format!("CAP_{c}"))
@@ -295,7 +324,11 @@ fn resources_json(r: &pb::Resources) -> Value {
     Value::Object(out)
 }
 
-fn paths_or_default(given: &[String], default: &[&str], what: &str) -> Result<Vec<String>, ContainerError> {
+fn paths_or_default(
+    given: &[String],
+    default: &[&str],
+    what: &str,
+) -> Result<Vec<String>, ContainerError> {
     if given.is_empty() {
         return Ok(default.iter().map(|s| s.to_string()).collect());
     }
@@ -306,7 +339,10 @@ fn paths_or_default(given: &[String], default: &[&str], what: &str) -> Result<Ve
 }
 
 /// The whole config.json of a container.
-pub fn build_spec(req: &pb::CreateContainerRequest, ctx: &SpecContext) -> Result<Value, ContainerError> {
+pub fn build_spec(
+    req: &pb::CreateContainerRequest,
+    ctx: &SpecContext,
+) -> Result<Value, ContainerError> {
     let process = check_process(req.process.as_ref())?;
     let sec = req.security.clone().unwrap_or_default();
     let res = req.resources.unwrap_or_default();
@@ -396,7 +432,11 @@ mod tests {
             rootfs_path: root.display().to_string(),
             rootfs_readonly: true,
             hostname: "pod".into(),
-            resources: Some(pb::Resources { memory_limit_bytes: 32 << 20, pids_limit: 20, ..Default::default() }),
+            resources: Some(pb::Resources {
+                memory_limit_bytes: 32 << 20,
+                pids_limit: 20,
+                ..Default::default()
+            }),
             ..Default::default()
         }
     }
@@ -438,7 +478,11 @@ mod tests {
         assert!(linux.masked_paths().as_ref().unwrap().contains(&"/proc/kcore".to_string()));
         let caps = p.capabilities().as_ref().unwrap().bounding().as_ref().unwrap();
         assert_eq!(caps.len(), DEFAULT_CAPABILITIES.len());
-        assert!(spec["mounts"].as_array().unwrap().iter().any(|m| m["destination"] == "/etc/hostname"));
+        assert!(spec["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["destination"] == "/etc/hostname"));
         assert!(spec["process"].get("noNewPrivileges").is_none());
         let nnp = process_json(rq.process.as_ref().unwrap(), &[], true);
         assert_eq!(nnp["noNewPrivileges"], true);
@@ -449,8 +493,16 @@ mod tests {
         let t = rootfs();
         let mut r = req(t.path());
         r.mounts = vec![
-            pb::Mount { destination: "/evil/x".into(), source: "/tmp".into(), ..Default::default() },
-            pb::Mount { destination: "/evil2/y".into(), r#type: "tmpfs".into(), ..Default::default() },
+            pb::Mount {
+                destination: "/evil/x".into(),
+                source: "/tmp".into(),
+                ..Default::default()
+            },
+            pb::Mount {
+                destination: "/evil2/y".into(),
+                r#type: "tmpfs".into(),
+                ..Default::default()
+            },
         ];
         let spec = build_spec(&r, &ctx(t.path())).unwrap();
         let dests: Vec<String> = spec["mounts"]
@@ -461,7 +513,12 @@ mod tests {
             .collect();
         assert!(dests.contains(&"/etc/x".to_owned()), "{dests:?}");
         assert!(dests.contains(&"/etc/y".to_owned()), "{dests:?}");
-        let bind = spec["mounts"].as_array().unwrap().iter().find(|m| m["destination"] == "/etc/x").unwrap();
+        let bind = spec["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["destination"] == "/etc/x")
+            .unwrap();
         assert_eq!(bind["options"][0], "rbind");
     }
 
@@ -475,16 +532,60 @@ mod tests {
             let e = build_spec(&r, &c).unwrap_err();
             assert!(matches!(e, ContainerError::Invalid(_)), "{e}");
         };
-        bad(&|r| r.mounts = vec![pb::Mount { destination: "/../../etc".into(), source: "/tmp".into(), ..Default::default() }]);
-        bad(&|r| r.mounts = vec![pb::Mount { destination: "/x".into(), source: "/tmp/../etc".into(), ..Default::default() }]);
-        bad(&|r| r.mounts = vec![pb::Mount { destination: "/x".into(), source: "/does/not/exist".into(), ..Default::default() }]);
-        bad(&|r| r.mounts = vec![pb::Mount { destination: "/x".into(), r#type: "ext4".into(), source: "/dev/vda".into(), ..Default::default() }]);
-        bad(&|r| r.mounts = vec![pb::Mount { destination: "/".into(), r#type: "tmpfs".into(), ..Default::default() }]);
-        bad(&|r| r.mounts = vec![pb::Mount { destination: "/x".into(), r#type: "tmpfs".into(), options: vec!["a,b".into()], ..Default::default() }]);
+        bad(&|r| {
+            r.mounts = vec![pb::Mount {
+                destination: "/../../etc".into(),
+                source: "/tmp".into(),
+                ..Default::default()
+            }]
+        });
+        bad(&|r| {
+            r.mounts = vec![pb::Mount {
+                destination: "/x".into(),
+                source: "/tmp/../etc".into(),
+                ..Default::default()
+            }]
+        });
+        bad(&|r| {
+            r.mounts = vec![pb::Mount {
+                destination: "/x".into(),
+                source: "/does/not/exist".into(),
+                ..Default::default()
+            }]
+        });
+        bad(&|r| {
+            r.mounts = vec![pb::Mount {
+                destination: "/x".into(),
+                r#type: "ext4".into(),
+                source: "/dev/vda".into(),
+                ..Default::default()
+            }]
+        });
+        bad(&|r| {
+            r.mounts = vec![pb::Mount {
+                destination: "/".into(),
+                r#type: "tmpfs".into(),
+                ..Default::default()
+            }]
+        });
+        bad(&|r| {
+            r.mounts = vec![pb::Mount {
+                destination: "/x".into(),
+                r#type: "tmpfs".into(),
+                options: vec!["a,b".into()],
+                ..Default::default()
+            }]
+        });
         bad(&|r| r.process = None);
         bad(&|r| r.hostname = "a/b".into());
-        bad(&|r| r.security = Some(pb::Security { capabilities: vec!["CAP_NOPE".into()], ..Default::default() }));
-        bad(&|r| r.security = Some(pb::Security { masked_paths: vec!["relative".into()], ..Default::default() }));
+        bad(&|r| {
+            r.security =
+                Some(pb::Security { capabilities: vec!["CAP_NOPE".into()], ..Default::default() })
+        });
+        bad(&|r| {
+            r.security =
+                Some(pb::Security { masked_paths: vec!["relative".into()], ..Default::default() })
+        });
         bad(&|r| r.resources = Some(pb::Resources { pids_limit: -5, ..Default::default() }));
         assert!(check_rootfs("/").is_err());
         assert!(check_rootfs("relative").is_err());
@@ -509,7 +610,11 @@ mod tests {
     #[test]
     fn a_terminal_exec_keeps_the_container_process_and_overrides_its_own_fields() {
         let init = process_json(
-            &pb::Process { args: vec!["sleep".into()], env: vec!["A=1".into(), "B=2".into()], ..Default::default() },
+            &pb::Process {
+                args: vec!["sleep".into()],
+                env: vec!["A=1".into(), "B=2".into()],
+                ..Default::default()
+            },
             &["CAP_KILL".to_owned()],
             true,
         );
@@ -523,13 +628,26 @@ mod tests {
         };
         let v = exec_process_json(&init, &p);
         assert_eq!(v["args"], json!(["sh"]));
-        let env: Vec<&str> = v["env"].as_array().unwrap().iter().map(|e| e.as_str().unwrap()).collect();
-        assert!(env.contains(&"A=1") && env.contains(&"B=3") && env.contains(&"C=4") && !env.contains(&"B=2"), "{env:?}");
+        let env: Vec<&str> =
+            v["env"].as_array().unwrap().iter().map(|e| e.as_str().unwrap()).collect();
+        assert!(
+            env.contains(&"A=1")
+                && env.contains(&"B=3")
+                && env.contains(&"C=4")
+                && !env.contains(&"B=2"),
+            "{env:?}"
+        );
         assert_eq!((v["terminal"].clone(), v["cwd"].clone()), (json!(true), json!("/work")));
         assert_eq!(v["user"]["uid"], json!(7));
         assert_eq!(v["capabilities"], init["capabilities"]);
         assert_eq!(v["noNewPrivileges"], json!(true));
-        let plain = exec_process_json(&init, &pb::Process { args: vec!["id".into()], ..Default::default() });
-        assert_eq!((plain["cwd"].clone(), plain["user"].clone()), (init["cwd"].clone(), init["user"].clone()));
+        let plain = exec_process_json(
+            &init,
+            &pb::Process { args: vec!["id".into()], ..Default::default() },
+        );
+        assert_eq!(
+            (plain["cwd"].clone(), plain["user"].clone()),
+            (init["cwd"].clone(), init["user"].clone())
+        );
     }
 }

@@ -75,7 +75,10 @@ pub fn create(with_stdin: bool) -> Result<(ChildStdio, AgentEnds), ContainerErro
 
 /// Listens on `socket` (which must not exist; its directory must) for the
 /// terminal master of a process created with `terminal: true`.
-pub fn create_tty(socket: &Path, with_stdin: bool) -> Result<(ChildStdio, AgentEnds), ContainerError> {
+pub fn create_tty(
+    socket: &Path,
+    with_stdin: bool,
+) -> Result<(ChildStdio, AgentEnds), ContainerError> {
     let listener = UnixListener::bind(socket)
         .map_err(|e| ContainerError::io(format!("console socket {}", socket.display()), e))?;
     Ok((
@@ -107,11 +110,17 @@ impl AgentEnds {
                 let _ = std::fs::remove_file(&socket);
                 let master = master?;
                 let dup = |what: &str| {
-                    master.try_clone().map_err(|e| ContainerError::io(format!("dup terminal master for {what}"), e))
+                    master.try_clone().map_err(|e| {
+                        ContainerError::io(format!("dup terminal master for {what}"), e)
+                    })
                 };
                 let stdin = if with_stdin { Some(File::from(dup("stdin")?)) } else { None };
                 spawn_reader(format!("{name}-tty"), dup("output")?, Stream::Stdout, tx);
-                Ok(ProcessIo { output: Mutex::new(Some(rx)), stdin: Mutex::new(stdin), tty: Some(master) })
+                Ok(ProcessIo {
+                    output: Mutex::new(Some(rx)),
+                    stdin: Mutex::new(stdin),
+                    tty: Some(master),
+                })
             }
         }
     }
@@ -127,19 +136,22 @@ pub fn receive_master(listener: &UnixListener, wait: Duration) -> Result<OwnedFd
     let err = |what: &str| ContainerError::Runtime(format!("terminal: {what}"));
     let ms = u16::try_from(wait.as_millis()).unwrap_or(u16::MAX);
     let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
-    let ready = poll(&mut fds, PollTimeout::from(ms)).map_err(|e| ContainerError::io("poll console socket", e.into()))?;
+    let ready = poll(&mut fds, PollTimeout::from(ms))
+        .map_err(|e| ContainerError::io("poll console socket", e.into()))?;
     if ready == 0 {
         return Err(err("the container did not send its terminal in time"));
     }
-    let (stream, _) = listener.accept().map_err(|e| ContainerError::io("accept on console socket", e))?;
+    let (stream, _) =
+        listener.accept().map_err(|e| ContainerError::io("accept on console socket", e))?;
     stream
         .set_read_timeout(Some(wait))
         .map_err(|e| ContainerError::io("console socket timeout", e))?;
     let mut buf = [0u8; 256];
     let mut iov = [IoSliceMut::new(&mut buf)];
     let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 4]);
-    let msg = recvmsg::<()>(stream.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)
-        .map_err(|e| ContainerError::io("receive terminal master", e.into()))?;
+    let msg =
+        recvmsg::<()>(stream.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)
+            .map_err(|e| ContainerError::io("receive terminal master", e.into()))?;
     let mut received: Vec<OwnedFd> = Vec::new();
     for c in msg.cmsgs().map_err(|e| ContainerError::io("terminal master message", e.into()))? {
         if let ControlMessageOwned::ScmRights(raw) = c {
@@ -196,7 +208,9 @@ impl ProcessIo {
     pub fn write_stdin(&self, data: &[u8], close: bool) -> Result<(), ContainerError> {
         let mut slot = self.stdin.lock().unwrap_or_else(|p| p.into_inner());
         let Some(f) = slot.as_mut() else {
-            return Err(ContainerError::State("stdin is not open (created without stdin, or closed)".into()));
+            return Err(ContainerError::State(
+                "stdin is not open (created without stdin, or closed)".into(),
+            ));
         };
         if !data.is_empty() {
             f.write_all(data).map_err(|e| ContainerError::io("write stdin", e))?;
@@ -210,7 +224,9 @@ impl ProcessIo {
     /// Sets the terminal's window size (tty processes only).
     pub fn resize(&self, rows: u16, cols: u16) -> Result<(), ContainerError> {
         let Some(master) = &self.tty else {
-            return Err(ContainerError::State("the process has no terminal (created without tty)".into()));
+            return Err(ContainerError::State(
+                "the process has no terminal (created without tty)".into(),
+            ));
         };
         let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
         // SAFETY: TIOCSWINSZ reads one winsize from the pointer, valid for the call.
@@ -243,7 +259,13 @@ mod tests {
             got.push((c.stream, c.data));
         }
         got.sort();
-        assert_eq!(got, vec![(Stream::Stdout as i32, b"out".to_vec()), (Stream::Stderr as i32, b"err".to_vec())]);
+        assert_eq!(
+            got,
+            vec![
+                (Stream::Stdout as i32, b"out".to_vec()),
+                (Stream::Stderr as i32, b"err".to_vec())
+            ]
+        );
 
         io.write_stdin(b"hi", true).unwrap();
         let mut s = String::new();
@@ -259,7 +281,14 @@ mod tests {
         use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
         let s = std::os::unix::net::UnixStream::connect(socket).unwrap();
         let iov = [std::io::IoSlice::new(b"tty")];
-        sendmsg::<()>(s.as_raw_fd(), &iov, &[ControlMessage::ScmRights(fds)], MsgFlags::empty(), None).unwrap();
+        sendmsg::<()>(
+            s.as_raw_fd(),
+            &iov,
+            &[ControlMessage::ScmRights(fds)],
+            MsgFlags::empty(),
+            None,
+        )
+        .unwrap();
     }
 
     #[test]

@@ -19,9 +19,7 @@ pub fn check_id(what: &str, id: &str) -> Result<(), ContainerError> {
     let ok = !id.is_empty()
         && id.len() <= MAX_ID_LEN
         && id.as_bytes()[0].is_ascii_alphanumeric()
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
     if ok {
         Ok(())
     } else {
@@ -61,9 +59,7 @@ pub fn check_process(p: Option<&pb::Process>) -> Result<&pb::Process, ContainerE
         match e.split_once('=') {
             Some((k, _)) if !k.is_empty() => {}
             _ => {
-                return Err(ContainerError::invalid(format!(
-                    "process.env: {e:?} is not KEY=value"
-                )))
+                return Err(ContainerError::invalid(format!("process.env: {e:?} is not KEY=value")))
             }
         }
     }
@@ -87,17 +83,13 @@ pub fn check_resources(r: &pb::Resources) -> Result<(), ContainerError> {
         return Err(ContainerError::invalid("resources.cpu_quota_us: at least 1000"));
     }
     if r.cpu_period_us != 0 && !(1000..=1_000_000).contains(&r.cpu_period_us) {
-        return Err(ContainerError::invalid(
-            "resources.cpu_period_us: 1000..=1000000",
-        ));
+        return Err(ContainerError::invalid("resources.cpu_period_us: 1000..=1000000"));
     }
     if r.cpu_weight != 0 && !(1..=10_000).contains(&r.cpu_weight) {
         return Err(ContainerError::invalid("resources.cpu_weight: 1..=10000"));
     }
     if r.memory_limit_bytes > 0 && r.memory_limit_bytes < 4 * 1024 * 1024 {
-        return Err(ContainerError::invalid(
-            "resources.memory_limit_bytes: at least 4 MiB",
-        ));
+        return Err(ContainerError::invalid("resources.memory_limit_bytes: at least 4 MiB"));
     }
     Ok(())
 }
@@ -111,11 +103,7 @@ pub fn check_signal(sig: i32) -> Result<nix::sys::signal::Signal, ContainerError
 /// A capability name as OCI spells it (`CAP_` + upper case).
 pub fn normalize_capability(c: &str) -> Result<String, ContainerError> {
     let up = c.trim().to_ascii_uppercase();
-    let name = if up.starts_with("CAP_") {
-        up
-    } else {
-        format!("CAP_{up}")
-    };
+    let name = if up.starts_with("CAP_") { up } else { format!("CAP_{up}") };
     if name.len() > 64 || !name.bytes().all(|b| b.is_ascii_uppercase() || b == b'_') {
         return Err(ContainerError::invalid(format!("capability {c:?}: bad name")));
     }
@@ -133,10 +121,7 @@ mod tests {
     use super::*;
 
     fn proc_(args: &[&str]) -> pb::Process {
-        pb::Process {
-            args: args.iter().map(|s| s.to_string()).collect(),
-            ..Default::default()
-        }
+        pb::Process { args: args.iter().map(|s| s.to_string()).collect(), ..Default::default() }
     }
 
     #[test]

@@ -38,8 +38,7 @@ impl AgentProc {
                 }
             }
         });
-        rx.recv_timeout(Duration::from_secs(20))
-            .expect("agent printed the ready marker");
+        rx.recv_timeout(Duration::from_secs(20)).expect("agent printed the ready marker");
         AgentProc(Some(child))
     }
 
@@ -108,10 +107,7 @@ pub fn spawn_fake_vmm(vm_sock: PathBuf, agent_sock: PathBuf) {
 }
 
 pub fn uname_r() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .expect("osrelease")
-        .trim()
-        .to_owned()
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease").trim().to_owned()
 }
 
 /// SIGKILLs a process on drop (cleanup when a test fails half-way). Set

@@ -63,9 +63,7 @@ impl AgentClient {
         let setup = endpoint.connect_with_connector(connector);
         // The HTTP/2 setup shares the caller's deadline (at least 1s, so a
         // handshake that won at the last moment still gets to finish).
-        let left = deadline
-            .saturating_sub(started.elapsed())
-            .max(Duration::from_secs(1));
+        let left = deadline.saturating_sub(started.elapsed()).max(Duration::from_secs(1));
         let channel = match tokio::time::timeout(left, setup).await {
             Ok(r) => r?,
             Err(_) => {
@@ -113,10 +111,9 @@ impl AgentClient {
         match tokio::time::timeout(self.call_timeout, call).await {
             Ok(Ok(resp)) => Ok(resp.into_inner()),
             Ok(Err(status)) => Err(AgentClientError::rpc("Health", status)),
-            Err(_) => Err(AgentClientError::CallTimeout {
-                call: "Health",
-                timeout: self.call_timeout,
-            }),
+            Err(_) => {
+                Err(AgentClientError::CallTimeout { call: "Health", timeout: self.call_timeout })
+            }
         }
     }
 
@@ -128,10 +125,9 @@ impl AgentClient {
         match tokio::time::timeout(self.call_timeout, call).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(status)) => Err(AgentClientError::rpc("Shutdown", status)),
-            Err(_) => Err(AgentClientError::CallTimeout {
-                call: "Shutdown",
-                timeout: self.call_timeout,
-            }),
+            Err(_) => {
+                Err(AgentClientError::CallTimeout { call: "Shutdown", timeout: self.call_timeout })
+            }
         }
     }
 }

@@ -62,11 +62,9 @@ pub async fn connect_with_retry(
         if now >= end {
             return Err(match err {
                 HandshakeError::SocketMissing(p) => AgentClientError::SocketMissing(p),
-                other => AgentClientError::Deadline {
-                    port,
-                    waited: deadline,
-                    last: other.to_string(),
-                },
+                other => {
+                    AgentClientError::Deadline { port, waited: deadline, last: other.to_string() }
+                }
             });
         }
         tracing::trace!(attempts, error = %err, "agent not reachable yet, retrying");
@@ -118,9 +116,7 @@ mod tests {
             s.write_all(b"OK 1073741824\nhello").await.unwrap();
             s
         });
-        let mut stream = connect_with_retry(&path, 1024, Duration::from_secs(10))
-            .await
-            .unwrap();
+        let mut stream = connect_with_retry(&path, 1024, Duration::from_secs(10)).await.unwrap();
         let mut buf = [0u8; 5];
         stream.read_exact(&mut buf).await.unwrap();
         assert_eq!(&buf, b"hello");
@@ -141,18 +137,11 @@ mod tests {
             }
         });
         let t = std::time::Instant::now();
-        let err = connect_with_retry(&path, 1024, Duration::from_millis(300))
-            .await
-            .unwrap_err();
+        let err = connect_with_retry(&path, 1024, Duration::from_millis(300)).await.unwrap_err();
         assert!(t.elapsed() >= Duration::from_millis(300));
         assert!(t.elapsed() < Duration::from_secs(3));
-        assert!(
-            matches!(err, AgentClientError::Deadline { port: 1024, .. }),
-            "{err:?}"
-        );
-        assert!(err
-            .to_string()
-            .contains("agent did not answer on vsock port 1024 within 0.3s"));
+        assert!(matches!(err, AgentClientError::Deadline { port: 1024, .. }), "{err:?}");
+        assert!(err.to_string().contains("agent did not answer on vsock port 1024 within 0.3s"));
     }
 
     #[tokio::test]
@@ -170,9 +159,7 @@ mod tests {
             }
         });
         let t = std::time::Instant::now();
-        let err = connect_with_retry(&path, 1024, Duration::from_millis(200))
-            .await
-            .unwrap_err();
+        let err = connect_with_retry(&path, 1024, Duration::from_millis(200)).await.unwrap_err();
         assert!(t.elapsed() < Duration::from_secs(3));
         assert!(matches!(err, AgentClientError::Deadline { .. }), "{err:?}");
         holder.abort();
@@ -182,9 +169,7 @@ mod tests {
     async fn missing_socket_after_deadline() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("absent.sock");
-        let err = connect_with_retry(&path, 1024, Duration::from_millis(50))
-            .await
-            .unwrap_err();
+        let err = connect_with_retry(&path, 1024, Duration::from_millis(50)).await.unwrap_err();
         assert!(matches!(err, AgentClientError::SocketMissing(_)), "{err:?}");
     }
 
@@ -203,8 +188,6 @@ mod tests {
             let mut rest = Vec::new();
             let _ = s.read_to_end(&mut rest).await;
         });
-        connect_with_retry(&path, 1024, Duration::from_secs(5))
-            .await
-            .unwrap();
+        connect_with_retry(&path, 1024, Duration::from_secs(5)).await.unwrap();
     }
 }

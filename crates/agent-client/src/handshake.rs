@@ -85,9 +85,7 @@ async fn read_reply_line(stream: &mut UnixStream) -> Result<Vec<u8>, HandshakeEr
             return if line.is_empty() {
                 Err(HandshakeError::Closed)
             } else {
-                Err(HandshakeError::BadReply(
-                    String::from_utf8_lossy(&line).into_owned(),
-                ))
+                Err(HandshakeError::BadReply(String::from_utf8_lossy(&line).into_owned()))
             };
         }
         if byte[0] == b'\n' {
@@ -95,9 +93,7 @@ async fn read_reply_line(stream: &mut UnixStream) -> Result<Vec<u8>, HandshakeEr
         }
         line.push(byte[0]);
         if line.len() >= MAX_REPLY_LEN {
-            return Err(HandshakeError::BadReply(
-                String::from_utf8_lossy(&line).into_owned(),
-            ));
+            return Err(HandshakeError::BadReply(String::from_utf8_lossy(&line).into_owned()));
         }
     }
 }
@@ -108,15 +104,10 @@ pub async fn connect_once(uds_path: &Path, port: u32) -> Result<(UnixStream, u32
     let mut stream = match UnixStream::connect(uds_path).await {
         Ok(s) => s,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(HandshakeError::SocketMissing(
-                uds_path.display().to_string(),
-            ))
+            return Err(HandshakeError::SocketMissing(uds_path.display().to_string()))
         }
         Err(e) => {
-            return Err(HandshakeError::Connect {
-                path: uds_path.display().to_string(),
-                source: e,
-            })
+            return Err(HandshakeError::Connect { path: uds_path.display().to_string(), source: e })
         }
     };
     stream.write_all(connect_line(port).as_bytes()).await?;
@@ -214,10 +205,7 @@ mod tests {
             drop(s);
         });
         let err = connect_once(&path, 1024).await.unwrap_err();
-        assert!(
-            matches!(err, HandshakeError::Closed | HandshakeError::Io(_)),
-            "{err:?}"
-        );
+        assert!(matches!(err, HandshakeError::Closed | HandshakeError::Io(_)), "{err:?}");
         assert!(err.is_retryable());
     }
 

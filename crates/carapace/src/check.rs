@@ -57,8 +57,9 @@ fn check_kvm_device(path: &Path) -> CheckResult {
     }
     let cpath = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
         .map_err(|_| format!("{}: path contains a NUL byte", path.display()))?;
-    let kvm = kvm_ioctls::Kvm::new_with_path(cpath.as_c_str())
-        .map_err(|e| format!("cannot open {}: {e} (are you root or in the kvm group?)", path.display()))?;
+    let kvm = kvm_ioctls::Kvm::new_with_path(cpath.as_c_str()).map_err(|e| {
+        format!("cannot open {}: {e} (are you root or in the kvm group?)", path.display())
+    })?;
     let api = kvm.get_api_version();
     if api != 12 {
         return Err(format!("{} speaks KVM API {api}, carapace needs 12", path.display()));
@@ -112,7 +113,10 @@ fn check_guest_image(dir: &Path) -> CheckResult {
     f.read_exact(&mut magic)
         .map_err(|e| format!("{}: too short to be a kernel: {e}", kernel.display()))?;
     // ELF, 64-bit, x86-64 (e_machine 62 at offset 18).
-    if &magic[..4] != b"\x7fELF" || magic[4] != 2 || u16::from_le_bytes([magic[18], magic[19]]) != 62 {
+    if &magic[..4] != b"\x7fELF"
+        || magic[4] != 2
+        || u16::from_le_bytes([magic[18], magic[19]]) != 62
+    {
         return Err(format!("{} is not an x86-64 vmlinux ELF", kernel.display()));
     }
     let size = fs::metadata(&initramfs)

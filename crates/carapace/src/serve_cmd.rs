@@ -90,8 +90,13 @@ mod tests {
         let cli = Cli::parse_from(["serve", "--config", missing.to_str().unwrap()]);
         assert!(load_config(&cli.serve).unwrap_err().contains("cannot read config file"));
         std::fs::write(&cfg_path, "").unwrap();
-        let cli =
-            Cli::parse_from(["serve", "--config", cfg_path.to_str().unwrap(), "--listen", "tcp://x"]);
+        let cli = Cli::parse_from([
+            "serve",
+            "--config",
+            cfg_path.to_str().unwrap(),
+            "--listen",
+            "tcp://x",
+        ]);
         assert!(load_config(&cli.serve).unwrap_err().contains("only Unix sockets"));
     }
 }

@@ -226,10 +226,32 @@ mod tests {
     #[test]
     fn all_options() {
         let c = Cli::parse_from([
-            "vmm", "--kernel", "/k", "--initramfs", "/i", "--vcpus", "2", "--mem-mib", "512",
-            "--cmdline-extra", "-- agent-arg", "--serial-log", "/s", "--vsock-uds", "/v",
-            "--vsock-cid", "7", "--no-rng", "--kick-interval-ms", "100", "--kvm-device", "/dev/x",
-            "--stop-timeout-ms", "5", "--shared-dir", "/srv/pod",
+            "vmm",
+            "--kernel",
+            "/k",
+            "--initramfs",
+            "/i",
+            "--vcpus",
+            "2",
+            "--mem-mib",
+            "512",
+            "--cmdline-extra",
+            "-- agent-arg",
+            "--serial-log",
+            "/s",
+            "--vsock-uds",
+            "/v",
+            "--vsock-cid",
+            "7",
+            "--no-rng",
+            "--kick-interval-ms",
+            "100",
+            "--kvm-device",
+            "/dev/x",
+            "--stop-timeout-ms",
+            "5",
+            "--shared-dir",
+            "/srv/pod",
         ])
         .args;
         let cfg = c.to_config();

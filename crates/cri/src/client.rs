@@ -19,7 +19,9 @@ pub async fn channel(socket: &Path) -> Result<Channel, tonic::transport::Error> 
 }
 
 /// A RuntimeService client on the CRI socket at `socket`.
-pub async fn connect(socket: &Path) -> Result<RuntimeServiceClient<Channel>, tonic::transport::Error> {
+pub async fn connect(
+    socket: &Path,
+) -> Result<RuntimeServiceClient<Channel>, tonic::transport::Error> {
     Ok(RuntimeServiceClient::new(channel(socket).await?))
 }
 

@@ -54,7 +54,8 @@ pub const KICK_ENV: &str = "CARAPACE_VMM_KICK_MS";
 
 /// The longest `run_dir` for which every pod's vsock socket path fits in `sun_path` (108 bytes
 /// with the NUL): `<run_dir>/pods/<64 hex>/vsock` plus the `_<port>` suffix the VMM may append.
-pub const MAX_RUN_DIR_LEN: usize = 107 - ("/pods/".len() + 64 + "/vsock".len() + "_4294967295".len());
+pub const MAX_RUN_DIR_LEN: usize =
+    107 - ("/pods/".len() + 64 + "/vsock".len() + "_4294967295".len());
 
 /// A configuration that cannot be used; the message names the key and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -414,7 +415,8 @@ mod tests {
 
     #[test]
     fn kick_override_wins() {
-        let c = Config::from_toml_str("vmm_kick_interval_ms = 5", Path::new("t"), Some(100)).unwrap();
+        let c =
+            Config::from_toml_str("vmm_kick_interval_ms = 5", Path::new("t"), Some(100)).unwrap();
         assert_eq!(c.vmm_kick_interval_ms, Some(100));
     }
 

@@ -22,7 +22,8 @@ use crate::ids;
 use crate::merge;
 use crate::procfs;
 use crate::record::{
-    ContainerPhase, ContainerRecord, MountRecord, ProcessSpec, SandboxRecord, CONTAINER_RECORD_VERSION,
+    ContainerPhase, ContainerRecord, MountRecord, ProcessSpec, SandboxRecord,
+    CONTAINER_RECORD_VERSION,
 };
 use crate::sandboxes::{hash, now_nanos, state_of, Manager};
 use crate::store::{Store, StoreError};
@@ -119,7 +120,11 @@ fn metadata(rec: &ContainerRecord) -> cri::ContainerMetadata {
 }
 
 fn image_spec(rec: &ContainerRecord) -> cri::ImageSpec {
-    cri::ImageSpec { image: rec.image.clone(), user_specified_image: rec.image.clone(), ..Default::default() }
+    cri::ImageSpec {
+        image: rec.image.clone(),
+        user_specified_image: rec.image.clone(),
+        ..Default::default()
+    }
 }
 
 /// ListContainers entry of a record.
@@ -177,7 +182,12 @@ pub fn to_status(rec: &ContainerRecord) -> cri::ContainerStatus {
             linux: Some(cri::LinuxContainerUser {
                 uid: i64::from(rec.process.uid),
                 gid: i64::from(rec.process.gid),
-                supplemental_groups: rec.process.additional_gids.iter().map(|g| i64::from(*g)).collect(),
+                supplemental_groups: rec
+                    .process
+                    .additional_gids
+                    .iter()
+                    .map(|g| i64::from(*g))
+                    .collect(),
             }),
         }),
     }
@@ -229,7 +239,9 @@ async fn call<T>(
     match tokio::time::timeout(AGENT_CALL, fut).await {
         Ok(Ok(r)) => Ok(r.into_inner()),
         Ok(Err(s)) => Err(from_status(what, s)),
-        Err(_) => Err(CriError::DeadlineExceeded(format!("{what}: the pod's agent did not answer within {AGENT_CALL:?}"))),
+        Err(_) => Err(CriError::DeadlineExceeded(format!(
+            "{what}: the pod's agent did not answer within {AGENT_CALL:?}"
+        ))),
     }
 }
 
@@ -265,13 +277,17 @@ fn exit_of(w: &pb::WaitProcessResponse) -> (i32, String, i64) {
 impl Containers {
     /// Loads the container records. Containers of sandboxes that no longer exist are dropped
     /// (their files removed); running containers of stopped VMs are recorded as exited.
-    pub(crate) fn open(state_dir: &Path, sandboxes: &[SandboxRecord]) -> Result<Arc<Containers>, StoreError> {
+    pub(crate) fn open(
+        state_dir: &Path,
+        sandboxes: &[SandboxRecord],
+    ) -> Result<Arc<Containers>, StoreError> {
         let store: Store<ContainerRecord> = Store::open(state_dir)?;
         let (records, bad) = store.load_all()?;
         for b in bad {
             tracing::error!(path = %b.path.display(), reason = %b.reason, "ignoring unreadable container record");
         }
-        let pods: HashMap<&str, &SandboxRecord> = sandboxes.iter().map(|s| (s.id.as_str(), s)).collect();
+        let pods: HashMap<&str, &SandboxRecord> =
+            sandboxes.iter().map(|s| (s.id.as_str(), s)).collect();
         let mut table = CTable::default();
         for mut rec in records {
             let Some(sb) = pods.get(rec.sandbox_id.as_str()) else {
@@ -283,7 +299,9 @@ impl Containers {
                 store.remove(&rec.id)?;
                 continue;
             };
-            if rec.phase == ContainerPhase::Running && state_of(sb) != cri::PodSandboxState::SandboxReady {
+            if rec.phase == ContainerPhase::Running
+                && state_of(sb) != cri::PodSandboxState::SandboxReady
+            {
                 tracing::warn!(id = %rec.id, "the pod VM of this running container ended while the daemon was down");
                 rec.phase = ContainerPhase::Exited;
                 rec.finished_at = now_nanos();
@@ -296,14 +314,21 @@ impl Containers {
             table.by_id.insert(rec.id.clone(), CEntry::new(rec));
         }
         let (events, _) = broadcast::channel(EVENT_BACKLOG);
-        let c = Arc::new(Containers { store, table: Mutex::new(table), events, images: OnceLock::new() });
+        let c = Arc::new(Containers {
+            store,
+            table: Mutex::new(table),
+            events,
+            images: OnceLock::new(),
+        });
         // Running containers: ask the agent how they are and resume their logs.
         if tokio::runtime::Handle::try_current().is_ok() {
             let running: Vec<(Arc<CEntry>, SandboxRecord)> = lock(&c.table)
                 .by_id
                 .values()
                 .filter(|e| e.rec().phase == ContainerPhase::Running)
-                .filter_map(|e| pods.get(e.rec().sandbox_id.as_str()).map(|sb| (e.clone(), (*sb).clone())))
+                .filter_map(|e| {
+                    pods.get(e.rec().sandbox_id.as_str()).map(|sb| (e.clone(), (*sb).clone()))
+                })
                 .collect();
             for (e, sb) in running {
                 tracing::info!(id = %e.rec().id, "resuming the monitor of a running container");
@@ -380,7 +405,14 @@ impl Containers {
     }
 
     /// Records an exit (once) and announces it.
-    fn record_exit(&self, e: &CEntry, exit_code: i32, reason: &str, message: &str, finished_at: i64) {
+    fn record_exit(
+        &self,
+        e: &CEntry,
+        exit_code: i32,
+        reason: &str,
+        message: &str,
+        finished_at: i64,
+    ) {
         let mut rec = e.rec().clone();
         if rec.phase == ContainerPhase::Exited {
             return;
@@ -414,16 +446,30 @@ impl Containers {
         if !log_path.is_empty() {
             match LogWriter::open(Path::new(&log_path)) {
                 Ok(w) => *lock(&e.log) = Some(w),
-                Err(err) => tracing::warn!(%id, path = %log_path, error = %err, "cannot open the container log"),
+                Err(err) => {
+                    tracing::warn!(%id, path = %log_path, error = %err, "cannot open the container log")
+                }
             }
         }
         let mut attempts = 0u32;
         loop {
-            let agent = match AgentClient::connect(&sb.vsock_path(), AGENT_VSOCK_PORT, AGENT_CONNECT).await {
+            let agent = match AgentClient::connect(
+                &sb.vsock_path(),
+                AGENT_VSOCK_PORT,
+                AGENT_CONNECT,
+            )
+            .await
+            {
                 Ok(a) => a,
                 Err(err) => {
                     if !sb.vmm.as_ref().is_some_and(procfs::is_alive) {
-                        self.record_exit(e, 255, "Error", "the pod's VM stopped while the container ran", now_nanos());
+                        self.record_exit(
+                            e,
+                            255,
+                            "Error",
+                            "the pod's VM stopped while the container ran",
+                            now_nanos(),
+                        );
                         break;
                     }
                     attempts += 1;
@@ -458,12 +504,24 @@ impl Containers {
                     break;
                 }
                 Err(s) if s.code() == tonic::Code::NotFound => {
-                    self.record_exit(e, 255, "Error", "the pod's agent no longer knows this container", now_nanos());
+                    self.record_exit(
+                        e,
+                        255,
+                        "Error",
+                        "the pod's agent no longer knows this container",
+                        now_nanos(),
+                    );
                     break;
                 }
                 Err(s) => {
                     if !sb.vmm.as_ref().is_some_and(procfs::is_alive) {
-                        self.record_exit(e, 255, "Error", "the pod's VM stopped while the container ran", now_nanos());
+                        self.record_exit(
+                            e,
+                            255,
+                            "Error",
+                            "the pod's VM stopped while the container ran",
+                            now_nanos(),
+                        );
                         break;
                     }
                     attempts += 1;
@@ -544,10 +602,15 @@ fn mount_record(i: usize, m: &cri::Mount, cid: &str, dir: &Path) -> Result<Mount
 }
 
 /// The agent's security settings for a CRI security context.
-fn agent_security(sc: Option<&cri::LinuxContainerSecurityContext>) -> Result<pb::Security, CriError> {
+fn agent_security(
+    sc: Option<&cri::LinuxContainerSecurityContext>,
+) -> Result<pb::Security, CriError> {
     let Some(sc) = sc else {
         return Ok(pb::Security {
-            seccomp: Some(pb::Seccomp { kind: pb::seccomp::Kind::Unconfined as i32, profile_json: String::new() }),
+            seccomp: Some(pb::Seccomp {
+                kind: pb::seccomp::Kind::Unconfined as i32,
+                profile_json: String::new(),
+            }),
             ..Default::default()
         });
     };
@@ -555,7 +618,11 @@ fn agent_security(sc: Option<&cri::LinuxContainerSecurityContext>) -> Result<pb:
     if let Some(c) = &sc.capabilities {
         let norm = |s: &String| {
             let s = s.to_uppercase();
-            if s.starts_with("CAP_") { s } else { format!("CAP_{s}") }
+            if s.starts_with("CAP_") {
+                s
+            } else {
+                format!("CAP_{s}")
+            }
         };
         let all = c.add_capabilities.iter().any(|s| s.eq_ignore_ascii_case("ALL"));
         if !c.add_capabilities.is_empty() || !c.drop_capabilities.is_empty() {
@@ -607,20 +674,64 @@ fn agent_security(sc: Option<&cri::LinuxContainerSecurityContext>) -> Result<pb:
 
 /// The capabilities containers get by default (the agent's default set).
 const DEFAULT_CAPS: &[&str] = &[
-    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
-    "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
 ];
 /// Every capability (for `add: ["ALL"]`).
 const ALL_CAPS: &[&str] = &[
-    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL",
-    "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE", "CAP_NET_BIND_SERVICE",
-    "CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_IPC_LOCK", "CAP_IPC_OWNER",
-    "CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_CHROOT", "CAP_SYS_PTRACE", "CAP_SYS_PACCT",
-    "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE", "CAP_SYS_RESOURCE", "CAP_SYS_TIME",
-    "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE", "CAP_AUDIT_WRITE", "CAP_AUDIT_CONTROL",
-    "CAP_SETFCAP", "CAP_MAC_OVERRIDE", "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM",
-    "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ", "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
 ];
 
 /// The signal number of an image's STOPSIGNAL ("SIGQUIT", "QUIT", "3"); 0 (SIGTERM) when
@@ -660,18 +771,25 @@ fn discard(dir: &Path) {
 impl Manager {
     fn images(&self) -> Result<Arc<carapace_image::ImageStore>, CriError> {
         self.ctrs.images.get().cloned().ok_or_else(|| {
-            CriError::FailedPrecondition("this daemon has no image store configured (see [images] in the config)".into())
+            CriError::FailedPrecondition(
+                "this daemon has no image store configured (see [images] in the config)".into(),
+            )
         })
     }
 
     /// CreateContainer.
-    pub async fn create_container(&self, req: cri::CreateContainerRequest) -> Result<String, CriError> {
-        let config = req
-            .config
-            .ok_or_else(|| CriError::InvalidArgument("CreateContainer: config is required".into()))?;
+    pub async fn create_container(
+        &self,
+        req: cri::CreateContainerRequest,
+    ) -> Result<String, CriError> {
+        let config = req.config.ok_or_else(|| {
+            CriError::InvalidArgument("CreateContainer: config is required".into())
+        })?;
         let md = config.metadata.clone().unwrap_or_default();
         if md.name.is_empty() {
-            return Err(CriError::InvalidArgument("CreateContainer: config.metadata.name is required".into()));
+            return Err(CriError::InvalidArgument(
+                "CreateContainer: config.metadata.name is required".into(),
+            ));
         }
         if md.name.len() > MAX_NAME || md.name.chars().any(|c| c.is_control() || c == '/') {
             return Err(CriError::InvalidArgument(format!(
@@ -683,11 +801,14 @@ impl Manager {
         let sb = self.sandbox(&req.pod_sandbox_id)?;
         let image_name = config.image.as_ref().map(|i| i.image.clone()).unwrap_or_default();
         if image_name.is_empty() {
-            return Err(CriError::InvalidArgument("CreateContainer: config.image.image is required".into()));
+            return Err(CriError::InvalidArgument(
+                "CreateContainer: config.image.image is required".into(),
+            ));
         }
         if !config.devices.is_empty() || !config.cdi_devices.is_empty() {
             return Err(CriError::InvalidArgument(
-                "devices are not supported by carapace (the pod runs in a VM without host devices)".into(),
+                "devices are not supported by carapace (the pod runs in a VM without host devices)"
+                    .into(),
             ));
         }
         if config.stdin {
@@ -703,12 +824,15 @@ impl Manager {
         let image = images
             .container_image(&image_name)
             .map_err(|e| CriError::Internal(format!("image {image_name}: {e}")))?
-            .ok_or_else(|| CriError::NotFound(format!("image {image_name} is not present; pull it first")))?;
+            .ok_or_else(|| {
+                CriError::NotFound(format!("image {image_name} is not present; pull it first"))
+            })?;
         let image_ref = images
             .resolve(&image_name)
             .and_then(|r| r.repo_digests.first().cloned())
             .unwrap_or_else(|| image.id.clone());
-        let id = ids::new_id().map_err(|e| CriError::Internal(format!("cannot make an ID: {e}")))?;
+        let id =
+            ids::new_id().map_err(|e| CriError::Internal(format!("cannot make an ID: {e}")))?;
         let dir = sb.shared_dir().join(&id);
         let mut mounts = Vec::new();
         for (i, m) in config.mounts.iter().enumerate() {
@@ -766,7 +890,10 @@ impl Manager {
                 self.ctrs.table().names.remove(&name_key);
                 discard(&rec.dir);
                 self.ctrs.store.remove(&rec.id)?;
-                Err(CriError::NotFound(format!("pod sandbox {} was removed while the container was created", sb.id)))
+                Err(CriError::NotFound(format!(
+                    "pod sandbox {} was removed while the container was created",
+                    sb.id
+                )))
             }
             Ok(rec) => {
                 let e = CEntry::new(rec.clone());
@@ -801,11 +928,17 @@ impl Manager {
             tokio::task::spawn_blocking(move || carapace_image::flatten_layers(&layers, &target))
                 .await
                 .map_err(|e| CriError::Internal(format!("rootfs task failed: {e}")))?
-                .map_err(|e| CriError::Internal(format!("cannot build the rootfs of image {}: {e}", rec.image)))?;
+                .map_err(|e| {
+                    CriError::Internal(format!(
+                        "cannot build the rootfs of image {}: {e}",
+                        rec.image
+                    ))
+                })?;
             let accounts = merge::Accounts::read(&rootfs);
             let args = merge::command(&image.config, &config.command, &config.args, &rec.image)
                 .map_err(CriError::InvalidArgument)?;
-            let user = merge::user(&image.config, sc, &accounts).map_err(CriError::InvalidArgument)?;
+            let user =
+                merge::user(&image.config, sc, &accounts).map_err(CriError::InvalidArgument)?;
             rec.process = ProcessSpec {
                 args,
                 env: merge::env(&image.config.env, &config.envs),
@@ -818,13 +951,17 @@ impl Manager {
             };
             let mut agent_mounts = Vec::new();
             for m in &rec.mounts {
-                volumes::bind(Path::new(&m.host_path), &m.shared_path, m.readonly)
-                    .map_err(|e| CriError::InvalidArgument(format!("mount {:?}: {e}", m.container_path)))?;
+                volumes::bind(Path::new(&m.host_path), &m.shared_path, m.readonly).map_err(
+                    |e| CriError::InvalidArgument(format!("mount {:?}: {e}", m.container_path)),
+                )?;
                 agent_mounts.push(pb::Mount {
                     destination: m.container_path.clone(),
                     source: m.guest_path.clone(),
                     r#type: "bind".into(),
-                    options: vec!["rbind".into(), if m.readonly { "ro".into() } else { "rw".into() }],
+                    options: vec![
+                        "rbind".into(),
+                        if m.readonly { "ro".into() } else { "rw".into() },
+                    ],
                 });
             }
             // The pod's hostname and DNS, unless the client mounts its own.
@@ -840,7 +977,9 @@ impl Manager {
                 let p = dir.join("etc").join(name);
                 std::fs::create_dir_all(dir.join("etc"))
                     .and_then(|()| std::fs::write(&p, text))
-                    .map_err(|e| CriError::Internal(format!("cannot write {}: {e}", p.display())))?;
+                    .map_err(|e| {
+                        CriError::Internal(format!("cannot write {}: {e}", p.display()))
+                    })?;
                 agent_mounts.push(pb::Mount {
                     destination: format!("/etc/{name}"),
                     source: format!("{GUEST_SHARED_DIR}/{}/etc/{name}", rec.id),
@@ -879,7 +1018,14 @@ impl Manager {
             call("agent CreateContainer", agent.grpc().create_container(areq)).await?;
             if let Err(e) = self.ctrs.store.save(&rec) {
                 let mut g = agent.grpc();
-                let _ = call("agent RemoveContainer", g.remove_container(pb::RemoveContainerRequest { id: rec.id.clone(), force: true })).await;
+                let _ = call(
+                    "agent RemoveContainer",
+                    g.remove_container(pb::RemoveContainerRequest {
+                        id: rec.id.clone(),
+                        force: true,
+                    }),
+                )
+                .await;
                 return Err(e.into());
             }
             Ok::<_, CriError>(rec)
@@ -906,7 +1052,10 @@ impl Manager {
         match rec.phase {
             ContainerPhase::Created => {}
             ContainerPhase::Running => {
-                return Err(CriError::FailedPrecondition(format!("container {} is already running", rec.id)))
+                return Err(CriError::FailedPrecondition(format!(
+                    "container {} is already running",
+                    rec.id
+                )))
             }
             ContainerPhase::Exited => {
                 return Err(CriError::FailedPrecondition(format!(
@@ -916,7 +1065,12 @@ impl Manager {
             }
         }
         let agent = agent_of(&sb).await?;
-        if let Err(err) = call("agent StartContainer", agent.grpc().start_container(pb::StartContainerRequest { id: rec.id.clone() })).await {
+        if let Err(err) = call(
+            "agent StartContainer",
+            agent.grpc().start_container(pb::StartContainerRequest { id: rec.id.clone() }),
+        )
+        .await
+        {
             // containerd records a failed start as an exit with the error.
             self.ctrs.record_exit(&e, 128, "StartError", &err.to_string(), now_nanos());
             return Err(err);
@@ -938,13 +1092,24 @@ impl Manager {
         self.stop_locked(&e, &sb, timeout_s).await
     }
 
-    async fn stop_locked(&self, e: &Arc<CEntry>, sb: &SandboxRecord, timeout_s: i64) -> Result<(), CriError> {
+    async fn stop_locked(
+        &self,
+        e: &Arc<CEntry>,
+        sb: &SandboxRecord,
+        timeout_s: i64,
+    ) -> Result<(), CriError> {
         let rec = e.rec().clone();
         if rec.phase != ContainerPhase::Running {
             return Ok(());
         }
         if state_of(sb) != cri::PodSandboxState::SandboxReady {
-            self.ctrs.record_exit(e, 255, "Error", "the pod's VM stopped while the container ran", now_nanos());
+            self.ctrs.record_exit(
+                e,
+                255,
+                "Error",
+                "the pod's VM stopped while the container ran",
+                now_nanos(),
+            );
             return Ok(());
         }
         let agent = agent_of(sb).await?;
@@ -960,11 +1125,22 @@ impl Manager {
         let w = match tokio::time::timeout(limit, g.stop_container(req)).await {
             Ok(Ok(w)) => w.into_inner(),
             Ok(Err(s)) if s.code() == tonic::Code::NotFound => {
-                self.ctrs.record_exit(e, 255, "Error", "the pod's agent no longer knows this container", now_nanos());
+                self.ctrs.record_exit(
+                    e,
+                    255,
+                    "Error",
+                    "the pod's agent no longer knows this container",
+                    now_nanos(),
+                );
                 return Ok(());
             }
             Ok(Err(s)) => return Err(from_status("agent StopContainer", s)),
-            Err(_) => return Err(CriError::DeadlineExceeded(format!("container {} did not stop within {limit:?}", rec.id))),
+            Err(_) => {
+                return Err(CriError::DeadlineExceeded(format!(
+                    "container {} did not stop within {limit:?}",
+                    rec.id
+                )))
+            }
         };
         let (code, reason, finished) = exit_of(&w);
         self.ctrs.record_exit(e, code, &reason, "", finished);
@@ -983,7 +1159,12 @@ impl Manager {
         self.remove_locked(&e, &sb, true).await
     }
 
-    async fn remove_locked(&self, e: &Arc<CEntry>, sb: &SandboxRecord, ask_agent: bool) -> Result<(), CriError> {
+    async fn remove_locked(
+        &self,
+        e: &Arc<CEntry>,
+        sb: &SandboxRecord,
+        ask_agent: bool,
+    ) -> Result<(), CriError> {
         let rec = e.rec().clone();
         if !self.ctrs.table().by_id.contains_key(&rec.id) {
             return Ok(()); // removed meanwhile
@@ -992,7 +1173,12 @@ impl Manager {
             self.stop_locked(e, sb, 0).await?;
             let agent = agent_of(sb).await?;
             let mut g = agent.grpc();
-            match call("agent RemoveContainer", g.remove_container(pb::RemoveContainerRequest { id: rec.id.clone(), force: true })).await {
+            match call(
+                "agent RemoveContainer",
+                g.remove_container(pb::RemoveContainerRequest { id: rec.id.clone(), force: true }),
+            )
+            .await
+            {
                 Ok(_) | Err(CriError::NotFound(_)) => {}
                 Err(err) => return Err(err),
             }
@@ -1001,8 +1187,9 @@ impl Manager {
             t.abort();
         }
         *lock(&e.log) = None;
-        volumes::remove_tree(&rec.dir)
-            .map_err(|err| CriError::Internal(format!("cannot remove the files of container {}: {err}", rec.id)))?;
+        volumes::remove_tree(&rec.dir).map_err(|err| {
+            CriError::Internal(format!("cannot remove the files of container {}: {err}", rec.id))
+        })?;
         self.ctrs.store.remove(&rec.id)?;
         {
             let mut t = self.ctrs.table();
@@ -1044,7 +1231,11 @@ impl Manager {
     }
 
     /// ContainerStatus.
-    pub fn container_status(&self, id: &str, verbose: bool) -> Result<cri::ContainerStatusResponse, CriError> {
+    pub fn container_status(
+        &self,
+        id: &str,
+        verbose: bool,
+    ) -> Result<cri::ContainerStatusResponse, CriError> {
         let e = self.ctrs.resolve(id)?;
         let rec = e.rec().clone();
         let mut info = HashMap::new();
@@ -1081,8 +1272,12 @@ impl Manager {
             )));
         }
         let agent = agent_of(&sb).await?;
-        let req = pb::UpdateContainerResourcesRequest { id: rec.id.clone(), resources: Some(agent_resources(&r)) };
-        call("agent UpdateContainerResources", agent.grpc().update_container_resources(req)).await?;
+        let req = pb::UpdateContainerResourcesRequest {
+            id: rec.id.clone(),
+            resources: Some(agent_resources(&r)),
+        };
+        call("agent UpdateContainerResources", agent.grpc().update_container_resources(req))
+            .await?;
         rec.resources = Some(r);
         self.ctrs.save(&e, rec)
     }
@@ -1092,11 +1287,17 @@ impl Manager {
         let e = self.ctrs.resolve(id)?;
         let rec = e.rec().clone();
         if rec.phase != ContainerPhase::Running {
-            return Err(CriError::FailedPrecondition(format!("container {} is not running", rec.id)));
+            return Err(CriError::FailedPrecondition(format!(
+                "container {} is not running",
+                rec.id
+            )));
         }
         if let Some(w) = lock(&e.log).as_mut() {
             w.reopen().map_err(|err| {
-                CriError::Internal(format!("cannot reopen the log {} of container {}: {err}", rec.log_path, rec.id))
+                CriError::Internal(format!(
+                    "cannot reopen the log {} of container {}: {err}",
+                    rec.log_path, rec.id
+                ))
             })?;
         }
         Ok(())
@@ -1104,7 +1305,12 @@ impl Manager {
 
     /// ExecSync: runs `cmd` in the container, returns its output and exit code; after
     /// `timeout_s` (0: none) the command is killed and DeadlineExceeded returned.
-    pub async fn exec_sync(&self, id: &str, cmd: Vec<String>, timeout_s: i64) -> Result<cri::ExecSyncResponse, CriError> {
+    pub async fn exec_sync(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+        timeout_s: i64,
+    ) -> Result<cri::ExecSyncResponse, CriError> {
         if cmd.is_empty() {
             return Err(CriError::InvalidArgument("ExecSync: cmd must not be empty".into()));
         }
@@ -1125,27 +1331,39 @@ impl Manager {
                 args: cmd.clone(),
                 env: p.env.clone(),
                 cwd: p.cwd.clone(),
-                user: Some(pb::User { uid: p.uid, gid: p.gid, additional_gids: p.additional_gids.clone() }),
+                user: Some(pb::User {
+                    uid: p.uid,
+                    gid: p.gid,
+                    additional_gids: p.additional_gids.clone(),
+                }),
                 tty: false,
                 stdin: false,
             }),
         };
         let exec_id = call("agent ExecProcess", agent.grpc().exec_process(req)).await?.exec_id;
         let mut g = agent.grpc();
-        let read_req = pb::ReadStdioRequest { container_id: rec.id.clone(), exec_id: exec_id.clone() };
+        let read_req =
+            pb::ReadStdioRequest { container_id: rec.id.clone(), exec_id: exec_id.clone() };
         let reader = tokio::spawn(async move {
             let mut out = (Vec::new(), Vec::new());
             let Ok(s) = g.read_stdio(read_req).await else { return out };
             let mut s = s.into_inner();
             while let Ok(Some(chunk)) = s.message().await {
-                let buf = if chunk.stream == pb::stdio_chunk::Stream::Stderr as i32 { &mut out.1 } else { &mut out.0 };
+                let buf = if chunk.stream == pb::stdio_chunk::Stream::Stderr as i32 {
+                    &mut out.1
+                } else {
+                    &mut out.0
+                };
                 let room = MAX_EXEC_OUTPUT.saturating_sub(buf.len());
                 buf.extend_from_slice(&chunk.data[..chunk.data.len().min(room)]);
             }
             out
         });
         let mut g = agent.grpc();
-        let wait = g.wait_process(pb::WaitProcessRequest { container_id: rec.id.clone(), exec_id: exec_id.clone() });
+        let wait = g.wait_process(pb::WaitProcessRequest {
+            container_id: rec.id.clone(),
+            exec_id: exec_id.clone(),
+        });
         let waited = if timeout_s > 0 {
             match tokio::time::timeout(Duration::from_secs(timeout_s as u64), wait).await {
                 Ok(w) => w,
@@ -1181,13 +1399,15 @@ impl Manager {
     pub async fn container_stats(&self, id: &str) -> Result<cri::ContainerStats, CriError> {
         let (e, sb) = self.container(id)?;
         let rec = e.rec().clone();
-        let agent = if rec.phase == ContainerPhase::Running { agent_of(&sb).await.ok() } else { None };
+        let agent =
+            if rec.phase == ContainerPhase::Running { agent_of(&sb).await.ok() } else { None };
         Ok(stats_of(&rec, agent.as_ref()).await)
     }
 
     /// ListContainerStats (containers whose pod runs).
     pub async fn list_container_stats(&self, filter: &ContainerFilter) -> Vec<cri::ContainerStats> {
-        let recs: Vec<ContainerRecord> = self.ctrs.snapshot().into_iter().filter(|r| filter.matches(r)).collect();
+        let recs: Vec<ContainerRecord> =
+            self.ctrs.snapshot().into_iter().filter(|r| filter.matches(r)).collect();
         let mut agents: HashMap<String, Option<AgentClient>> = HashMap::new();
         let mut out = Vec::new();
         for rec in recs {
@@ -1196,18 +1416,28 @@ impl Manager {
                 continue;
             }
             if !agents.contains_key(&sb.id) {
-                let a = if rec.phase == ContainerPhase::Running { agent_of(&sb).await.ok() } else { None };
+                let a = if rec.phase == ContainerPhase::Running {
+                    agent_of(&sb).await.ok()
+                } else {
+                    None
+                };
                 agents.insert(sb.id.clone(), a);
             }
             let agent = agents.get(&sb.id).and_then(|a| a.as_ref());
-            out.push(stats_of(&rec, if rec.phase == ContainerPhase::Running { agent } else { None }).await);
+            out.push(
+                stats_of(&rec, if rec.phase == ContainerPhase::Running { agent } else { None })
+                    .await,
+            );
         }
         out
     }
 }
 
 /// CRI stats of a container from the agent's cgroup figures.
-pub fn cri_stats(rec: &ContainerRecord, s: Option<&pb::ContainerStatsResponse>) -> cri::ContainerStats {
+pub fn cri_stats(
+    rec: &ContainerRecord,
+    s: Option<&pb::ContainerStatsResponse>,
+) -> cri::ContainerStats {
     let attributes = Some(cri::ContainerAttributes {
         id: rec.id.clone(),
         metadata: Some(metadata(rec)),
@@ -1233,8 +1463,9 @@ pub fn cri_stats(rec: &ContainerRecord, s: Option<&pb::ContainerStatsResponse>) 
         memory: Some(cri::MemoryUsage {
             timestamp: ts,
             working_set_bytes: v(s.memory_working_set_bytes),
-            available_bytes: (s.memory_limit_bytes > 0)
-                .then(|| cri::UInt64Value { value: s.memory_limit_bytes.saturating_sub(s.memory_working_set_bytes) }),
+            available_bytes: (s.memory_limit_bytes > 0).then(|| cri::UInt64Value {
+                value: s.memory_limit_bytes.saturating_sub(s.memory_working_set_bytes),
+            }),
             usage_bytes: v(s.memory_usage_bytes),
             rss_bytes: v(s.memory_anon_bytes),
             page_faults: None,
@@ -1249,10 +1480,13 @@ async fn stats_of(rec: &ContainerRecord, agent: Option<&AgentClient>) -> cri::Co
     let s = match agent {
         Some(a) => {
             let mut g = a.grpc();
-            call("agent ContainerStats", g.container_stats(pb::ContainerStatsRequest { id: rec.id.clone() }))
-                .await
-                .map_err(|e| tracing::debug!(id = %rec.id, error = %e, "no stats from the agent"))
-                .ok()
+            call(
+                "agent ContainerStats",
+                g.container_stats(pb::ContainerStatsRequest { id: rec.id.clone() }),
+            )
+            .await
+            .map_err(|e| tracing::debug!(id = %rec.id, error = %e, "no stats from the agent"))
+            .ok()
         }
         None => None,
     };
@@ -1295,7 +1529,10 @@ mod tests {
                 guest_path: format!("{GUEST_SHARED_DIR}/{id}/mounts/0"),
             }],
             dir: PathBuf::from("/run/x"),
-            resources: Some(cri::LinuxContainerResources { memory_limit_in_bytes: 1 << 20, ..Default::default() }),
+            resources: Some(cri::LinuxContainerResources {
+                memory_limit_in_bytes: 1 << 20,
+                ..Default::default()
+            }),
             stop_signal: String::new(),
         }
     }
@@ -1317,7 +1554,8 @@ mod tests {
 
     fn manager_with(dir: &Path, pods: &[SandboxRecord], ctrs: &[ContainerRecord]) -> Manager {
         let text = format!("run_dir = {:?}\nstate_dir = {:?}", dir.join("r"), dir.join("s"));
-        let cfg = Arc::new(crate::config::Config::from_toml_str(&text, Path::new("t"), None).unwrap());
+        let cfg =
+            Arc::new(crate::config::Config::from_toml_str(&text, Path::new("t"), None).unwrap());
         let sstore: Store = Store::open(&cfg.state_dir).unwrap();
         for p in pods {
             sstore.save(p).unwrap();
@@ -1339,11 +1577,20 @@ mod tests {
         assert!(matches!(m.container_status("../x", false), Err(CriError::NotFound(_))));
         assert!(matches!(m.start_container(&unknown).await, Err(CriError::NotFound(_))));
         assert!(matches!(m.stop_container(&unknown, 1).await, Err(CriError::NotFound(_))));
-        assert!(matches!(m.exec_sync(&unknown, vec!["true".into()], 1).await, Err(CriError::NotFound(_))));
-        assert!(matches!(m.exec_sync(&unknown, vec![], 1).await, Err(CriError::InvalidArgument(_))));
+        assert!(matches!(
+            m.exec_sync(&unknown, vec!["true".into()], 1).await,
+            Err(CriError::NotFound(_))
+        ));
+        assert!(matches!(
+            m.exec_sync(&unknown, vec![], 1).await,
+            Err(CriError::InvalidArgument(_))
+        ));
         assert!(matches!(m.container_stats(&unknown).await, Err(CriError::NotFound(_))));
         assert!(matches!(m.reopen_container_log(&unknown), Err(CriError::NotFound(_))));
-        assert!(matches!(m.update_container_resources(&unknown, None).await, Err(CriError::NotFound(_))));
+        assert!(matches!(
+            m.update_container_resources(&unknown, None).await,
+            Err(CriError::NotFound(_))
+        ));
         m.remove_container(&unknown).await.unwrap();
         assert!(m.list_containers(&ContainerFilter::default()).is_empty());
         // CreateContainer: unknown pod, missing config.
@@ -1377,7 +1624,11 @@ mod tests {
         let mut orphan = sample(&"a3".repeat(32), &"9".repeat(64), "lost");
         orphan.dir = d.path().join("c3");
         std::fs::create_dir_all(orphan.dir.join("rootfs")).unwrap();
-        let m = manager_with(d.path(), &[pod.clone()], &[running.clone(), done.clone(), orphan.clone()]);
+        let m = manager_with(
+            d.path(),
+            &[pod.clone()],
+            &[running.clone(), done.clone(), orphan.clone()],
+        );
         let all = m.list_containers(&ContainerFilter::default());
         assert_eq!(all.len(), 2, "{all:?}");
         assert!(!orphan.dir.exists(), "orphan's files kept");
@@ -1391,10 +1642,13 @@ mod tests {
         // An ambiguous prefix is refused; a running-only action on an exited one is a precondition.
         assert!(matches!(m.container_status("a", false), Err(CriError::InvalidArgument(_))));
         assert!(matches!(m.start_container(&done.id).await, Err(CriError::FailedPrecondition(_))));
-        assert!(matches!(m.exec_sync(&done.id, vec!["true".into()], 1).await, Err(CriError::FailedPrecondition(_))));
+        assert!(matches!(
+            m.exec_sync(&done.id, vec!["true".into()], 1).await,
+            Err(CriError::FailedPrecondition(_))
+        ));
         assert!(matches!(m.reopen_container_log(&done.id), Err(CriError::FailedPrecondition(_))));
         m.stop_container(&done.id, 1).await.unwrap(); // stopping an exited container: no error
-        // Remove (the pod's VM is down: no agent call) deletes record and files; idempotent.
+                                                      // Remove (the pod's VM is down: no agent call) deletes record and files; idempotent.
         let mut events = m.container_events();
         m.remove_container(&done.id).await.unwrap();
         m.remove_container(&done.id).await.unwrap();
@@ -1413,12 +1667,13 @@ mod tests {
     fn filters() {
         let mut r = sample(&"ab".repeat(32), &"cd".repeat(32), "web");
         r.phase = ContainerPhase::Running;
-        let f = |id: &str, pod: &str, state: Option<i32>, labels: &[(&str, &str)]| ContainerFilter {
-            id: id.into(),
-            pod_sandbox_id: pod.into(),
-            state,
-            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-        };
+        let f =
+            |id: &str, pod: &str, state: Option<i32>, labels: &[(&str, &str)]| ContainerFilter {
+                id: id.into(),
+                pod_sandbox_id: pod.into(),
+                state,
+                labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            };
         assert!(f("", "", None, &[]).matches(&r));
         assert!(f("abab", "cd", Some(1), &[("app", "web")]).matches(&r));
         assert!(!f("b", "", None, &[]).matches(&r));
@@ -1482,12 +1737,22 @@ mod tests {
     #[test]
     fn mounts_are_validated() {
         let dir = Path::new("/s/c");
-        let m = |c: &str, h: &str| cri::Mount { container_path: c.into(), host_path: h.into(), ..Default::default() };
+        let m = |c: &str, h: &str| cri::Mount {
+            container_path: c.into(),
+            host_path: h.into(),
+            ..Default::default()
+        };
         let r = mount_record(2, &m("/data", "/srv"), "cid", dir).unwrap();
         assert_eq!(r.shared_path, PathBuf::from("/s/c/mounts/2"));
         assert_eq!(r.guest_path, "/run/carapace/shared/cid/mounts/2");
-        assert!(matches!(mount_record(0, &m("data", "/srv"), "c", dir), Err(CriError::InvalidArgument(_))));
-        assert!(matches!(mount_record(0, &m("/data", "srv"), "c", dir), Err(CriError::InvalidArgument(_))));
+        assert!(matches!(
+            mount_record(0, &m("data", "/srv"), "c", dir),
+            Err(CriError::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            mount_record(0, &m("/data", "srv"), "c", dir),
+            Err(CriError::InvalidArgument(_))
+        ));
     }
 
     #[test]
@@ -1499,7 +1764,10 @@ mod tests {
             memory_limit_in_bytes: 64 << 20,
             ..Default::default()
         });
-        assert_eq!((r.cpu_quota_us, r.cpu_period_us, r.cpu_weight, r.memory_limit_bytes), (50_000, 100_000, 39, 64 << 20));
+        assert_eq!(
+            (r.cpu_quota_us, r.cpu_period_us, r.cpu_weight, r.memory_limit_bytes),
+            (50_000, 100_000, 39, 64 << 20)
+        );
         let sc = cri::LinuxContainerSecurityContext {
             capabilities: Some(cri::Capability {
                 add_capabilities: vec!["NET_ADMIN".into()],
@@ -1525,8 +1793,14 @@ mod tests {
             }),
             ..Default::default()
         };
-        assert_eq!(agent_security(Some(&drop_all)).unwrap().capabilities, vec!["CAP_CHOWN".to_string()]);
-        assert_eq!(pid_mode(cri::NamespaceMode::Container as i32), pb::NamespaceMode::Container as i32);
+        assert_eq!(
+            agent_security(Some(&drop_all)).unwrap().capabilities,
+            vec!["CAP_CHOWN".to_string()]
+        );
+        assert_eq!(
+            pid_mode(cri::NamespaceMode::Container as i32),
+            pb::NamespaceMode::Container as i32
+        );
         assert_eq!(pid_mode(cri::NamespaceMode::Pod as i32), pb::NamespaceMode::Pod as i32);
     }
 

@@ -126,7 +126,11 @@ fn open(path: &Path) -> std::io::Result<File> {
 
 impl LogWriter {
     pub fn open(path: &Path) -> std::io::Result<LogWriter> {
-        Ok(LogWriter { path: path.to_path_buf(), file: open(path)?, lines: LineSplitter::default() })
+        Ok(LogWriter {
+            path: path.to_path_buf(),
+            file: open(path)?,
+            lines: LineSplitter::default(),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -183,7 +187,10 @@ mod tests {
             format_line(0, Stream::Stderr, false, b"err"),
             b"1970-01-01T00:00:00Z stderr F err\n".to_vec()
         );
-        assert_eq!(format_line(0, Stream::Stdout, true, b""), b"1970-01-01T00:00:00Z stdout P \n".to_vec());
+        assert_eq!(
+            format_line(0, Stream::Stdout, true, b""),
+            b"1970-01-01T00:00:00Z stdout P \n".to_vec()
+        );
     }
 
     #[test]
@@ -222,6 +229,9 @@ mod tests {
         let old = std::fs::read_to_string(d.path().join("rotated")).unwrap();
         assert_eq!(old, "1970-01-01T00:00:00Z stdout F out\n1970-01-01T00:00:00Z stderr F err\n");
         let new = std::fs::read_to_string(&path).unwrap();
-        assert_eq!(new, "1970-01-01T00:00:00Z stdout F partial\n1970-01-01T00:00:00Z stdout P last\n");
+        assert_eq!(
+            new,
+            "1970-01-01T00:00:00Z stdout F partial\n1970-01-01T00:00:00Z stdout P last\n"
+        );
     }
 }

@@ -35,7 +35,9 @@ pub fn new_id() -> std::io::Result<String> {
 
 /// Whether `s` could be an ID or an ID prefix (non-empty lowercase hex, at most 64 digits).
 pub fn is_id_or_prefix(s: &str) -> bool {
-    !s.is_empty() && s.len() <= ID_LEN && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    !s.is_empty()
+        && s.len() <= ID_LEN
+        && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Whether `s` is a full ID (used to validate file names read back from the state dir).

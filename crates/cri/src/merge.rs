@@ -115,7 +115,8 @@ impl Accounts {
     pub fn user_by_name(&self, name: &str) -> Option<(u32, u32)> {
         self.passwd.lines().find_map(|l| {
             let f: Vec<&str> = l.split(':').collect();
-            (f.len() >= 4 && f[0] == name).then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
+            (f.len() >= 4 && f[0] == name)
+                .then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
         })
     }
 
@@ -163,10 +164,9 @@ pub fn user(
     } else {
         let group = image.user.split_once(':').map(|(_, g)| g).filter(|g| !g.is_empty());
         if let Some(g) = group {
-            gid_given =
-                Some(accounts.group(g).ok_or_else(|| {
-                    format!("group {g:?} of the image's USER is not in its /etc/group")
-                })?);
+            gid_given = Some(accounts.group(g).ok_or_else(|| {
+                format!("group {g:?} of the image's USER is not in its /etc/group")
+            })?);
         }
         match image.image_user() {
             ImageUser::None => (0, 0),
@@ -220,7 +220,10 @@ mod tests {
         assert_eq!(command(&i, &[], &[], "x").unwrap(), s(&["/ep", "c1", "c2"]));
         assert_eq!(command(&i, &[], &s(&["a"]), "x").unwrap(), s(&["/ep", "a"]));
         assert_eq!(command(&i, &s(&["sh"]), &[], "x").unwrap(), s(&["sh"]));
-        assert_eq!(command(&i, &s(&["sh", "-c"]), &s(&["echo"]), "x").unwrap(), s(&["sh", "-c", "echo"]));
+        assert_eq!(
+            command(&i, &s(&["sh", "-c"]), &s(&["echo"]), "x").unwrap(),
+            s(&["sh", "-c", "echo"])
+        );
         let only_cmd = img(&[], &["sh"]);
         assert_eq!(command(&only_cmd, &[], &[], "x").unwrap(), s(&["sh"]));
         assert_eq!(command(&only_cmd, &[], &s(&["ls"]), "x").unwrap(), s(&["ls"]));
@@ -257,9 +260,18 @@ mod tests {
         let a = accounts();
         let u = |user: &str| RuntimeConfig { user: user.into(), ..Default::default() };
         assert_eq!(user(&u(""), None, &a).unwrap(), User::default());
-        assert_eq!(user(&u("www"), None, &a).unwrap(), User { uid: 33, gid: 34, ..Default::default() });
-        assert_eq!(user(&u("33"), None, &a).unwrap(), User { uid: 33, gid: 34, ..Default::default() });
-        assert_eq!(user(&u("1000"), None, &a).unwrap(), User { uid: 1000, gid: 0, ..Default::default() });
+        assert_eq!(
+            user(&u("www"), None, &a).unwrap(),
+            User { uid: 33, gid: 34, ..Default::default() }
+        );
+        assert_eq!(
+            user(&u("33"), None, &a).unwrap(),
+            User { uid: 33, gid: 34, ..Default::default() }
+        );
+        assert_eq!(
+            user(&u("1000"), None, &a).unwrap(),
+            User { uid: 1000, gid: 0, ..Default::default() }
+        );
         assert_eq!(user(&u("www:staff"), None, &a).unwrap().gid, 50);
         assert_eq!(user(&u("www:7"), None, &a).unwrap().gid, 7);
         assert!(user(&u("nobody"), None, &a).unwrap_err().contains("nobody"));
@@ -275,7 +287,10 @@ mod tests {
             user(&u("root"), Some(&sc), &a).unwrap(),
             User { uid: 33, gid: 99, additional_gids: vec![5, 6] }
         );
-        let sc = cri::LinuxContainerSecurityContext { run_as_username: "www".into(), ..Default::default() };
+        let sc = cri::LinuxContainerSecurityContext {
+            run_as_username: "www".into(),
+            ..Default::default()
+        };
         assert_eq!(user(&u(""), Some(&sc), &a).unwrap().uid, 33);
         let sc = cri::LinuxContainerSecurityContext {
             run_as_user: Some(cri::Int64Value { value: -1 }),

@@ -91,7 +91,8 @@ pub fn pod_metrics(stats: &cri::PodSandboxStats) -> cri::PodSandboxMetrics {
     .into_iter()
     .flatten()
     .collect();
-    let container_metrics = linux.map(|l| l.containers.iter().map(container_metrics).collect()).unwrap_or_default();
+    let container_metrics =
+        linux.map(|l| l.containers.iter().map(container_metrics).collect()).unwrap_or_default();
     cri::PodSandboxMetrics { pod_sandbox_id: id, metrics, container_metrics }
 }
 
@@ -101,9 +102,14 @@ fn container_metrics(s: &cri::ContainerStats) -> cri::ContainerMetrics {
     let name = attrs.and_then(|a| a.metadata.as_ref()).map(|m| m.name.clone()).unwrap_or_default();
     let labels = [id.clone(), name];
     let mem = s.memory.as_ref();
-    let val = |f: fn(&cri::MemoryUsage) -> Option<&cri::UInt64Value>| mem.and_then(f).map(|v| v.value);
+    let val =
+        |f: fn(&cri::MemoryUsage) -> Option<&cri::UInt64Value>| mem.and_then(f).map(|v| v.value);
     let metrics = [
-        metric(&CPU, &labels, seconds(s.cpu.as_ref().and_then(|c| c.usage_core_nano_seconds.as_ref()))),
+        metric(
+            &CPU,
+            &labels,
+            seconds(s.cpu.as_ref().and_then(|c| c.usage_core_nano_seconds.as_ref())),
+        ),
         metric(&MEM_USAGE, &labels, val(|m| m.usage_bytes.as_ref())),
         metric(&MEM_WORKING_SET, &labels, val(|m| m.working_set_bytes.as_ref())),
         metric(&MEM_RSS, &labels, val(|m| m.rss_bytes.as_ref())),
@@ -126,12 +132,16 @@ mod tests {
     #[test]
     fn descriptors_are_unique_and_cover_every_metric_returned() {
         let d = descriptors();
-        let names: HashMap<&str, usize> = d.iter().map(|d| (d.name.as_str(), d.label_keys.len())).collect();
+        let names: HashMap<&str, usize> =
+            d.iter().map(|d| (d.name.as_str(), d.label_keys.len())).collect();
         assert_eq!(names.len(), d.len(), "duplicate descriptor names");
         let stats = cri::PodSandboxStats {
             attributes: Some(cri::PodSandboxAttributes { id: "pod1".into(), ..Default::default() }),
             linux: Some(cri::LinuxPodSandboxStats {
-                cpu: Some(cri::CpuUsage { usage_core_nano_seconds: u(2_500_000_000), ..Default::default() }),
+                cpu: Some(cri::CpuUsage {
+                    usage_core_nano_seconds: u(2_500_000_000),
+                    ..Default::default()
+                }),
                 memory: Some(cri::MemoryUsage { rss_bytes: u(64 << 20), ..Default::default() }),
                 containers: vec![cri::ContainerStats {
                     attributes: Some(cri::ContainerAttributes {
@@ -139,7 +149,10 @@ mod tests {
                         metadata: Some(cri::ContainerMetadata { name: "web".into(), attempt: 0 }),
                         ..Default::default()
                     }),
-                    cpu: Some(cri::CpuUsage { usage_core_nano_seconds: u(7_000_000_001), ..Default::default() }),
+                    cpu: Some(cri::CpuUsage {
+                        usage_core_nano_seconds: u(7_000_000_001),
+                        ..Default::default()
+                    }),
                     memory: Some(cri::MemoryUsage {
                         usage_bytes: u(3000),
                         working_set_bytes: u(2000),
@@ -154,13 +167,15 @@ mod tests {
         };
         let m = pod_metrics(&stats);
         assert_eq!(m.pod_sandbox_id, "pod1");
-        let pod: HashMap<&str, u64> = m.metrics.iter().map(|x| (x.name.as_str(), x.value.as_ref().unwrap().value)).collect();
+        let pod: HashMap<&str, u64> =
+            m.metrics.iter().map(|x| (x.name.as_str(), x.value.as_ref().unwrap().value)).collect();
         assert_eq!(pod["carapace_pod_vm_cpu_usage_seconds_total"], 2);
         assert_eq!(pod["carapace_pod_vm_memory_rss_bytes"], 64 << 20);
         assert_eq!(m.container_metrics.len(), 1);
         let c = &m.container_metrics[0];
         assert_eq!(c.container_id, "c1");
-        let got: HashMap<&str, u64> = c.metrics.iter().map(|x| (x.name.as_str(), x.value.as_ref().unwrap().value)).collect();
+        let got: HashMap<&str, u64> =
+            c.metrics.iter().map(|x| (x.name.as_str(), x.value.as_ref().unwrap().value)).collect();
         assert_eq!(got["container_cpu_usage_seconds_total"], 7);
         assert_eq!(got["container_memory_usage_bytes"], 3000);
         assert_eq!(got["container_memory_working_set_bytes"], 2000);

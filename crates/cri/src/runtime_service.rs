@@ -9,8 +9,8 @@ use k8s_cri::v1::runtime_service_server::RuntimeService;
 use tonic::{Request, Response, Status};
 
 use crate::config::CgroupDriver;
-use crate::error::CriError;
 use crate::containers::ContainerFilter;
+use crate::error::CriError;
 use crate::filters::SandboxFilter;
 use crate::sandboxes::Manager;
 
@@ -79,7 +79,11 @@ impl CriRuntime {
             missing.push(cfg.vmm_binary.display().to_string());
         }
         if missing.is_empty() {
-            cri::RuntimeCondition { r#type: "RuntimeReady".into(), status: true, ..Default::default() }
+            cri::RuntimeCondition {
+                r#type: "RuntimeReady".into(),
+                status: true,
+                ..Default::default()
+            }
         } else {
             cri::RuntimeCondition {
                 r#type: "RuntimeReady".into(),
@@ -220,7 +224,9 @@ impl RuntimeService for CriRuntime {
             state: f.state.map(|s| s.state),
             labels: f.label_selector,
         };
-        Ok(Response::new(cri::ListContainersResponse { containers: self.manager.list_containers(&filter) }))
+        Ok(Response::new(cri::ListContainersResponse {
+            containers: self.manager.list_containers(&filter),
+        }))
     }
 
     async fn container_status(
@@ -237,7 +243,8 @@ impl RuntimeService for CriRuntime {
     ) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
         let r = request.into_inner();
         let m = self.manager.clone();
-        detached(async move { m.update_container_resources(&r.container_id, r.linux).await }).await?;
+        detached(async move { m.update_container_resources(&r.container_id, r.linux).await })
+            .await?;
         Ok(Response::new(cri::UpdateContainerResourcesResponse {}))
     }
 
@@ -255,7 +262,8 @@ impl RuntimeService for CriRuntime {
     ) -> Result<Response<cri::ExecSyncResponse>, Status> {
         let r = request.into_inner();
         let m = self.manager.clone();
-        let resp = detached(async move { m.exec_sync(&r.container_id, r.cmd, r.timeout).await }).await?;
+        let resp =
+            detached(async move { m.exec_sync(&r.container_id, r.cmd, r.timeout).await }).await?;
         Ok(Response::new(resp))
     }
 
@@ -381,7 +389,9 @@ impl RuntimeService for CriRuntime {
             })
             .collect();
         Ok(Response::new(cri::StatusResponse {
-            status: Some(cri::RuntimeStatus { conditions: vec![self.runtime_condition(), network] }),
+            status: Some(cri::RuntimeStatus {
+                conditions: vec![self.runtime_condition(), network],
+            }),
             info,
             runtime_handlers,
             features: Some(cri::RuntimeFeatures::default()),
@@ -393,7 +403,8 @@ impl RuntimeService for CriRuntime {
         _request: Request<cri::CheckpointContainerRequest>,
     ) -> Result<Response<cri::CheckpointContainerResponse>, Status> {
         Err(CriError::Unimplemented(
-            "CheckpointContainer is not supported by carapace (VM pods are not checkpointed)".into(),
+            "CheckpointContainer is not supported by carapace (VM pods are not checkpointed)"
+                .into(),
         )
         .into())
     }
@@ -421,7 +432,9 @@ impl RuntimeService for CriRuntime {
         &self,
         _request: Request<cri::ListMetricDescriptorsRequest>,
     ) -> Result<Response<cri::ListMetricDescriptorsResponse>, Status> {
-        Ok(Response::new(cri::ListMetricDescriptorsResponse { descriptors: crate::metrics::descriptors() }))
+        Ok(Response::new(cri::ListMetricDescriptorsResponse {
+            descriptors: crate::metrics::descriptors(),
+        }))
     }
 
     async fn list_pod_sandbox_metrics(

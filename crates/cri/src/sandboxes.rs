@@ -136,7 +136,8 @@ impl Manager {
     /// that still run; a sandbox whose VMM died meanwhile is recorded as stopped.
     pub fn open(cfg: Arc<Config>) -> Result<Manager, OpenError> {
         for dir in [&cfg.state_dir, &cfg.run_dir.join("pods")] {
-            fs::create_dir_all(dir).map_err(|source| OpenError::Dir { path: dir.clone(), source })?;
+            fs::create_dir_all(dir)
+                .map_err(|source| OpenError::Dir { path: dir.clone(), source })?;
         }
         let lock = lock_state_dir(&cfg.state_dir)?;
         let store: Store = Store::open(&cfg.state_dir)?;
@@ -212,7 +213,8 @@ impl Manager {
         let md = config.metadata.as_ref().ok_or_else(|| {
             CriError::InvalidArgument("RunPodSandbox: config.metadata is required".into())
         })?;
-        ids::validate_metadata(&md.name, &md.namespace, &md.uid).map_err(CriError::InvalidArgument)?;
+        ids::validate_metadata(&md.name, &md.namespace, &md.uid)
+            .map_err(CriError::InvalidArgument)?;
         ids::validate_hostname(&config.hostname).map_err(CriError::InvalidArgument)?;
         if !config.log_directory.is_empty() && !config.log_directory.starts_with('/') {
             return Err(CriError::InvalidArgument(format!(
@@ -240,7 +242,8 @@ impl Manager {
             }
         }
         let name = ids::sandbox_name(&md.name, &md.namespace, &md.uid, md.attempt);
-        let id = ids::new_id().map_err(|e| CriError::Internal(format!("cannot make an ID: {e}")))?;
+        let id =
+            ids::new_id().map_err(|e| CriError::Internal(format!("cannot make an ID: {e}")))?;
         let run_dir = self.cfg.pod_run_dir(&id);
         let dns = config.dns_config.as_ref().map(|d| Dns {
             servers: d.servers.clone(),
@@ -262,7 +265,11 @@ impl Manager {
             runtime_handler: req.runtime_handler.clone(),
             profile_name: profile_name.to_string(),
             profile: profile.clone(),
-            hostname: if config.hostname.is_empty() { md.name.clone() } else { config.hostname.clone() },
+            hostname: if config.hostname.is_empty() {
+                md.name.clone()
+            } else {
+                config.hostname.clone()
+            },
             dns,
             log_directory: config.log_directory.clone(),
             labels: config.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
@@ -272,7 +279,8 @@ impl Manager {
             vmm: None,
             guest: BTreeMap::new(),
         };
-        let entry = Arc::new(Entry { op: tokio::sync::Mutex::new(()), rec: Mutex::new(rec.clone()) });
+        let entry =
+            Arc::new(Entry { op: tokio::sync::Mutex::new(()), rec: Mutex::new(rec.clone()) });
         let _op = entry.op.lock().await;
         {
             let mut table = self.table();
@@ -317,18 +325,20 @@ impl Manager {
         let (vsock, serial, log) = (rec.vsock_path(), rec.serial_log(), rec.vmm_log());
         let shared = rec.shared_dir();
         fs::create_dir_all(&shared).map_err(|e| internal("create its shared dir", e))?;
-        let files = VmFiles { vsock: &vsock, serial_log: &serial, vmm_log: &log, shared_dir: &shared };
+        let files =
+            VmFiles { vsock: &vsock, serial_log: &serial, vmm_log: &log, shared_dir: &shared };
         let p = vmm::spawn(&self.cfg, &rec.profile, &files)
             .map_err(|e| CriError::Internal(format!("pod sandbox VM: {e}")))?;
         rec.vmm = Some(p);
         *entry.rec() = rec.clone();
         self.store.save(&rec)?;
-        let health = vmm::wait_agent(&p, &files, self.cfg.agent_timeout).await.map_err(|e| match e {
-            vmm::VmmError::AgentTimeout { .. } => {
-                CriError::DeadlineExceeded(format!("pod sandbox VM did not come up: {e}"))
-            }
-            e => CriError::Internal(format!("pod sandbox VM did not come up: {e}")),
-        })?;
+        let health =
+            vmm::wait_agent(&p, &files, self.cfg.agent_timeout).await.map_err(|e| match e {
+                vmm::VmmError::AgentTimeout { .. } => {
+                    CriError::DeadlineExceeded(format!("pod sandbox VM did not come up: {e}"))
+                }
+                e => CriError::Internal(format!("pod sandbox VM did not come up: {e}")),
+            })?;
         rec.phase = SandboxPhase::Ready;
         rec.guest = BTreeMap::from([
             ("kernel_version".to_string(), health.kernel_version),
@@ -366,7 +376,11 @@ impl Manager {
         let rec = entry.rec().clone();
         // Volumes are bind-mounted under the run dir: unmount them all before deleting it.
         crate::volumes::remove_tree(&rec.run_dir).map_err(|e| {
-            CriError::Internal(format!("cannot remove {} of pod sandbox {}: {e}", rec.run_dir.display(), rec.id))
+            CriError::Internal(format!(
+                "cannot remove {} of pod sandbox {}: {e}",
+                rec.run_dir.display(),
+                rec.id
+            ))
         })?;
         self.store.remove(&rec.id)?;
         let mut table = self.table();
@@ -409,7 +423,11 @@ impl Manager {
     }
 
     /// PodSandboxStatus.
-    pub fn status(&self, id: &str, verbose: bool) -> Result<cri::PodSandboxStatusResponse, CriError> {
+    pub fn status(
+        &self,
+        id: &str,
+        verbose: bool,
+    ) -> Result<cri::PodSandboxStatusResponse, CriError> {
         let entry = self.resolve(id)?;
         let rec = entry.rec().clone();
         let s = &rec.security;

@@ -27,7 +27,9 @@ pub enum ServeError {
     Images(#[from] carapace_image::ImageError),
     #[error("cannot create {path}: {source}")]
     SocketDir { path: PathBuf, source: std::io::Error },
-    #[error("another process is already serving on {0}; stop it or set `listen` to another socket")]
+    #[error(
+        "another process is already serving on {0}; stop it or set `listen` to another socket"
+    )]
     InUse(PathBuf),
     #[error("cannot remove the stale socket {path}: {source}")]
     Stale { path: PathBuf, source: std::io::Error },

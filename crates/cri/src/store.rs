@@ -178,7 +178,9 @@ impl<T: Record> Store<T> {
 pub(crate) mod tests {
     use super::*;
     use crate::config::VmProfile;
-    use crate::record::{ContainerPhase, Metadata, ProcessSpec, SandboxPhase, SecuritySummary, VmmProcess};
+    use crate::record::{
+        ContainerPhase, Metadata, ProcessSpec, SandboxPhase, SecuritySummary, VmmProcess,
+    };
 
     pub(crate) fn sample(id: &str, name: &str) -> SandboxRecord {
         SandboxRecord {
@@ -236,7 +238,8 @@ pub(crate) mod tests {
         let store: Store = Store::open(dir.path()).unwrap();
         let good = sample(&"c".repeat(64), "c");
         store.save(&good).unwrap();
-        fs::write(store.dir().join(format!("{}.json", "d".repeat(64))), b"{\"version\": 1, ").unwrap();
+        fs::write(store.dir().join(format!("{}.json", "d".repeat(64))), b"{\"version\": 1, ")
+            .unwrap();
         fs::write(store.dir().join("notanid.json"), b"{}").unwrap();
         let mut other = sample(&"e".repeat(64), "e");
         other.version = 99;
@@ -289,7 +292,8 @@ pub(crate) mod tests {
         let path = dir.path().join("sandboxes").join(format!("{}.json", rec.id));
         assert_eq!(fs::read(&path).unwrap(), serde_json::to_vec_pretty(&rec).unwrap());
         // The overwrite went through a temporary file that is gone now.
-        let names: Vec<_> = fs::read_dir(store.dir()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> =
+            fs::read_dir(store.dir()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, vec![path.file_name().unwrap().to_owned()]);
     }
 
@@ -314,10 +318,17 @@ pub(crate) mod tests {
         reasons.sort();
         assert_eq!(
             reasons,
-            vec!["file name is not a container ID".to_string(), format!("holds the record of container {}", ctr.id)]
+            vec![
+                "file name is not a container ID".to_string(),
+                format!("holds the record of container {}", ctr.id)
+            ]
         );
         ctrs.remove(&ctr.id).unwrap();
         assert!(!ctrs.path_of(&ctr.id).exists());
-        assert_eq!(pods.load_all().unwrap().0.len(), 1, "removing a container touched the sandboxes");
+        assert_eq!(
+            pods.load_all().unwrap().0.len(),
+            1,
+            "removing a container touched the sandboxes"
+        );
     }
 }

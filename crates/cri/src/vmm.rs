@@ -76,7 +76,11 @@ pub fn vmm_args(cfg: &Config, profile: &VmProfile, files: &VmFiles<'_>) -> Vec<S
 
 /// Starts the VMM detached; returns its identity. The child is reaped by a background task
 /// when it exits while this daemon runs (after a daemon restart, by init).
-pub fn spawn(cfg: &Config, profile: &VmProfile, files: &VmFiles<'_>) -> Result<VmmProcess, VmmError> {
+pub fn spawn(
+    cfg: &Config,
+    profile: &VmProfile,
+    files: &VmFiles<'_>,
+) -> Result<VmmProcess, VmmError> {
     let binary = cfg.vmm_binary.display().to_string();
     let spawn_err = |source| VmmError::Spawn { binary: binary.clone(), source };
     let log = std::fs::File::create(files.vmm_log).map_err(spawn_err)?;
@@ -256,10 +260,16 @@ mod tests {
     #[tokio::test]
     async fn a_vmm_that_fails_is_reported_with_its_output() {
         let dir = tempfile::tempdir().unwrap();
-        let bin = script(dir.path(), "echo 'carapace vmm: error: kernel is not an ELF' >&2; exit 1");
+        let bin =
+            script(dir.path(), "echo 'carapace vmm: error: kernel is not an ELF' >&2; exit 1");
         let c = cfg(dir.path(), &bin);
         let log = dir.path().join("vmm.log");
-        let files = VmFiles { vsock: &dir.path().join("v"), serial_log: &dir.path().join("s"), vmm_log: &log, shared_dir: dir.path() };
+        let files = VmFiles {
+            vsock: &dir.path().join("v"),
+            serial_log: &dir.path().join("s"),
+            vmm_log: &log,
+            shared_dir: dir.path(),
+        };
         let p = match spawn(&c, &VmProfile::default(), &files) {
             Ok(p) => p,
             Err(VmmError::Vanished { .. }) => return, // exited before /proc was read: also fine
@@ -276,7 +286,12 @@ mod tests {
         let c = cfg(dir.path(), &bin);
         let log = dir.path().join("vmm.log");
         let vsock = dir.path().join("v");
-        let files = VmFiles { vsock: &vsock, serial_log: &dir.path().join("s"), vmm_log: &log, shared_dir: dir.path() };
+        let files = VmFiles {
+            vsock: &vsock,
+            serial_log: &dir.path().join("s"),
+            vmm_log: &log,
+            shared_dir: dir.path(),
+        };
         let p = spawn(&c, &VmProfile::default(), &files).unwrap();
         assert!(procfs::is_alive(&p));
         // SAFETY: getsid has no memory effects.
@@ -288,6 +303,9 @@ mod tests {
         let outcome = stop(&p, &vsock, Duration::from_millis(300)).await.unwrap();
         assert_eq!(outcome, StopOutcome::Killed);
         assert!(!procfs::is_alive(&p));
-        assert_eq!(stop(&p, &vsock, Duration::from_millis(300)).await.unwrap(), StopOutcome::AlreadyGone);
+        assert_eq!(
+            stop(&p, &vsock, Duration::from_millis(300)).await.unwrap(),
+            StopOutcome::AlreadyGone
+        );
     }
 }

@@ -34,21 +34,30 @@ pub fn bind(src: &Path, target: &Path, readonly: bool) -> Result<(), VolumeError
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             std::fs::create_dir_all(src)
                 .map_err(|source| VolumeError::Source { src: src.to_path_buf(), source })?;
-            std::fs::metadata(src).map_err(|source| VolumeError::Source { src: src.to_path_buf(), source })?
+            std::fs::metadata(src)
+                .map_err(|source| VolumeError::Source { src: src.to_path_buf(), source })?
         }
         Err(source) => return Err(VolumeError::Source { src: src.to_path_buf(), source }),
     };
     let made = if md.is_dir() {
         std::fs::create_dir_all(target)
     } else {
-        target
-            .parent()
-            .map_or(Ok(()), std::fs::create_dir_all)
-            .and_then(|()| std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(target).map(drop))
+        target.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(target)
+                .map(drop)
+        })
     };
     made.map_err(|source| VolumeError::Target { path: target.to_path_buf(), source })?;
     mount(Some(src), target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-        .map_err(|errno| VolumeError::Bind { src: src.to_path_buf(), target: target.to_path_buf(), errno })?;
+        .map_err(|errno| VolumeError::Bind {
+            src: src.to_path_buf(),
+            target: target.to_path_buf(),
+            errno,
+        })?;
     if readonly {
         let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
         if let Err(errno) = mount(None::<&str>, target, None::<&str>, flags, None::<&str>) {
@@ -65,8 +74,13 @@ fn unescape(field: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            let v = (b[i + 1] - b'0') as u32 * 64 + (b[i + 2] - b'0') as u32 * 8 + (b[i + 3] - b'0') as u32;
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') as u32 * 64
+                + (b[i + 2] - b'0') as u32 * 8
+                + (b[i + 3] - b'0') as u32;
             out.push(v as u8);
             i += 4;
         } else {

@@ -55,7 +55,12 @@ async fn start(vmm_body: &str) -> Env {
     let daemon = Daemon::open(cfg).unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
-        daemon.serve(async { let _ = rx.await; }).await.unwrap();
+        daemon
+            .serve(async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
     });
     Env { dir, socket, stop: Some(tx), task: Some(task) }
 }
@@ -127,7 +132,8 @@ async fn version_status_and_runtime_config() {
     .unwrap();
     let s = c.status(cri::StatusRequest { verbose: true }).await.unwrap().into_inner();
     assert!(s.info["config"].contains("10.88.0.0/16"));
-    let list = c.list_pod_sandbox(cri::ListPodSandboxRequest::default()).await.unwrap().into_inner();
+    let list =
+        c.list_pod_sandbox(cri::ListPodSandboxRequest::default()).await.unwrap().into_inner();
     assert!(list.items.is_empty());
     env.shutdown().await;
 }
@@ -139,16 +145,27 @@ async fn unknown_ids_and_bad_configs_get_the_right_codes() {
     let unknown = "0123456789abcdef".to_string();
 
     let e = c
-        .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: unknown.clone(), verbose: false })
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: unknown.clone(),
+            verbose: false,
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound, "{e:?}");
     assert!(e.message().contains(&unknown));
-    let e = c.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: unknown.clone() }).await.unwrap_err();
+    let e = c
+        .stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: unknown.clone() })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
     // Removing what is not there is not an error (idempotent).
-    c.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: unknown.clone() }).await.unwrap();
-    let e = c.pod_sandbox_stats(cri::PodSandboxStatsRequest { pod_sandbox_id: unknown.clone() }).await.unwrap_err();
+    c.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: unknown.clone() })
+        .await
+        .unwrap();
+    let e = c
+        .pod_sandbox_stats(cri::PodSandboxStatsRequest { pod_sandbox_id: unknown.clone() })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
     let e = c.pod_sandbox_status(cri::PodSandboxStatusRequest::default()).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
@@ -186,14 +203,28 @@ async fn unknown_ids_and_bad_configs_get_the_right_codes() {
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
     let e = c
-        .create_container(cri::CreateContainerRequest { pod_sandbox_id: unknown.clone(), ..Default::default() })
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: unknown.clone(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
-    let e = c.container_status(cri::ContainerStatusRequest { container_id: unknown.clone(), verbose: false }).await.unwrap_err();
+    let e = c
+        .container_status(cri::ContainerStatusRequest {
+            container_id: unknown.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
-    c.remove_container(cri::RemoveContainerRequest { container_id: unknown.clone() }).await.unwrap();
-    let e = c.exec(cri::ExecRequest { container_id: unknown.clone(), ..Default::default() }).await.unwrap_err();
+    c.remove_container(cri::RemoveContainerRequest { container_id: unknown.clone() })
+        .await
+        .unwrap();
+    let e = c
+        .exec(cri::ExecRequest { container_id: unknown.clone(), ..Default::default() })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::Unimplemented);
     assert!(e.message().contains("later issue"));
     let list = c.list_containers(cri::ListContainersRequest::default()).await.unwrap().into_inner();
@@ -205,18 +236,26 @@ async fn unknown_ids_and_bad_configs_get_the_right_codes() {
 async fn failed_starts_leave_nothing_behind() {
     // A VMM that fails at once, then one that never brings up the agent (hangs, ignores SIGTERM).
     for (body, code, text) in [
-        ("echo 'carapace vmm: error: kernel: not an ELF file' >&2; exit 1", Code::Internal, "not an ELF"),
+        (
+            "echo 'carapace vmm: error: kernel: not an ELF file' >&2; exit 1",
+            Code::Internal,
+            "not an ELF",
+        ),
         ("trap '' TERM; while :; do sleep 0.1; done", Code::DeadlineExceeded, "did not answer"),
     ] {
         let env = start(body).await;
         let mut c = carapace_cri::client::connect(&env.socket).await.unwrap();
-        let e = tokio::time::timeout(Duration::from_secs(30), c.run_pod_sandbox(run_req("web", "fake")))
-            .await
-            .expect("RunPodSandbox hung")
-            .unwrap_err();
+        let e = tokio::time::timeout(
+            Duration::from_secs(30),
+            c.run_pod_sandbox(run_req("web", "fake")),
+        )
+        .await
+        .expect("RunPodSandbox hung")
+        .unwrap_err();
         assert_eq!(e.code(), code, "{e:?}");
         assert!(e.message().contains(text), "{}", e.message());
-        let list = c.list_pod_sandbox(cri::ListPodSandboxRequest::default()).await.unwrap().into_inner();
+        let list =
+            c.list_pod_sandbox(cri::ListPodSandboxRequest::default()).await.unwrap().into_inner();
         assert!(list.items.is_empty(), "{:?}", list.items);
         assert_eq!(count_entries(&env.dir.path().join("run/pods")), 0, "pod run dir left behind");
         assert_eq!(count_entries(&env.dir.path().join("state/sandboxes")), 0, "record left behind");
@@ -224,8 +263,16 @@ async fn failed_starts_leave_nothing_behind() {
         let e = c.run_pod_sandbox(run_req("web", "fake")).await.unwrap_err();
         assert_eq!(e.code(), code);
         // No fake VMM survives.
-        let out = std::process::Command::new("pgrep").arg("-f").arg(env.dir.path().join("vmm")).output().unwrap();
-        assert!(out.stdout.is_empty(), "VMM processes left: {}", String::from_utf8_lossy(&out.stdout));
+        let out = std::process::Command::new("pgrep")
+            .arg("-f")
+            .arg(env.dir.path().join("vmm"))
+            .output()
+            .unwrap();
+        assert!(
+            out.stdout.is_empty(),
+            "VMM processes left: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
         env.shutdown().await;
     }
 }

@@ -18,13 +18,18 @@ use carapace_image::{Credentials, ImageServiceConfig, ImageServiceImpl, Registry
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let image = std::env::args().nth(1).unwrap_or_else(|| "test/app:1.0".into());
-    let n: usize = std::env::var("BENCH_PULL_N").ok().and_then(|s| s.parse().ok()).unwrap_or(10).max(1);
+    let n: usize =
+        std::env::var("BENCH_PULL_N").ok().and_then(|s| s.parse().ok()).unwrap_or(10).max(1);
     let reg = common::TestRegistry::start(None);
     let reference = reg.image(&image);
     let registries = RegistryConfig { insecure: vec![reg.addr.clone()], ..Default::default() };
@@ -32,8 +37,12 @@ async fn main() {
     for i in 0..n {
         let root = tempfile::tempdir().expect("temp dir");
         let t = Instant::now();
-        let svc = ImageServiceImpl::new(&ImageServiceConfig { root: root.path().into(), registries: registries.clone(), ..Default::default() })
-            .expect("image store");
+        let svc = ImageServiceImpl::new(&ImageServiceConfig {
+            root: root.path().into(),
+            registries: registries.clone(),
+            ..Default::default()
+        })
+        .expect("image store");
         svc.pull(&reference, &Credentials::Anonymous).await.expect("carapace pull");
         ours.push(t.elapsed().as_secs_f64() * 1000.0);
 
@@ -49,5 +58,8 @@ async fn main() {
         println!("pull {}: carapace {:.1} ms, skopeo {:.1} ms", i + 1, ours[i], theirs[i]);
     }
     let (x, y) = (median(ours), median(theirs));
-    println!("pull: carapace median {x:.1} ms, skopeo median {y:.1} ms, ratio {:.2} over {n} pulls", x / y);
+    println!(
+        "pull: carapace median {x:.1} ms, skopeo median {y:.1} ms, ratio {:.2} over {n} pulls",
+        x / y
+    );
 }

@@ -9,7 +9,10 @@ use tracing::warn;
 #[derive(Clone, PartialEq, Eq)]
 pub enum Credentials {
     Anonymous,
-    Basic { username: String, password: String },
+    Basic {
+        username: String,
+        password: String,
+    },
     /// A registry bearer token used as is.
     Bearer(String),
 }
@@ -30,7 +33,10 @@ impl Credentials {
     pub fn from_cri(auth: Option<&AuthConfig>) -> Self {
         let Some(a) = auth else { return Credentials::Anonymous };
         if !a.username.is_empty() || !a.password.is_empty() {
-            return Credentials::Basic { username: a.username.clone(), password: a.password.clone() };
+            return Credentials::Basic {
+                username: a.username.clone(),
+                password: a.password.clone(),
+            };
         }
         if !a.auth.is_empty() {
             let decoded = base64::engine::general_purpose::STANDARD
@@ -38,7 +44,9 @@ impl Credentials {
                 .ok()
                 .and_then(|b| String::from_utf8(b).ok());
             match decoded.as_deref().and_then(|s| s.split_once(':')) {
-                Some((u, p)) => return Credentials::Basic { username: u.to_string(), password: p.to_string() },
+                Some((u, p)) => {
+                    return Credentials::Basic { username: u.to_string(), password: p.to_string() }
+                }
                 None => warn!("AuthConfig.auth is not base64 of user:password, ignored"),
             }
         }
@@ -54,7 +62,9 @@ impl Credentials {
     pub(crate) fn registry_auth(&self) -> RegistryAuth {
         match self {
             Credentials::Anonymous => RegistryAuth::Anonymous,
-            Credentials::Basic { username, password } => RegistryAuth::Basic(username.clone(), password.clone()),
+            Credentials::Basic { username, password } => {
+                RegistryAuth::Basic(username.clone(), password.clone())
+            }
             Credentials::Bearer(t) => RegistryAuth::Bearer(t.clone()),
         }
     }
@@ -68,10 +78,17 @@ mod tests {
     fn from_cri_auth_config() {
         assert_eq!(Credentials::from_cri(None), Credentials::Anonymous);
         let a = AuthConfig { username: "u".into(), password: "p".into(), ..Default::default() };
-        assert_eq!(Credentials::from_cri(Some(&a)), Credentials::Basic { username: "u".into(), password: "p".into() });
+        assert_eq!(
+            Credentials::from_cri(Some(&a)),
+            Credentials::Basic { username: "u".into(), password: "p".into() }
+        );
         let a = AuthConfig { auth: "dTpwOng=".into(), ..Default::default() }; // u:p:x
-        assert_eq!(Credentials::from_cri(Some(&a)), Credentials::Basic { username: "u".into(), password: "p:x".into() });
-        let a = AuthConfig { auth: "!!".into(), registry_token: "tok".into(), ..Default::default() };
+        assert_eq!(
+            Credentials::from_cri(Some(&a)),
+            Credentials::Basic { username: "u".into(), password: "p:x".into() }
+        );
+        let a =
+            AuthConfig { auth: "!!".into(), registry_token: "tok".into(), ..Default::default() };
         assert_eq!(Credentials::from_cri(Some(&a)), Credentials::Bearer("tok".into()));
         let a = AuthConfig { identity_token: "x".into(), ..Default::default() };
         assert_eq!(Credentials::from_cri(Some(&a)), Credentials::Anonymous);

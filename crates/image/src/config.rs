@@ -30,7 +30,11 @@ fn default_root() -> PathBuf {
 
 impl Default for ImageServiceConfig {
     fn default() -> Self {
-        ImageServiceConfig { root: default_root(), registries: RegistryConfig::default(), pinned_images: Vec::new() }
+        ImageServiceConfig {
+            root: default_root(),
+            registries: RegistryConfig::default(),
+            pinned_images: Vec::new(),
+        }
     }
 }
 
@@ -116,7 +120,10 @@ mod tests {
             ]
         );
         assert_eq!(cfg.registries.endpoints("quay.io"), vec![Endpoint { mirror: None }]);
-        assert_eq!(cfg.registries.plain_http_hosts(), vec!["127.0.0.1:5000".to_string(), "insecure.local".into()]);
+        assert_eq!(
+            cfg.registries.plain_http_hosts(),
+            vec!["127.0.0.1:5000".to_string(), "insecure.local".into()]
+        );
     }
 
     fn toml_like() -> ImageServiceConfig {

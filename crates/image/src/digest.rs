@@ -17,11 +17,15 @@ pub struct Digest {
 impl Digest {
     /// Parses `sha256:<64 lowercase hex>`; other algorithms are refused.
     pub fn parse(s: &str) -> Result<Self, ImageError> {
-        let hex = s
-            .strip_prefix("sha256:")
-            .ok_or_else(|| ImageError::invalid("digest", format!("{s:?}: only sha256 is supported")))?;
-        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-            return Err(ImageError::invalid("digest", format!("{s:?}: not 64 lowercase hex digits")));
+        let hex = s.strip_prefix("sha256:").ok_or_else(|| {
+            ImageError::invalid("digest", format!("{s:?}: only sha256 is supported"))
+        })?;
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return Err(ImageError::invalid(
+                "digest",
+                format!("{s:?}: not 64 lowercase hex digits"),
+            ));
         }
         Ok(Digest { hex: hex.to_string() })
     }

@@ -54,9 +54,13 @@ pub(crate) struct RootFs {
 
 impl ConfigFile {
     pub(crate) fn parse(data: &[u8]) -> Result<Self, ImageError> {
-        let c: ConfigFile = serde_json::from_slice(data).map_err(|e| ImageError::invalid("image config", e))?;
+        let c: ConfigFile =
+            serde_json::from_slice(data).map_err(|e| ImageError::invalid("image config", e))?;
         if c.rootfs.kind != "layers" {
-            return Err(ImageError::invalid("image config", format!("rootfs type {:?}", c.rootfs.kind)));
+            return Err(ImageError::invalid(
+                "image config",
+                format!("rootfs type {:?}", c.rootfs.kind),
+            ));
         }
         Ok(c)
     }

@@ -69,7 +69,8 @@ pub(crate) enum Manifest {
 impl Manifest {
     /// Parses `body`; `content_type` is the response's media type when known.
     pub(crate) fn parse(body: &[u8]) -> Result<Self, ImageError> {
-        let doc: Document = serde_json::from_slice(body).map_err(|e| ImageError::invalid("manifest", e))?;
+        let doc: Document =
+            serde_json::from_slice(body).map_err(|e| ImageError::invalid("manifest", e))?;
         if doc.schema_version != 2 {
             return Err(ImageError::UnsupportedMediaType(format!(
                 "manifest schema version {} (only schema 2 / OCI are supported)",
@@ -85,13 +86,17 @@ impl Manifest {
         if is_index {
             return Ok(Manifest::Index(doc.manifests));
         }
-        let config = doc.config.ok_or_else(|| ImageError::invalid("manifest", "no config descriptor"))?;
+        let config =
+            doc.config.ok_or_else(|| ImageError::invalid("manifest", "no config descriptor"))?;
         if doc.layers.is_empty() {
             return Err(ImageError::invalid("manifest", "no layers"));
         }
         for l in &doc.layers {
             if !LAYER_TYPES.contains(&l.media_type.as_str()) {
-                return Err(ImageError::UnsupportedMediaType(format!("layer {}: {}", l.digest, l.media_type)));
+                return Err(ImageError::UnsupportedMediaType(format!(
+                    "layer {}: {}",
+                    l.digest, l.media_type
+                )));
             }
         }
         Ok(Manifest::Image { config, layers: doc.layers })
@@ -102,7 +107,9 @@ impl Manifest {
 pub(crate) fn select_linux_amd64(entries: &[Descriptor]) -> Option<&Descriptor> {
     entries.iter().find(|d| {
         d.platform.as_ref().is_some_and(|p| p.os == "linux" && p.architecture == "amd64")
-            && (d.media_type.is_empty() || d.media_type == OCI_MANIFEST || d.media_type == DOCKER_MANIFEST)
+            && (d.media_type.is_empty()
+                || d.media_type == OCI_MANIFEST
+                || d.media_type == DOCKER_MANIFEST)
     })
 }
 
@@ -120,7 +127,9 @@ mod tests {
             {{"mediaType":"{OCI_MANIFEST}","digest":"{D1}","size":1,"platform":{{"architecture":"arm64","os":"linux"}}}},
             {{"mediaType":"{OCI_MANIFEST}","digest":"{D2}","size":1,"platform":{{"architecture":"amd64","os":"linux"}}}}]}}"#
         );
-        let Manifest::Index(entries) = Manifest::parse(body.as_bytes()).unwrap() else { panic!("not an index") };
+        let Manifest::Index(entries) = Manifest::parse(body.as_bytes()).unwrap() else {
+            panic!("not an index")
+        };
         assert_eq!(select_linux_amd64(&entries).unwrap().digest, D2);
         assert!(select_linux_amd64(&entries[..1]).is_none());
     }
@@ -131,7 +140,9 @@ mod tests {
             r#"{{"schemaVersion":2,"mediaType":"{DOCKER_MANIFEST}","config":{{"mediaType":"application/vnd.docker.container.image.v1+json","digest":"{D1}","size":5}},
             "layers":[{{"mediaType":"application/vnd.docker.image.rootfs.diff.tar.gzip","digest":"{D2}","size":7}}]}}"#
         );
-        let Manifest::Image { config, layers } = Manifest::parse(body.as_bytes()).unwrap() else { panic!("not an image") };
+        let Manifest::Image { config, layers } = Manifest::parse(body.as_bytes()).unwrap() else {
+            panic!("not an image")
+        };
         assert_eq!(config.digest, D1);
         assert_eq!(layers[0].size, 7);
     }
@@ -143,7 +154,10 @@ mod tests {
             r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"digest":"{D1}","size":5}},
             "layers":[{{"mediaType":"application/vnd.wasm.content.layer.v1+wasm","digest":"{D2}","size":7}}]}}"#
         );
-        assert!(matches!(Manifest::parse(body.as_bytes()), Err(ImageError::UnsupportedMediaType(_))));
+        assert!(matches!(
+            Manifest::parse(body.as_bytes()),
+            Err(ImageError::UnsupportedMediaType(_))
+        ));
         assert!(Manifest::parse(b"<html>").is_err());
     }
 }

@@ -18,11 +18,11 @@ use crate::digest::{Digest, Hasher};
 use crate::error::{ImageError, Result};
 use crate::flights::Flights;
 use crate::imageconfig::ConfigFile;
+use crate::layout::sync_fs;
 use crate::manifest::{select_linux_amd64, Descriptor, Manifest, ACCEPTED};
 use crate::record::{ImageRecord, LayerRecord};
 use crate::reference::ImageRef;
 use crate::store::ImageStore;
-use crate::layout::sync_fs;
 use crate::unpack::unpack_layer;
 
 /// Largest manifest or config accepted (they are read into memory).
@@ -123,7 +123,10 @@ impl Puller {
                 }
             }
         }
-        Err(last_err.unwrap_or_else(|| ImageError::NotFound { registry: r.registry().into(), image: r.to_string() }))
+        Err(last_err.unwrap_or_else(|| ImageError::NotFound {
+            registry: r.registry().into(),
+            image: r.to_string(),
+        }))
     }
 
     /// Fetches the manifest the reference names and, for an index, the linux/amd64 manifest.
@@ -141,20 +144,27 @@ impl Puller {
         let (config, layers) = match Manifest::parse(&body)? {
             Manifest::Image { config, layers } => (config, layers),
             Manifest::Index(entries) => {
-                let entry = select_linux_amd64(&entries)
-                    .ok_or_else(|| ImageError::NoMatchingPlatform { index: src.image.repo_digest(&top) })?;
+                let entry = select_linux_amd64(&entries).ok_or_else(|| {
+                    ImageError::NoMatchingPlatform { index: src.image.repo_digest(&top) }
+                })?;
                 let d = Digest::parse(&entry.digest)?;
                 debug!(index = %top, manifest = %d, "selected linux/amd64");
                 let (body, _) = src
                     .client
-                    .pull_manifest_raw(&src.oref.clone_with_digest(d.to_string()), &src.auth, ACCEPTED)
+                    .pull_manifest_raw(
+                        &src.oref.clone_with_digest(d.to_string()),
+                        &src.auth,
+                        ACCEPTED,
+                    )
                     .await
                     .map_err(|e| map_oci(e, src))?;
                 d.verify("platform manifest", &body)?;
                 blobs.push((d, body.clone()));
                 match Manifest::parse(&body)? {
                     Manifest::Image { config, layers } => (config, layers),
-                    Manifest::Index(_) => return Err(ImageError::invalid("manifest", "index nested in an index")),
+                    Manifest::Index(_) => {
+                        return Err(ImageError::invalid("manifest", "index nested in an index"))
+                    }
                 }
             }
         };
@@ -168,11 +178,18 @@ impl Puller {
         if config.rootfs.diff_ids.len() != res.layers.len() {
             return Err(ImageError::invalid(
                 "image",
-                format!("{} layers in the manifest, {} diff_ids in the config", res.layers.len(), config.rootfs.diff_ids.len()),
+                format!(
+                    "{} layers in the manifest, {} diff_ids in the config",
+                    res.layers.len(),
+                    config.rootfs.diff_ids.len()
+                ),
             ));
         }
         if !config.os.is_empty() && config.os != "linux" {
-            return Err(ImageError::invalid("image", format!("image is for {}/{}", config.os, config.architecture)));
+            return Err(ImageError::invalid(
+                "image",
+                format!("image is for {}/{}", config.os, config.architecture),
+            ));
         }
         let mut layer_records = Vec::with_capacity(res.layers.len());
         for (l, diff) in res.layers.iter().zip(&config.rootfs.diff_ids) {
@@ -221,7 +238,10 @@ impl Puller {
             }
         }
         let mut data = Vec::with_capacity(size as usize);
-        src.client.pull_blob(&src.oref, d.to_string().as_str(), &mut data).await.map_err(|e| map_oci(e, src))?;
+        src.client
+            .pull_blob(&src.oref, d.to_string().as_str(), &mut data)
+            .await
+            .map_err(|e| map_oci(e, src))?;
         d.verify(&format!("config {d}"), &data)?;
         self.store.layout.put_blob(d, &data)?;
         Ok(data)
@@ -248,10 +268,14 @@ impl Puller {
         tokio::task::spawn_blocking(move || {
             unpack_layer(&blob, tmp.path(), &id)?;
             sync_fs(tmp.path()).map_err(|e| ImageError::io_path("syncing", tmp.path(), e))?;
-            tmp.persist(&layer_dir).map_err(|e| ImageError::io_path("renaming layer to", &layer_dir, e))
+            tmp.persist(&layer_dir)
+                .map_err(|e| ImageError::io_path("renaming layer to", &layer_dir, e))
         })
         .await
-        .map_err(|e| ImageError::Unpack { layer: diff_id.to_string(), detail: format!("unpack task: {e}") })?
+        .map_err(|e| ImageError::Unpack {
+            layer: diff_id.to_string(),
+            detail: format!("unpack task: {e}"),
+        })?
     }
 
     /// Streams a blob to a temp file, checking size and digest, then renames it into place.
@@ -265,21 +289,37 @@ impl Puller {
     async fn download_to(&self, src: &Source<'_>, d: &Digest, size: u64, tmp: &Path) -> Result<()> {
         let what = format!("layer blob {d} from {}", src.host);
         debug!(digest = %d, size, endpoint = %src.host, "downloading blob");
-        let mut stream =
-            src.client.pull_blob_stream(&src.oref, d.to_string().as_str()).await.map_err(|e| map_oci(e, src))?;
-        let mut file = tokio::fs::File::create(tmp).await.map_err(|e| ImageError::io_path("creating", tmp, e))?;
+        let mut stream = src
+            .client
+            .pull_blob_stream(&src.oref, d.to_string().as_str())
+            .await
+            .map_err(|e| map_oci(e, src))?;
+        let mut file = tokio::fs::File::create(tmp)
+            .await
+            .map_err(|e| ImageError::io_path("creating", tmp, e))?;
         let mut hasher = Hasher::default();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| {
                 if e.get_ref().is_some_and(|i| i.is::<oci_client::errors::DigestError>()) {
-                    ImageError::DigestMismatch { what: what.clone(), expected: d.to_string(), actual: e.to_string() }
+                    ImageError::DigestMismatch {
+                        what: what.clone(),
+                        expected: d.to_string(),
+                        actual: e.to_string(),
+                    }
                 } else {
-                    ImageError::Registry { registry: src.host.clone(), detail: format!("reading {what}: {e}") }
+                    ImageError::Registry {
+                        registry: src.host.clone(),
+                        detail: format!("reading {what}: {e}"),
+                    }
                 }
             })?;
             hasher.update(&chunk);
             if size > 0 && hasher.len() > size {
-                return Err(ImageError::SizeMismatch { what, expected: size, actual: hasher.len() });
+                return Err(ImageError::SizeMismatch {
+                    what,
+                    expected: size,
+                    actual: hasher.len(),
+                });
             }
             file.write_all(&chunk).await.map_err(|e| ImageError::io_path("writing", tmp, e))?;
         }
@@ -289,7 +329,11 @@ impl Puller {
         }
         let actual = hasher.finish();
         if &actual != d {
-            return Err(ImageError::DigestMismatch { what, expected: d.to_string(), actual: actual.to_string() });
+            return Err(ImageError::DigestMismatch {
+                what,
+                expected: d.to_string(),
+                actual: actual.to_string(),
+            });
         }
         Ok(())
     }
@@ -301,20 +345,31 @@ fn map_oci(e: OciDistributionError, src: &Source<'_>) -> ImageError {
     let image = src.image.to_string();
     let detail = e.to_string();
     match &e {
-        OciDistributionError::UnauthorizedError { .. } | OciDistributionError::AuthenticationFailure(_) => {
+        OciDistributionError::UnauthorizedError { .. }
+        | OciDistributionError::AuthenticationFailure(_) => {
             ImageError::Unauthenticated { registry, image, detail }
         }
-        OciDistributionError::ServerError { code: 401 | 403, .. } => ImageError::Unauthenticated { registry, image, detail },
-        OciDistributionError::ServerError { code: 404, .. } | OciDistributionError::ImageManifestNotFoundError(_) => {
+        OciDistributionError::ServerError { code: 401 | 403, .. } => {
+            ImageError::Unauthenticated { registry, image, detail }
+        }
+        OciDistributionError::ServerError { code: 404, .. }
+        | OciDistributionError::ImageManifestNotFoundError(_) => {
             ImageError::NotFound { registry, image }
         }
         OciDistributionError::RegistryError { envelope, .. } => {
-            if envelope.errors.iter().any(|x| matches!(x.code, OciErrorCode::Unauthorized | OciErrorCode::Denied)) {
+            if envelope
+                .errors
+                .iter()
+                .any(|x| matches!(x.code, OciErrorCode::Unauthorized | OciErrorCode::Denied))
+            {
                 ImageError::Unauthenticated { registry, image, detail }
             } else if envelope.errors.iter().any(|x| {
                 matches!(
                     x.code,
-                    OciErrorCode::ManifestUnknown | OciErrorCode::NameUnknown | OciErrorCode::BlobUnknown | OciErrorCode::NotFound
+                    OciErrorCode::ManifestUnknown
+                        | OciErrorCode::NameUnknown
+                        | OciErrorCode::BlobUnknown
+                        | OciErrorCode::NotFound
                 )
             }) {
                 ImageError::NotFound { registry, image }
@@ -322,9 +377,11 @@ fn map_oci(e: OciDistributionError, src: &Source<'_>) -> ImageError {
                 ImageError::Registry { registry, detail }
             }
         }
-        OciDistributionError::DigestError(_) => {
-            ImageError::DigestMismatch { what: format!("content of {image} from {registry}"), expected: String::new(), actual: detail }
-        }
+        OciDistributionError::DigestError(_) => ImageError::DigestMismatch {
+            what: format!("content of {image} from {registry}"),
+            expected: String::new(),
+            actual: detail,
+        },
         _ => ImageError::Registry { registry, detail },
     }
 }

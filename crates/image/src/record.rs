@@ -56,8 +56,12 @@ impl ImageRecord {
                 .and_then(|b| serde_json::from_slice::<ImageRecord>(&b).map_err(|e| e.to_string()))
             {
                 Ok(r) if r.id_digest().is_ok() => out.push(r),
-                Ok(r) => warn!(path = %path.display(), id = %r.id, "image record with a bad id, ignored"),
-                Err(e) => warn!(path = %path.display(), error = %e, "unreadable image record, ignored"),
+                Ok(r) => {
+                    warn!(path = %path.display(), id = %r.id, "image record with a bad id, ignored")
+                }
+                Err(e) => {
+                    warn!(path = %path.display(), error = %e, "unreadable image record, ignored")
+                }
             }
         }
         Ok(out)
@@ -65,14 +69,17 @@ impl ImageRecord {
 
     pub(crate) fn save(&self, layout: &Layout) -> Result<()> {
         let id = self.id_digest()?;
-        let data = serde_json::to_vec_pretty(self).map_err(|e| ImageError::invalid("image record", e))?;
+        let data =
+            serde_json::to_vec_pretty(self).map_err(|e| ImageError::invalid("image record", e))?;
         layout.write_atomic(&layout.record(&id), &data)
     }
 
     pub(crate) fn delete(&self, layout: &Layout) -> Result<()> {
         let path = layout.record(&self.id_digest()?);
         match fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(ImageError::io_path("removing", &path, e)),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(ImageError::io_path("removing", &path, e))
+            }
             _ => Ok(()),
         }
     }

@@ -16,7 +16,8 @@ impl ImageRef {
     /// Parses a reference the way Docker and containerd do: the default registry is
     /// `docker.io`, one-component names get `library/`, no tag and no digest means `:latest`.
     pub fn parse(s: &str) -> Result<Self, ImageError> {
-        let bad = |reason: String| ImageError::InvalidReference { reference: s.to_string(), reason };
+        let bad =
+            |reason: String| ImageError::InvalidReference { reference: s.to_string(), reason };
         if s.is_empty() {
             return Err(bad("empty".into()));
         }

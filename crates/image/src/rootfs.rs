@@ -151,7 +151,11 @@ mod tests {
         assert!(out.join("replaced").is_dir());
         let a = fs::metadata(out.join("a")).unwrap();
         assert_eq!(a.ino(), fs::metadata(out.join("b")).unwrap().ino());
-        assert_ne!(a.ino(), fs::metadata(l2.join("a")).unwrap().ino(), "copied, not linked to the store");
+        assert_ne!(
+            a.ino(),
+            fs::metadata(l2.join("a")).unwrap().ino(),
+            "copied, not linked to the store"
+        );
         assert_eq!(a.mode() & 0o7777, 0o4750);
         assert_eq!(fs::read_link(out.join("link")).unwrap(), Path::new("a"));
     }

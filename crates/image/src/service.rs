@@ -6,9 +6,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use k8s_cri::v1::image_service_server::ImageService;
 use k8s_cri::v1::{
-    FilesystemIdentifier, FilesystemUsage, Image, ImageFsInfoRequest, ImageFsInfoResponse, ImageSpec,
-    ImageStatusRequest, ImageStatusResponse, Int64Value, ListImagesRequest, ListImagesResponse, PullImageRequest,
-    PullImageResponse, RemoveImageRequest, RemoveImageResponse, UInt64Value,
+    FilesystemIdentifier, FilesystemUsage, Image, ImageFsInfoRequest, ImageFsInfoResponse,
+    ImageSpec, ImageStatusRequest, ImageStatusResponse, Int64Value, ListImagesRequest,
+    ListImagesResponse, PullImageRequest, PullImageResponse, RemoveImageRequest,
+    RemoveImageResponse, UInt64Value,
 };
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
@@ -35,7 +36,10 @@ impl ImageServiceImpl {
     pub fn new(config: &ImageServiceConfig) -> Result<Self> {
         let pinned = pinned_names(&config.pinned_images)?;
         let store = ImageStore::open(&config.root)?;
-        Ok(ImageServiceImpl { puller: Arc::new(Puller::new(store, config.registries.clone())), pinned: Arc::new(pinned) })
+        Ok(ImageServiceImpl {
+            puller: Arc::new(Puller::new(store, config.registries.clone())),
+            pinned: Arc::new(pinned),
+        })
     }
 
     /// Whether kubelet must keep this image: pinned in its record or named in `pinned_images`.
@@ -108,9 +112,17 @@ fn now_nanos() -> i64 {
 
 #[tonic::async_trait]
 impl ImageService for ImageServiceImpl {
-    async fn list_images(&self, request: Request<ListImagesRequest>) -> Result<Response<ListImagesResponse>, Status> {
+    async fn list_images(
+        &self,
+        request: Request<ListImagesRequest>,
+    ) -> Result<Response<ListImagesResponse>, Status> {
         let store = self.puller.store();
-        let filter = request.into_inner().filter.and_then(|f| f.image).map(|s| s.image).filter(|s| !s.is_empty());
+        let filter = request
+            .into_inner()
+            .filter
+            .and_then(|f| f.image)
+            .map(|s| s.image)
+            .filter(|s| !s.is_empty());
         let images = match filter {
             Some(f) => store.resolve(&f).iter().map(|r| self.to_cri(r)).collect(),
             None => store.list().iter().map(|r| self.to_cri(r)).collect(),
@@ -118,7 +130,10 @@ impl ImageService for ImageServiceImpl {
         Ok(Response::new(ListImagesResponse { images }))
     }
 
-    async fn image_status(&self, request: Request<ImageStatusRequest>) -> Result<Response<ImageStatusResponse>, Status> {
+    async fn image_status(
+        &self,
+        request: Request<ImageStatusRequest>,
+    ) -> Result<Response<ImageStatusResponse>, Status> {
         let req = request.into_inner();
         let reference = spec_image(req.image.as_ref())?;
         let store = self.puller.store();
@@ -143,7 +158,10 @@ impl ImageService for ImageServiceImpl {
         Ok(Response::new(ImageStatusResponse { image: Some(self.to_cri(&rec)), info }))
     }
 
-    async fn pull_image(&self, request: Request<PullImageRequest>) -> Result<Response<PullImageResponse>, Status> {
+    async fn pull_image(
+        &self,
+        request: Request<PullImageRequest>,
+    ) -> Result<Response<PullImageResponse>, Status> {
         let req = request.into_inner();
         let image = spec_image(req.image.as_ref())?;
         let creds = Credentials::from_cri(req.auth.as_ref());
@@ -151,7 +169,10 @@ impl ImageService for ImageServiceImpl {
         Ok(Response::new(PullImageResponse { image_ref: rec.id }))
     }
 
-    async fn remove_image(&self, request: Request<RemoveImageRequest>) -> Result<Response<RemoveImageResponse>, Status> {
+    async fn remove_image(
+        &self,
+        request: Request<RemoveImageRequest>,
+    ) -> Result<Response<RemoveImageResponse>, Status> {
         let req = request.into_inner();
         let image = spec_image(req.image.as_ref())?;
         match self.puller.store().remove(image).await.map_err(Status::from)? {
@@ -161,7 +182,10 @@ impl ImageService for ImageServiceImpl {
         Ok(Response::new(RemoveImageResponse {}))
     }
 
-    async fn image_fs_info(&self, _request: Request<ImageFsInfoRequest>) -> Result<Response<ImageFsInfoResponse>, Status> {
+    async fn image_fs_info(
+        &self,
+        _request: Request<ImageFsInfoRequest>,
+    ) -> Result<Response<ImageFsInfoResponse>, Status> {
         let store = self.puller.store().clone();
         let usage = tokio::task::spawn_blocking(move || store.fs_usage())
             .await
@@ -172,11 +196,16 @@ impl ImageService for ImageServiceImpl {
             })?;
         let fs = FilesystemUsage {
             timestamp: now_nanos(),
-            fs_id: Some(FilesystemIdentifier { mountpoint: self.puller.store().root().display().to_string() }),
+            fs_id: Some(FilesystemIdentifier {
+                mountpoint: self.puller.store().root().display().to_string(),
+            }),
             used_bytes: Some(UInt64Value { value: usage.used_bytes }),
             inodes_used: Some(UInt64Value { value: usage.inodes_used }),
         };
-        Ok(Response::new(ImageFsInfoResponse { image_filesystems: vec![fs], container_filesystems: vec![] }))
+        Ok(Response::new(ImageFsInfoResponse {
+            image_filesystems: vec![fs],
+            container_filesystems: vec![],
+        }))
     }
 }
 
@@ -188,12 +217,19 @@ mod tests {
     #[tokio::test]
     async fn servable_and_empty_store_answers() {
         let dir = tempfile::tempdir().unwrap();
-        let svc = ImageServiceImpl::new(&ImageServiceConfig { root: dir.path().into(), ..Default::default() }).unwrap();
+        let svc = ImageServiceImpl::new(&ImageServiceConfig {
+            root: dir.path().into(),
+            ..Default::default()
+        })
+        .unwrap();
         let _server = ImageServiceServer::new(svc.clone());
         let list = svc.list_images(Request::new(ListImagesRequest { filter: None })).await.unwrap();
         assert!(list.into_inner().images.is_empty());
         let st = svc
-            .image_status(Request::new(ImageStatusRequest { image: Some(ImageSpec { image: "busybox".into(), ..Default::default() }), verbose: true }))
+            .image_status(Request::new(ImageStatusRequest {
+                image: Some(ImageSpec { image: "busybox".into(), ..Default::default() }),
+                verbose: true,
+            }))
             .await
             .unwrap()
             .into_inner();
@@ -201,7 +237,10 @@ mod tests {
         let err = svc.pull_image(Request::new(PullImageRequest::default())).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
         let err = svc
-            .pull_image(Request::new(PullImageRequest { image: Some(ImageSpec { image: "Bad Name".into(), ..Default::default() }), ..Default::default() }))
+            .pull_image(Request::new(PullImageRequest {
+                image: Some(ImageSpec { image: "Bad Name".into(), ..Default::default() }),
+                ..Default::default()
+            }))
             .await
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
@@ -216,7 +255,11 @@ mod tests {
         let names = pinned_names(&[format!("example.com/app@{d}")]).unwrap();
         assert_eq!(names, vec![format!("example.com/app@{d}")]);
         let dir = tempfile::tempdir().unwrap();
-        let cfg = ImageServiceConfig { root: dir.path().into(), pinned_images: vec!["Bad Name".into()], ..Default::default() };
+        let cfg = ImageServiceConfig {
+            root: dir.path().into(),
+            pinned_images: vec!["Bad Name".into()],
+            ..Default::default()
+        };
         let err = ImageServiceImpl::new(&cfg).err().expect("a bad pinned reference is refused");
         assert!(err.to_string().contains("Bad Name"), "{err}");
     }

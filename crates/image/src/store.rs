@@ -50,7 +50,11 @@ impl ImageStore {
         let layout = Layout::open(root)?;
         let records = ImageRecord::load_all(&layout)?;
         let images: BTreeMap<_, _> = records.into_iter().map(|r| (r.id.clone(), r)).collect();
-        let store = ImageStore { layout, images: Mutex::new(images), gc_lock: tokio::sync::RwLock::new(()) };
+        let store = ImageStore {
+            layout,
+            images: Mutex::new(images),
+            gc_lock: tokio::sync::RwLock::new(()),
+        };
         store.collect_garbage_locked()?;
         info!(root = %root.display(), images = store.lock().len(), "image store open");
         Ok(Arc::new(store))
@@ -77,7 +81,10 @@ impl ImageStore {
         Self::resolve_in(&images, reference).cloned()
     }
 
-    fn resolve_in<'a>(images: &'a BTreeMap<String, ImageRecord>, reference: &str) -> Option<&'a ImageRecord> {
+    fn resolve_in<'a>(
+        images: &'a BTreeMap<String, ImageRecord>,
+        reference: &str,
+    ) -> Option<&'a ImageRecord> {
         if let Some(r) = images.get(reference) {
             return Some(r);
         }
@@ -106,7 +113,10 @@ impl ImageStore {
         for l in &rec.layers {
             let dir = self.layout.layer(&Digest::parse(&l.diff_id)?);
             if !dir.is_dir() {
-                return Err(ImageError::Unpack { layer: l.diff_id.clone(), detail: format!("{} is missing", dir.display()) });
+                return Err(ImageError::Unpack {
+                    layer: l.diff_id.clone(),
+                    detail: format!("{} is missing", dir.display()),
+                });
             }
             layers.push(dir);
         }
@@ -121,7 +131,12 @@ impl ImageStore {
 
     /// Records a pulled image: merges with an existing record of the same id and moves `tag`
     /// away from any other image, the way a registry tag moves.
-    pub(crate) fn commit(&self, mut rec: ImageRecord, tag: Option<String>, repo_digest: String) -> Result<ImageRecord> {
+    pub(crate) fn commit(
+        &self,
+        mut rec: ImageRecord,
+        tag: Option<String>,
+        repo_digest: String,
+    ) -> Result<ImageRecord> {
         let mut images = self.lock();
         if let Some(old) = images.get(&rec.id) {
             rec.repo_tags = old.repo_tags.clone();
@@ -134,7 +149,8 @@ impl ImageStore {
             rec.pinned = old.pinned;
         }
         if let Some(tag) = &tag {
-            for other in images.values_mut().filter(|o| o.id != rec.id && o.repo_tags.contains(tag)) {
+            for other in images.values_mut().filter(|o| o.id != rec.id && o.repo_tags.contains(tag))
+            {
                 other.repo_tags.retain(|t| t != tag);
                 other.save(&self.layout)?;
             }
@@ -156,7 +172,9 @@ impl ImageStore {
         let _gc = self.gc_lock.write().await;
         let removed = {
             let mut images = self.lock();
-            let Some(id) = Self::resolve_in(&images, reference).map(|r| r.id.clone()) else { return Ok(None) };
+            let Some(id) = Self::resolve_in(&images, reference).map(|r| r.id.clone()) else {
+                return Ok(None);
+            };
             let rec = images.remove(&id);
             if let Some(r) = &rec {
                 if let Err(e) = r.delete(&self.layout) {

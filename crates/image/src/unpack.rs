@@ -31,12 +31,17 @@ pub const OVERLAY_OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 pub(crate) fn unpack_layer(blob: &Path, dst: &Path, diff_id: &Digest) -> Result<u64> {
     let err = |detail: String| ImageError::Unpack { layer: diff_id.to_string(), detail };
     let file = File::open(blob).map_err(|e| ImageError::io_path("opening", blob, e))?;
-    let reader = decompressor(BufReader::with_capacity(1 << 16, file)).map_err(|e| err(e.to_string()))?;
-    fs::DirBuilder::new().mode(0o755).create(dst).map_err(|e| ImageError::io_path("creating", dst, e))?;
+    let reader =
+        decompressor(BufReader::with_capacity(1 << 16, file)).map_err(|e| err(e.to_string()))?;
+    fs::DirBuilder::new()
+        .mode(0o755)
+        .create(dst)
+        .map_err(|e| ImageError::io_path("creating", dst, e))?;
 
     let mut hashing = HashingReader::new(reader);
     unpack_tar(&mut hashing, dst).map_err(|e| err(e.to_string()))?;
-    let (actual, size) = hashing.finish().map_err(|e| err(format!("reading after the tar end: {e}")))?;
+    let (actual, size) =
+        hashing.finish().map_err(|e| err(format!("reading after the tar end: {e}")))?;
     if &actual != diff_id {
         return Err(ImageError::DigestMismatch {
             what: "uncompressed layer (diff_id)".into(),
@@ -54,7 +59,8 @@ fn decompressor<R: BufRead + 'static>(mut r: R) -> io::Result<Box<dyn Read>> {
     if head.starts_with(&[0x1f, 0x8b]) {
         Ok(Box::new(flate2::bufread::MultiGzDecoder::new(r)))
     } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        let d = ruzstd::decoding::StreamingDecoder::new(r).map_err(|e| io::Error::other(format!("zstd: {e}")))?;
+        let d = ruzstd::decoding::StreamingDecoder::new(r)
+            .map_err(|e| io::Error::other(format!("zstd: {e}")))?;
         Ok(Box::new(d))
     } else {
         Ok(Box::new(r))
@@ -86,7 +92,11 @@ fn unpack_tar<R: Read>(r: R, dst: &Path) -> io::Result<()> {
             continue;
         }
         if let Some(target) = name.strip_prefix(WHITEOUT_PREFIX) {
-            if target.starts_with(WHITEOUT_PREFIX) || target.is_empty() || target == "." || target == ".." {
+            if target.starts_with(WHITEOUT_PREFIX)
+                || target.is_empty()
+                || target == "."
+                || target == ".."
+            {
                 // Other AUFS metadata (.wh..wh.plnk, ...): nothing to do for an overlay diff.
                 continue;
             }
@@ -101,8 +111,12 @@ fn unpack_tar<R: Read>(r: R, dst: &Path) -> io::Result<()> {
             let path = ensure_dir(dst, parent_rel)?.join(&name);
             remove_any(&path)?;
             let (fmt, major, minor) = match kind {
-                EntryType::Char => (libc::S_IFCHR, h.device_major()?.unwrap_or(0), h.device_minor()?.unwrap_or(0)),
-                EntryType::Block => (libc::S_IFBLK, h.device_major()?.unwrap_or(0), h.device_minor()?.unwrap_or(0)),
+                EntryType::Char => {
+                    (libc::S_IFCHR, h.device_major()?.unwrap_or(0), h.device_minor()?.unwrap_or(0))
+                }
+                EntryType::Block => {
+                    (libc::S_IFBLK, h.device_major()?.unwrap_or(0), h.device_minor()?.unwrap_or(0))
+                }
                 _ => (libc::S_IFIFO, 0, 0),
             };
             let mode = h.mode()? & 0o7777;
@@ -114,7 +128,10 @@ fn unpack_tar<R: Read>(r: R, dst: &Path) -> io::Result<()> {
         // Parents created here so that no symlink in the path is followed out of the layer.
         ensure_dir(dst, parent_rel)?;
         if !entry.unpack_in(dst)? {
-            return Err(io::Error::other(format!("entry {} points outside the layer", raw.display())));
+            return Err(io::Error::other(format!(
+                "entry {} points outside the layer",
+                raw.display()
+            )));
         }
     }
     Ok(())
@@ -128,7 +145,10 @@ fn clean_relative(p: &Path) -> io::Result<PathBuf> {
             Component::Normal(n) => out.push(n),
             Component::CurDir | Component::RootDir => {}
             Component::ParentDir | Component::Prefix(_) => {
-                return Err(io::Error::other(format!("entry path {} leaves the layer", p.display())))
+                return Err(io::Error::other(format!(
+                    "entry path {} leaves the layer",
+                    p.display()
+                )))
             }
         }
     }

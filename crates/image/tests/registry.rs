@@ -10,13 +10,18 @@ use carapace_image::{ImageServiceConfig, ImageServiceImpl, RegistryConfig, OVERL
 use common::TestRegistry;
 use k8s_cri::v1::image_service_server::ImageService;
 use k8s_cri::v1::{
-    AuthConfig, ImageFilter, ImageFsInfoRequest, ImageSpec, ImageStatusRequest, ListImagesRequest, PullImageRequest,
-    RemoveImageRequest,
+    AuthConfig, ImageFilter, ImageFsInfoRequest, ImageSpec, ImageStatusRequest, ListImagesRequest,
+    PullImageRequest, RemoveImageRequest,
 };
 use tonic::{Code, Request};
 
 fn service(root: &Path, registries: RegistryConfig) -> ImageServiceImpl {
-    ImageServiceImpl::new(&ImageServiceConfig { root: root.to_path_buf(), registries, ..Default::default() }).unwrap()
+    ImageServiceImpl::new(&ImageServiceConfig {
+        root: root.to_path_buf(),
+        registries,
+        ..Default::default()
+    })
+    .unwrap()
 }
 
 fn insecure(reg: &TestRegistry) -> RegistryConfig {
@@ -27,7 +32,11 @@ fn spec(image: &str) -> Option<ImageSpec> {
     Some(ImageSpec { image: image.to_string(), ..Default::default() })
 }
 
-async fn pull(svc: &ImageServiceImpl, image: &str, auth: Option<AuthConfig>) -> Result<String, tonic::Status> {
+async fn pull(
+    svc: &ImageServiceImpl,
+    image: &str,
+    auth: Option<AuthConfig>,
+) -> Result<String, tonic::Status> {
     let req = PullImageRequest { image: spec(image), auth, sandbox_config: None };
     Ok(svc.pull_image(Request::new(req)).await?.into_inner().image_ref)
 }
@@ -53,7 +62,10 @@ async fn pulls_by_tag_digest_and_index_and_unpacks_layers() {
     let img = status(&svc, &busybox).await.expect("pulled image has a status");
     assert_eq!(img.id, id);
     assert_eq!(img.repo_tags, vec![busybox.clone()]);
-    assert_eq!(img.repo_digests, vec![format!("{}/test/busybox@{}", reg.addr, reg.digest("test/busybox:latest"))]);
+    assert_eq!(
+        img.repo_digests,
+        vec![format!("{}/test/busybox@{}", reg.addr, reg.digest("test/busybox:latest"))]
+    );
     assert!(img.size > 500_000, "size {}", img.size);
     assert!(img.uid.is_none() && img.username.is_empty());
 
@@ -83,7 +95,10 @@ async fn pulls_by_tag_digest_and_index_and_unpacks_layers() {
     assert_eq!(fs::read_link(app_layer.join("app/hello-link.sh")).unwrap(), Path::new("hello.sh"));
     let wh = fs::symlink_metadata(cleanup.join("etc/motd")).unwrap();
     assert!(wh.file_type().is_char_device() && wh.rdev() == 0);
-    assert_eq!(xattr::get(cleanup.join("data"), OVERLAY_OPAQUE_XATTR).unwrap().as_deref(), Some(&b"y"[..]));
+    assert_eq!(
+        xattr::get(cleanup.join("data"), OVERLAY_OPAQUE_XATTR).unwrap().as_deref(),
+        Some(&b"y"[..])
+    );
     assert!(cleanup.join("data/new").is_file());
     // Flattened into one tree: the whiteout and the opaque dir hide the base layer's files.
     let rootfs = root.path().join("rootfs-test");
@@ -91,7 +106,10 @@ async fn pulls_by_tag_digest_and_index_and_unpacks_layers() {
     assert!(rootfs.join("bin/busybox").is_file());
     assert!(!rootfs.join("etc/motd").exists());
     assert!(!rootfs.join("data/old").exists() && rootfs.join("data/new").is_file());
-    assert_eq!(fs::read_to_string(rootfs.join("app/hello-link.sh")).unwrap(), fs::read_to_string(app_layer.join("app/hello.sh")).unwrap());
+    assert_eq!(
+        fs::read_to_string(rootfs.join("app/hello-link.sh")).unwrap(),
+        fs::read_to_string(app_layer.join("app/hello.sh")).unwrap()
+    );
     fs::remove_dir_all(&rootfs).unwrap();
 
     // Multi-arch index: the linux/amd64 manifest's config is busybox's, so it is the same image.
@@ -100,7 +118,11 @@ async fn pulls_by_tag_digest_and_index_and_unpacks_layers() {
     assert_eq!(multi_id, id, "index resolved to linux/amd64");
     let img = status(&svc, &id).await.unwrap();
     assert_eq!(img.repo_tags, vec![busybox.clone(), multi.clone()]);
-    assert!(img.repo_digests.contains(&format!("{}/test/multi@{}", reg.addr, reg.digest("test/multi:latest"))));
+    assert!(img.repo_digests.contains(&format!(
+        "{}/test/multi@{}",
+        reg.addr,
+        reg.digest("test/multi:latest")
+    )));
 
     // The base layer is shared: 3 unpacked layers in all.
     assert_eq!(dir_entries(&root.path().join("layers/sha256")), 3);
@@ -134,7 +156,8 @@ async fn pulls_through_mirrors() {
     let root2 = tempfile::tempdir().unwrap();
     let svc2 = service(root2.path(), cfg);
     assert_eq!(pull(&svc2, &reg.image("test/busybox:latest"), None).await.unwrap(), id);
-    let layer = reg.manifest("test/busybox:latest")["layers"][0]["digest"].as_str().unwrap().to_string();
+    let layer =
+        reg.manifest("test/busybox:latest")["layers"][0]["digest"].as_str().unwrap().to_string();
     assert_eq!(reg.blob_gets("test/busybox", &layer), 2);
 }
 
@@ -145,14 +168,16 @@ async fn credentials_right_wrong_and_missing() {
     let svc = service(root.path(), insecure(&reg));
     let image = reg.image("test/busybox:latest");
 
-    let wrong = AuthConfig { username: "carapace".into(), password: "wrong".into(), ..Default::default() };
+    let wrong =
+        AuthConfig { username: "carapace".into(), password: "wrong".into(), ..Default::default() };
     let err = pull(&svc, &image, Some(wrong)).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
     assert!(err.message().contains(&reg.addr), "{}", err.message());
     let err = pull(&svc, &image, None).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
 
-    let right = AuthConfig { username: "carapace".into(), password: "s3cret".into(), ..Default::default() };
+    let right =
+        AuthConfig { username: "carapace".into(), password: "s3cret".into(), ..Default::default() };
     pull(&svc, &image, Some(right)).await.unwrap();
     // The same credentials as a docker config `auth` field.
     let encoded = AuthConfig { auth: "Y2FyYXBhY2U6czNjcmV0".into(), ..Default::default() };
@@ -189,7 +214,8 @@ async fn parallel_pulls_fetch_each_layer_once() {
     let root = tempfile::tempdir().unwrap();
     let svc = service(root.path(), insecure(&reg));
     let image = reg.image("test/app:1.0");
-    let (a, b, c) = tokio::join!(pull(&svc, &image, None), pull(&svc, &image, None), pull(&svc, &image, None));
+    let (a, b, c) =
+        tokio::join!(pull(&svc, &image, None), pull(&svc, &image, None), pull(&svc, &image, None));
     assert_eq!(a.unwrap(), b.unwrap());
     assert!(c.is_ok());
     let manifest = reg.manifest("test/app:1.0");
@@ -226,13 +252,23 @@ async fn list_status_remove_fsinfo_and_restart() {
 
     let bid = pull(&svc, &busybox, None).await.unwrap();
     let aid = pull(&svc, &app, None).await.unwrap();
-    let list = svc.list_images(Request::new(ListImagesRequest { filter: None })).await.unwrap().into_inner().images;
+    let list = svc
+        .list_images(Request::new(ListImagesRequest { filter: None }))
+        .await
+        .unwrap()
+        .into_inner()
+        .images;
     assert_eq!(list.len(), 2);
     // Only the image named in `pinned_images` is pinned (kubelet's GC skips it).
     let pinned: Vec<_> = list.iter().filter(|i| i.pinned).map(|i| i.id.clone()).collect();
     assert_eq!(pinned, vec![bid.clone()]);
     let filter = Some(ImageFilter { image: spec(&app) });
-    let list = svc.list_images(Request::new(ListImagesRequest { filter })).await.unwrap().into_inner().images;
+    let list = svc
+        .list_images(Request::new(ListImagesRequest { filter }))
+        .await
+        .unwrap()
+        .into_inner()
+        .images;
     assert_eq!(list.iter().map(|i| i.id.clone()).collect::<Vec<_>>(), vec![aid.clone()]);
 
     let verbose = svc
@@ -246,7 +282,9 @@ async fn list_status_remove_fsinfo_and_restart() {
     let fs1 = svc.image_fs_info(Request::new(ImageFsInfoRequest {})).await.unwrap().into_inner();
     let u = &fs1.image_filesystems[0];
     assert_eq!(u.fs_id.as_ref().unwrap().mountpoint, root.path().display().to_string());
-    assert!(u.used_bytes.unwrap().value > fs0.image_filesystems[0].used_bytes.unwrap().value + 500_000);
+    assert!(
+        u.used_bytes.unwrap().value > fs0.image_filesystems[0].used_bytes.unwrap().value + 500_000
+    );
     assert!(u.inodes_used.unwrap().value > 20);
 
     // Restart: a new service on the same root sees both images.
@@ -265,7 +303,12 @@ async fn list_status_remove_fsinfo_and_restart() {
     // The base layer is shared with app: still there.
     assert_eq!(svc.container_image(&aid).unwrap().unwrap().layers.len(), 3);
     svc.remove_image(Request::new(rm(aid.clone()))).await.unwrap();
-    let list = svc.list_images(Request::new(ListImagesRequest { filter: None })).await.unwrap().into_inner().images;
+    let list = svc
+        .list_images(Request::new(ListImagesRequest { filter: None }))
+        .await
+        .unwrap()
+        .into_inner()
+        .images;
     assert!(list.is_empty());
     for d in ["blobs/sha256", "layers/sha256", "images"] {
         assert_eq!(dir_entries(&root.path().join(d)), 0, "{d} not empty after removing everything");

@@ -45,10 +45,7 @@ impl Buffers {
     {
         let mut out = Buffers::default();
         for desc in chain {
-            let buf = Buffer {
-                addr: desc.addr(),
-                len: desc.len(),
-            };
+            let buf = Buffer { addr: desc.addr(), len: desc.len() };
             if desc.is_write_only() {
                 out.writable.push(buf);
             } else if out.writable.is_empty() {
@@ -62,8 +59,7 @@ impl Buffers {
 
     /// Total length of a list of buffers (saturating: the chain iterator already caps it).
     pub fn total(bufs: &[Buffer]) -> usize {
-        bufs.iter()
-            .fold(0usize, |acc, b| acc.saturating_add(b.len as usize))
+        bufs.iter().fold(0usize, |acc, b| acc.saturating_add(b.len as usize))
     }
 }
 
@@ -86,16 +82,9 @@ pub(crate) fn read_from(
             continue;
         }
         let n = (len - skip).min(out.len() - done);
-        let addr = buf
-            .addr
-            .0
-            .checked_add(skip as u64)
-            .ok_or(ChainError::Memory(buf.addr.0))?;
-        let dst = out
-            .get_mut(done..done + n)
-            .ok_or(ChainError::Memory(addr))?;
-        mem.read_slice(dst, GuestAddress(addr))
-            .map_err(|_| ChainError::Memory(addr))?;
+        let addr = buf.addr.0.checked_add(skip as u64).ok_or(ChainError::Memory(buf.addr.0))?;
+        let dst = out.get_mut(done..done + n).ok_or(ChainError::Memory(addr))?;
+        mem.read_slice(dst, GuestAddress(addr)).map_err(|_| ChainError::Memory(addr))?;
         done += n;
         skip = 0;
     }
@@ -121,14 +110,9 @@ pub(crate) fn write_to(
             continue;
         }
         let n = (len - skip).min(data.len() - done);
-        let addr = buf
-            .addr
-            .0
-            .checked_add(skip as u64)
-            .ok_or(ChainError::Memory(buf.addr.0))?;
+        let addr = buf.addr.0.checked_add(skip as u64).ok_or(ChainError::Memory(buf.addr.0))?;
         let src = data.get(done..done + n).ok_or(ChainError::Memory(addr))?;
-        mem.write_slice(src, GuestAddress(addr))
-            .map_err(|_| ChainError::Memory(addr))?;
+        mem.write_slice(src, GuestAddress(addr)).map_err(|_| ChainError::Memory(addr))?;
         done += n;
         skip = 0;
     }
@@ -161,24 +145,15 @@ mod tests {
         tq.add_chain(&[(0x10000, 8, F_WRITE), (0x11000, 16, 0)]);
         let mut q = tq.queue();
         let chain = q.pop_descriptor_chain(&mem).expect("chain");
-        assert_eq!(
-            Buffers::collect(chain).unwrap_err(),
-            ChainError::ReadableAfterWritable
-        );
+        assert_eq!(Buffers::collect(chain).unwrap_err(), ChainError::ReadableAfterWritable);
     }
 
     #[test]
     fn read_and_write_across_buffers() {
         let mem = test_memory();
         let bufs = [
-            Buffer {
-                addr: GuestAddress(0x10000),
-                len: 3,
-            },
-            Buffer {
-                addr: GuestAddress(0x20000),
-                len: 5,
-            },
+            Buffer { addr: GuestAddress(0x10000), len: 3 },
+            Buffer { addr: GuestAddress(0x20000), len: 5 },
         ];
         assert_eq!(write_to(&mem, &bufs, 1, b"abcdefgh").unwrap(), 7);
         let mut out = [0u8; 8];
@@ -192,10 +167,7 @@ mod tests {
     #[test]
     fn out_of_memory_buffer_is_an_error() {
         let mem = test_memory();
-        let bufs = [Buffer {
-            addr: GuestAddress(u64::MAX - 2),
-            len: 16,
-        }];
+        let bufs = [Buffer { addr: GuestAddress(u64::MAX - 2), len: 16 }];
         let mut out = [0u8; 8];
         assert!(read_from(&mem, &bufs, 0, &mut out).is_err());
         assert!(write_to(&mem, &bufs, 4, &out).is_err());

@@ -22,11 +22,7 @@ pub(crate) struct MmioInterrupt {
 
 impl MmioInterrupt {
     pub fn new(irq: EventFd) -> MmioInterrupt {
-        MmioInterrupt {
-            status: AtomicU32::new(0),
-            config_generation: AtomicU32::new(0),
-            irq,
-        }
+        MmioInterrupt { status: AtomicU32::new(0), config_generation: AtomicU32::new(0), irq }
     }
 
     pub fn status(&self) -> u32 {

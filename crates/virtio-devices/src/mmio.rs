@@ -156,15 +156,11 @@ impl MmioTransport {
     }
 
     fn selected_queue(&self) -> Option<&Queue> {
-        self.queues
-            .get(usize::try_from(self.queue_sel).ok()?)
-            .and_then(Option::as_ref)
+        self.queues.get(usize::try_from(self.queue_sel).ok()?).and_then(Option::as_ref)
     }
 
     fn selected_queue_mut(&mut self) -> Option<&mut Queue> {
-        self.queues
-            .get_mut(usize::try_from(self.queue_sel).ok()?)
-            .and_then(Option::as_mut)
+        self.queues.get_mut(usize::try_from(self.queue_sel).ok()?).and_then(Option::as_mut)
     }
 
     fn read_register(&self, offset: u64) -> u32 {
@@ -245,10 +241,7 @@ impl MmioTransport {
 
     fn write_driver_features(&mut self, value: u32) {
         if self.status & status::DRIVER == 0 || self.status & status::FEATURES_OK != 0 {
-            warn!(
-                "virtio-mmio: DriverFeatures written in status {:#x}; ignored",
-                self.status
-            );
+            warn!("virtio-mmio: DriverFeatures written in status {:#x}; ignored", self.status);
             return;
         }
         match self.driver_features_sel {
@@ -367,9 +360,7 @@ impl MmioTransport {
     fn activate(&mut self) -> Result<(), String> {
         let mut handed = Vec::with_capacity(self.queues.len());
         for (i, slot) in self.queues.iter().enumerate() {
-            let q = slot
-                .as_ref()
-                .ok_or(format!("queue {i} has no valid size"))?;
+            let q = slot.as_ref().ok_or(format!("queue {i} has no valid size"))?;
             if !q.is_valid(&self.mem) {
                 return Err(format!("queue {i} is not ready or not in guest memory"));
             }
@@ -391,10 +382,7 @@ impl MmioTransport {
 
     fn reset(&mut self) {
         if self.activated || self.status != 0 {
-            debug!(
-                "virtio-mmio: device type {} reset",
-                self.device.device_type()
-            );
+            debug!("virtio-mmio: device type {} reset", self.device.device_type());
         }
         self.device.reset();
         for q in self.queues.iter_mut().flatten() {
@@ -494,11 +482,7 @@ mod tests {
 
     fn transport(fail: bool) -> (MmioTransport, Arc<Mutex<Record>>, EventFd, GuestMemory) {
         let record = Arc::new(Mutex::new(Record::default()));
-        let dev = FakeDevice {
-            sizes: vec![16, 8],
-            record: record.clone(),
-            fail,
-        };
+        let dev = FakeDevice { sizes: vec![16, 8], record: record.clone(), fail };
         let mem = test_memory();
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let t = MmioTransport::new(Box::new(dev), mem.clone(), irq.try_clone().unwrap());
@@ -522,11 +506,7 @@ mod tests {
         w(t, reg::DRIVER_FEATURES, features as u32);
         w(t, reg::DRIVER_FEATURES_SEL, 1);
         w(t, reg::DRIVER_FEATURES, (features >> 32) as u32);
-        w(
-            t,
-            reg::STATUS,
-            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
-        );
+        w(t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK);
     }
 
     fn setup_queues(t: &mut MmioTransport, mem: &GuestMemory) {
@@ -571,10 +551,7 @@ mod tests {
     fn driver_brings_device_up_and_notifies() {
         let (mut t, rec, irq, mem) = transport(false);
         negotiate(&mut t, VIRTIO_F_VERSION_1 | 1);
-        assert_eq!(
-            r(&mut t, reg::STATUS) & status::FEATURES_OK,
-            status::FEATURES_OK
-        );
+        assert_eq!(r(&mut t, reg::STATUS) & status::FEATURES_OK, status::FEATURES_OK);
         setup_queues(&mut t, &mem);
         w(&mut t, reg::QUEUE_SEL, 0);
         assert_eq!(r(&mut t, reg::QUEUE_READY), 1);
@@ -630,11 +607,7 @@ mod tests {
         let (mut t, rec, _, _) = transport(false);
         w(&mut t, reg::STATUS, status::DRIVER);
         assert_eq!(r(&mut t, reg::STATUS), 0);
-        w(
-            &mut t,
-            reg::STATUS,
-            status::ACKNOWLEDGE | status::DRIVER | status::DRIVER_OK,
-        );
+        w(&mut t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER | status::DRIVER_OK);
         assert_eq!(r(&mut t, reg::STATUS), 0);
         w(&mut t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
         w(&mut t, reg::STATUS, status::ACKNOWLEDGE);
@@ -723,11 +696,8 @@ mod tests {
         use vm_memory::{Bytes, GuestAddress};
         let mem = test_memory();
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        let mut t = MmioTransport::new(
-            Box::new(crate::Rng::new()),
-            mem.clone(),
-            irq.try_clone().unwrap(),
-        );
+        let mut t =
+            MmioTransport::new(Box::new(crate::Rng::new()), mem.clone(), irq.try_clone().unwrap());
         assert_eq!(r(&mut t, reg::DEVICE_ID), 4);
         negotiate(&mut t, VIRTIO_F_VERSION_1);
         let mut tq = TestQueue::at(&mem, 0x1000, 64);

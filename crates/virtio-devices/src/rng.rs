@@ -36,10 +36,7 @@ impl Default for Rng {
 
 impl Rng {
     pub fn new() -> Rng {
-        Rng {
-            sizes: [QUEUE_SIZE],
-            active: None,
-        }
+        Rng { sizes: [QUEUE_SIZE], active: None }
     }
 }
 
@@ -140,11 +137,7 @@ impl VirtioDevice for Rng {
         let (Some(queue), None) = (it.next(), it.next()) else {
             return Err(ActivateError::QueueCount { want: 1, got });
         };
-        let mut active = Active {
-            mem,
-            interrupt,
-            queue,
-        };
+        let mut active = Active { mem, interrupt, queue };
         // Buffers the driver may have queued (and notified) before DRIVER_OK.
         active.process();
         self.active = Some(active);
@@ -173,13 +166,7 @@ mod tests {
     fn active_rng(tq: &TestQueue, mem: &GuestMemory) -> (Rng, Arc<CountingInterrupt>) {
         let mut rng = Rng::new();
         let int = CountingInterrupt::new();
-        rng.activate(
-            mem.clone(),
-            int.clone(),
-            vec![tq.queue()],
-            VIRTIO_F_VERSION_1,
-        )
-        .unwrap();
+        rng.activate(mem.clone(), int.clone(), vec![tq.queue()], VIRTIO_F_VERSION_1).unwrap();
         (rng, int)
     }
 
@@ -233,9 +220,7 @@ mod tests {
         let mut rng = Rng::new();
         let int = CountingInterrupt::new();
         assert!(rng.activate(mem.clone(), int.clone(), vec![], 0).is_err());
-        assert!(rng
-            .activate(mem.clone(), int, vec![tq.queue(), tq.queue()], 0)
-            .is_err());
+        assert!(rng.activate(mem.clone(), int, vec![tq.queue(), tq.queue()], 0).is_err());
         rng.queue_notify(0);
         let (mut rng, _) = active_rng(&tq, &mem);
         rng.reset();

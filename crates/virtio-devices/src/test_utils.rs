@@ -36,15 +36,8 @@ impl TestQueue {
         let desc = base;
         let avail = desc + 16 * u64::from(size);
         let used = (avail + 6 + 2 * u64::from(size) + 3) & !3;
-        let tq = TestQueue {
-            mem: mem.clone(),
-            size,
-            desc,
-            avail,
-            used,
-            next_desc: 0,
-            avail_idx: 0,
-        };
+        let tq =
+            TestQueue { mem: mem.clone(), size, desc, avail, used, next_desc: 0, avail_idx: 0 };
         tq.mem.write_obj(0u16, GuestAddress(avail)).unwrap();
         tq.mem.write_obj(0u16, GuestAddress(avail + 2)).unwrap();
         tq.mem.write_obj(0u16, GuestAddress(used)).unwrap();
@@ -81,9 +74,7 @@ impl TestQueue {
         let slot = self.avail + 4 + 2 * u64::from(self.avail_idx % self.size);
         self.mem.write_obj(head, GuestAddress(slot)).unwrap();
         self.avail_idx = self.avail_idx.wrapping_add(1);
-        self.mem
-            .write_obj(self.avail_idx, GuestAddress(self.avail + 2))
-            .unwrap();
+        self.mem.write_obj(self.avail_idx, GuestAddress(self.avail + 2)).unwrap();
     }
 
     /// Adds a chain of `(addr, len, flags)` buffers; NEXT flags and links are filled in.

@@ -72,8 +72,12 @@ pub fn build_vm(config: &VmConfig) -> Result<Vm, VmmError> {
             device: "port I/O bus",
             reason: e.to_string(),
         };
-        pio.insert(COM1_BASE, COM_PORT_LEN, Arc::new(Mutex::new(SerialPort::new(serial_irq, serial_out))))
-            .map_err(bus_err)?;
+        pio.insert(
+            COM1_BASE,
+            COM_PORT_LEN,
+            Arc::new(Mutex::new(SerialPort::new(serial_irq, serial_out))),
+        )
+        .map_err(bus_err)?;
         pio.insert(I8042_BASE, I8042_LEN, i8042.clone()).map_err(bus_err)?;
 
         Ok(Vm::assemble(kvm, vm_fd, vcpus, mem.clone(), pio, mmio, exit.clone(), i8042, config))
@@ -101,7 +105,8 @@ pub(crate) fn create_vcpus(
     let mut vcpus = Vec::with_capacity(usize::from(count));
     let mut tsc_khz = None;
     for id in 0..count {
-        let vcpu = vm.create_vcpu(u64::from(id)).map_err(|e| VmmError::kvm("KVM_CREATE_VCPU", e))?;
+        let vcpu =
+            vm.create_vcpu(u64::from(id)).map_err(|e| VmmError::kvm("KVM_CREATE_VCPU", e))?;
         if id == 0 {
             tsc_khz = vcpu.get_tsc_khz().ok().filter(|k| *k > 0);
             tracing::debug!(?tsc_khz, "TSC frequency");

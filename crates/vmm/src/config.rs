@@ -104,7 +104,9 @@ impl VmConfig {
         if let Some(dir) = &self.shared_dir {
             match std::fs::metadata(dir) {
                 Ok(m) if m.is_dir() => {}
-                Ok(_) => return bad(format!("shared directory {} is not a directory", dir.display())),
+                Ok(_) => {
+                    return bad(format!("shared directory {} is not a directory", dir.display()))
+                }
                 Err(e) => return bad(format!("shared directory {}: {e}", dir.display())),
             }
             if dir.to_str().is_none() {

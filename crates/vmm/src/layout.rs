@@ -49,7 +49,8 @@ pub const KVM_TSS_ADDR: usize = 0xfffb_d000;
 /// KVM's identity-map page (real-mode support), just below the TSS.
 pub const KVM_IDENTITY_MAP_ADDR: u64 = 0xfffb_c000;
 
-const _: () = assert!(BOOT_STACK_POINTER < PML4_START && BOOT_STACK_POINTER > ZERO_PAGE_START + 0x1000);
+const _: () =
+    assert!(BOOT_STACK_POINTER < PML4_START && BOOT_STACK_POINTER > ZERO_PAGE_START + 0x1000);
 
 /// Base guest physical address of virtio-mmio slot `slot`.
 pub fn virtio_mmio_base(slot: u64) -> u64 {

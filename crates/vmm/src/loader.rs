@@ -25,9 +25,8 @@ pub struct LoadedKernel {
 pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, VmmError> {
     let mut file = File::open(path)
         .map_err(|source| VmmError::KernelRead { path: path.to_path_buf(), source })?;
-    let result = Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START))).map_err(|e| {
-        VmmError::KernelInvalid { path: path.to_path_buf(), reason: e.to_string() }
-    })?;
+    let result = Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START)))
+        .map_err(|e| VmmError::KernelInvalid { path: path.to_path_buf(), reason: e.to_string() })?;
     Ok(LoadedKernel { entry: result.kernel_load.0, end: result.kernel_end })
 }
 
@@ -71,7 +70,10 @@ mod tests {
         let mut f = tempfile::NamedTempFile::new().unwrap();
         f.write_all(b"this is not an ELF file, not even close......................").unwrap();
         let e = load_kernel(&mem(), f.path()).unwrap_err().to_string();
-        assert!(e.starts_with(&format!("kernel {} is not a valid vmlinux ELF: ", f.path().display())), "{e}");
+        assert!(
+            e.starts_with(&format!("kernel {} is not a valid vmlinux ELF: ", f.path().display())),
+            "{e}"
+        );
     }
 
     #[test]

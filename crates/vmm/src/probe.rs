@@ -191,7 +191,9 @@ pub fn probe_guest_capability(kvm_path: &Path) -> Result<ProbeReport, VmmError> 
                 ));
             }
             Ok(other) => {
-                break incapable(format!("this KVM cannot run a Linux guest: unexpected exit {other:?}"));
+                break incapable(format!(
+                    "this KVM cannot run a Linux guest: unexpected exit {other:?}"
+                ));
             }
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 vcpu.set_kvm_immediate_exit(0);

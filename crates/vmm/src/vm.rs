@@ -111,7 +111,8 @@ impl Vm {
         if let Err(e) = install_kick_handler() {
             return ExitReason::Error(e.to_string());
         }
-        let ctx = VcpuContext { pio: self.pio.clone(), mmio: self.mmio.clone(), exit: self.exit.clone() };
+        let ctx =
+            VcpuContext { pio: self.pio.clone(), mmio: self.mmio.clone(), exit: self.exit.clone() };
         let running = Arc::new(AtomicUsize::new(0));
         let mut threads: Vec<JoinHandle<()>> = Vec::new();
         for (index, vcpu) in self.vcpus.drain(..).enumerate() {
@@ -119,15 +120,18 @@ impl Vm {
             let running_ = running.clone();
             running.fetch_add(1, Ordering::SeqCst);
             let index = index as u8;
-            let spawned = std::thread::Builder::new().name(format!("vcpu{index}")).spawn(move || {
-                run_vcpu(index, vcpu, ctx);
-                running_.fetch_sub(1, Ordering::SeqCst);
-            });
+            let spawned =
+                std::thread::Builder::new().name(format!("vcpu{index}")).spawn(move || {
+                    run_vcpu(index, vcpu, ctx);
+                    running_.fetch_sub(1, Ordering::SeqCst);
+                });
             match spawned {
                 Ok(t) => threads.push(t),
                 Err(e) => {
                     running.fetch_sub(1, Ordering::SeqCst);
-                    self.exit.report(ExitReason::Error(format!("cannot start vCPU thread {index}: {e}")));
+                    self.exit.report(ExitReason::Error(format!(
+                        "cannot start vCPU thread {index}: {e}"
+                    )));
                     break;
                 }
             }

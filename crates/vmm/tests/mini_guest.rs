@@ -89,7 +89,8 @@ fn guest_prints_and_resets() {
     if !kvm_usable() {
         return;
     }
-    let g = Guest::new([print("hello from the guest\n"), RESET.to_vec(), HALT_LOOP.to_vec()].concat());
+    let g =
+        Guest::new([print("hello from the guest\n"), RESET.to_vec(), HALT_LOOP.to_vec()].concat());
     let reason = Vm::new(&g.config).unwrap().run();
     assert_eq!(reason, ExitReason::GuestReset);
     assert_eq!(g.serial(), "hello from the guest\n");
@@ -101,7 +102,8 @@ fn unknown_ports_read_all_ones() {
         return;
     }
     // in al, 0x99; mov dx, 0x3f8; out dx, al; reset
-    let code = [vec![0xe4, 0x99, 0x66, 0xba, 0xf8, 0x03, 0xee, 0xe6, 0x99], RESET.to_vec()].concat();
+    let code =
+        [vec![0xe4, 0x99, 0x66, 0xba, 0xf8, 0x03, 0xee, 0xe6, 0x99], RESET.to_vec()].concat();
     let g = Guest::new(code);
     assert_eq!(Vm::new(&g.config).unwrap().run(), ExitReason::GuestReset);
     assert_eq!(std::fs::read(g.path("serial.log")).unwrap(), vec![0xff]);
@@ -114,7 +116,9 @@ fn triple_fault_is_reported_with_registers() {
     }
     let g = Guest::new([print("bye\n"), UD2.to_vec()].concat());
     match Vm::new(&g.config).unwrap().run() {
-        ExitReason::TripleFault { vcpu: 0, registers } => assert!(registers.contains("rip="), "{registers}"),
+        ExitReason::TripleFault { vcpu: 0, registers } => {
+            assert!(registers.contains("rip="), "{registers}")
+        }
         other => panic!("expected a triple fault, got {other:?}"),
     }
     assert_eq!(g.serial(), "bye\n");

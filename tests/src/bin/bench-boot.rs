@@ -109,8 +109,8 @@ fn carapace_boot(rt: &tokio::runtime::Runtime, image: &GuestImage) -> Result<Car
     let opts = VmOptions { vcpus: VCPUS, mem_mib: MEM_MIB, ..Default::default() };
     let mut vm = VmProcess::spawn(image, &opts)?;
     let serial = vm.dir.path().join("serial.log");
-    let marker_ms = wait_for_marker(&serial, vm.started, &mut vm.child)
-        .with_context(|| vm.diagnostics())?;
+    let marker_ms =
+        wait_for_marker(&serial, vm.started, &mut vm.child).with_context(|| vm.diagnostics())?;
     let sock = vm.vsock_path();
     let vsock_ms = rt.block_on(async {
         let agent = AgentClient::connect(&sock, AGENT_VSOCK_PORT, BOOT_TIMEOUT).await?;
@@ -138,11 +138,17 @@ fn qemu_boot(qemu: &Path, image: &GuestImage) -> Result<f64> {
         .args(["-enable-kvm", "-cpu", "host", "-nodefaults", "-no-user-config", "-nographic"])
         .args(["-no-reboot", "-display", "none"])
         .args(["-smp", &VCPUS.to_string(), "-m", &MEM_MIB.to_string()])
-        .arg("-kernel").arg(&image.kernel)
-        .arg("-initrd").arg(&image.initramfs)
+        .arg("-kernel")
+        .arg(&image.kernel)
+        .arg("-initrd")
+        .arg(&image.initramfs)
         // The same command line carapace's VMM gives (minus its virtio-mmio devices).
-        .args(["-append", "console=ttyS0 quiet reboot=k panic=1 i8042.noaux i8042.nomux i8042.dumbkbd"])
-        .arg("-serial").arg(format!("file:{}", serial.display()))
+        .args([
+            "-append",
+            "console=ttyS0 quiet reboot=k panic=1 i8042.noaux i8042.nomux i8042.dumbkbd",
+        ])
+        .arg("-serial")
+        .arg(format!("file:{}", serial.display()))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(fs::File::create(dir.path().join("qemu.stderr"))?)

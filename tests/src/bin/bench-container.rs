@@ -48,12 +48,24 @@ fn main() -> Result<()> {
     let x = median_ms(&mut ours);
     let y = median_ms(&mut theirs);
     let fmt = |v: Option<f64>| v.map(|v| format!("{v:.1}")).unwrap_or_else(|| "n/a".into());
-    println!("carapace (agent in a pod VM, rootfs on virtio-fs): median {} ms over {}", fmt(x), ours.len());
-    println!("carapace (same VM, rootfs in guest RAM): median {} ms over {}", fmt(ram_median), ram.len());
+    println!(
+        "carapace (agent in a pod VM, rootfs on virtio-fs): median {} ms over {}",
+        fmt(x),
+        ours.len()
+    );
+    println!(
+        "carapace (same VM, rootfs in guest RAM): median {} ms over {}",
+        fmt(ram_median),
+        ram.len()
+    );
     if let (Some(x), Some(r)) = (x, ram_median) {
         println!("rootfs transport: virtio-fs/guest-RAM ratio {:.2} (what a block image could gain at most)", x / r);
     }
-    println!("runc (directly on the host, rootfs on tmpfs): median {} ms over {}", fmt(y), theirs.len());
+    println!(
+        "runc (directly on the host, rootfs on tmpfs): median {} ms over {}",
+        fmt(y),
+        theirs.len()
+    );
     if let Some(note) = runc_note {
         println!("runc: n/a — {}", note.lines().next().unwrap_or(""));
     }
@@ -61,7 +73,11 @@ fn main() -> Result<()> {
         (Some(x), Some(y)) if y > 0.0 => format!("{:.2}", x / y),
         _ => "n/a".into(),
     };
-    println!("container start: carapace/runc ratio {ratio} (carapace {} ms, runc {} ms)", fmt(x), fmt(y));
+    println!(
+        "container start: carapace/runc ratio {ratio} (carapace {} ms, runc {} ms)",
+        fmt(x),
+        fmt(y)
+    );
     let Some(x) = x else { bail!("no carapace container started") };
     println!("container start: median {x:.1} ms over {}", ours.len());
     Ok(())
@@ -78,7 +94,9 @@ fn carapace_series(image: &GuestImage, n: usize) -> Result<(Vec<f64>, Vec<f64>)>
         kernel: image.kernel.clone(),
         initramfs: initramfs_with_busybox(&image.initramfs, work.path(), RAM_ROOTFS)?,
     };
-    let mut vm = SharedDirVm::boot(&image, "carapace-bench-shared-", |shared| busybox_rootfs(&shared.join("rootfs")))?;
+    let mut vm = SharedDirVm::boot(&image, "carapace-bench-shared-", |shared| {
+        busybox_rootfs(&shared.join("rootfs"))
+    })?;
     let rt = carapace_tests::multi_thread_runtime()?;
     let res = rt.block_on(async {
         let agent = vm.connect_agent().await?;
@@ -124,7 +142,11 @@ fn carapace_series(image: &GuestImage, n: usize) -> Result<(Vec<f64>, Vec<f64>)>
                 println!("carapace warm-up container ({kind}): {ms:.1} ms (not counted)");
             } else {
                 println!("carapace container {} ({kind}): create+start {ms:.1} ms", i / 2);
-                if i.is_multiple_of(2) { times.push(ms) } else { ram.push(ms) }
+                if i.is_multiple_of(2) {
+                    times.push(ms)
+                } else {
+                    ram.push(ms)
+                }
             }
         }
         agent.shutdown().await.context("shutdown")?;
@@ -207,8 +229,9 @@ fn runc_series(n: usize) -> Result<Vec<f64>> {
         fs::create_dir_all(&bundle)?;
         fs::write(bundle.join("config.json"), &config)?;
         let t = Instant::now();
-        let started = runc(&state, &["create", "--bundle", &bundle.display().to_string(), &id], &log)
-            .and_then(|()| runc(&state, &["start", &id], &log));
+        let started =
+            runc(&state, &["create", "--bundle", &bundle.display().to_string(), &id], &log)
+                .and_then(|()| runc(&state, &["start", &id], &log));
         let ms = t.elapsed().as_secs_f64() * 1000.0;
         let cleanup = runc(&state, &["delete", "--force", &id], &log);
         started?;

@@ -29,8 +29,8 @@ use carapace_tests::cri::{
     container_config, pod_config as base_pod_config, pull_image, run_pod, use_host_network, Daemon,
     DaemonOptions,
 };
-use carapace_tests::{median_ms, which};
 use carapace_tests::registry::Registry;
+use carapace_tests::{median_ms, which};
 
 const STEPS: [&str; 8] = ["runp", "create", "start", "exec", "stop", "rm", "stopp", "rmp"];
 const STOP_TIMEOUT_S: i64 = 10;
@@ -63,7 +63,15 @@ fn main() -> Result<()> {
             fallback_env: None,
             log_level: "warn",
         })?;
-        let res = rt.block_on(lifecycles("carapace", daemon.socket(), &daemon.logs_root(), &reg.addr, &[], n, false));
+        let res = rt.block_on(lifecycles(
+            "carapace",
+            daemon.socket(),
+            &daemon.logs_root(),
+            &reg.addr,
+            &[],
+            n,
+            false,
+        ));
         let per_pod = match res {
             Ok(v) => v,
             Err(e) => bail!("{e:#}\n--- daemon log ---\n{}", daemon.log()),
@@ -77,7 +85,10 @@ fn main() -> Result<()> {
     let peer = match containerd_series(&rt, &reg.addr, n) {
         Ok(v) => Some(v),
         Err(e) => {
-            println!("containerd: n/a — {}", format!("{e:#}").lines().take(3).collect::<Vec<_>>().join(" | "));
+            println!(
+                "containerd: n/a — {}",
+                format!("{e:#}").lines().take(3).collect::<Vec<_>>().join(" | ")
+            );
             None
         }
     };
@@ -104,7 +115,11 @@ fn report(who: &str, per_pod: &[[f64; 8]]) -> f64 {
     }
     let mut totals: Vec<f64> = per_pod.iter().map(|p| p.iter().sum()).collect();
     let total = median_ms(&mut totals).unwrap_or(f64::NAN);
-    println!("{who}: median ms per step over {} pods: {}; total {total:.0}", per_pod.len(), parts.join(", "));
+    println!(
+        "{who}: median ms per step over {} pods: {}; total {total:.0}",
+        per_pod.len(),
+        parts.join(", ")
+    );
     total
 }
 
@@ -152,30 +167,49 @@ async fn lifecycles(
             .into_inner()
             .container_id;
         lap(&mut t);
-        c.start_container(cri::StartContainerRequest { container_id: cid.clone() }).await.context("StartContainer")?;
+        c.start_container(cri::StartContainerRequest { container_id: cid.clone() })
+            .await
+            .context("StartContainer")?;
         lap(&mut t);
         let r = c
-            .exec_sync(cri::ExecSyncRequest { container_id: cid.clone(), cmd: vec!["echo".into(), "hi".into()], timeout: 60 })
+            .exec_sync(cri::ExecSyncRequest {
+                container_id: cid.clone(),
+                cmd: vec!["echo".into(), "hi".into()],
+                timeout: 60,
+            })
             .await
             .context("ExecSync")?
             .into_inner();
         lap(&mut t);
         ensure!(r.exit_code == 0 && r.stdout == b"hi\n", "ExecSync answered {r:?}");
         t = Instant::now();
-        c.stop_container(cri::StopContainerRequest { container_id: cid.clone(), timeout: STOP_TIMEOUT_S })
+        c.stop_container(cri::StopContainerRequest {
+            container_id: cid.clone(),
+            timeout: STOP_TIMEOUT_S,
+        })
+        .await
+        .context("StopContainer")?;
+        lap(&mut t);
+        c.remove_container(cri::RemoveContainerRequest { container_id: cid.clone() })
             .await
-            .context("StopContainer")?;
+            .context("RemoveContainer")?;
         lap(&mut t);
-        c.remove_container(cri::RemoveContainerRequest { container_id: cid.clone() }).await.context("RemoveContainer")?;
-        lap(&mut t);
-        c.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await.context("StopPodSandbox")?;
+        c.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod.clone() })
+            .await
+            .context("StopPodSandbox")?;
         lap(&mut t);
         c.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod.clone() })
             .await
             .context("RemovePodSandbox")?;
         lap(&mut t);
-        let line: Vec<String> = STEPS.iter().zip(times.iter()).map(|(s, v)| format!("{s} {v:.0}")).collect();
-        println!("{who} pod {}: {} (ms), total {:.0} ms", i + 1, line.join(", "), times.iter().sum::<f64>());
+        let line: Vec<String> =
+            STEPS.iter().zip(times.iter()).map(|(s, v)| format!("{s} {v:.0}")).collect();
+        println!(
+            "{who} pod {}: {} (ms), total {:.0} ms",
+            i + 1,
+            line.join(", "),
+            times.iter().sum::<f64>()
+        );
         all.push(times);
     }
     Ok(all)
@@ -275,12 +309,23 @@ impl Drop for Containerd {
         let _ = self.child.kill();
         let _ = self.child.wait();
         // Shims outlive containerd; every pod was removed already, so only their mounts remain.
-        let _ = Command::new("umount").arg("-R").arg(self.dir.path().join("root")).stderr(Stdio::null()).status();
+        let _ = Command::new("umount")
+            .arg("-R")
+            .arg(self.dir.path().join("root"))
+            .stderr(Stdio::null())
+            .status();
     }
 }
 
-fn containerd_series(rt: &tokio::runtime::Runtime, registry: &str, n: usize) -> Result<Vec<[f64; 8]>> {
-    ensure!(which("containerd").is_some(), "containerd is not installed (Debian package containerd)");
+fn containerd_series(
+    rt: &tokio::runtime::Runtime,
+    registry: &str,
+    n: usize,
+) -> Result<Vec<[f64; 8]>> {
+    ensure!(
+        which("containerd").is_some(),
+        "containerd is not installed (Debian package containerd)"
+    );
     let work = tempfile::Builder::new().prefix("bpause").tempdir_in("/tmp")?;
     let out = Command::new("bash")
         .arg("-c")
@@ -294,6 +339,14 @@ fn containerd_series(rt: &tokio::runtime::Runtime, registry: &str, n: usize) -> 
     let pause = format!("{registry}/test/pause:latest");
     let ctd = Containerd::start(registry, &pause)?;
     let logs = ctd.dir.path().join("logs");
-    let res = rt.block_on(lifecycles("containerd+runc", &ctd.socket, &logs, registry, std::slice::from_ref(&pause), n, true));
+    let res = rt.block_on(lifecycles(
+        "containerd+runc",
+        &ctd.socket,
+        &logs,
+        registry,
+        std::slice::from_ref(&pause),
+        n,
+        true,
+    ));
     res.map_err(|e| anyhow::anyhow!("{e:#}\n--- containerd log (tail) ---\n{}", ctd.log()))
 }

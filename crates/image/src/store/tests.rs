@@ -34,7 +34,11 @@ async fn commit_resolve_remove_and_restart() {
     put(&store, b"cfg-b", b"shared");
     let md = Digest::of(b"manifest-a");
     let a = store
-        .commit(record(b"cfg-a", b"shared", "a"), Some("docker.io/library/busybox:latest".into()), format!("docker.io/library/busybox@{md}"))
+        .commit(
+            record(b"cfg-a", b"shared", "a"),
+            Some("docker.io/library/busybox:latest".into()),
+            format!("docker.io/library/busybox@{md}"),
+        )
         .unwrap();
     assert_eq!(store.resolve("busybox").unwrap().id, a.id);
     assert_eq!(store.resolve("docker.io/library/busybox:latest").unwrap().id, a.id);

@@ -73,7 +73,10 @@ fn check_tree(out: &Path) {
     assert_eq!(fs::read(out.join("etc/passwd")).unwrap(), b"root:x:0:0::/root:/bin/sh\n");
     let secret = fs::metadata(out.join("etc/secret")).unwrap();
     assert_eq!((secret.uid(), secret.gid(), secret.mode() & 0o7777), (1000, 1000, 0o640));
-    assert_eq!(xattr::get(out.join("etc/tagged"), "user.carapace").unwrap().as_deref(), Some(&b"yes"[..]));
+    assert_eq!(
+        xattr::get(out.join("etc/tagged"), "user.carapace").unwrap().as_deref(),
+        Some(&b"yes"[..])
+    );
     assert_eq!(fs::read_link(out.join("etc/link")).unwrap(), Path::new("passwd"));
     let hard = fs::metadata(out.join("etc/hard")).unwrap();
     assert_eq!(hard.ino(), fs::metadata(out.join("etc/passwd")).unwrap().ino());
@@ -81,7 +84,10 @@ fn check_tree(out: &Path) {
     assert!(wh.file_type().is_char_device());
     assert_eq!(wh.rdev(), 0);
     assert!(!out.join("var/.wh.gone").exists());
-    assert_eq!(xattr::get(out.join("opaque"), OVERLAY_OPAQUE_XATTR).unwrap().as_deref(), Some(&b"y"[..]));
+    assert_eq!(
+        xattr::get(out.join("opaque"), OVERLAY_OPAQUE_XATTR).unwrap().as_deref(),
+        Some(&b"y"[..])
+    );
     assert!(!out.join("opaque/.wh..wh..opq").exists());
     assert!(out.join("opaque/new").exists());
     assert!(out.join("deep/auto/parent").exists());
@@ -95,7 +101,8 @@ fn unpacks_plain_gzip_and_zstd_layers() {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     io::Write::write_all(&mut gz, &tar).unwrap();
     let gz = gz.finish().unwrap();
-    let zst = ruzstd::encoding::compress_to_vec(&tar[..], ruzstd::encoding::CompressionLevel::Fastest);
+    let zst =
+        ruzstd::encoding::compress_to_vec(&tar[..], ruzstd::encoding::CompressionLevel::Fastest);
     for (name, blob) in [("plain", tar.clone()), ("gzip", gz), ("zstd", zst)] {
         let (dir, res) = unpack_bytes(&blob, &diff_id);
         assert_eq!(res.unwrap_or_else(|e| panic!("{name}: {e}")), tar.len() as u64, "{name}");

@@ -31,7 +31,10 @@ impl TestRegistry {
     pub fn start(auth: Option<(&str, &str)>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         if let Some((user, pass)) = auth {
-            let out = Command::new("htpasswd").args(["-Bbn", user, pass]).output().expect("htpasswd (apache2-utils)");
+            let out = Command::new("htpasswd")
+                .args(["-Bbn", user, pass])
+                .output()
+                .expect("htpasswd (apache2-utils)");
             assert!(out.status.success());
             fs::write(dir.path().join("htpasswd"), out.stdout).unwrap();
         }
@@ -61,7 +64,11 @@ impl TestRegistry {
             push.arg(format!("{u}:{p}"));
         }
         let out = push.output().unwrap();
-        assert!(out.status.success(), "pushing test images: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "pushing test images: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         for line in String::from_utf8(out.stdout).unwrap().lines() {
             let (name, digest) = line.split_once(' ').unwrap();
             reg.images.insert(name.to_string(), digest.to_string());
@@ -91,7 +98,9 @@ impl TestRegistry {
     /// The registry's own file for a blob (to corrupt it).
     pub fn blob_file(&self, digest: &str) -> PathBuf {
         let hex = digest.strip_prefix("sha256:").unwrap();
-        self.dir.path().join(format!("storage/docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2]))
+        self.dir
+            .path()
+            .join(format!("storage/docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2]))
     }
 
     /// Layer digests of a pushed image manifest (read from the registry's storage).
@@ -107,7 +116,10 @@ fn spawn_registry(dir: &Path, addr: &str, htpasswd: bool) -> Child {
         dir.join("storage").display()
     );
     if htpasswd {
-        config += &format!("auth:\n  htpasswd:\n    realm: carapace-test\n    path: {}\n", dir.join("htpasswd").display());
+        config += &format!(
+            "auth:\n  htpasswd:\n    realm: carapace-test\n    path: {}\n",
+            dir.join("htpasswd").display()
+        );
     }
     fs::write(dir.join("config.yml"), config).unwrap();
     let log = fs::File::create(dir.join("registry.log")).unwrap();

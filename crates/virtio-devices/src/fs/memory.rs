@@ -41,9 +41,8 @@ impl MemoryView {
         for region in mem.iter() {
             let start = region.start_addr().0;
             let err = |reason: String| MemoryViewError::Region { start, reason };
-            let host = region
-                .get_host_address(MemoryRegionAddress(0))
-                .map_err(|e| err(e.to_string()))?;
+            let host =
+                region.get_host_address(MemoryRegionAddress(0)).map_err(|e| err(e.to_string()))?;
             let size = usize::try_from(region.len()).map_err(|e| err(e.to_string()))?;
             // SAFETY: `host..host+size` is a live read-write mapping owned by `mem`. The raw
             // region does not own it (it never unmaps it), and `MemoryView` keeps a clone of
@@ -63,10 +62,7 @@ impl MemoryView {
         }
         let view = FsGuestMemory::from_regions(regions)
             .map_err(|e| MemoryViewError::Collection(e.to_string()))?;
-        Ok(MemoryView {
-            view,
-            _owner: mem.clone(),
-        })
+        Ok(MemoryView { view, _owner: mem.clone() })
     }
 
     pub fn get(&self) -> &FsGuestMemory {
@@ -104,20 +100,13 @@ mod tests {
         let view = MemoryView::new(&mem).unwrap();
         mem.write_slice(b"carapace", GuestAddress(0x1234)).unwrap();
         let mut got = [0u8; 8];
-        view.get()
-            .read_slice(&mut got, FsGuestAddress(0x1234))
-            .unwrap();
+        view.get().read_slice(&mut got, FsGuestAddress(0x1234)).unwrap();
         assert_eq!(&got, b"carapace");
-        view.get()
-            .write_slice(b"VIEW", FsGuestAddress(0x1234))
-            .unwrap();
+        view.get().write_slice(b"VIEW", FsGuestAddress(0x1234)).unwrap();
         mem.read_slice(&mut got[..4], GuestAddress(0x1234)).unwrap();
         assert_eq!(&got[..4], b"VIEW");
         // Out of range stays out of range.
-        assert!(view
-            .get()
-            .read_slice(&mut got, FsGuestAddress((16 << 20) - 4))
-            .is_err());
+        assert!(view.get().read_slice(&mut got, FsGuestAddress((16 << 20) - 4)).is_err());
     }
 
     #[test]

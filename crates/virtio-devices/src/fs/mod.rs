@@ -67,13 +67,8 @@ impl Fs {
         if tag.is_empty() || tag.len() > FS_TAG_LEN || tag.contains('\0') {
             return Err(FsError::InvalidTag(tag.to_string()));
         }
-        let bad = |reason: String| FsError::SharedDir {
-            path: shared_dir.to_path_buf(),
-            reason,
-        };
-        let resolved = shared_dir
-            .canonicalize()
-            .map_err(|e| bad(e.to_string()))?;
+        let bad = |reason: String| FsError::SharedDir { path: shared_dir.to_path_buf(), reason };
+        let resolved = shared_dir.canonicalize().map_err(|e| bad(e.to_string()))?;
         if !resolved.is_dir() {
             return Err(bad("not a directory".to_string()));
         }
@@ -110,10 +105,7 @@ impl Fs {
 /// The passthrough file system holds one O_PATH descriptor per inode the guest knows: raise the
 /// soft RLIMIT_NOFILE to the hard limit, as virtiofsd does. Failure only costs capacity.
 fn raise_open_file_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit/setrlimit read and write a local, initialised rlimit struct.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 || lim.rlim_cur >= lim.rlim_max {
@@ -135,14 +127,9 @@ fn raise_open_file_limit() {
 /// A passthrough file system over `dir`: read-write, xattrs on, guest caching bounded by
 /// [`FS_CACHE_TIMEOUT`] and close-to-open consistency for file data, no DAX.
 pub(crate) fn passthrough_fs(dir: &Path) -> Result<PassthroughFs<()>, FsError> {
-    let bad = |reason: String| FsError::SharedDir {
-        path: dir.to_path_buf(),
-        reason,
-    };
-    let root_dir = dir
-        .to_str()
-        .ok_or_else(|| bad("path is not valid UTF-8".to_string()))?
-        .to_string();
+    let bad = |reason: String| FsError::SharedDir { path: dir.to_path_buf(), reason };
+    let root_dir =
+        dir.to_str().ok_or_else(|| bad("path is not valid UTF-8".to_string()))?.to_string();
     let config = Config {
         root_dir,
         xattr: true,
@@ -194,10 +181,7 @@ impl VirtioDevice for Fs {
         _acked_features: u64,
     ) -> Result<(), ActivateError> {
         if queues.len() != QUEUE_COUNT {
-            return Err(ActivateError::QueueCount {
-                want: QUEUE_COUNT,
-                got: queues.len(),
-            });
+            return Err(ActivateError::QueueCount { want: QUEUE_COUNT, got: queues.len() });
         }
         // A second activation without reset replaces the first.
         self.active = None;

@@ -97,18 +97,19 @@ impl Driver {
     }
 
     /// Sends one request; returns (reply header, reply body).
-    fn call(&mut self, how: &mut Serve<'_>, opcode: Opcode, nodeid: u64, body: &[u8]) -> (OutHeader, Vec<u8>) {
+    fn call(
+        &mut self,
+        how: &mut Serve<'_>,
+        opcode: Opcode,
+        nodeid: u64,
+        body: &[u8],
+    ) -> (OutHeader, Vec<u8>) {
         self.unique += 1;
         let msg = message(opcode, self.unique, nodeid, body);
         self.mem.write_slice(&msg, GuestAddress(IN_ADDR)).unwrap();
-        self.mem
-            .write_slice(&vec![0u8; OUT_LEN as usize], GuestAddress(OUT_ADDR))
-            .unwrap();
+        self.mem.write_slice(&vec![0u8; OUT_LEN as usize], GuestAddress(OUT_ADDR)).unwrap();
         let before = self.request.used_idx();
-        self.request.add_chain(&[
-            (IN_ADDR, msg.len() as u32, 0),
-            (OUT_ADDR, OUT_LEN, F_WRITE),
-        ]);
+        self.request.add_chain(&[(IN_ADDR, msg.len() as u32, 0), (OUT_ADDR, OUT_LEN, F_WRITE)]);
         self.serve(how, before.wrapping_add(1));
         assert_eq!(self.request.used_idx(), before.wrapping_add(1), "request not returned");
         let (_, len) = self.request.used_elem(before);
@@ -259,8 +260,7 @@ fn the_device_serves_requests_on_its_worker_thread() {
     let mut d = Driver::new();
     let mut fs = Fs::new("carapace", &shared).unwrap();
     let int = CountingInterrupt::new();
-    fs.activate(d.mem.clone(), int.clone(), d.queues(), VIRTIO_F_VERSION_1)
-        .unwrap();
+    fs.activate(d.mem.clone(), int.clone(), d.queues(), VIRTIO_F_VERSION_1).unwrap();
     {
         let how = &mut Serve::Device(&mut fs);
         d.init(how);
@@ -293,7 +293,13 @@ fn garbage_chains_and_messages_never_panic_and_the_device_keeps_working() {
                         1 => r.next() % (17 << 20),
                         _ => IN_ADDR + (r.next() % 0x1000),
                     };
-                    d.request.write_desc(i, addr, r.next() as u32 % 0x4_0000, r.next() as u16 & 7, r.next() as u16);
+                    d.request.write_desc(
+                        i,
+                        addr,
+                        r.next() as u32 % 0x4_0000,
+                        r.next() as u16 & 7,
+                        r.next() as u16,
+                    );
                 }
                 for _ in 0..(r.next() % 70) {
                     d.request.push_avail((r.next() % 80) as u16);
@@ -318,7 +324,8 @@ fn garbage_chains_and_messages_never_panic_and_the_device_keeps_working() {
                 }
                 d.mem.write_slice(&msg, GuestAddress(IN_ADDR)).unwrap();
                 let out_len = (r.next() % 512) as u32;
-                d.request.add_chain(&[(IN_ADDR, msg.len() as u32, 0), (OUT_ADDR, out_len, F_WRITE)]);
+                d.request
+                    .add_chain(&[(IN_ADDR, msg.len() as u32, 0), (OUT_ADDR, out_len, F_WRITE)]);
             }
         }
         ctx.process_all();

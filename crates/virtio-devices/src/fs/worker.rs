@@ -34,17 +34,9 @@ impl Context {
         interrupt: Arc<dyn VirtioInterrupt>,
     ) -> Result<Context, FsError> {
         let memory = MemoryView::new(mem)?;
-        let queues = queues
-            .iter()
-            .map(convert_queue)
-            .collect::<Result<Vec<_>, _>>()?;
+        let queues = queues.iter().map(convert_queue).collect::<Result<Vec<_>, _>>()?;
         let server = Server::new(passthrough_fs(shared_dir)?);
-        Ok(Context {
-            queues,
-            server,
-            interrupt,
-            memory,
-        })
+        Ok(Context { queues, server, interrupt, memory })
     }
 
     /// Serves every available request of every queue; one interrupt if anything was used.
@@ -102,9 +94,8 @@ fn handle_chain(
     };
     // The FUSE server is hardened against hostile messages; a panic in it must still not take
     // the VMM down: the request is dropped and the device keeps serving.
-    let result = catch_unwind(AssertUnwindSafe(|| {
-        server.handle_message(reader, writer.into(), None, None)
-    }));
+    let result =
+        catch_unwind(AssertUnwindSafe(|| server.handle_message(reader, writer.into(), None, None)));
     match result {
         Ok(Ok(n)) => u32::try_from(n).unwrap_or(u32::MAX),
         Ok(Err(e)) => {
@@ -135,11 +126,7 @@ impl Worker {
             .name("virtio-fs".into())
             .spawn(move || run(&mut ctx, &k, &s))
             .map_err(FsError::Thread)?;
-        Ok(Worker {
-            kick,
-            stop,
-            handle: Some(handle),
-        })
+        Ok(Worker { kick, stop, handle: Some(handle) })
     }
 
     /// Wakes the worker up (never blocks: the eventfd counter absorbs repeated kicks).

@@ -19,9 +19,7 @@ const MAX_EVENTS: usize = 64;
 /// Locks the muxer even if another thread panicked while holding it (its state stays usable:
 /// every muxer operation leaves it consistent between packets).
 pub fn lock(muxer: &Mutex<Muxer>) -> std::sync::MutexGuard<'_, Muxer> {
-    muxer
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    muxer.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A running backend thread; dropping it stops and joins the thread.
@@ -41,10 +39,7 @@ impl Backend {
         let handle = std::thread::Builder::new()
             .name("vsock-backend".into())
             .spawn(move || run(&muxer, &epoll))?;
-        Ok(Backend {
-            stop,
-            handle: Some(handle),
-        })
+        Ok(Backend { stop, handle: Some(handle) })
     }
 }
 

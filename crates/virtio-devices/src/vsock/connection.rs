@@ -124,13 +124,8 @@ impl Connection {
 
     /// The guest's OP_REQUEST `req` was accepted by a Unix listener connected as `stream`.
     pub fn guest_initiated(stream: UnixStream, req: &Header, guest_cid: u64) -> Connection {
-        let mut c = Connection::base(
-            stream,
-            req.dst_port,
-            req.src_port,
-            guest_cid,
-            State::Established,
-        );
+        let mut c =
+            Connection::base(stream, req.dst_port, req.src_port, guest_cid, State::Established);
         c.send_response = true;
         c.update_peer_credit(req);
         c
@@ -172,10 +167,7 @@ impl Connection {
         if self.dead || self.send_rst || self.host_hup {
             return (false, false);
         }
-        (
-            self.may_read_stream() && !self.stream_readable,
-            !self.to_host.is_empty(),
-        )
+        (self.may_read_stream() && !self.stream_readable, !self.to_host.is_empty())
     }
 
     /// Whether `next_packet` has something to put in an rx buffer.
@@ -285,10 +277,7 @@ impl Connection {
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => None,
             Err(e) => {
-                debug!(
-                    "vsock: port {}: read from Unix stream: {e}",
-                    self.local_port
-                );
+                debug!("vsock: port {}: read from Unix stream: {e}", self.local_port);
                 self.reset();
                 None
             }
@@ -355,10 +344,7 @@ impl Connection {
         self.update_peer_credit(hdr);
         match (self.state, hdr.op) {
             (_, OP_RST) => {
-                debug!(
-                    "vsock: port {}: guest reset the connection",
-                    self.local_port
-                );
+                debug!("vsock: port {}: guest reset the connection", self.local_port);
                 self.dead = true;
                 self.send_rst = false;
             }
@@ -391,10 +377,7 @@ impl Connection {
                 self.stream_readable = true;
             }
             Ok(_) | Err(_) => {
-                debug!(
-                    "vsock: port {}: cannot confirm to the Unix client",
-                    self.local_port
-                );
+                debug!("vsock: port {}: cannot confirm to the Unix client", self.local_port);
                 self.reset();
             }
         }
@@ -402,10 +385,7 @@ impl Connection {
 
     fn guest_data(&mut self, payload: &[u8]) {
         if self.peer_shutdown & SHUTDOWN_SEND != 0 {
-            warn!(
-                "vsock: port {}: data after shutdown dropped",
-                self.local_port
-            );
+            warn!("vsock: port {}: data after shutdown dropped", self.local_port);
             return;
         }
         if self.host_hup || self.host_write_shut {
@@ -426,9 +406,7 @@ impl Connection {
     }
 
     fn consumed(&mut self, n: usize) {
-        self.fwd_cnt = self
-            .fwd_cnt
-            .wrapping_add(u32::try_from(n).unwrap_or(u32::MAX));
+        self.fwd_cnt = self.fwd_cnt.wrapping_add(u32::try_from(n).unwrap_or(u32::MAX));
         if self.fwd_cnt.wrapping_sub(self.last_fwd_cnt_sent) >= CREDIT_UPDATE_THRESHOLD {
             self.send_credit_update = true;
         }
@@ -486,10 +464,7 @@ impl Connection {
     pub fn tick(&mut self, now: Instant) {
         if let Some(deadline) = self.deadline {
             if now >= deadline && !self.dead {
-                debug!(
-                    "vsock: port {}: guest did not answer in time; resetting",
-                    self.local_port
-                );
+                debug!("vsock: port {}: guest did not answer in time; resetting", self.local_port);
                 self.deadline = None;
                 self.reset();
             }
@@ -589,10 +564,7 @@ mod tests {
         // Credit request from the guest gets an update with our fwd_cnt.
         c.recv(&guest_hdr(&c, OP_CREDIT_REQUEST, 0, 0, 8, 0), &[], now);
         let (h, _) = c.next_packet(4096, now).unwrap();
-        assert_eq!(
-            (h.op, h.fwd_cnt, h.buf_alloc),
-            (OP_CREDIT_UPDATE, 5, HOST_BUF_ALLOC)
-        );
+        assert_eq!((h.op, h.fwd_cnt, h.buf_alloc), (OP_CREDIT_UPDATE, 5, HOST_BUF_ALLOC));
         assert!(!c.has_rx_work());
     }
 
@@ -649,11 +621,7 @@ mod tests {
         let (mut c, mut host) = established();
         let now = Instant::now();
         c.recv(&guest_hdr(&c, OP_RW, 2, 0, 64, 0), b"hi", now);
-        c.recv(
-            &guest_hdr(&c, OP_SHUTDOWN, 0, SHUTDOWN_SEND, 64, 0),
-            &[],
-            now,
-        );
+        c.recv(&guest_hdr(&c, OP_SHUTDOWN, 0, SHUTDOWN_SEND, 64, 0), &[], now);
         // The host side sees the data then EOF, and can still answer.
         let mut s = String::new();
         host.set_nonblocking(false).unwrap();
@@ -703,11 +671,7 @@ mod tests {
 
         // The guest said it receives nothing more; the host goes away.
         let (mut c, host) = established();
-        c.recv(
-            &guest_hdr(&c, OP_SHUTDOWN, 0, SHUTDOWN_RCV, 64, 0),
-            &[],
-            now,
-        );
+        c.recv(&guest_hdr(&c, OP_SHUTDOWN, 0, SHUTDOWN_RCV, 64, 0), &[], now);
         assert!(c.next_packet(4096, now).is_none());
         drop(host);
         c.on_hangup(now);
@@ -719,11 +683,7 @@ mod tests {
     fn guest_full_shutdown_gets_rst() {
         let (mut c, _host) = established();
         let now = Instant::now();
-        c.recv(
-            &guest_hdr(&c, OP_SHUTDOWN, 0, SHUTDOWN_BOTH, 64, 0),
-            &[],
-            now,
-        );
+        c.recv(&guest_hdr(&c, OP_SHUTDOWN, 0, SHUTDOWN_BOTH, 64, 0), &[], now);
         let (h, _) = c.next_packet(4096, now).unwrap();
         assert_eq!(h.op, OP_RST);
         assert!(c.is_dead());
@@ -736,10 +696,7 @@ mod tests {
         let now = Instant::now();
         let mut c = Connection::host_initiated(a, 1 << 30, 52, GUEST, Some(now + PEER_TIMEOUT));
         let (h, _) = c.next_packet(4096, now).unwrap();
-        assert_eq!(
-            (h.op, h.src_port, h.dst_port, h.dst_cid),
-            (OP_REQUEST, 1 << 30, 52, GUEST)
-        );
+        assert_eq!((h.op, h.src_port, h.dst_port, h.dst_cid), (OP_REQUEST, 1 << 30, 52, GUEST));
         assert!(!c.has_rx_work());
         c.recv(&guest_hdr(&c, OP_RESPONSE, 0, 0, 64, 0), &[], now);
         assert_eq!(c.state(), State::Established);

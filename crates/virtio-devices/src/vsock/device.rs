@@ -63,23 +63,14 @@ impl Vsock {
             if source.kind() == io::ErrorKind::AddrInUse {
                 VsockError::SocketInUse(uds_path.to_path_buf())
             } else {
-                VsockError::Bind {
-                    path: uds_path.to_path_buf(),
-                    source,
-                }
+                VsockError::Bind { path: uds_path.to_path_buf(), source }
             }
         })?;
         if let Err(source) = listener.set_nonblocking(true) {
             let _ = std::fs::remove_file(uds_path);
-            return Err(VsockError::Bind {
-                path: uds_path.to_path_buf(),
-                source,
-            });
+            return Err(VsockError::Bind { path: uds_path.to_path_buf(), source });
         }
-        info!(
-            "vsock: guest cid {guest_cid}, host socket {}",
-            uds_path.display()
-        );
+        info!("vsock: guest cid {guest_cid}, host socket {}", uds_path.display());
         Ok(Vsock {
             guest_cid,
             uds_path: uds_path.to_path_buf(),
@@ -126,10 +117,7 @@ impl Vsock {
         muxer.set_connect_timeout(self.connect_timeout);
         let muxer = Arc::new(Mutex::new(muxer));
         let backend = Backend::spawn(muxer.clone(), epoll)?;
-        Ok(Active {
-            _backend: backend,
-            muxer,
-        })
+        Ok(Active { _backend: backend, muxer })
     }
 
     #[cfg(test)]

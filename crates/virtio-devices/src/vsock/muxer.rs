@@ -159,10 +159,7 @@ impl Muxer {
     }
 
     fn epoll_del(&self, fd: i32) {
-        if let Err(e) = self
-            .epoll
-            .ctl(ControlOperation::Delete, fd, EpollEvent::default())
-        {
+        if let Err(e) = self.epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default()) {
             debug!("vsock: epoll delete: {e}");
         }
     }
@@ -278,11 +275,7 @@ impl Muxer {
             Ok(stream) => {
                 let key = (hdr.dst_port, hdr.src_port);
                 let conn = Connection::guest_initiated(stream, hdr, self.guest_cid);
-                info!(
-                    "vsock: guest port {} connected to {}",
-                    hdr.src_port,
-                    path.display()
-                );
+                info!("vsock: guest port {} connected to {}", hdr.src_port, path.display());
                 self.insert_conn(key, conn);
             }
             Err(e) => {
@@ -307,14 +300,7 @@ impl Muxer {
                 None
             }
         };
-        self.conns.insert(
-            key,
-            Entry {
-                conn,
-                token,
-                interest: registered,
-            },
-        );
+        self.conns.insert(key, Entry { conn, token, interest: registered });
         self.slots.insert(token, Slot::Conn(key));
         if registered.is_none() {
             if let Some(entry) = self.conns.get_mut(&key) {
@@ -464,10 +450,7 @@ impl Muxer {
                     }
                     let token = self.alloc_token();
                     let ev = EpollEvent::new(EventSet::IN, token);
-                    if let Err(e) = self
-                        .epoll
-                        .ctl(ControlOperation::Add, stream.as_raw_fd(), ev)
-                    {
+                    if let Err(e) = self.epoll.ctl(ControlOperation::Add, stream.as_raw_fd(), ev) {
                         warn!("vsock: cannot watch accepted stream: {e}");
                         continue;
                     }

@@ -108,16 +108,10 @@ impl Header {
             return Err(PacketError::Oversized(self.len));
         }
         if self.len as usize > payload_avail {
-            return Err(PacketError::LenBeyondBuffer {
-                len: self.len,
-                avail: payload_avail,
-            });
+            return Err(PacketError::LenBeyondBuffer { len: self.len, avail: payload_avail });
         }
         if self.op != OP_RW && self.len != 0 {
-            return Err(PacketError::UnexpectedPayload {
-                op: self.op,
-                len: self.len,
-            });
+            return Err(PacketError::UnexpectedPayload { op: self.op, len: self.len });
         }
         Ok(())
     }
@@ -197,10 +191,7 @@ mod tests {
     fn truncated_header_is_refused() {
         let b = sample().to_bytes();
         for n in 0..HDR_SIZE {
-            assert_eq!(
-                Header::parse(&b[..n]).unwrap_err(),
-                PacketError::ShortHeader(n)
-            );
+            assert_eq!(Header::parse(&b[..n]).unwrap_err(), PacketError::ShortHeader(n));
         }
     }
 
@@ -208,14 +199,8 @@ mod tests {
     fn len_and_op_checks() {
         let h = sample();
         assert!(h.validate(10).is_ok());
-        assert_eq!(
-            h.validate(9).unwrap_err(),
-            PacketError::LenBeyondBuffer { len: 10, avail: 9 }
-        );
-        let big = Header {
-            len: MAX_PKT_PAYLOAD + 1,
-            ..h
-        };
+        assert_eq!(h.validate(9).unwrap_err(), PacketError::LenBeyondBuffer { len: 10, avail: 9 });
+        let big = Header { len: MAX_PKT_PAYLOAD + 1, ..h };
         assert_eq!(
             big.validate(usize::MAX).unwrap_err(),
             PacketError::Oversized(MAX_PKT_PAYLOAD + 1)
@@ -224,14 +209,8 @@ mod tests {
         assert_eq!(unknown.validate(10).unwrap_err(), PacketError::UnknownOp(0));
         let unknown = Header { op: 8, ..h };
         assert_eq!(unknown.validate(10).unwrap_err(), PacketError::UnknownOp(8));
-        let req = Header {
-            op: OP_REQUEST,
-            ..h
-        };
-        assert!(matches!(
-            req.validate(10).unwrap_err(),
-            PacketError::UnexpectedPayload { .. }
-        ));
+        let req = Header { op: OP_REQUEST, ..h };
+        assert!(matches!(req.validate(10).unwrap_err(), PacketError::UnexpectedPayload { .. }));
     }
 
     #[test]

@@ -70,8 +70,7 @@ impl Guest {
             )
             .unwrap();
         for head in 0..RX_BUFS {
-            self.rxq
-                .write_desc(head, rx_addr(u32::from(head)), RX_BUF_LEN, F_WRITE, 0);
+            self.rxq.write_desc(head, rx_addr(u32::from(head)), RX_BUF_LEN, F_WRITE, 0);
             self.rxq.push_avail(head);
         }
         self.vsock.queue_notify(0);
@@ -94,9 +93,7 @@ impl Guest {
 
     /// Puts one packet in the tx queue and notifies (processed synchronously, like a vCPU).
     fn send_raw(&mut self, hdr: &Header, data: &[u8]) {
-        self.mem
-            .write_slice(&hdr.to_bytes(), GuestAddress(TX_HDR))
-            .unwrap();
+        self.mem.write_slice(&hdr.to_bytes(), GuestAddress(TX_HDR)).unwrap();
         if data.is_empty() {
             self.txq.write_desc(0, TX_HDR, HDR_SIZE as u32, 0, 0);
         } else {
@@ -120,13 +117,10 @@ impl Guest {
         let (id, len) = self.rxq.used_elem(self.rx_seen);
         self.rx_seen = self.rx_seen.wrapping_add(1);
         let mut buf = vec![0u8; len as usize];
-        self.mem
-            .read_slice(&mut buf, GuestAddress(rx_addr(id)))
-            .unwrap();
+        self.mem.read_slice(&mut buf, GuestAddress(rx_addr(id))).unwrap();
         // Recycle the buffer.
         let head = id as u16;
-        self.rxq
-            .write_desc(head, rx_addr(id), RX_BUF_LEN, F_WRITE, 0);
+        self.rxq.write_desc(head, rx_addr(id), RX_BUF_LEN, F_WRITE, 0);
         self.rxq.push_avail(head);
         self.vsock.queue_notify(0);
         let hdr = Header::parse(&buf).unwrap();
@@ -144,10 +138,7 @@ impl Guest {
             if let Some(p) = self.poll() {
                 return p;
             }
-            assert!(
-                Instant::now() < end,
-                "no packet from the device in {timeout:?}"
-            );
+            assert!(Instant::now() < end, "no packet from the device in {timeout:?}");
             std::thread::sleep(Duration::from_millis(2));
         }
     }
@@ -204,8 +195,7 @@ fn assert_eof(s: &mut UnixStream) {
 /// Host connects with CONNECT <port>; the guest accepts. Returns (host stream, local port).
 fn host_connect(g: &mut Guest, path: &Path, guest_port: u32) -> (UnixStream, u32) {
     let mut host = UnixStream::connect(path).unwrap();
-    host.write_all(format!("CONNECT {guest_port}\n").as_bytes())
-        .unwrap();
+    host.write_all(format!("CONNECT {guest_port}\n").as_bytes()).unwrap();
     let (req, _) = g.expect(T);
     assert_eq!(req.op, OP_REQUEST);
     assert_eq!((req.src_cid, req.dst_cid), (HOST_CID, GUEST_CID));
@@ -458,8 +448,7 @@ fn bulk_transfer_both_ways_with_credit() {
     let total = 2 << 20;
     let reader = std::thread::spawn(move || {
         let mut got = vec![0u8; total];
-        host.set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
+        host.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         host.read_exact(&mut got).unwrap();
         (host, got)
     });
@@ -481,10 +470,7 @@ fn bulk_transfer_both_ways_with_credit() {
                 std::thread::sleep(Duration::from_millis(1));
             }
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "stalled at {sent}"
-        );
+        assert!(start.elapsed() < Duration::from_secs(20), "stalled at {sent}");
     }
     let (mut host, got) = reader.join().unwrap();
     assert!(got.iter().enumerate().all(|(i, b)| *b == (i % 251) as u8));
@@ -520,10 +506,7 @@ fn socket_path_taken_and_removed_on_drop() {
     assert!(path.exists());
     let err = Vsock::new(GUEST_CID, &path).err().unwrap();
     assert!(matches!(err, VsockError::SocketInUse(_)));
-    assert_eq!(
-        err.to_string(),
-        format!("vsock socket path {} is already taken", path.display())
-    );
+    assert_eq!(err.to_string(), format!("vsock socket path {} is already taken", path.display()));
     drop(v);
     assert!(!path.exists());
     let _again = Vsock::new(GUEST_CID, &path).unwrap();
@@ -562,10 +545,7 @@ fn reset_closes_connections_and_device_restarts() {
     let (mut host, local) = host_connect(&mut g, &path, 53);
     host.write_all(b"again").unwrap();
     let (h, d) = g.expect(T);
-    assert_eq!(
-        (h.op, h.src_port, d.as_slice()),
-        (OP_RW, local, &b"again"[..])
-    );
+    assert_eq!((h.op, h.src_port, d.as_slice()), (OP_RW, local, &b"again"[..]));
     drop(g);
     assert!(!path.exists());
 }
@@ -604,21 +584,14 @@ fn garbage_from_the_guest_never_panics() {
                 hdr.fwd_cnt = r.next() as u32;
                 let len = (r.next() % 200) as usize;
                 let data: Vec<u8> = (0..len).map(|_| r.next() as u8).collect();
-                hdr.len = if r.next() % 5 < 1 {
-                    r.next() as u32
-                } else {
-                    len as u32
-                };
+                hdr.len = if r.next() % 5 < 1 { r.next() as u32 } else { len as u32 };
                 g.send_raw(&hdr, &data);
             }
             // Raw garbage descriptors in the tx queue.
             2 => {
                 for i in 0..4u16 {
-                    let addr = if r.next() & 1 == 0 {
-                        r.next()
-                    } else {
-                        TX_HDR + r.next() % 0x1000
-                    };
+                    let addr =
+                        if r.next() & 1 == 0 { r.next() } else { TX_HDR + r.next() % 0x1000 };
                     g.txq.write_desc(
                         i,
                         addr,
@@ -633,11 +606,7 @@ fn garbage_from_the_guest_never_panics() {
             // Garbage rx descriptors.
             _ => {
                 let head = RX_BUFS + (r.next() % 8) as u16;
-                let addr = if r.next() & 1 == 0 {
-                    r.next()
-                } else {
-                    0x90_0000 + r.next() % 0x1000
-                };
+                let addr = if r.next() & 1 == 0 { r.next() } else { 0x90_0000 + r.next() % 0x1000 };
                 g.rxq.write_desc(
                     head,
                     addr,

@@ -122,8 +122,8 @@ pub fn boot_msrs() -> Vec<kvm_msr_entry> {
 /// Writes [`boot_msrs`] to `vcpu`; all of them must be accepted.
 pub fn setup_msrs(vcpu: &VcpuFd) -> Result<(), VmmError> {
     let entries = boot_msrs();
-    let msrs = Msrs::from_entries(&entries)
-        .map_err(|e| VmmError::Config(format!("MSR list: {e:?}")))?;
+    let msrs =
+        Msrs::from_entries(&entries).map_err(|e| VmmError::Config(format!("MSR list: {e:?}")))?;
     let set = vcpu.set_msrs(&msrs).map_err(|e| VmmError::kvm("KVM_SET_MSRS", e))?;
     if set != entries.len() {
         let index = entries.get(set).map(|e| e.index).unwrap_or_default();
@@ -234,7 +234,8 @@ mod tests {
     #[test]
     fn xcr0_from_cpuid() {
         let l1 = kvm_cpuid_entry2 { function: 1, ecx: ECX_XSAVE, ..Default::default() };
-        let d = kvm_cpuid_entry2 { function: 0xd, index: 0, eax: 0x7, edx: 0x2, ..Default::default() };
+        let d =
+            kvm_cpuid_entry2 { function: 0xd, index: 0, eax: 0x7, edx: 0x2, ..Default::default() };
         let d1 = kvm_cpuid_entry2 { function: 0xd, index: 1, eax: 0xf, ..Default::default() };
         assert_eq!(full_xcr0(&[l1, d1, d]), Some(0x2_0000_0007));
         let no_xsave = kvm_cpuid_entry2 { function: 1, ..Default::default() };

@@ -30,7 +30,8 @@ pub struct BootLocations {
 /// The e820 map for guest RAM `ram` (ranges as (start, length)).
 pub fn e820_map(ram: &[(u64, u64)]) -> Vec<boot_e820_entry> {
     let e = |addr: u64, size: u64, type_: u32| boot_e820_entry { addr, size, r#type: type_ };
-    let mut map = vec![e(0, EBDA_START, E820_RAM), e(EBDA_START, EBDA_END - EBDA_START, E820_RESERVED)];
+    let mut map =
+        vec![e(0, EBDA_START, E820_RAM), e(EBDA_START, EBDA_END - EBDA_START, E820_RESERVED)];
     for &(start, len) in ram {
         let end = start.saturating_add(len);
         let start = start.max(HIMEM_START);
@@ -100,14 +101,20 @@ mod tests {
         for e in e820_map(&ram) {
             let (addr, size) = (e.addr, e.size);
             let end = addr + size;
-            assert!(end <= MMIO_GAP_START || e.addr >= MMIO_GAP_END, "{:x}+{:x}", { e.addr }, { e.size });
+            assert!(end <= MMIO_GAP_START || e.addr >= MMIO_GAP_END, "{:x}+{:x}", { e.addr }, {
+                e.size
+            });
         }
         assert_eq!(e820_map(&ram).len(), 4);
     }
 
     #[test]
     fn boot_params_fields() {
-        let at = BootLocations { cmdline_addr: 0x20000, cmdline_len: 42, initramfs: Some((0x0f00_0000, 0x1234)) };
+        let at = BootLocations {
+            cmdline_addr: 0x20000,
+            cmdline_len: 42,
+            initramfs: Some((0x0f00_0000, 0x1234)),
+        };
         let p = build_boot_params(&[(0, 256 << 20)], &at).unwrap();
         assert_eq!({ p.hdr.boot_flag }, 0xaa55);
         assert_eq!({ p.hdr.header }, 0x5372_6448);

@@ -66,7 +66,12 @@ fn topology_entries(function: u32, apic_id: u8, vcpus: u8) -> Vec<kvm_cpuid_entr
     let id = u32::from(apic_id);
     vec![
         entry(function, 0, [0, 1, TOPOLOGY_LEVEL_SMT << 8, id], true),
-        entry(function, 1, [core_id_bits(vcpus), u32::from(vcpus), 1 | (TOPOLOGY_LEVEL_CORE << 8), id], true),
+        entry(
+            function,
+            1,
+            [core_id_bits(vcpus), u32::from(vcpus), 1 | (TOPOLOGY_LEVEL_CORE << 8), id],
+            true,
+        ),
         entry(function, 2, [0, 0, 2, id], true),
     ]
 }
@@ -78,11 +83,8 @@ pub fn customize(
     vcpus: u8,
     tsc_khz: Option<u32>,
 ) -> Vec<kvm_cpuid_entry2> {
-    let supported_kvm_features = supported
-        .iter()
-        .find(|e| e.function == LEAF_KVM_FEATURES)
-        .map(|e| e.eax)
-        .unwrap_or(0);
+    let supported_kvm_features =
+        supported.iter().find(|e| e.function == LEAF_KVM_FEATURES).map(|e| e.eax).unwrap_or(0);
     let max_basic = supported.iter().find(|e| e.function == 0).map(|e| e.eax).unwrap_or(0);
     let has_v2_topology = supported.iter().any(|e| e.function == LEAF_TOPOLOGY_V2);
 

@@ -80,7 +80,16 @@ pub fn build_mptable(vcpus: u8, base: u64) -> Result<Vec<u8>, VmmError> {
     count += 1;
     for irq in 0..=IOAPIC_MAX_IRQ as u8 {
         // Flags 0: polarity and trigger conform to the bus (ISA: edge, active high).
-        entries.extend_from_slice(&[ENTRY_IO_INTERRUPT, INT_TYPE_INT, 0, 0, ISA_BUS_ID, irq, ioapic, irq]);
+        entries.extend_from_slice(&[
+            ENTRY_IO_INTERRUPT,
+            INT_TYPE_INT,
+            0,
+            0,
+            ISA_BUS_ID,
+            irq,
+            ioapic,
+            irq,
+        ]);
         count += 1;
     }
     entries.extend_from_slice(&[ENTRY_LOCAL_INTERRUPT, INT_TYPE_EXTINT, 0, 0, ISA_BUS_ID, 0, 0, 0]);

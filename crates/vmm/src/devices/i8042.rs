@@ -246,9 +246,12 @@ mod tests {
         let probe = irq.try_clone().unwrap();
         let resets = Arc::new(AtomicUsize::new(0));
         let r = resets.clone();
-        let dev = I8042::new(irq, Box::new(move || {
-            r.fetch_add(1, Ordering::SeqCst);
-        }));
+        let dev = I8042::new(
+            irq,
+            Box::new(move || {
+                r.fetch_add(1, Ordering::SeqCst);
+            }),
+        );
         (dev, probe, resets)
     }
 

@@ -51,7 +51,10 @@ pub fn attach_virtio_devices(
     for (name, device) in devices {
         let slot = bus.len() as u64;
         if slot >= VIRTIO_MMIO_MAX_SLOTS {
-            return Err(VmmError::Device { device: name, reason: "no free virtio-mmio slot".into() });
+            return Err(VmmError::Device {
+                device: name,
+                reason: "no free virtio-mmio slot".into(),
+            });
         }
         let irq = virtio_irq(slot as u32);
         let fd = EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::EventFd)?;
