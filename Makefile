@@ -18,7 +18,7 @@ CARGO := cargo
 DEB_PACKAGES := qemu-system-x86 linux-source-6.1 bison flex bc libelf-dev libssl-dev busybox-static cpio \
 	protobuf-compiler xz-utils kmod jq file libseccomp-dev docker-registry apache2-utils zstd curl skopeo runc containerd
 
-.PHONY: run test deps build agent guest-image test-unit test-testhost test-e2e bench-boot bench-pull bench-container bench-cri clean-guest
+.PHONY: run test lint deps build agent guest-image test-unit test-testhost test-e2e bench-boot bench-pull bench-container bench-cri clean-guest
 
 deps: ## Debian packages the build and the tests need (idempotent)
 	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
@@ -44,7 +44,13 @@ run: build guest-image
 	$(BIN)/carapace check || true
 	exec $(BIN)/carapace serve
 
-test: build guest-image test-unit test-testhost test-e2e
+test: build guest-image lint test-unit test-testhost test-e2e
+
+# Mechanical gates: the formatter's style (rustfmt.toml) and clippy with warnings as errors.
+lint: deps
+	@rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --release --locked --workspace --all-targets -- -D warnings
 
 test-unit: deps
 	$(CARGO) test --release --locked --workspace
