@@ -37,7 +37,10 @@ pub fn initramfs_with_busybox(base: &Path, dir: &Path, guest_path: &str) -> Resu
     let extra = dir.join("extra.cpio");
     let st = Command::new("sh")
         .arg("-c")
-        .arg("cd \"$1\" && find . -mindepth 1 | LC_ALL=C sort | cpio --quiet -o -H newc --owner=0:0 > \"$2\"")
+        .arg(
+            "cd \"$1\" && find . -mindepth 1 | LC_ALL=C sort \
+             | cpio --quiet -o -H newc --owner=0:0 > \"$2\"",
+        )
         .arg("sh")
         .arg(&stage)
         .arg(&extra)

@@ -32,7 +32,8 @@ fn main() -> Result<()> {
         match carapace_boot(&rt, &image) {
             Ok(b) => {
                 println!(
-                    "carapace boot {i}: marker {:.0} ms, agent over vsock {:.0} ms, VMM RSS {} KiB of which guest {} KiB",
+                    "carapace boot {i}: marker {:.0} ms, agent over vsock {:.0} ms, \
+                     VMM RSS {} KiB of which guest {} KiB",
                     b.marker_ms, b.vsock_ms, b.rss_kib, b.guest_kib
                 );
                 ours.push(b.marker_ms);
@@ -88,7 +89,8 @@ fn main() -> Result<()> {
         _ => "n/a".into(),
     };
     println!(
-        "boot: carapace median {} ms, qemu-microvm median {} ms, ratio {} over {} boots, {} failures",
+        "boot: carapace median {} ms, qemu-microvm median {} ms, ratio {} over {} boots, \
+         {} failures",
         fmt(x),
         fmt(y),
         ratio,

@@ -59,7 +59,11 @@ fn main() -> Result<()> {
         ram.len()
     );
     if let (Some(x), Some(r)) = (x, ram_median) {
-        println!("rootfs transport: virtio-fs/guest-RAM ratio {:.2} (what a block image could gain at most)", x / r);
+        println!(
+            "rootfs transport: virtio-fs/guest-RAM ratio {:.2} \
+             (what a block image could gain at most)",
+            x / r
+        );
     }
     println!(
         "runc (directly on the host, rootfs on tmpfs): median {} ms over {}",
@@ -179,11 +183,13 @@ fn runc_config(rootfs: &Path) -> serde_json::Value {
             {"destination": "/proc", "type": "proc", "source": "proc"},
             {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
              "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-            {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev"]}
+            {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+             "options": ["nosuid", "nodev"]}
         ],
         "linux": {
             "namespaces": [
-                {"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "network"}
+                {"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"},
+                {"type": "network"}
             ],
             "maskedPaths": ["/proc/kcore", "/proc/keys", "/proc/timer_list"],
             "readonlyPaths": ["/proc/sys", "/proc/sysrq-trigger"]

@@ -30,7 +30,7 @@ use carapace_tests::cri::{
     DaemonOptions,
 };
 use carapace_tests::registry::Registry;
-use carapace_tests::{median_ms, which};
+use carapace_tests::{median_ms, repo_root, which};
 
 const STEPS: [&str; 8] = ["runp", "create", "start", "exec", "stop", "rm", "stopp", "rmp"];
 const STOP_TIMEOUT_S: i64 = 10;
@@ -97,7 +97,8 @@ fn main() -> Result<()> {
     if let Some(peer) = &peer {
         let theirs_total = report("containerd+runc", peer);
         println!(
-            "cri lifecycle: carapace/containerd ratio {:.2} (carapace {ours_total:.0} ms, containerd+runc {theirs_total:.0} ms)",
+            "cri lifecycle: carapace/containerd ratio {:.2} \
+             (carapace {ours_total:.0} ms, containerd+runc {theirs_total:.0} ms)",
             ours_total / theirs_total
         );
     }
@@ -215,33 +216,6 @@ async fn lifecycles(
     Ok(all)
 }
 
-/// Pushes `test/pause:latest` (busybox `sleep` forever, one uncompressed OCI layer) for
-/// containerd's sandbox_image.
-const PUSH_PAUSE: &str = r#"
-set -euo pipefail
-REG=$1 W=$2
-mkdir -p "$W/stage/bin"
-install -m 0755 "${BUSYBOX:-/bin/busybox}" "$W/stage/bin/busybox"
-ln -s busybox "$W/stage/bin/sleep"
-tar --sort=name --mtime=@1700000000 --numeric-owner --owner=0 --group=0 -C "$W/stage" -cf "$W/layer.tar" .
-sha() { sha256sum "$1" | cut -d' ' -f1; }
-size() { stat -c %s "$1"; }
-L=$(sha "$W/layer.tar")
-printf '{"architecture":"amd64","os":"linux","config":{"Cmd":["/bin/sleep","2147483647"]},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' "$L" > "$W/config.json"
-C=$(sha "$W/config.json")
-push_blob() {
-  loc=$(curl -fsS -X POST -D - -o /dev/null "http://$REG/v2/test/pause/blobs/uploads/" | tr -d '\r' | sed -n 's/^[Ll]ocation: //p')
-  case $loc in http*) ;; *) loc="http://$REG$loc" ;; esac
-  case $loc in *\?*) loc="$loc&digest=sha256:$2" ;; *) loc="$loc?digest=sha256:$2" ;; esac
-  curl -fsS -X PUT -H 'Content-Type: application/octet-stream' --data-binary @"$1" -o /dev/null "$loc"
-}
-push_blob "$W/layer.tar" "$L"
-push_blob "$W/config.json" "$C"
-printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:%s","size":%s}]}' \
-  "$C" "$(size "$W/config.json")" "$L" "$(size "$W/layer.tar")" > "$W/manifest.json"
-curl -fsS -X PUT -H 'Content-Type: application/vnd.oci.image.manifest.v1+json' --data-binary @"$W/manifest.json" -o /dev/null "http://$REG/v2/test/pause/manifests/latest"
-"#;
-
 /// A containerd process with a private root/state/socket under /tmp; killed (and its shims and
 /// containers with it, through runc) on drop.
 struct Containerd {
@@ -265,11 +239,16 @@ impl Containerd {
                 "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
                  [grpc]\n  address = \"{sock}\"\n\
                  [ttrpc]\n  address = \"{d}/ttrpc.sock\"\n\
-                 [plugins.\"io.containerd.grpc.v1.cri\"]\n  sandbox_image = \"{sandbox_image}\"\n  restrict_oom_score_adj = true\n\
-                 [plugins.\"io.containerd.grpc.v1.cri\".containerd]\n  snapshotter = \"overlayfs\"\n  default_runtime_name = \"runc\"\n\
-                 [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n\
-                 [plugins.\"io.containerd.grpc.v1.cri\".cni]\n  bin_dir = \"{d}/cni/bin\"\n  conf_dir = \"{d}/cni/conf\"\n\
-                 [plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors.\"{registry}\"]\n  endpoint = [\"http://{registry}\"]\n",
+                 [plugins.{cri}]\n  sandbox_image = \"{sandbox_image}\"\n\
+                 \x20 restrict_oom_score_adj = true\n\
+                 [plugins.{cri}.containerd]\n  snapshotter = \"overlayfs\"\n\
+                 \x20 default_runtime_name = \"runc\"\n\
+                 [plugins.{cri}.containerd.runtimes.runc]\n\
+                 \x20 runtime_type = \"io.containerd.runc.v2\"\n\
+                 [plugins.{cri}.cni]\n  bin_dir = \"{d}/cni/bin\"\n  conf_dir = \"{d}/cni/conf\"\n\
+                 [plugins.{cri}.registry.mirrors.\"{registry}\"]\n\
+                 \x20 endpoint = [\"http://{registry}\"]\n",
+                cri = "\"io.containerd.grpc.v1.cri\"",
                 d = d.display(),
                 sock = socket.display(),
             ),
@@ -327,10 +306,7 @@ fn containerd_series(
         "containerd is not installed (Debian package containerd)"
     );
     let work = tempfile::Builder::new().prefix("bpause").tempdir_in("/tmp")?;
-    let out = Command::new("bash")
-        .arg("-c")
-        .arg(PUSH_PAUSE)
-        .arg("push-pause")
+    let out = Command::new(repo_root().join("tests/images/push-pause.sh"))
         .arg(registry)
         .arg(work.path())
         .output()
