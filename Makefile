@@ -18,7 +18,7 @@ CARGO := cargo
 DEB_PACKAGES := qemu-system-x86 linux-source-6.1 bison flex bc libelf-dev libssl-dev busybox-static cpio \
 	protobuf-compiler xz-utils kmod jq file libseccomp-dev docker-registry apache2-utils zstd curl skopeo runc containerd
 
-.PHONY: run test lint deps build agent guest-image test-unit test-testhost test-e2e bench-boot bench-pull bench-container bench-cri clean-guest
+.PHONY: run test lint deps build agent guest-image test-unit test-testhost test-e2e bench-boot bench-pull bench-container bench-cri bench-vsock clean-guest
 
 deps: ## Debian packages the build and the tests need (idempotent)
 	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
@@ -93,6 +93,14 @@ bench-cri: build guest-image
 	export CARAPACE_BIN=$(BIN)/carapace CARAPACE_GUEST_DIR=$(GUEST_DIR); \
 	if $(BIN)/carapace check >/dev/null 2>&1; then $(BIN)/bench-cri; else \
 	  tests/testhost/run --smp 1 --timeout 3000 -- env CARAPACE_VMM_KICK_MS=100 $${BENCH_N:+BENCH_N=$$BENCH_N} $(BIN)/bench-cri; fi
+
+# Host <-> agent vsock throughput (a container's stdout through ReadStdio) and round-trip latency
+# (Health RPCs) in one pod VM; last line `vsock: throughput <X> MiB/s, rr median <Y> us`.
+bench-vsock: build guest-image
+	$(CARGO) build --release --locked -p carapace-tests --bin bench-vsock
+	export CARAPACE_BIN=$(BIN)/carapace CARAPACE_GUEST_DIR=$(GUEST_DIR); \
+	if $(BIN)/carapace check >/dev/null 2>&1; then $(BIN)/bench-vsock; else \
+	  tests/testhost/run --smp 1 --timeout 600 -- env CARAPACE_VMM_KICK_MS=100 $${BENCH_VSOCK_MIB:+BENCH_VSOCK_MIB=$$BENCH_VSOCK_MIB} $(BIN)/bench-vsock; fi
 
 # Pulls one image from a local registry with carapace's puller and with `skopeo copy` (no VM needed).
 bench-pull: deps

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use carapace_vmm::{ExitReason, Vm, VmConfig, VmHandle, VsockConfig};
+use carapace_vmm::{build_vm, ExitReason, VmConfig, VmHandle, VsockConfig};
 
 /// Arguments of `carapace vmm`.
 #[derive(clap::Args, Debug, Clone)]
@@ -176,7 +176,7 @@ pub fn run(args: VmmArgs) -> ExitCode {
         return fail(&e);
     }
     let config = args.to_config();
-    let vm = match Vm::new(&config) {
+    let vm = match build_vm(&config) {
         Ok(vm) => vm,
         Err(e) => return fail(&e.to_string()),
     };

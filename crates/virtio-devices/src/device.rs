@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use virtio_queue::Queue;
+pub use crate::worker::DeviceQueue;
 
 /// Guest memory as every device sees it.
 pub type GuestMemory = vm_memory::GuestMemoryMmap<()>;
@@ -22,7 +22,7 @@ pub enum ActivateError {
     #[error("driver set up {got} queues, device needs {want}")]
     QueueCount { want: usize, got: usize },
     #[error("device backend failed to start: {0}")]
-    Backend(String),
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// A virtio device model, independent of the transport that exposes it to the guest.
@@ -37,17 +37,17 @@ pub trait VirtioDevice: Send {
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// Writes device configuration space. Out-of-range writes are ignored.
     fn write_config(&mut self, offset: u64, data: &[u8]);
-    /// The driver set DRIVER_OK: the device starts processing with these queues.
+    /// The driver set DRIVER_OK: the device starts processing these queues on its own thread
+    /// (never on the vCPU thread that calls this), which waits on each queue's `notify`
+    /// eventfd. Nothing the guest puts in a queue may make that thread panic.
     fn activate(
         &mut self,
         mem: GuestMemory,
         interrupt: Arc<dyn VirtioInterrupt>,
-        queues: Vec<Queue>,
+        queues: Vec<DeviceQueue>,
         acked_features: u64,
     ) -> Result<(), ActivateError>;
-    /// The driver notified queue `queue_index` (a QueueNotify write). Never panics, whatever
-    /// the guest put in the queue.
-    fn queue_notify(&mut self, queue_index: u16);
-    /// The driver reset the device (wrote 0 to Status): stop processing, drop the queues.
+    /// The driver reset the device (wrote 0 to Status): stop processing (join the device's
+    /// thread), drop the queues.
     fn reset(&mut self);
 }

@@ -13,7 +13,7 @@ pub(crate) const INT_USED_RING: u32 = 1;
 pub(crate) const INT_CONFIG: u32 = 2;
 
 /// Interrupt state shared between the transport (register reads, InterruptACK) and the device
-/// (which signals from vCPU or backend threads).
+/// (which signals from its own thread).
 pub(crate) struct MmioInterrupt {
     status: AtomicU32,
     config_generation: AtomicU32,

@@ -1,4 +1,5 @@
-//! Virtio devices of the carapace VMM (vsock, rng, virtio-fs) and the virtio-mmio transport that exposes them.
+//! Virtio devices of the carapace VMM (vsock, rng, virtio-fs) and the virtio-mmio transport that
+//! exposes them. Each activated device works on its own thread (see [`worker`]).
 //!
 //! Everything in a queue comes from the guest, which is untrusted: malformed descriptor chains
 //! and packets are errors that are logged and dropped, never panics.
@@ -7,17 +8,24 @@ mod chain;
 pub mod device;
 pub mod fs;
 mod interrupt;
+pub mod log_limit;
 pub mod mmio;
 pub mod rng;
+pub mod sync;
 pub mod vsock;
+pub mod worker;
+
+#[doc(hidden)]
+pub use tracing as __tracing;
 
 #[cfg(test)]
 mod test_utils;
 
-pub use device::{ActivateError, GuestMemory, VirtioDevice, VirtioInterrupt};
+pub use device::{ActivateError, DeviceQueue, GuestMemory, VirtioDevice, VirtioInterrupt};
 pub use fs::{Fs, FsError};
-pub use mmio::MmioTransport;
+pub use mmio::{MmioTransport, QUEUE_NOTIFY_OFFSET};
 pub use rng::Rng;
+pub use sync::lock;
 pub use vsock::{Vsock, VsockError};
 
 /// Feature bit every modern (virtio 1.x) device offers.

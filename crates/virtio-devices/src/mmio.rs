@@ -4,14 +4,22 @@
 //! offset relative to the slot base. Register accesses must be 4 bytes wide; anything else
 //! reads as zero and is ignored on write. Device configuration space starts at 0x100 and
 //! accepts any width. Nothing the guest writes can make this code panic.
+//!
+//! The register state (features, queue setup, status) lives here, on the vCPU path. A
+//! QueueNotify never runs device code: each queue has an eventfd that the VMM registers with
+//! KVM as an ioeventfd (a write that KVM takes never reaches this code; one that does signals
+//! the same eventfd), and on DRIVER_OK the queues and their eventfds go to the device, whose
+//! own thread serves them until a reset.
 
+use std::io;
 use std::sync::Arc;
 
 use tracing::{debug, info, warn};
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::device::{GuestMemory, VirtioDevice, VirtioInterrupt};
+use crate::device::{ActivateError, DeviceQueue, GuestMemory, VirtioDevice, VirtioInterrupt};
+use crate::guest_warn;
 use crate::interrupt::MmioInterrupt;
 use crate::VIRTIO_F_VERSION_1;
 
@@ -23,6 +31,24 @@ pub const MMIO_VERSION: u32 = 2;
 pub const MMIO_VENDOR_ID: u32 = 0x4350_5243;
 /// Size of one device slot (registers + configuration space).
 pub const MMIO_SLOT_SIZE: u64 = 0x1000;
+/// Offset of the QueueNotify register in a slot: the VMM registers each queue's notification
+/// eventfd there (KVM_IOEVENTFD, 4-byte write of the queue index).
+pub const QUEUE_NOTIFY_OFFSET: u64 = reg::QUEUE_NOTIFY;
+
+/// Why the transport could not activate its device on DRIVER_OK.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivationError {
+    #[error("queue {0} has no valid size")]
+    NoQueue(usize),
+    #[error("queue {0} is not ready or not in guest memory")]
+    QueueInvalid(usize),
+    #[error("queue {index}: {source}")]
+    QueueState { index: usize, source: virtio_queue::Error },
+    #[error("queue {index}: cannot share its notification eventfd: {source}")]
+    Notifier { index: usize, source: io::Error },
+    #[error(transparent)]
+    Device(#[from] ActivateError),
+}
 
 mod reg {
     pub const MAGIC_VALUE: u64 = 0x000;
@@ -73,6 +99,8 @@ pub struct MmioTransport {
     interrupt: Arc<MmioInterrupt>,
     /// One per queue the device declares; `None` when the device declared an invalid size.
     queues: Vec<Option<Queue>>,
+    /// One per queue: signalled by KVM (ioeventfd) or by [`Self::write`] on QueueNotify.
+    notifiers: Vec<EventFd>,
     queue_sel: u32,
     device_features_sel: u32,
     driver_features_sel: u32,
@@ -82,8 +110,13 @@ pub struct MmioTransport {
 }
 
 impl MmioTransport {
-    /// Wraps `device`; `irq` is the eventfd the VMM registered as the slot's irqfd.
-    pub fn new(device: Box<dyn VirtioDevice>, mem: GuestMemory, irq: EventFd) -> MmioTransport {
+    /// Wraps `device`; `irq` is the eventfd the VMM registered as the slot's irqfd. Fails only
+    /// if the queues' notification eventfds cannot be created.
+    pub fn new(
+        device: Box<dyn VirtioDevice>,
+        mem: GuestMemory,
+        irq: EventFd,
+    ) -> io::Result<MmioTransport> {
         let queues = device
             .queue_max_sizes()
             .iter()
@@ -91,26 +124,36 @@ impl MmioTransport {
             .map(|(i, &max)| match Queue::new(max) {
                 Ok(q) => Some(q),
                 Err(e) => {
-                    warn!(
-                        "virtio-mmio: device type {} declares queue {i} with invalid size {max}: {e}",
-                        device.device_type()
-                    );
+                    let kind = device.device_type();
+                    warn!("virtio-mmio: device {kind}: queue {i} has invalid size {max}: {e}");
                     None
                 }
             })
             .collect();
-        MmioTransport {
+        let notifiers = device
+            .queue_max_sizes()
+            .iter()
+            .map(|_| EventFd::new(libc::EFD_NONBLOCK))
+            .collect::<io::Result<Vec<_>>>()?;
+        Ok(MmioTransport {
             device,
             mem,
             interrupt: Arc::new(MmioInterrupt::new(irq)),
             queues,
+            notifiers,
             queue_sel: 0,
             device_features_sel: 0,
             driver_features_sel: 0,
             driver_features: 0,
             status: 0,
             activated: false,
-        }
+        })
+    }
+
+    /// The notification eventfd of each queue (index i = queue i), for the VMM to register
+    /// as ioeventfds on [`QUEUE_NOTIFY_OFFSET`] with the queue index as datamatch.
+    pub fn queue_notifiers(&self) -> &[EventFd] {
+        &self.notifiers
     }
 
     /// Virtio device ID of the device behind this transport.
@@ -142,7 +185,7 @@ impl MmioTransport {
     pub fn write(&mut self, offset: u64, data: &[u8]) {
         if offset >= reg::CONFIG {
             if self.status & status::DRIVER == 0 {
-                warn!("virtio-mmio: configuration write before DRIVER status ignored");
+                guest_warn!("virtio-mmio: configuration write before DRIVER status ignored");
                 return;
             }
             self.device.write_config(offset - reg::CONFIG, data);
@@ -198,7 +241,7 @@ impl MmioTransport {
             && self.status & status::DRIVER_OK == 0
             && !self.activated;
         if !ok {
-            warn!(
+            guest_warn!(
                 "virtio-mmio: queue register {offset:#x} written in status {:#x}; ignored",
                 self.status
             );
@@ -241,7 +284,10 @@ impl MmioTransport {
 
     fn write_driver_features(&mut self, value: u32) {
         if self.status & status::DRIVER == 0 || self.status & status::FEATURES_OK != 0 {
-            warn!("virtio-mmio: DriverFeatures written in status {:#x}; ignored", self.status);
+            guest_warn!(
+                "virtio-mmio: DriverFeatures written in status {:#x}; ignored",
+                self.status
+            );
             return;
         }
         match self.driver_features_sel {
@@ -252,7 +298,9 @@ impl MmioTransport {
             }
             sel => {
                 if value != 0 {
-                    warn!("virtio-mmio: driver acked features in unknown word {sel}; ignored");
+                    guest_warn!(
+                        "virtio-mmio: driver acked features in unknown word {sel}; ignored"
+                    );
                 }
             }
         }
@@ -261,17 +309,17 @@ impl MmioTransport {
     fn write_queue_register(&mut self, offset: u64, value: u32) {
         let sel = self.queue_sel;
         let Some(q) = self.selected_queue_mut() else {
-            warn!("virtio-mmio: queue register {offset:#x} written for missing queue {sel}");
+            guest_warn!("virtio-mmio: queue register {offset:#x} written for missing queue {sel}");
             return;
         };
         match offset {
             reg::QUEUE_NUM => match u16::try_from(value) {
                 Ok(size) => {
                     if let Err(e) = q.try_set_size(size) {
-                        warn!("virtio-mmio: queue {sel}: size {value} refused: {e}");
+                        guest_warn!("virtio-mmio: queue {sel}: size {value} refused: {e}");
                     }
                 }
-                Err(_) => warn!("virtio-mmio: queue {sel}: size {value} refused"),
+                Err(_) => guest_warn!("virtio-mmio: queue {sel}: size {value} refused"),
             },
             reg::QUEUE_READY => q.set_ready(value == 1),
             reg::QUEUE_DESC_LOW => q.set_desc_table_address(Some(value), None),
@@ -289,9 +337,16 @@ impl MmioTransport {
             debug!("virtio-mmio: QueueNotify({value}) before activation ignored");
             return;
         }
-        match u16::try_from(value) {
-            Ok(index) if usize::from(index) < self.queues.len() => self.device.queue_notify(index),
-            _ => warn!("virtio-mmio: QueueNotify for unknown queue {value}"),
+        // Reached only when KVM did not take the write (no ioeventfd for it): hand it to the
+        // device's thread the same way.
+        let fd = usize::try_from(value).ok().and_then(|i| self.notifiers.get(i));
+        match fd {
+            Some(fd) => {
+                if let Err(e) = fd.write(1) {
+                    warn!("virtio-mmio: cannot signal queue {value}'s notification eventfd: {e}");
+                }
+            }
+            None => guest_warn!("virtio-mmio: QueueNotify for unknown queue {value}"),
         }
     }
 
@@ -305,7 +360,9 @@ impl MmioTransport {
         // The driver cannot set NEEDS_RESET; keep ours if it was set.
         let new = (new & !DEVICE_NEEDS_RESET) | (old & DEVICE_NEEDS_RESET);
         if new & old != old {
-            warn!("virtio-mmio: status {new:#x} clears bits of {old:#x} without a reset; ignored");
+            guest_warn!(
+                "virtio-mmio: status {new:#x} clears bits of {old:#x} without a reset; ignored"
+            );
             return;
         }
         let added = new & !old;
@@ -313,7 +370,7 @@ impl MmioTransport {
             return;
         }
         if added & FAILED != 0 {
-            warn!("virtio-mmio: driver marked the device FAILED");
+            guest_warn!("virtio-mmio: driver marked the device FAILED");
             self.status = old | FAILED;
             return;
         }
@@ -321,7 +378,9 @@ impl MmioTransport {
             && (new & FEATURES_OK == 0 || new & DRIVER != 0)
             && (new & DRIVER_OK == 0 || new & FEATURES_OK != 0);
         if !in_order {
-            warn!("virtio-mmio: status transition {old:#x} -> {new:#x} out of order; ignored");
+            guest_warn!(
+                "virtio-mmio: status transition {old:#x} -> {new:#x} out of order; ignored"
+            );
             return;
         }
         if added & FEATURES_OK != 0 && !self.features_acceptable() {
@@ -331,7 +390,7 @@ impl MmioTransport {
         }
         if added & DRIVER_OK != 0 {
             if let Err(e) = self.activate() {
-                warn!(
+                guest_warn!(
                     "virtio-mmio: device type {} failed to activate: {e}",
                     self.device.device_type()
                 );
@@ -347,30 +406,31 @@ impl MmioTransport {
         let offered = self.device.avail_features();
         let unknown = self.driver_features & !offered;
         if unknown != 0 {
-            warn!("virtio-mmio: driver acked features {unknown:#x} that were not offered");
+            guest_warn!("virtio-mmio: driver acked features {unknown:#x} that were not offered");
             return false;
         }
         if self.driver_features & VIRTIO_F_VERSION_1 == 0 {
-            warn!("virtio-mmio: driver did not ack VIRTIO_F_VERSION_1 (legacy driver)");
+            guest_warn!("virtio-mmio: driver did not ack VIRTIO_F_VERSION_1 (legacy driver)");
             return false;
         }
         true
     }
 
-    fn activate(&mut self) -> Result<(), String> {
+    fn activate(&mut self) -> Result<(), ActivationError> {
         let mut handed = Vec::with_capacity(self.queues.len());
-        for (i, slot) in self.queues.iter().enumerate() {
-            let q = slot.as_ref().ok_or(format!("queue {i} has no valid size"))?;
+        for (index, (slot, fd)) in self.queues.iter().zip(&self.notifiers).enumerate() {
+            let q = slot.as_ref().ok_or(ActivationError::NoQueue(index))?;
             if !q.is_valid(&self.mem) {
-                return Err(format!("queue {i} is not ready or not in guest memory"));
+                return Err(ActivationError::QueueInvalid(index));
             }
-            let copy = Queue::try_from(q.state()).map_err(|e| format!("queue {i}: {e}"))?;
-            handed.push(copy);
+            let queue = Queue::try_from(q.state())
+                .map_err(|source| ActivationError::QueueState { index, source })?;
+            let notify =
+                fd.try_clone().map_err(|source| ActivationError::Notifier { index, source })?;
+            handed.push(DeviceQueue { queue, notify });
         }
         let interrupt: Arc<dyn VirtioInterrupt> = self.interrupt.clone();
-        self.device
-            .activate(self.mem.clone(), interrupt, handed, self.driver_features)
-            .map_err(|e| e.to_string())?;
+        self.device.activate(self.mem.clone(), interrupt, handed, self.driver_features)?;
         self.activated = true;
         info!(
             "virtio-mmio: device type {} activated (features {:#x})",
@@ -403,17 +463,30 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
-    use crate::device::ActivateError;
     use crate::test_utils::{test_memory, TestQueue, XorShift};
 
     #[derive(Default)]
     struct Record {
         activations: u32,
         resets: u32,
-        notifies: Vec<u16>,
+        /// The notification eventfds the device got on activation.
+        notify_fds: Vec<EventFd>,
         acked: u64,
         config: [u8; 8],
         interrupt: Option<Arc<dyn VirtioInterrupt>>,
+    }
+
+    impl Record {
+        /// The queues notified since the last call, in index order.
+        fn notifies(&self) -> Vec<u16> {
+            let mut out = Vec::new();
+            for (i, fd) in self.notify_fds.iter().enumerate() {
+                if fd.read().is_ok() {
+                    out.push(i as u16);
+                }
+            }
+            out
+        }
     }
 
     struct FakeDevice {
@@ -454,7 +527,7 @@ mod tests {
             &mut self,
             _mem: GuestMemory,
             interrupt: Arc<dyn VirtioInterrupt>,
-            queues: Vec<Queue>,
+            queues: Vec<DeviceQueue>,
             acked_features: u64,
         ) -> Result<(), ActivateError> {
             if self.fail {
@@ -470,10 +543,8 @@ mod tests {
             rec.activations += 1;
             rec.acked = acked_features;
             rec.interrupt = Some(interrupt);
+            rec.notify_fds = queues.into_iter().map(|q| q.notify).collect();
             Ok(())
-        }
-        fn queue_notify(&mut self, queue_index: u16) {
-            self.record.lock().unwrap().notifies.push(queue_index);
         }
         fn reset(&mut self) {
             self.record.lock().unwrap().resets += 1;
@@ -485,7 +556,7 @@ mod tests {
         let dev = FakeDevice { sizes: vec![16, 8], record: record.clone(), fail };
         let mem = test_memory();
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        let t = MmioTransport::new(Box::new(dev), mem.clone(), irq.try_clone().unwrap());
+        let t = MmioTransport::new(Box::new(dev), mem.clone(), irq.try_clone().unwrap()).unwrap();
         (t, record, irq, mem)
     }
 
@@ -565,7 +636,7 @@ mod tests {
         }
         w(&mut t, reg::QUEUE_NOTIFY, 1);
         w(&mut t, reg::QUEUE_NOTIFY, 5);
-        assert_eq!(rec.lock().unwrap().notifies, vec![1]);
+        assert_eq!(rec.lock().unwrap().notifies(), vec![1]);
 
         // The device raises an interrupt; the driver reads and acks it.
         let int = rec.lock().unwrap().interrupt.clone().unwrap();
@@ -625,7 +696,7 @@ mod tests {
         assert_eq!(rec.lock().unwrap().activations, 0);
         assert_eq!(r(&mut t, reg::INTERRUPT_STATUS), 2);
         w(&mut t, reg::QUEUE_NOTIFY, 0);
-        assert!(rec.lock().unwrap().notifies.is_empty());
+        assert!(rec.lock().unwrap().notifies().is_empty());
     }
 
     #[test]
@@ -693,11 +764,13 @@ mod tests {
     #[test]
     fn rng_through_the_transport() {
         use crate::test_utils::F_WRITE;
+        use std::os::fd::AsRawFd;
         use vm_memory::{Bytes, GuestAddress};
         let mem = test_memory();
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let mut t =
-            MmioTransport::new(Box::new(crate::Rng::new()), mem.clone(), irq.try_clone().unwrap());
+            MmioTransport::new(Box::new(crate::Rng::new()), mem.clone(), irq.try_clone().unwrap())
+                .unwrap();
         assert_eq!(r(&mut t, reg::DEVICE_ID), 4);
         negotiate(&mut t, VIRTIO_F_VERSION_1);
         let mut tq = TestQueue::at(&mem, 0x1000, 64);
@@ -714,6 +787,10 @@ mod tests {
         assert_eq!(r(&mut t, reg::STATUS), ALL_OK);
         tq.add_chain(&[(0x20_0000, 32, F_WRITE)]);
         w(&mut t, reg::QUEUE_NOTIFY, 0);
+        // The device's thread serves the queue, then raises the interrupt; wait for that.
+        let mut pfd = libc::pollfd { fd: irq.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: poll(2) on one valid pollfd that lives across the call.
+        assert_eq!(unsafe { libc::poll(&mut pfd, 1, 5000) }, 1, "no interrupt in 5 s");
         assert_eq!(tq.used_idx(), 1);
         assert_eq!(tq.used_elem(0), (0, 32));
         let mut out = [0u8; 32];

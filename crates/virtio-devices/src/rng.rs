@@ -3,11 +3,14 @@
 use std::io;
 use std::sync::Arc;
 
-use tracing::{debug, warn};
+use tracing::debug;
 use virtio_queue::{Queue, QueueT};
+use vmm_sys_util::epoll::Epoll;
 
 use crate::chain::{write_to, Buffers};
-use crate::device::{ActivateError, GuestMemory, VirtioDevice, VirtioInterrupt};
+use crate::device::{ActivateError, DeviceQueue, GuestMemory, VirtioDevice, VirtioInterrupt};
+use crate::guest_warn;
+use crate::worker::{DeviceThread, DeviceWorker};
 use crate::VIRTIO_F_VERSION_1;
 
 /// Virtio device ID of the entropy device.
@@ -22,10 +25,10 @@ struct Active {
     queue: Queue,
 }
 
-/// The entropy device.
+/// The entropy device. Once activated, its queue is served on its own thread.
 pub struct Rng {
     sizes: [u16; 1],
-    active: Option<Active>,
+    active: Option<DeviceThread<Active>>,
 }
 
 impl Default for Rng {
@@ -37,6 +40,14 @@ impl Default for Rng {
 impl Rng {
     pub fn new() -> Rng {
         Rng { sizes: [QUEUE_SIZE], active: None }
+    }
+
+    /// Waits until the device thread (if any) has handled every notification sent so far.
+    #[cfg(test)]
+    fn settle(&self) {
+        if let Some(t) = &self.active {
+            t.with(|_| ());
+        }
     }
 }
 
@@ -69,16 +80,16 @@ impl Active {
             let written = match Buffers::collect(chain) {
                 Ok(bufs) if bufs.readable.is_empty() => self.fill(&bufs),
                 Ok(_) => {
-                    warn!("virtio-rng: request with device-readable buffers dropped");
+                    guest_warn!("virtio-rng: request with device-readable buffers dropped");
                     0
                 }
                 Err(e) => {
-                    warn!("virtio-rng: malformed request dropped: {e}");
+                    guest_warn!("virtio-rng: malformed request dropped: {e}");
                     0
                 }
             };
             if let Err(e) = self.queue.add_used(&self.mem, head, written) {
-                warn!("virtio-rng: cannot return buffer {head}: {e}");
+                guest_warn!("virtio-rng: cannot return buffer {head}: {e}");
             }
             used_any = true;
         }
@@ -91,16 +102,22 @@ impl Active {
         let len = Buffers::total(&bufs.writable).min(MAX_BYTES_PER_REQUEST);
         let mut random = vec![0u8; len];
         if let Err(e) = fill_random(&mut random) {
-            warn!("virtio-rng: getrandom failed: {e}");
+            guest_warn!("virtio-rng: getrandom failed: {e}");
             return 0;
         }
         match write_to(&self.mem, &bufs.writable, 0, &random) {
             Ok(n) => u32::try_from(n).unwrap_or(0),
             Err(e) => {
-                warn!("virtio-rng: {e}");
+                guest_warn!("virtio-rng: {e}");
                 0
             }
         }
+    }
+}
+
+impl DeviceWorker for Active {
+    fn queue_notified(&mut self, _index: usize) {
+        self.process();
     }
 }
 
@@ -129,30 +146,27 @@ impl VirtioDevice for Rng {
         &mut self,
         mem: GuestMemory,
         interrupt: Arc<dyn VirtioInterrupt>,
-        queues: Vec<Queue>,
+        queues: Vec<DeviceQueue>,
         _acked_features: u64,
     ) -> Result<(), ActivateError> {
         let got = queues.len();
         let mut it = queues.into_iter();
-        let (Some(queue), None) = (it.next(), it.next()) else {
+        let (Some(DeviceQueue { queue, notify }), None) = (it.next(), it.next()) else {
             return Err(ActivateError::QueueCount { want: 1, got });
         };
-        let mut active = Active { mem, interrupt, queue };
-        // Buffers the driver may have queued (and notified) before DRIVER_OK.
-        active.process();
-        self.active = Some(active);
+        // A second activation without reset replaces the first.
+        self.active = None;
+        let epoll = Epoll::new().map_err(|e| ActivateError::Backend(e.into()))?;
+        let active = Active { mem, interrupt, queue };
+        // The thread serves buffers the driver queued before DRIVER_OK when it starts.
+        let thread = DeviceThread::spawn("virtio-rng", Arc::new(epoll), active, vec![notify])
+            .map_err(|e| ActivateError::Backend(e.into()))?;
+        self.active = Some(thread);
         Ok(())
     }
 
-    fn queue_notify(&mut self, queue_index: u16) {
-        match (&mut self.active, queue_index) {
-            (Some(active), 0) => active.process(),
-            (None, _) => debug!("virtio-rng: notify before activation"),
-            (_, i) => warn!("virtio-rng: notify for unknown queue {i}"),
-        }
-    }
-
     fn reset(&mut self) {
+        // Stops and joins the thread; the queue goes with it.
         self.active = None;
     }
 }
@@ -162,12 +176,32 @@ mod tests {
     use super::*;
     use crate::test_utils::{test_memory, CountingInterrupt, TestQueue, XorShift, F_WRITE};
     use vm_memory::{Bytes, GuestAddress};
+    use vmm_sys_util::eventfd::EventFd;
 
-    fn active_rng(tq: &TestQueue, mem: &GuestMemory) -> (Rng, Arc<CountingInterrupt>) {
+    /// An activated device, the interrupt it signals, and the eventfd notifying its queue.
+    struct Driven {
+        rng: Rng,
+        notify: EventFd,
+    }
+
+    impl Driven {
+        /// The driver's QueueNotify: signals the queue's eventfd, then waits until the device
+        /// thread has handled it (so the test sees the result as a vCPU-side device did).
+        fn queue_notify(&mut self, index: u16) {
+            if index == 0 {
+                self.notify.write(1).unwrap();
+            }
+            self.rng.settle();
+        }
+    }
+
+    fn active_rng(tq: &TestQueue, mem: &GuestMemory) -> (Driven, Arc<CountingInterrupt>) {
         let mut rng = Rng::new();
         let int = CountingInterrupt::new();
-        rng.activate(mem.clone(), int.clone(), vec![tq.queue()], VIRTIO_F_VERSION_1).unwrap();
-        (rng, int)
+        let (q, notify) = tq.device_queue();
+        rng.activate(mem.clone(), int.clone(), vec![q], VIRTIO_F_VERSION_1).unwrap();
+        rng.settle();
+        (Driven { rng, notify }, int)
     }
 
     #[test]
@@ -220,12 +254,13 @@ mod tests {
         let mut rng = Rng::new();
         let int = CountingInterrupt::new();
         assert!(rng.activate(mem.clone(), int.clone(), vec![], 0).is_err());
-        assert!(rng.activate(mem.clone(), int, vec![tq.queue(), tq.queue()], 0).is_err());
-        rng.queue_notify(0);
+        let two = vec![tq.device_queue().0, tq.device_queue().0];
+        assert!(rng.activate(mem.clone(), int, two, 0).is_err());
+        rng.settle();
         let (mut rng, _) = active_rng(&tq, &mem);
-        rng.reset();
+        rng.rng.reset();
         rng.queue_notify(0);
-        assert!(rng.active.is_none());
+        assert!(rng.rng.active.is_none());
     }
 
     #[test]

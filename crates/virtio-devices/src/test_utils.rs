@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
+use vmm_sys_util::eventfd::EventFd;
 
-use crate::device::{GuestMemory, VirtioInterrupt};
+use crate::device::{DeviceQueue, GuestMemory, VirtioInterrupt};
 
 pub const F_NEXT: u16 = 1;
 pub const F_WRITE: u16 = 2;
@@ -58,6 +59,13 @@ impl TestQueue {
         q.set_used_ring_address(Some(self.used as u32), Some((self.used >> 32) as u32));
         q.set_ready(true);
         q
+    }
+
+    /// [`Self::queue`] with a fresh notification eventfd, and the driver's end of that eventfd.
+    pub fn device_queue(&self) -> (DeviceQueue, EventFd) {
+        let notify = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let mine = notify.try_clone().unwrap();
+        (DeviceQueue { queue: self.queue(), notify }, mine)
     }
 
     /// Writes descriptor `index` verbatim.

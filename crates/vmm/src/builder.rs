@@ -1,4 +1,5 @@
 //! Building a bootable VM from a [`VmConfig`]: memory, kernel, boot structures, devices, vCPUs.
+//! The builder knows the [`Vm`] it returns; the VM knows nothing of how it was built.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -26,7 +27,8 @@ use crate::memory::{create_guest_memory, register_memory};
 use crate::vm::Vm;
 use crate::GuestMemoryMmap;
 
-/// Builds the VM. On error nothing is left behind (no serial log, no vsock socket).
+/// Builds a VM from `config` (validated first). On error nothing is left behind (no serial
+/// log, no vsock socket).
 pub fn build_vm(config: &VmConfig) -> Result<Vm, VmmError> {
     config.validate()?;
     let kvm = open_kvm(&config.kvm_path)?;
@@ -68,19 +70,25 @@ pub fn build_vm(config: &VmConfig) -> Result<Vm, VmmError> {
             Box::new(move || reset_exit.report(ExitReason::GuestReset)),
         )));
         let mut pio = PioBus::new();
-        let bus_err = |e: crate::devices::pio_bus::PioOverlap| VmmError::Device {
-            device: "port I/O bus",
-            reason: e.to_string(),
-        };
         pio.insert(
             COM1_BASE,
             COM_PORT_LEN,
             Arc::new(Mutex::new(SerialPort::new(serial_irq, serial_out))),
         )
-        .map_err(bus_err)?;
-        pio.insert(I8042_BASE, I8042_LEN, i8042.clone()).map_err(bus_err)?;
+        .map_err(VmmError::PortOverlap)?;
+        pio.insert(I8042_BASE, I8042_LEN, i8042.clone()).map_err(VmmError::PortOverlap)?;
 
-        Ok(Vm::assemble(kvm, vm_fd, vcpus, mem.clone(), pio, mmio, exit.clone(), i8042, config))
+        Ok(Vm {
+            vcpus,
+            pio: Arc::new(pio),
+            mmio: Arc::new(mmio),
+            exit: exit.clone(),
+            i8042,
+            kick_interval: config.kick_interval,
+            _vm_fd: vm_fd,
+            _kvm: kvm,
+            mem: mem.clone(),
+        })
     };
     let vm = finish().inspect_err(|_| log.remove())?;
     Ok(vm)

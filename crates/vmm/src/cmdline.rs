@@ -54,7 +54,7 @@ pub fn write_cmdline(mem: &GuestMemoryMmap, addr: u64, line: &str) -> Result<(),
     let mut bytes = line.as_bytes().to_vec();
     bytes.push(0);
     mem.write_slice(&bytes, GuestAddress(addr))
-        .map_err(|e| VmmError::GuestMemoryWrite(format!("command line: {e}")))
+        .map_err(|source| VmmError::GuestMemoryWrite { what: "command line", source })
 }
 
 #[cfg(test)]

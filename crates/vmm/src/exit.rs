@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
 
-use crate::devices::lock;
+use carapace_virtio_devices::sync::{lock, wait};
 
 /// How a VM ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,7 +93,7 @@ impl ExitState {
             if let Some(r) = slot.as_ref() {
                 return r.clone();
             }
-            slot = self.cond.wait(slot).unwrap_or_else(|p| p.into_inner());
+            slot = wait(&self.cond, slot);
         }
     }
 }

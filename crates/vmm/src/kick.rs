@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
-use crate::devices::lock;
 use crate::error::VmmError;
+use carapace_virtio_devices::sync::{lock, wait_timeout_while};
 
 /// Offset of the kick signal from SIGRTMIN.
 const KICK_SIGNAL_OFFSET: libc::c_int = 0;
@@ -22,10 +22,8 @@ extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_v
 
 /// Installs the (empty) kick handler once per process.
 pub fn install_kick_handler() -> Result<(), VmmError> {
-    static INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();
-    INSTALLED
-        .get_or_init(|| register_signal_handler(kick_signal(), on_kick).map_err(|e| e.to_string()))
-        .clone()
+    static INSTALLED: OnceLock<Result<(), vmm_sys_util::errno::Error>> = OnceLock::new();
+    (*INSTALLED.get_or_init(|| register_signal_handler(kick_signal(), on_kick)))
         .map_err(VmmError::Signal)
 }
 
@@ -58,9 +56,7 @@ impl PeriodicKicker {
                 let (m, cond) = &*flag;
                 let mut stopped = lock(m);
                 loop {
-                    let (guard, timeout) = cond
-                        .wait_timeout_while(stopped, interval, |s| !*s)
-                        .unwrap_or_else(|p| p.into_inner());
+                    let (guard, timeout) = wait_timeout_while(cond, stopped, interval, |s| !*s);
                     stopped = guard;
                     if *stopped || !timeout.timed_out() {
                         return;

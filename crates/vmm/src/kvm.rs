@@ -14,9 +14,8 @@ const KVM_API_VERSION: i32 = 12;
 
 /// Opens the KVM device and checks the API version and the capabilities carapace needs.
 pub fn open_kvm(path: &Path) -> Result<Kvm, VmmError> {
-    let c_path = CString::new(path.as_os_str().as_bytes()).map_err(|_| {
-        VmmError::Config(format!("KVM device path {} contains a NUL byte", path.display()))
-    })?;
+    let c_path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| VmmError::KvmPathNul(path.to_path_buf()))?;
     let kvm = Kvm::new_with_path(&c_path)
         .map_err(|source| VmmError::OpenKvm { path: path.to_path_buf(), source })?;
     let version = kvm.get_api_version();
@@ -28,6 +27,7 @@ pub fn open_kvm(path: &Path) -> Result<Kvm, VmmError> {
         (Cap::Pit2, "KVM_CAP_PIT2"),
         (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
         (Cap::Irqfd, "KVM_CAP_IRQFD"),
+        (Cap::Ioeventfd, "KVM_CAP_IOEVENTFD"),
         (Cap::SetTssAddr, "KVM_CAP_SET_TSS_ADDR"),
         (Cap::ExtCpuid, "KVM_CAP_EXT_CPUID"),
     ] {

@@ -2,9 +2,9 @@
 //! with a serial console, an i8042 (reset, Ctrl+Alt+Del) and virtio-mmio devices (vsock, rng, virtio-fs).
 //!
 //! ```no_run
-//! use carapace_vmm::{Vm, VmConfig};
+//! use carapace_vmm::{build_vm, VmConfig};
 //! let config = VmConfig::new("/var/lib/carapace/guest/vmlinux");
-//! let vm = Vm::new(&config)?;
+//! let vm = build_vm(&config)?;
 //! let handle = vm.handle(); // graceful_stop() / force_stop() from another thread
 //! let reason = vm.run();
 //! # drop(handle); let _ = reason;
@@ -23,13 +23,16 @@ mod kvm;
 pub mod layout;
 pub mod loader;
 pub mod memory;
+mod panic;
 mod probe;
 mod vcpu;
 mod vm;
 
+pub use builder::build_vm;
 pub use config::{VmConfig, VsockConfig, DEFAULT_KVM_PATH, MAX_VCPUS, MIN_MEM_MIB};
 pub use error::VmmError;
 pub use exit::ExitReason;
+pub use panic::install_panic_abort;
 pub use probe::{probe_guest_capability, ProbeReport};
 pub use vm::{Vm, VmHandle};
 

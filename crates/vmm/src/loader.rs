@@ -26,7 +26,7 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, V
     let mut file = File::open(path)
         .map_err(|source| VmmError::KernelRead { path: path.to_path_buf(), source })?;
     let result = Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START)))
-        .map_err(|e| VmmError::KernelInvalid { path: path.to_path_buf(), reason: e.to_string() })?;
+        .map_err(|source| VmmError::KernelInvalid { path: path.to_path_buf(), source })?;
     Ok(LoadedKernel { entry: result.kernel_load.0, end: result.kernel_end })
 }
 
@@ -52,7 +52,7 @@ pub fn load_initramfs(
     let addr = initramfs_address(low_ram_end, kernel_end, size)
         .ok_or_else(|| VmmError::InitramfsTooLarge { path: path.to_path_buf(), size })?;
     mem.write_slice(&data, GuestAddress(addr))
-        .map_err(|e| VmmError::GuestMemoryWrite(format!("initramfs: {e}")))?;
+        .map_err(|source| VmmError::GuestMemoryWrite { what: "initramfs", source })?;
     Ok((addr, size))
 }
 

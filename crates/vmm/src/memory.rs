@@ -12,11 +12,10 @@ use crate::GuestMemoryMmap;
 pub fn create_guest_memory(mem_bytes: u64) -> Result<GuestMemoryMmap, VmmError> {
     let mut ranges = Vec::new();
     for (start, len) in ram_ranges(mem_bytes) {
-        let len = usize::try_from(len)
-            .map_err(|_| VmmError::GuestMemory(format!("{len} bytes do not fit in usize")))?;
+        let len = usize::try_from(len).map_err(|_| VmmError::GuestMemoryTooLarge(len))?;
         ranges.push((GuestAddress(start), len));
     }
-    GuestMemoryMmap::from_ranges(&ranges).map_err(|e| VmmError::GuestMemory(e.to_string()))
+    GuestMemoryMmap::from_ranges(&ranges).map_err(VmmError::GuestMemory)
 }
 
 /// Tells KVM about every region of `mem` (one slot each).
@@ -24,7 +23,7 @@ pub fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmmError>
     for (slot, region) in mem.iter().enumerate() {
         let host = region
             .get_host_address(MemoryRegionAddress(0))
-            .map_err(|e| VmmError::GuestMemory(e.to_string()))?;
+            .map_err(VmmError::GuestMemoryMapping)?;
         let desc = kvm_userspace_memory_region {
             slot: slot as u32,
             flags: 0,

@@ -123,13 +123,13 @@ pub fn probe_guest_capability(kvm_path: &Path) -> Result<ProbeReport, VmmError> 
     let kvm = open_kvm(kvm_path)?;
     let vm = create_vm(&kvm, false)?;
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), PROBE_MEM_SIZE)])
-        .map_err(|e| VmmError::GuestMemory(e.to_string()))?;
+        .map_err(VmmError::GuestMemory)?;
     register_memory(&vm, &mem)?;
 
     let supported = supported_cpuid(&kvm)?;
     let set = ProbeSet::from_cpuid(supported.as_slice());
     mem.write_slice(&probe_code(set), GuestAddress(CODE_ADDR))
-        .map_err(|e| VmmError::GuestMemoryWrite(format!("probe code: {e}")))?;
+        .map_err(|source| VmmError::GuestMemoryWrite { what: "probe code", source })?;
     let cr3 = paging::write_identity_tables(&mem)?;
     boot_cpu::write_gdt_idt(&mem)?;
 

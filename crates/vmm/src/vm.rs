@@ -6,16 +6,15 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use carapace_virtio_devices::lock;
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 
-use crate::config::VmConfig;
 use crate::devices::i8042::I8042;
-use crate::devices::lock;
 use crate::devices::mmio_bus::MmioBus;
 use crate::devices::pio_bus::PioBus;
-use crate::error::VmmError;
 use crate::exit::{ExitReason, ExitState};
 use crate::kick::{install_kick_handler, kick, PeriodicKicker};
+use crate::panic::install_panic_abort;
 use crate::vcpu::{run_vcpu, VcpuContext};
 use crate::GuestMemoryMmap;
 
@@ -24,18 +23,18 @@ const STOP_KICK_PERIOD: Duration = Duration::from_millis(5);
 /// How long vCPUs get to leave KVM_RUN once stopped.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A microVM ready to run.
+/// A microVM ready to run, as [`build_vm`](crate::build_vm) returns it.
 pub struct Vm {
     // Field order is drop order: vCPUs and devices go before the VM and its memory.
-    vcpus: Vec<VcpuFd>,
-    pio: Arc<PioBus>,
-    mmio: Arc<MmioBus>,
-    exit: Arc<ExitState>,
-    i8042: Arc<Mutex<I8042>>,
-    kick_interval: Option<Duration>,
-    _vm_fd: VmFd,
-    _kvm: Kvm,
-    mem: GuestMemoryMmap,
+    pub(crate) vcpus: Vec<VcpuFd>,
+    pub(crate) pio: Arc<PioBus>,
+    pub(crate) mmio: Arc<MmioBus>,
+    pub(crate) exit: Arc<ExitState>,
+    pub(crate) i8042: Arc<Mutex<I8042>>,
+    pub(crate) kick_interval: Option<Duration>,
+    pub(crate) _vm_fd: VmFd,
+    pub(crate) _kvm: Kvm,
+    pub(crate) mem: GuestMemoryMmap,
 }
 
 /// Lets other threads stop a VM. Cheap to clone.
@@ -71,43 +70,16 @@ impl VmHandle {
 }
 
 impl Vm {
-    /// Builds a VM from `config` (validated first). Nothing is left behind on error.
-    pub fn new(config: &VmConfig) -> Result<Vm, VmmError> {
-        crate::builder::build_vm(config)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn assemble(
-        kvm: Kvm,
-        vm_fd: VmFd,
-        vcpus: Vec<VcpuFd>,
-        mem: GuestMemoryMmap,
-        pio: PioBus,
-        mmio: MmioBus,
-        exit: Arc<ExitState>,
-        i8042: Arc<Mutex<I8042>>,
-        config: &VmConfig,
-    ) -> Vm {
-        Vm {
-            vcpus,
-            pio: Arc::new(pio),
-            mmio: Arc::new(mmio),
-            exit,
-            i8042,
-            kick_interval: config.kick_interval,
-            _vm_fd: vm_fd,
-            _kvm: kvm,
-            mem,
-        }
-    }
-
     /// A handle to stop this VM from another thread.
     pub fn handle(&self) -> VmHandle {
         VmHandle { exit: self.exit.clone(), i8042: self.i8042.clone() }
     }
 
-    /// Runs the guest until it resets, is stopped or fails.
+    /// Runs the guest until it resets, is stopped or fails. From here on, a panic on any
+    /// thread of the process aborts it ([`install_panic_abort`]): a VM whose vCPU or device
+    /// thread died half-way must stop, not hang.
     pub fn run(mut self) -> ExitReason {
+        install_panic_abort();
         if let Err(e) = install_kick_handler() {
             return ExitReason::Error(e.to_string());
         }

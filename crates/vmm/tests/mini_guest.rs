@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use carapace_vmm::{ExitReason, Vm, VmConfig, VsockConfig};
+use carapace_vmm::{build_vm, ExitReason, VmConfig, VsockConfig};
 
 const LOAD_ADDR: u64 = 0x100_0000;
 
@@ -91,7 +91,7 @@ fn guest_prints_and_resets() {
     }
     let g =
         Guest::new([print("hello from the guest\n"), RESET.to_vec(), HALT_LOOP.to_vec()].concat());
-    let reason = Vm::new(&g.config).unwrap().run();
+    let reason = build_vm(&g.config).unwrap().run();
     assert_eq!(reason, ExitReason::GuestReset);
     assert_eq!(g.serial(), "hello from the guest\n");
 }
@@ -105,7 +105,7 @@ fn unknown_ports_read_all_ones() {
     let code =
         [vec![0xe4, 0x99, 0x66, 0xba, 0xf8, 0x03, 0xee, 0xe6, 0x99], RESET.to_vec()].concat();
     let g = Guest::new(code);
-    assert_eq!(Vm::new(&g.config).unwrap().run(), ExitReason::GuestReset);
+    assert_eq!(build_vm(&g.config).unwrap().run(), ExitReason::GuestReset);
     assert_eq!(std::fs::read(g.path("serial.log")).unwrap(), vec![0xff]);
 }
 
@@ -115,7 +115,7 @@ fn triple_fault_is_reported_with_registers() {
         return;
     }
     let g = Guest::new([print("bye\n"), UD2.to_vec()].concat());
-    match Vm::new(&g.config).unwrap().run() {
+    match build_vm(&g.config).unwrap().run() {
         ExitReason::TripleFault { vcpu: 0, registers } => {
             assert!(registers.contains("rip="), "{registers}")
         }
@@ -131,7 +131,7 @@ fn force_stop_ends_a_spinning_smp_guest() {
     }
     let mut g = Guest::new([print("spin\n"), SPIN.to_vec()].concat());
     g.config.vcpus = 2;
-    let vm = Vm::new(&g.config).unwrap();
+    let vm = build_vm(&g.config).unwrap();
     let handle = vm.handle();
     let stopper = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(300));
@@ -160,7 +160,7 @@ fn graceful_stop_delivers_ctrl_alt_del() {
         .concat(),
     );
     g.config.kick_interval = Some(Duration::from_millis(20));
-    let vm = Vm::new(&g.config).unwrap();
+    let vm = build_vm(&g.config).unwrap();
     let handle = vm.handle();
     let stopper = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(300));
@@ -177,7 +177,7 @@ fn graceful_stop_is_not_delivered_before_the_guest_driver() {
         return;
     }
     let g = Guest::new(SPIN.to_vec());
-    let vm = Vm::new(&g.config).unwrap();
+    let vm = build_vm(&g.config).unwrap();
     let handle = vm.handle();
     let stopper = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(100));
@@ -197,7 +197,7 @@ fn vsock_socket_lives_as_long_as_the_vm() {
     let mut g = Guest::new(SPIN.to_vec());
     let sock = g.path("vsock.sock");
     g.config.vsock = Some(VsockConfig { guest_cid: 3, uds_path: sock.clone() });
-    let vm = Vm::new(&g.config).unwrap();
+    let vm = build_vm(&g.config).unwrap();
     assert!(sock.exists());
     let handle = vm.handle();
     let stopper = std::thread::spawn(move || {
@@ -218,7 +218,7 @@ fn failed_build_leaves_nothing_behind() {
     let sock = g.path("taken.sock");
     std::fs::write(&sock, b"not ours").unwrap();
     g.config.vsock = Some(VsockConfig { guest_cid: 3, uds_path: sock.clone() });
-    let e = Vm::new(&g.config).err().expect("socket path is taken");
+    let e = build_vm(&g.config).err().expect("socket path is taken");
     assert!(e.to_string().contains("already taken"), "{e}");
     assert!(!g.path("serial.log").exists());
     assert_eq!(std::fs::read(&sock).unwrap(), b"not ours");
@@ -234,7 +234,7 @@ fn corrupt_kernel_is_a_clear_error() {
     if !kvm_usable() {
         return;
     }
-    let e = Vm::new(&config).err().expect("corrupt kernel");
+    let e = build_vm(&config).err().expect("corrupt kernel");
     assert!(e.to_string().contains("is not a valid vmlinux ELF"), "{e}");
     assert!(!dir.path().join("serial.log").exists());
 }

@@ -1,9 +1,10 @@
 //! virtio-fs (device ID 26): one host directory shared into the guest, served in the VMM by
 //! fuse-backend-rs's passthrough file system.
 //!
-//! Two queues: hiprio (FORGET, interrupts) and one request queue. The vCPU thread only kicks a
-//! worker thread (eventfd); the worker pops descriptor chains, hands each to the FUSE server
-//! and returns it to the used ring. Everything in a chain is untrusted: a malformed chain or
+//! Two queues: hiprio (FORGET, interrupts) and one request queue. The device's thread owns
+//! them and wakes up on their notification eventfds (signalled by KVM, never a vCPU-side
+//! call); it pops descriptor chains, hands each to the FUSE server and returns it to the used
+//! ring. Everything in a chain is untrusted: a malformed chain or
 //! FUSE message is returned with nothing written and logged, never a panic.
 
 mod memory;
@@ -18,13 +19,15 @@ use std::time::Duration;
 
 use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
 use tracing::{debug, info, warn};
-use virtio_queue::Queue;
+use vmm_sys_util::epoll::Epoll;
 
-use crate::device::{ActivateError, GuestMemory, VirtioDevice, VirtioInterrupt};
+use crate::device::{ActivateError, DeviceQueue, GuestMemory, VirtioDevice, VirtioInterrupt};
+use crate::guest_warn;
+use crate::worker::DeviceThread;
 use crate::VIRTIO_F_VERSION_1;
 
 pub use memory::MemoryViewError;
-use worker::{Context, Worker};
+use worker::Context;
 
 /// Virtio device ID of the file system device.
 pub const VIRTIO_ID_FS: u32 = 26;
@@ -57,7 +60,7 @@ pub struct Fs {
     config: [u8; FS_TAG_LEN + 4],
     shared_dir: PathBuf,
     sizes: [u16; QUEUE_COUNT],
-    active: Option<Worker>,
+    active: Option<DeviceThread<Context>>,
 }
 
 impl Fs {
@@ -170,14 +173,14 @@ impl VirtioDevice for Fs {
     }
 
     fn write_config(&mut self, offset: u64, _data: &[u8]) {
-        warn!("virtio-fs: guest wrote read-only config at {offset:#x}; ignored");
+        guest_warn!("virtio-fs: guest wrote read-only config at {offset:#x}; ignored");
     }
 
     fn activate(
         &mut self,
         mem: GuestMemory,
         interrupt: Arc<dyn VirtioInterrupt>,
-        queues: Vec<Queue>,
+        queues: Vec<DeviceQueue>,
         _acked_features: u64,
     ) -> Result<(), ActivateError> {
         if queues.len() != QUEUE_COUNT {
@@ -185,26 +188,21 @@ impl VirtioDevice for Fs {
         }
         // A second activation without reset replaces the first.
         self.active = None;
+        let (queues, notifies): (Vec<_>, Vec<_>) =
+            queues.into_iter().map(|q| (q.queue, q.notify)).unzip();
         let ctx = Context::new(&mem, &queues, &self.shared_dir, interrupt)
-            .map_err(|e| ActivateError::Backend(e.to_string()))?;
-        let worker = Worker::spawn(ctx).map_err(|e| ActivateError::Backend(e.to_string()))?;
-        // Requests the driver may have queued (and notified) before DRIVER_OK.
-        worker.kick();
-        self.active = Some(worker);
+            .map_err(|e| ActivateError::Backend(e.into()))?;
+        let epoll = Epoll::new().map_err(|e| ActivateError::Backend(e.into()))?;
+        // The thread serves requests the driver queued before DRIVER_OK when it starts.
+        let thread = DeviceThread::spawn("virtio-fs", Arc::new(epoll), ctx, notifies)
+            .map_err(|e| ActivateError::Backend(e.into()))?;
+        self.active = Some(thread);
         debug!("virtio-fs: activated");
         Ok(())
     }
 
-    fn queue_notify(&mut self, queue_index: u16) {
-        match &self.active {
-            None => debug!("virtio-fs: notify before activation"),
-            Some(worker) if usize::from(queue_index) < QUEUE_COUNT => worker.kick(),
-            Some(_) => warn!("virtio-fs: notify for unknown queue {queue_index}"),
-        }
-    }
-
     fn reset(&mut self) {
-        // Stops and joins the worker; the FUSE session (open files, inodes) goes with it.
+        // Stops and joins the thread; the FUSE session (open files, inodes) goes with it.
         self.active = None;
     }
 }

@@ -8,6 +8,8 @@ use fuse_backend_rs::abi::fuse_abi::{
 use vm_memory::{Bytes, GuestAddress};
 use vm_memory_fs::ByteValued;
 
+use vmm_sys_util::eventfd::EventFd;
+
 use super::worker::Context;
 use super::*;
 use crate::test_utils::{test_memory, CountingInterrupt, TestQueue, XorShift, F_WRITE};
@@ -51,6 +53,8 @@ struct Driver {
     mem: GuestMemory,
     hiprio: TestQueue,
     request: TestQueue,
+    /// The driver's ends of the queues' notification eventfds, once handed to a device.
+    notifies: Vec<EventFd>,
     unique: u64,
 }
 
@@ -66,13 +70,29 @@ impl Driver {
         Driver {
             hiprio: TestQueue::at(&mem, HIPRIO_BASE, 64),
             request: TestQueue::at(&mem, REQUEST_BASE, 64),
+            notifies: Vec::new(),
             mem,
             unique: 0,
         }
     }
 
-    fn queues(&self) -> Vec<Queue> {
+    fn queues(&self) -> Vec<virtio_queue::Queue> {
         vec![self.hiprio.queue(), self.request.queue()]
+    }
+
+    /// The queues as a device gets them on activation; keeps the driver's notification ends.
+    fn device_queues(&mut self) -> Vec<DeviceQueue> {
+        let (queues, notifies) =
+            [&self.hiprio, &self.request].iter().map(|q| q.device_queue()).unzip();
+        self.notifies = notifies;
+        queues
+    }
+
+    /// The driver's QueueNotify for queue `index` (what KVM's ioeventfd does).
+    fn kick(&self, index: usize) {
+        if let Some(fd) = self.notifies.get(index) {
+            fd.write(1).unwrap();
+        }
     }
 
     fn context(&self, dir: &Path) -> (Context, Arc<CountingInterrupt>) {
@@ -85,7 +105,8 @@ impl Driver {
         match how {
             Serve::Direct(ctx) => ctx.process_all(),
             Serve::Device(fs) => {
-                fs.queue_notify(1);
+                assert!(fs.active.is_some(), "the device is not active");
+                self.kick(1);
                 // A generous bound for a loaded machine; only a hung device gets near it.
                 let deadline = Instant::now() + Duration::from_secs(30);
                 while self.request.used_idx() != want_used {
@@ -211,15 +232,15 @@ fn bad_tags_and_directories_are_refused() {
 fn wrong_queue_count_is_refused_and_notify_before_activation_is_ignored() {
     let dir = tempfile::tempdir().unwrap();
     let mut fs = Fs::new("carapace", dir.path()).unwrap();
-    fs.queue_notify(1);
     let d = Driver::new();
     let int = CountingInterrupt::new();
-    let one = vec![d.hiprio.queue()];
+    let one = vec![d.hiprio.device_queue().0];
     assert!(matches!(
         fs.activate(d.mem.clone(), int.clone(), one, VIRTIO_F_VERSION_1),
         Err(ActivateError::QueueCount { want: 2, got: 1 })
     ));
-    let three = vec![d.hiprio.queue(), d.request.queue(), d.request.queue()];
+    let three =
+        vec![d.hiprio.device_queue().0, d.request.device_queue().0, d.request.device_queue().0];
     assert!(fs.activate(d.mem.clone(), int, three, VIRTIO_F_VERSION_1).is_err());
     assert!(fs.active.is_none());
 }
@@ -260,7 +281,8 @@ fn the_device_serves_requests_on_its_worker_thread() {
     let mut d = Driver::new();
     let mut fs = Fs::new("carapace", &shared).unwrap();
     let int = CountingInterrupt::new();
-    fs.activate(d.mem.clone(), int.clone(), d.queues(), VIRTIO_F_VERSION_1).unwrap();
+    let queues = d.device_queues();
+    fs.activate(d.mem.clone(), int.clone(), queues, VIRTIO_F_VERSION_1).unwrap();
     {
         let how = &mut Serve::Device(&mut fs);
         d.init(how);
@@ -272,8 +294,8 @@ fn the_device_serves_requests_on_its_worker_thread() {
     // After a reset, a notification is ignored and nothing is served.
     let used = d.request.used_idx();
     d.request.add_chain(&[(IN_ADDR, 64, 0), (OUT_ADDR, 64, F_WRITE)]);
-    fs.queue_notify(1);
-    fs.queue_notify(7);
+    d.kick(1);
+    d.kick(7);
     assert_eq!(d.request.used_idx(), used);
 }
 

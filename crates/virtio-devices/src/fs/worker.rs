@@ -1,24 +1,23 @@
-//! The virtio-fs worker thread: FUSE requests from the queues to the passthrough file system.
+//! The virtio-fs device thread's work: FUSE requests from the queues to the passthrough file
+//! system.
 
-use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::passthrough::PassthroughFs;
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter};
-use tracing::{debug, error, warn};
+use tracing::error;
 use virtio_queue_fs::{DescriptorChain, QueueT};
-use vmm_sys_util::eventfd::EventFd;
 
 use super::memory::{convert_queue, FsGuestMemory, FsQueue, MemoryView};
 use super::{passthrough_fs, FsError};
 use crate::device::{GuestMemory, VirtioInterrupt};
+use crate::guest_warn;
+use crate::worker::DeviceWorker;
 
-/// Everything the worker needs: memory view, queues, FUSE server, interrupt.
+/// Everything the device thread needs: memory view, queues, FUSE server, interrupt.
 pub(crate) struct Context {
     queues: Vec<FsQueue>,
     server: Server<PassthroughFs<()>>,
@@ -64,7 +63,7 @@ fn process_queue(
         let head = chain.head_index();
         let written = handle_chain(server, mem, chain, index);
         if let Err(e) = queue.add_used(mem, head, written) {
-            warn!("virtio-fs: queue {index}: cannot return buffer {head}: {e}");
+            guest_warn!("virtio-fs: queue {index}: cannot return buffer {head}: {e}");
         }
         used_any = true;
     }
@@ -81,14 +80,14 @@ fn handle_chain(
     let reader = match Reader::from_descriptor_chain(mem, chain.clone()) {
         Ok(r) => r,
         Err(e) => {
-            warn!("virtio-fs: queue {index}: malformed request dropped: {e}");
+            guest_warn!("virtio-fs: queue {index}: malformed request dropped: {e}");
             return 0;
         }
     };
     let writer = match VirtioFsWriter::new(mem, chain) {
         Ok(w) => w,
         Err(e) => {
-            warn!("virtio-fs: queue {index}: malformed reply buffers, request dropped: {e}");
+            guest_warn!("virtio-fs: queue {index}: malformed reply buffers, request dropped: {e}");
             return 0;
         }
     };
@@ -99,7 +98,7 @@ fn handle_chain(
     match result {
         Ok(Ok(n)) => u32::try_from(n).unwrap_or(u32::MAX),
         Ok(Err(e)) => {
-            warn!("virtio-fs: queue {index}: request failed: {e}");
+            guest_warn!("virtio-fs: queue {index}: request failed: {e}");
             0
         }
         Err(_) => {
@@ -109,60 +108,8 @@ fn handle_chain(
     }
 }
 
-/// The running worker thread; dropping it stops and joins the thread.
-pub(crate) struct Worker {
-    kick: Arc<EventFd>,
-    stop: Arc<AtomicBool>,
-    handle: Option<JoinHandle<()>>,
-}
-
-impl Worker {
-    pub fn spawn(mut ctx: Context) -> Result<Worker, FsError> {
-        // Blocking eventfd: the thread sleeps in read() until kicked.
-        let kick = Arc::new(EventFd::new(0).map_err(FsError::Thread)?);
-        let stop = Arc::new(AtomicBool::new(false));
-        let (k, s) = (kick.clone(), stop.clone());
-        let handle = std::thread::Builder::new()
-            .name("virtio-fs".into())
-            .spawn(move || run(&mut ctx, &k, &s))
-            .map_err(FsError::Thread)?;
-        Ok(Worker { kick, stop, handle: Some(handle) })
-    }
-
-    /// Wakes the worker up (never blocks: the eventfd counter absorbs repeated kicks).
-    pub fn kick(&self) {
-        if let Err(e) = self.kick.write(1) {
-            warn!("virtio-fs: cannot wake the worker: {e}");
-        }
-    }
-}
-
-fn run(ctx: &mut Context, kick: &EventFd, stop: &AtomicBool) {
-    loop {
-        match kick.read() {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                error!("virtio-fs: worker cannot wait for notifications, stops: {e}");
-                return;
-            }
-        }
-        if stop.load(Ordering::SeqCst) {
-            debug!("virtio-fs: worker stopping");
-            return;
-        }
-        ctx.process_all();
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        self.kick();
-        if let Some(handle) = self.handle.take() {
-            if handle.join().is_err() {
-                error!("virtio-fs: worker thread panicked");
-            }
-        }
+impl DeviceWorker for Context {
+    fn queue_notified(&mut self, _index: usize) {
+        self.process_all();
     }
 }

@@ -15,9 +15,10 @@ use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::packet::*;
+use crate::guest_warn;
 
 /// Bytes of guest data we accept to hold per connection before the Unix side reads them.
 pub const HOST_BUF_ALLOC: u32 = 256 * 1024;
@@ -350,7 +351,7 @@ impl Connection {
             }
             (State::Connecting, OP_RESPONSE) => self.established(now),
             (State::Connecting, op) => {
-                warn!("vsock: port {}: op {op} while connecting", self.local_port);
+                guest_warn!("vsock: port {}: op {op} while connecting", self.local_port);
                 self.reset();
             }
             (State::Established, OP_RW) => self.guest_data(payload),
@@ -358,7 +359,7 @@ impl Connection {
             (State::Established, OP_CREDIT_REQUEST) => self.send_credit_update = true,
             (State::Established, OP_SHUTDOWN) => self.guest_shutdown(hdr.flags, now),
             (State::Established, op) => {
-                warn!(
+                guest_warn!(
                     "vsock: port {}: unexpected op {op} on an established connection",
                     self.local_port
                 );
@@ -385,7 +386,7 @@ impl Connection {
 
     fn guest_data(&mut self, payload: &[u8]) {
         if self.peer_shutdown & SHUTDOWN_SEND != 0 {
-            warn!("vsock: port {}: data after shutdown dropped", self.local_port);
+            guest_warn!("vsock: port {}: data after shutdown dropped", self.local_port);
             return;
         }
         if self.host_hup || self.host_write_shut {
@@ -394,7 +395,7 @@ impl Connection {
             return;
         }
         if self.to_host.len().saturating_add(payload.len()) > HOST_BUF_ALLOC as usize {
-            warn!(
+            guest_warn!(
                 "vsock: port {}: guest exceeded the credit we gave it; resetting",
                 self.local_port
             );

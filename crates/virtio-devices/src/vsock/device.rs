@@ -3,24 +3,22 @@
 use std::io;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tracing::{debug, info, warn};
-use virtio_queue::Queue;
+use tracing::{debug, info};
 use vmm_sys_util::epoll::Epoll;
+use vmm_sys_util::eventfd::EventFd;
 
-use super::backend::{lock, Backend};
 use super::muxer::{Muxer, DEFAULT_CONNECT_TIMEOUT};
-use crate::device::{ActivateError, GuestMemory, VirtioDevice, VirtioInterrupt};
+use crate::device::{ActivateError, DeviceQueue, GuestMemory, VirtioDevice, VirtioInterrupt};
+use crate::guest_warn;
+use crate::worker::{DeviceThread, WorkerError};
 use crate::VIRTIO_F_VERSION_1;
 
 /// Virtio device ID of the socket device.
 pub const VIRTIO_ID_VSOCK: u32 = 19;
 const QUEUE_SIZE: u16 = 256;
-const RX_QUEUE: u16 = 0;
-const TX_QUEUE: u16 = 1;
-const EVENT_QUEUE: u16 = 2;
 
 /// Why a vsock device cannot be created.
 #[derive(Debug, thiserror::Error)]
@@ -31,22 +29,21 @@ pub enum VsockError {
     Bind { path: PathBuf, source: io::Error },
     #[error("invalid guest CID {0}: must be between 3 and 2^32-2")]
     InvalidCid(u64),
+    #[error("cannot start the vsock backend: {0}")]
+    Start(#[source] io::Error),
+    #[error("cannot start the vsock backend: {0}")]
+    Thread(#[from] WorkerError),
 }
 
-struct Active {
-    // Declared first: dropping it stops and joins the thread before the muxer goes.
-    _backend: Backend,
-    muxer: Arc<Mutex<Muxer>>,
-}
-
-/// A virtio-vsock device whose host side is the Unix socket `uds_path`.
+/// A virtio-vsock device whose host side is the Unix socket `uds_path`. Once activated, the
+/// muxer (queues, connections, Unix sockets) lives on the device's backend thread.
 pub struct Vsock {
     guest_cid: u64,
     uds_path: PathBuf,
     listener: UnixListener,
     sizes: [u16; 3],
     connect_timeout: Duration,
-    active: Option<Active>,
+    active: Option<DeviceThread<Muxer>>,
 }
 
 impl Vsock {
@@ -99,30 +96,34 @@ impl Vsock {
         &self,
         mem: GuestMemory,
         interrupt: Arc<dyn VirtioInterrupt>,
-        rx: Queue,
-        tx: Queue,
-    ) -> io::Result<Active> {
-        let epoll = Arc::new(Epoll::new()?);
-        let listener = self.listener.try_clone()?;
+        [rx, tx, event]: [DeviceQueue; 3],
+    ) -> Result<DeviceThread<Muxer>, VsockError> {
+        let epoll = Arc::new(Epoll::new().map_err(VsockError::Start)?);
+        let listener = self.listener.try_clone().map_err(VsockError::Start)?;
         let mut muxer = Muxer::new(
             self.guest_cid,
             self.uds_path.clone(),
             mem,
             interrupt,
-            rx,
-            tx,
+            rx.queue,
+            tx.queue,
             listener,
             epoll.clone(),
-        )?;
+        )
+        .map_err(VsockError::Start)?;
         muxer.set_connect_timeout(self.connect_timeout);
-        let muxer = Arc::new(Mutex::new(muxer));
-        let backend = Backend::spawn(muxer.clone(), epoll)?;
-        Ok(Active { _backend: backend, muxer })
+        let notifies: Vec<EventFd> = vec![rx.notify, tx.notify, event.notify];
+        Ok(DeviceThread::spawn("vsock-backend", epoll, muxer, notifies)?)
     }
 
+    /// Runs `f` on the backend thread with the muxer, once every notification sent so far is
+    /// handled; `None` when the device is not active.
     #[cfg(test)]
-    pub(crate) fn muxer(&self) -> Option<Arc<Mutex<Muxer>>> {
-        self.active.as_ref().map(|a| a.muxer.clone())
+    pub(crate) fn with_muxer<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Muxer) -> R + Send + 'static,
+    ) -> Option<R> {
+        self.active.as_ref().map(|t| t.with(f))
     }
 }
 
@@ -152,45 +153,27 @@ impl VirtioDevice for Vsock {
     }
 
     fn write_config(&mut self, offset: u64, _data: &[u8]) {
-        warn!("vsock: guest wrote read-only config at {offset:#x}; ignored");
+        guest_warn!("vsock: guest wrote read-only config at {offset:#x}; ignored");
     }
 
     fn activate(
         &mut self,
         mem: GuestMemory,
         interrupt: Arc<dyn VirtioInterrupt>,
-        queues: Vec<Queue>,
+        queues: Vec<DeviceQueue>,
         _acked_features: u64,
     ) -> Result<(), ActivateError> {
         let got = queues.len();
-        let mut it = queues.into_iter();
-        let (Some(rx), Some(tx), Some(_event), None) = (it.next(), it.next(), it.next(), it.next())
-        else {
-            return Err(ActivateError::QueueCount { want: 3, got });
-        };
+        let queues: [DeviceQueue; 3] =
+            queues.try_into().map_err(|_| ActivateError::QueueCount { want: 3, got })?;
         // A second activation without reset replaces the first.
         self.active = None;
-        let active = self
-            .start(mem, interrupt, rx, tx)
-            .map_err(|e| ActivateError::Backend(e.to_string()))?;
-        // Packets the driver may have queued (and notified) before DRIVER_OK.
-        lock(&active.muxer).process_tx();
-        self.active = Some(active);
+        // The thread handles packets the driver queued before DRIVER_OK when it starts.
+        let thread =
+            self.start(mem, interrupt, queues).map_err(|e| ActivateError::Backend(e.into()))?;
+        self.active = Some(thread);
         debug!("vsock: activated");
         Ok(())
-    }
-
-    fn queue_notify(&mut self, queue_index: u16) {
-        let Some(active) = &self.active else {
-            debug!("vsock: notify before activation");
-            return;
-        };
-        match queue_index {
-            RX_QUEUE => lock(&active.muxer).process_rx(),
-            TX_QUEUE => lock(&active.muxer).process_tx(),
-            EVENT_QUEUE => {}
-            other => warn!("vsock: notify for unknown queue {other}"),
-        }
     }
 
     fn reset(&mut self) {

@@ -6,7 +6,6 @@
 //! - guest-initiated: a guest connection to CID 2 port P is relayed to the Unix socket
 //!   `<uds_path>_<P>`.
 
-mod backend;
 mod connection;
 mod device;
 mod muxer;

@@ -1,8 +1,9 @@
 //! The vsock multiplexer: routes guest packets to connections, connections' packets to the
 //! guest's rx queue, and accepts host connections on the Unix listener.
 //!
-//! It is shared (behind a Mutex) by vCPU threads (queue notifications) and the backend thread
-//! (Unix socket readiness). Every Unix socket is non-blocking; nothing here blocks.
+//! It lives on the device's backend thread, which owns it (no lock): that thread wakes up for
+//! queue notifications (eventfds KVM signals) and Unix socket readiness alike. Every Unix
+//! socket is non-blocking; nothing here blocks.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read};
@@ -19,11 +20,16 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use super::connection::{Connection, PEER_TIMEOUT};
 use super::packet::*;
-use crate::chain::{read_from, write_to, Buffers};
+use crate::chain::{read_from, write_to, Buffers, ChainError};
 use crate::device::{GuestMemory, VirtioInterrupt};
+use crate::guest_warn;
+use crate::worker::{DeviceWorker, FIRST_RESERVED_TOKEN};
 
-/// Epoll token of the backend's stop eventfd.
-pub const TOKEN_STOP: u64 = 0;
+/// Queue indices of the device.
+const RX_QUEUE: usize = 0;
+const TX_QUEUE: usize = 1;
+/// Wake up at least this often to run timeouts.
+const TICK_MS: i32 = 200;
 /// Epoll token of the Unix listener.
 pub const TOKEN_LISTENER: u64 = 1;
 const FIRST_STREAM_TOKEN: u64 = 16;
@@ -41,6 +47,19 @@ const MAX_CONNECT_LINE: usize = 32;
 
 /// (local (host) port, peer (guest) port).
 type Key = (u32, u32);
+
+/// Why a tx packet was dropped.
+#[derive(Debug, thiserror::Error)]
+enum TxError {
+    #[error(transparent)]
+    Chain(#[from] ChainError),
+    #[error("tx packet has device-writable buffers")]
+    Writable,
+    #[error(transparent)]
+    Packet(#[from] PacketError),
+    #[error("payload truncated: {got} of {want} bytes")]
+    Truncated { got: usize, want: usize },
+}
 
 /// A host process connected to the listener and has not yet sent its whole CONNECT line.
 struct PendingAccept {
@@ -154,7 +173,10 @@ impl Muxer {
 
     fn alloc_token(&mut self) -> u64 {
         let token = self.next_token;
-        self.next_token = self.next_token.wrapping_add(1).max(FIRST_STREAM_TOKEN);
+        self.next_token = self.next_token.wrapping_add(1);
+        if self.next_token >= FIRST_RESERVED_TOKEN {
+            self.next_token = FIRST_STREAM_TOKEN;
+        }
         token
     }
 
@@ -173,15 +195,15 @@ impl Muxer {
         while let Some(chain) = self.tx.pop_descriptor_chain(&self.mem) {
             let head = chain.head_index();
             let packet = Buffers::collect(chain)
-                .map_err(|e| e.to_string())
+                .map_err(TxError::from)
                 .and_then(|bufs| self.read_tx_packet(&bufs));
             if let Err(e) = self.tx.add_used(&self.mem, head, 0) {
-                warn!("vsock: cannot return tx buffer {head}: {e}");
+                guest_warn!("vsock: cannot return tx buffer {head}: {e}");
             }
             used_any = true;
             match packet {
                 Ok((hdr, payload)) => self.dispatch(&hdr, &payload, now),
-                Err(e) => warn!("vsock: tx packet dropped: {e}"),
+                Err(e) => guest_warn!("vsock: tx packet dropped: {e}"),
             }
         }
         if used_any {
@@ -190,26 +212,25 @@ impl Muxer {
         self.process_rx();
     }
 
-    fn read_tx_packet(&mut self, bufs: &Buffers) -> Result<(Header, Vec<u8>), String> {
+    fn read_tx_packet(&mut self, bufs: &Buffers) -> Result<(Header, Vec<u8>), TxError> {
         if !bufs.writable.is_empty() {
-            return Err("tx packet has device-writable buffers".into());
+            return Err(TxError::Writable);
         }
         let mut raw = [0u8; HDR_SIZE];
-        let got = read_from(&self.mem, &bufs.readable, 0, &mut raw).map_err(|e| e.to_string())?;
-        let hdr = Header::parse(raw.get(..got).unwrap_or(&[])).map_err(|e| e.to_string())?;
+        let got = read_from(&self.mem, &bufs.readable, 0, &mut raw)?;
+        let hdr = Header::parse(raw.get(..got).unwrap_or(&[]))?;
         let avail = Buffers::total(&bufs.readable).saturating_sub(HDR_SIZE);
         if let Err(e) = hdr.validate(avail) {
             // The header itself is readable: tell the guest this connection is broken.
             if hdr.src_cid == self.guest_cid && hdr.dst_cid == HOST_CID && hdr.op != OP_RST {
                 self.reset_connection(&hdr);
             }
-            return Err(e.to_string());
+            return Err(e.into());
         }
         let mut payload = vec![0u8; hdr.len as usize];
-        let n = read_from(&self.mem, &bufs.readable, HDR_SIZE, &mut payload)
-            .map_err(|e| e.to_string())?;
+        let n = read_from(&self.mem, &bufs.readable, HDR_SIZE, &mut payload)?;
         if n != payload.len() {
-            return Err(format!("payload truncated: {n} of {} bytes", payload.len()));
+            return Err(TxError::Truncated { got: n, want: payload.len() });
         }
         Ok((hdr, payload))
     }
@@ -227,9 +248,11 @@ impl Muxer {
 
     fn dispatch(&mut self, hdr: &Header, payload: &[u8], now: Instant) {
         if hdr.dst_cid != HOST_CID || hdr.src_cid != self.guest_cid {
-            warn!(
+            guest_warn!(
                 "vsock: packet from cid {} to cid {} dropped (guest is {}, host is {HOST_CID})",
-                hdr.src_cid, hdr.dst_cid, self.guest_cid
+                hdr.src_cid,
+                hdr.dst_cid,
+                self.guest_cid
             );
             return;
         }
@@ -264,7 +287,7 @@ impl Muxer {
     /// Guest connects to host port `hdr.dst_port`: connect to `<uds_path>_<port>`.
     fn guest_connect(&mut self, hdr: &Header) {
         if self.slots.len() >= MAX_CONNECTIONS {
-            warn!("vsock: too many connections; refusing guest connection");
+            guest_warn!("vsock: too many connections; refusing guest connection");
             self.push_reply(hdr.reply(OP_RST));
             return;
         }
@@ -358,13 +381,13 @@ impl Muxer {
             let bufs = match Buffers::collect(chain) {
                 Ok(b) if b.readable.is_empty() && Buffers::total(&b.writable) >= HDR_SIZE => b,
                 Ok(_) => {
-                    warn!("vsock: rx buffer without room for a header, or device-readable");
+                    guest_warn!("vsock: rx buffer without room for a header, or device-readable");
                     self.return_rx(head, 0);
                     used_any = true;
                     continue;
                 }
                 Err(e) => {
-                    warn!("vsock: malformed rx buffer: {e}");
+                    guest_warn!("vsock: malformed rx buffer: {e}");
                     self.return_rx(head, 0);
                     used_any = true;
                     continue;
@@ -381,7 +404,7 @@ impl Muxer {
             let len = match written {
                 Ok(n) => u32::try_from(n).unwrap_or(0),
                 Err(e) => {
-                    warn!("vsock: rx packet lost: {e}");
+                    guest_warn!("vsock: rx packet lost: {e}");
                     0
                 }
             };
@@ -395,7 +418,7 @@ impl Muxer {
 
     fn return_rx(&mut self, head: u16, len: u32) {
         if let Err(e) = self.rx.add_used(&self.mem, head, len) {
-            warn!("vsock: cannot return rx buffer {head}: {e}");
+            guest_warn!("vsock: cannot return rx buffer {head}: {e}");
         }
     }
 
@@ -423,7 +446,6 @@ impl Muxer {
     /// Handles one epoll event of the backend thread.
     pub fn handle_event(&mut self, token: u64, events: EventSet) {
         match token {
-            TOKEN_STOP => {}
             TOKEN_LISTENER => self.accept_all(),
             _ => match self.slots.get(&token) {
                 Some(Slot::Pending(_)) => self.read_connect_line(token, events),
@@ -599,6 +621,31 @@ impl Muxer {
     #[cfg(test)]
     pub fn pending_replies(&self) -> usize {
         self.rx_ctrl.len()
+    }
+}
+
+impl DeviceWorker for Muxer {
+    fn queue_notified(&mut self, index: usize) {
+        match index {
+            RX_QUEUE => self.process_rx(),
+            TX_QUEUE => self.process_tx(),
+            // The event queue carries only device -> driver events (transport resets), which
+            // this device never sends.
+            _ => {}
+        }
+    }
+
+    fn fd_event(&mut self, token: u64, events: EventSet) {
+        self.handle_event(token, events);
+    }
+
+    fn after_events(&mut self, now: Instant) {
+        self.tick(now);
+        self.process_rx();
+    }
+
+    fn tick_ms(&self) -> i32 {
+        TICK_MS
     }
 }
 

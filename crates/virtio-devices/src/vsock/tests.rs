@@ -1,5 +1,6 @@
 //! Device-level vsock tests: a simulated guest driver on in-memory queues, real Unix sockets
-//! on the host side, and the real backend thread.
+//! on the host side, and the real backend thread (which also takes the queue notifications,
+//! through their eventfds, as it does when KVM signals them).
 
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -7,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use vm_memory::{Bytes, GuestAddress};
+use vmm_sys_util::eventfd::EventFd;
 
 use super::device::{Vsock, VsockError};
 use super::muxer::FIRST_LOCAL_PORT;
@@ -32,6 +34,8 @@ struct Guest {
     vsock: Vsock,
     rxq: TestQueue,
     txq: TestQueue,
+    /// The driver's ends of the queues' notification eventfds (rx, tx, event).
+    notifies: Vec<EventFd>,
     rx_seen: u16,
     /// What this guest advertises as its receive buffer and has consumed.
     buf_alloc: u32,
@@ -45,6 +49,7 @@ impl Guest {
         let mut g = Guest {
             rxq: TestQueue::at(&mem, 0, QSIZE),
             txq: TestQueue::at(&mem, 0x1_0000, QSIZE),
+            notifies: Vec::new(),
             mem,
             vsock,
             rx_seen: 0,
@@ -61,19 +66,29 @@ impl Guest {
         self.txq = TestQueue::at(&self.mem, 0x1_0000, QSIZE);
         let evq = TestQueue::at(&self.mem, 0x2_0000, QSIZE);
         self.rx_seen = 0;
+        let (queues, notifies): (Vec<_>, Vec<_>) =
+            [&self.rxq, &self.txq, &evq].iter().map(|q| q.device_queue()).unzip();
+        self.notifies = notifies;
         self.vsock
-            .activate(
-                self.mem.clone(),
-                CountingInterrupt::new(),
-                vec![self.rxq.queue(), self.txq.queue(), evq.queue()],
-                VIRTIO_F_VERSION_1,
-            )
+            .activate(self.mem.clone(), CountingInterrupt::new(), queues, VIRTIO_F_VERSION_1)
             .unwrap();
         for head in 0..RX_BUFS {
             self.rxq.write_desc(head, rx_addr(u32::from(head)), RX_BUF_LEN, F_WRITE, 0);
             self.rxq.push_avail(head);
         }
-        self.vsock.queue_notify(0);
+        self.kick(0);
+    }
+
+    /// The driver's QueueNotify for queue `index` (what KVM's ioeventfd does).
+    fn kick(&self, index: usize) {
+        if let Some(fd) = self.notifies.get(index) {
+            fd.write(1).unwrap();
+        }
+    }
+
+    /// Waits until the backend thread handled every notification sent so far.
+    fn settle(&self) {
+        let _ = self.vsock.with_muxer(|_| ());
     }
 
     fn hdr(&self, src_port: u32, dst_port: u32, op: u16, len: u32, flags: u32) -> Header {
@@ -91,7 +106,7 @@ impl Guest {
         }
     }
 
-    /// Puts one packet in the tx queue and notifies (processed synchronously, like a vCPU).
+    /// Puts one packet in the tx queue, notifies, and waits until the device handled it.
     fn send_raw(&mut self, hdr: &Header, data: &[u8]) {
         self.mem.write_slice(&hdr.to_bytes(), GuestAddress(TX_HDR)).unwrap();
         if data.is_empty() {
@@ -102,7 +117,8 @@ impl Guest {
             self.txq.write_desc(1, TX_DATA, data.len() as u32, 0, 0);
         }
         self.txq.push_avail(0);
-        self.vsock.queue_notify(1);
+        self.kick(1);
+        self.settle();
     }
 
     fn send(&mut self, src_port: u32, dst_port: u32, op: u16, flags: u32, data: &[u8]) {
@@ -122,7 +138,7 @@ impl Guest {
         let head = id as u16;
         self.rxq.write_desc(head, rx_addr(id), RX_BUF_LEN, F_WRITE, 0);
         self.rxq.push_avail(head);
-        self.vsock.queue_notify(0);
+        self.kick(0);
         let hdr = Header::parse(&buf).unwrap();
         let data = buf.get(HDR_SIZE..).unwrap().to_vec();
         assert_eq!(data.len(), hdr.len as usize);
@@ -151,9 +167,7 @@ impl Guest {
     }
 
     fn connections(&self) -> usize {
-        let mux = self.vsock.muxer().unwrap();
-        let n = mux.lock().unwrap().connection_count();
-        n
+        self.vsock.with_muxer(|m| m.connection_count()).unwrap()
     }
 }
 
@@ -383,8 +397,7 @@ fn replies_to_a_guest_that_never_reads_are_bounded() {
     for port in 0..3000 {
         g.send(port, 9, OP_RW, 0, b"x");
     }
-    let mux = g.vsock.muxer().unwrap();
-    let pending = mux.lock().unwrap().pending_replies();
+    let pending = g.vsock.with_muxer(|m| m.pending_replies()).unwrap();
     assert_eq!(pending, 1024);
     assert_eq!(g.rxq.used_idx(), RX_BUFS);
 }
@@ -537,9 +550,9 @@ fn reset_closes_connections_and_device_restarts() {
     let mut g = Guest::new(&path);
     let (mut host, _) = host_connect(&mut g, &path, 52);
     g.vsock.reset();
-    assert!(g.vsock.muxer().is_none());
+    assert!(g.vsock.with_muxer(|_| ()).is_none());
     assert_eof(&mut host);
-    g.vsock.queue_notify(1);
+    g.kick(1);
     // A fresh activation serves new connections.
     g.activate();
     let (mut host, local) = host_connect(&mut g, &path, 53);
@@ -601,7 +614,8 @@ fn garbage_from_the_guest_never_panics() {
                     );
                 }
                 g.txq.push_avail((r.next() % 6) as u16);
-                g.vsock.queue_notify(1);
+                g.kick(1);
+                g.settle();
             }
             // Garbage rx descriptors.
             _ => {
@@ -615,7 +629,8 @@ fn garbage_from_the_guest_never_panics() {
                     r.next() as u16,
                 );
                 g.rxq.push_avail(head);
-                g.vsock.queue_notify(0);
+                g.kick(0);
+                g.settle();
             }
         }
         if round % 100 == 0 {
@@ -626,7 +641,8 @@ fn garbage_from_the_guest_never_panics() {
             g.rx_seen = g.rx_seen.wrapping_add(1);
         }
     }
-    g.vsock.queue_notify(0);
-    g.vsock.queue_notify(2);
-    g.vsock.queue_notify(9);
+    g.kick(0);
+    g.kick(2);
+    g.kick(9);
+    g.settle();
 }

@@ -43,7 +43,7 @@ pub fn write_gdt_idt(mem: &GuestMemoryMmap) -> Result<(), VmmError> {
     let gdt: Vec<u8> = boot_gdt().iter().flat_map(|e| e.to_le_bytes()).collect();
     mem.write_slice(&gdt, GuestAddress(BOOT_GDT_START))
         .and_then(|_| mem.write_obj(0u64, GuestAddress(BOOT_IDT_START)))
-        .map_err(|e| VmmError::GuestMemoryWrite(format!("GDT/IDT: {e}")))
+        .map_err(|source| VmmError::GuestMemoryWrite { what: "GDT/IDT", source })
 }
 
 /// Turns `sregs` (as KVM_GET_SREGS returned them) into 64-bit mode with paging at `cr3`.
@@ -122,8 +122,7 @@ pub fn boot_msrs() -> Vec<kvm_msr_entry> {
 /// Writes [`boot_msrs`] to `vcpu`; all of them must be accepted.
 pub fn setup_msrs(vcpu: &VcpuFd) -> Result<(), VmmError> {
     let entries = boot_msrs();
-    let msrs =
-        Msrs::from_entries(&entries).map_err(|e| VmmError::Config(format!("MSR list: {e:?}")))?;
+    let msrs = Msrs::from_entries(&entries).map_err(VmmError::Msrs)?;
     let set = vcpu.set_msrs(&msrs).map_err(|e| VmmError::kvm("KVM_SET_MSRS", e))?;
     if set != entries.len() {
         let index = entries.get(set).map(|e| e.index).unwrap_or_default();

@@ -54,14 +54,12 @@ pub fn build_boot_params(ram: &[(u64, u64)], at: &BootLocations) -> Result<boot_
     params.hdr.cmdline_size = u32::try_from(at.cmdline_len)
         .map_err(|_| VmmError::Cmdline("command line too long".to_string()))?;
     if let Some((addr, size)) = at.initramfs {
-        params.hdr.ramdisk_image = u32::try_from(addr)
-            .map_err(|_| VmmError::GuestMemory("initramfs above 4 GiB".to_string()))?;
-        params.hdr.ramdisk_size = u32::try_from(size)
-            .map_err(|_| VmmError::GuestMemory("initramfs larger than 4 GiB".to_string()))?;
+        params.hdr.ramdisk_image = u32::try_from(addr).map_err(|_| VmmError::InitramfsBeyond4G)?;
+        params.hdr.ramdisk_size = u32::try_from(size).map_err(|_| VmmError::InitramfsBeyond4G)?;
     }
     let map = e820_map(ram);
     if map.len() > params.e820_table.len() {
-        return Err(VmmError::GuestMemory("too many e820 entries".to_string()));
+        return Err(VmmError::TooManyE820Entries(map.len()));
     }
     for (slot, entry) in params.e820_table.iter_mut().zip(map.iter()) {
         *slot = *entry;
@@ -73,7 +71,7 @@ pub fn build_boot_params(ram: &[(u64, u64)], at: &BootLocations) -> Result<boot_
 /// Writes the zero page to guest memory.
 pub fn write_boot_params(mem: &GuestMemoryMmap, params: &boot_params) -> Result<(), VmmError> {
     mem.write_obj(*params, GuestAddress(ZERO_PAGE_START))
-        .map_err(|e| VmmError::GuestMemoryWrite(format!("boot params: {e}")))
+        .map_err(|source| VmmError::GuestMemoryWrite { what: "boot parameters", source })
 }
 
 #[cfg(test)]

@@ -140,7 +140,7 @@ pub fn vcpu_cpuid(
     tsc_khz: Option<u32>,
 ) -> Result<CpuId, VmmError> {
     let entries = customize(supported.as_slice(), apic_id, vcpus, tsc_khz);
-    CpuId::from_entries(&entries).map_err(|e| VmmError::Cpuid(format!("{e:?}")))
+    CpuId::from_entries(&entries).map_err(VmmError::Cpuid)
 }
 
 #[cfg(test)]

@@ -141,7 +141,7 @@ pub fn write_mptable(mem: &GuestMemoryMmap, vcpus: u8) -> Result<(), VmmError> {
         return Err(VmmError::MpTable(format!("{} bytes do not fit in the EBDA", bytes.len())));
     }
     mem.write_slice(&bytes, GuestAddress(EBDA_START))
-        .map_err(|e| VmmError::GuestMemoryWrite(format!("MP table: {e}")))
+        .map_err(|source| VmmError::GuestMemoryWrite { what: "MP table", source })
 }
 
 #[cfg(test)]

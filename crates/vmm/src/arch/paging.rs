@@ -26,7 +26,7 @@ pub fn write_identity_tables(mem: &GuestMemoryMmap) -> Result<u64, VmmError> {
     for (addr, table) in [(PML4_START, pml4), (PDPTE_START, pdpt), (PDE_START, pd)] {
         let bytes: Vec<u8> = table.iter().flat_map(|e| e.to_le_bytes()).collect();
         mem.write_slice(&bytes, GuestAddress(addr))
-            .map_err(|e| VmmError::GuestMemoryWrite(format!("page tables: {e}")))?;
+            .map_err(|source| VmmError::GuestMemoryWrite { what: "page tables", source })?;
     }
     Ok(PML4_START)
 }

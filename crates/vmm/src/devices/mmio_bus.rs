@@ -2,8 +2,8 @@
 
 use std::sync::{Arc, Mutex};
 
-use super::lock;
 use crate::layout::{MMIO_GAP_START, VIRTIO_MMIO_SLOT_SIZE};
+use carapace_virtio_devices::lock;
 
 /// A device on the MMIO bus; `offset` is relative to the device's slot base.
 pub trait MmioDevice: Send {

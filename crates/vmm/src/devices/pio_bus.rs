@@ -2,7 +2,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use super::lock;
+use carapace_virtio_devices::lock;
 
 /// A device on the port I/O bus; `offset` is relative to the device's base port.
 pub trait PioDevice: Send {

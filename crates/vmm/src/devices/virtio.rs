@@ -3,8 +3,8 @@
 
 use std::sync::{Arc, Mutex};
 
-use carapace_virtio_devices::{Fs, MmioTransport, Rng, VirtioDevice, Vsock};
-use kvm_ioctls::VmFd;
+use carapace_virtio_devices::{Fs, MmioTransport, Rng, VirtioDevice, Vsock, QUEUE_NOTIFY_OFFSET};
+use kvm_ioctls::{IoEventAddress, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::mmio_bus::{MmioBus, MmioDevice};
@@ -34,16 +34,14 @@ pub fn attach_virtio_devices(
 ) -> Result<Vec<MmioDeviceParam>, VmmError> {
     let mut devices: Vec<(&'static str, Box<dyn VirtioDevice>)> = Vec::new();
     if let Some(vsock) = &config.vsock {
-        let dev = Vsock::new(vsock.guest_cid, &vsock.uds_path)
-            .map_err(|e| VmmError::Device { device: "vsock", reason: e.to_string() })?;
+        let dev = Vsock::new(vsock.guest_cid, &vsock.uds_path).map_err(VmmError::Vsock)?;
         devices.push(("vsock", Box::new(dev)));
     }
     if config.rng {
         devices.push(("rng", Box::new(Rng::new())));
     }
     if let Some(dir) = &config.shared_dir {
-        let dev = Fs::new(crate::SHARED_FS_TAG, dir)
-            .map_err(|e| VmmError::Device { device: "virtio-fs", reason: e.to_string() })?;
+        let dev = Fs::new(crate::SHARED_FS_TAG, dir).map_err(VmmError::Fs)?;
         devices.push(("virtio-fs", Box::new(dev)));
     }
 
@@ -51,17 +49,23 @@ pub fn attach_virtio_devices(
     for (name, device) in devices {
         let slot = bus.len() as u64;
         if slot >= VIRTIO_MMIO_MAX_SLOTS {
-            return Err(VmmError::Device {
-                device: name,
-                reason: "no free virtio-mmio slot".into(),
-            });
+            return Err(VmmError::NoMmioSlot { device: name });
         }
         let irq = virtio_irq(slot as u32);
+        let base = virtio_mmio_base(slot);
         let fd = EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::EventFd)?;
         vm.register_irqfd(&fd, irq).map_err(|e| VmmError::kvm("KVM_IRQFD", e))?;
-        let transport = MmioTransport::new(device, mem.clone(), fd);
+        let transport = MmioTransport::new(device, mem.clone(), fd)
+            .map_err(|source| VmmError::Transport { device: name, source })?;
+        // A guest's QueueNotify write of queue i's index signals queue i's eventfd in KVM,
+        // without an exit to this process: the device's own thread picks it up.
+        let notify = IoEventAddress::Mmio(base + QUEUE_NOTIFY_OFFSET);
+        for (index, evt) in transport.queue_notifiers().iter().enumerate() {
+            vm.register_ioevent(evt, &notify, index as u32)
+                .map_err(|e| VmmError::kvm("KVM_IOEVENTFD", e))?;
+        }
         bus.push(Arc::new(Mutex::new(transport)));
-        params.push(MmioDeviceParam { base: virtio_mmio_base(slot), irq });
+        params.push(MmioDeviceParam { base, irq });
         tracing::debug!(device = name, slot, irq, "virtio-mmio device attached");
     }
     Ok(params)
