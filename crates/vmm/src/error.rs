@@ -6,7 +6,9 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum VmmError {
     #[error("invalid VM configuration: {0}")]
-    Config(String),
+    Config(#[from] crate::config::ConfigError),
+    #[error("cannot build the MSR list: {0}")]
+    MsrList(String),
     #[error("cannot open KVM device {path}: {source}")]
     OpenKvm { path: PathBuf, source: kvm_ioctls::Error },
     #[error("KVM API version {0} is not supported (need 12)")]

@@ -122,8 +122,7 @@ pub fn boot_msrs() -> Vec<kvm_msr_entry> {
 /// Writes [`boot_msrs`] to `vcpu`; all of them must be accepted.
 pub fn setup_msrs(vcpu: &VcpuFd) -> Result<(), VmmError> {
     let entries = boot_msrs();
-    let msrs =
-        Msrs::from_entries(&entries).map_err(|e| VmmError::Config(format!("MSR list: {e:?}")))?;
+    let msrs = Msrs::from_entries(&entries).map_err(|e| VmmError::MsrList(format!("{e:?}")))?;
     let set = vcpu.set_msrs(&msrs).map_err(|e| VmmError::kvm("KVM_SET_MSRS", e))?;
     if set != entries.len() {
         let index = entries.get(set).map(|e| e.index).unwrap_or_default();
