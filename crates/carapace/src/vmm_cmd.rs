@@ -4,6 +4,9 @@
 //! stderr: "carapace vmm: error: ..."), 2 when it had to be stopped by force.
 //! SIGTERM/SIGINT ask the guest to shut down (Ctrl+Alt+Del); after --stop-timeout-ms, or on a
 //! second signal, the VM is stopped by force.
+//!
+//! `--config FILE` reads the whole VM from a JSON [`VmConfig`] (what the CRI daemon writes); the
+//! other flags describe the same type by hand and cannot be mixed with it.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,17 +17,23 @@ use carapace_vmm::{build_vm, ExitReason, VmConfig, VmHandle, VsockConfig};
 /// Arguments of `carapace vmm`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct VmmArgs {
+    /// The whole VM as a JSON VmConfig file (as the CRI daemon writes it).
+    #[arg(long, conflicts_with_all = [
+        "kernel", "initramfs", "vcpus", "mem_mib", "cmdline_extra", "serial_log", "vsock_uds",
+        "vsock_cid", "no_rng", "shared_dir", "kick_interval_ms", "kvm_device", "stop_timeout_ms",
+    ])]
+    pub config: Option<PathBuf>,
     /// Uncompressed guest kernel (vmlinux ELF).
-    #[arg(long)]
-    pub kernel: PathBuf,
+    #[arg(long, required_unless_present = "config")]
+    pub kernel: Option<PathBuf>,
     /// Initramfs (cpio archive) handed to the kernel.
     #[arg(long)]
     pub initramfs: Option<PathBuf>,
     /// Number of vCPUs (1-32).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = carapace_vmm::DEFAULT_VCPUS)]
     pub vcpus: u8,
     /// Guest memory in MiB.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = carapace_vmm::DEFAULT_MEM_MIB)]
     pub mem_mib: u32,
     /// Appended to the kernel command line.
     #[arg(long, default_value = "", allow_hyphen_values = true)]
@@ -52,17 +61,28 @@ pub struct VmmArgs {
     #[arg(long, default_value = carapace_vmm::DEFAULT_KVM_PATH)]
     pub kvm_device: PathBuf,
     /// After SIGTERM/SIGINT, how long the guest gets to shut down before it is stopped by force.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = DEFAULT_STOP_TIMEOUT_MS)]
     pub stop_timeout_ms: u64,
 }
 
+const DEFAULT_STOP_TIMEOUT_MS: u64 = carapace_vmm::config::DEFAULT_STOP_TIMEOUT.as_millis() as u64;
+
 impl VmmArgs {
-    /// The VM configuration these arguments describe.
+    /// The VM configuration: the `--config` file, else what the flags describe.
+    pub fn load(&self) -> Result<VmConfig, carapace_vmm::ConfigError> {
+        match &self.config {
+            Some(path) => VmConfig::from_json_file(path),
+            None => Ok(self.to_config()),
+        }
+    }
+
+    /// The VM configuration the flags describe.
     pub fn to_config(&self) -> VmConfig {
         VmConfig {
             vcpus: self.vcpus,
             mem_mib: self.mem_mib,
-            kernel: self.kernel.clone(),
+            // clap requires --kernel without --config.
+            kernel: self.kernel.clone().unwrap_or_default(),
             initramfs: self.initramfs.clone(),
             cmdline_extra: self.cmdline_extra.clone(),
             serial_log: self.serial_log.clone(),
@@ -74,6 +94,7 @@ impl VmmArgs {
             shared_dir: self.shared_dir.clone(),
             kick_interval: self.kick_interval_ms.map(Duration::from_millis),
             kvm_path: self.kvm_device.clone(),
+            stop_timeout: Duration::from_millis(self.stop_timeout_ms),
         }
     }
 }
@@ -175,13 +196,16 @@ pub fn run(args: VmmArgs) -> ExitCode {
     if let Err(e) = block_stop_signals() {
         return fail(&e);
     }
-    let config = args.to_config();
+    let config = match args.load() {
+        Ok(c) => c,
+        Err(e) => return fail(&e.to_string()),
+    };
     let vm = match build_vm(&config) {
         Ok(vm) => vm,
         Err(e) => return fail(&e.to_string()),
     };
     let handle = vm.handle();
-    let timeout = Duration::from_millis(args.stop_timeout_ms);
+    let timeout = config.stop_timeout;
     let stopper = std::thread::Builder::new()
         .name("stop-signals".into())
         .spawn(move || stop_on_signals(handle, timeout));
@@ -264,6 +288,23 @@ mod tests {
         assert_eq!(cfg.kvm_path, PathBuf::from("/dev/x"));
         assert_eq!(c.stop_timeout_ms, 5);
         assert_eq!(cfg.shared_dir, Some(PathBuf::from("/srv/pod")));
+    }
+
+    #[test]
+    fn a_config_file_describes_the_same_vm_and_excludes_the_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vm.json");
+        let mut want = VmConfig::new("/k");
+        want.vsock = Some(VsockConfig { guest_cid: 3, uds_path: "/v".into() });
+        want.kick_interval = Some(Duration::from_millis(100));
+        std::fs::write(&path, want.to_json()).unwrap();
+        let c = Cli::parse_from(["vmm", "--config", path.to_str().unwrap()]).args;
+        assert_eq!(c.load().unwrap(), want);
+        let flags = Cli::parse_from(["vmm", "--kernel", "/k", "--vsock-uds", "/v"]).args;
+        assert_eq!(flags.load().unwrap().vsock, want.vsock);
+        assert!(Cli::try_parse_from(["vmm", "--config", "/c", "--kernel", "/k"]).is_err());
+        assert!(Cli::try_parse_from(["vmm", "--config", "/c", "--vcpus", "2"]).is_err());
+        assert!(Cli::try_parse_from(["vmm"]).is_err(), "neither --config nor --kernel");
     }
 
     #[test]

@@ -95,16 +95,29 @@ pub struct VmProfile {
 }
 
 fn default_vcpus() -> u8 {
-    1
+    carapace_vmm::DEFAULT_VCPUS
 }
 fn default_mem_mib() -> u32 {
-    256
+    carapace_vmm::DEFAULT_MEM_MIB
 }
 fn default_kernel() -> PathBuf {
     Path::new(DEFAULT_GUEST_DIR).join("vmlinux")
 }
 fn default_initramfs() -> PathBuf {
     Path::new(DEFAULT_GUEST_DIR).join("initramfs.cpio")
+}
+
+impl VmProfile {
+    /// The VM this profile describes, without any per-pod files (for checking its values).
+    pub fn vm_shape(&self) -> carapace_vmm::VmConfig {
+        carapace_vmm::VmConfig {
+            vcpus: self.vcpus,
+            mem_mib: self.mem_mib,
+            initramfs: Some(self.initramfs.clone()),
+            cmdline_extra: self.cmdline_extra.clone(),
+            ..carapace_vmm::VmConfig::new(&self.kernel)
+        }
+    }
 }
 
 impl Default for VmProfile {
@@ -231,18 +244,10 @@ impl Config {
         let mut profiles = raw.profiles;
         profiles.entry(DEFAULT_PROFILE.to_string()).or_default();
         for (name, p) in &profiles {
-            if p.vcpus == 0 || p.vcpus > 32 {
-                return Err(ConfigError::Invalid(format!(
-                    "profiles.{name}.vcpus = {} must be between 1 and 32",
-                    p.vcpus
-                )));
-            }
-            if p.mem_mib < 64 {
-                return Err(ConfigError::Invalid(format!(
-                    "profiles.{name}.mem_mib = {} is too small: the guest needs at least 64 MiB",
-                    p.mem_mib
-                )));
-            }
+            // The VMM's own limits (the same check `carapace vmm` makes before it boots).
+            p.vm_shape()
+                .validate_limits()
+                .map_err(|e| ConfigError::Invalid(format!("profiles.{name}.{}: {e}", e.field())))?;
             for (key, file) in [("kernel", &p.kernel), ("initramfs", &p.initramfs)] {
                 if !file.is_absolute() {
                     return Err(ConfigError::Invalid(format!(

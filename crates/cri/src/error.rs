@@ -1,6 +1,13 @@
-//! Errors of CRI calls, each mapped to the gRPC status kubelet acts on.
+//! Errors of CRI calls. Each keeps what caused it (`#[source]`); the one mapping to the gRPC
+//! status kubelet acts on is `impl From<CriError> for Status` below.
+
+use std::path::PathBuf;
 
 use tonic::{Code, Status};
+
+use crate::store::StoreError;
+use crate::vmm::VmmProcessError;
+use crate::volumes::VolumeError;
 
 /// A CRI call that failed; the text is for a person (what is wrong, what to do).
 #[derive(Debug, thiserror::Error)]
@@ -17,33 +24,91 @@ pub enum CriError {
     DeadlineExceeded(String),
     #[error("{0}")]
     Unimplemented(String),
-    #[error("{0}")]
-    Internal(String),
+    /// A host file operation of the daemon failed.
+    #[error("cannot {op} {}: {source}", path.display())]
+    Io { op: String, path: PathBuf, source: std::io::Error },
+    #[error("cannot make an ID: {0}")]
+    NewId(#[source] std::io::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Starting, reaching or stopping a pod's VMM failed.
+    #[error("{context}: {source}")]
+    Vmm { context: String, source: VmmProcessError },
+    /// The pod's agent could not be reached.
+    #[error("cannot reach the agent of pod sandbox {pod}: {source}")]
+    AgentUnreachable { pod: String, source: carapace_agent_client::AgentClientError },
+    /// The pod's agent answered a call with an error (its code is kept).
+    #[error("{call}: {}", source.message())]
+    Agent { call: &'static str, source: tonic::Status },
+    #[error("image {image}: {source}")]
+    Image { image: String, source: carapace_image::ImageError },
+    #[error("cannot build the rootfs of image {image}: {source}")]
+    Rootfs { image: String, source: std::io::Error },
+    /// A volume (host path) could not be bind-mounted: the client's mount is at fault.
+    #[error("mount {container_path:?}: {source}")]
+    Mount { container_path: String, source: VolumeError },
+    /// Files under a pod's or container's dir could not be removed.
+    #[error("cannot remove the files of {what}: {source}")]
+    Remove { what: String, source: VolumeError },
+    #[error("the operation's task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 impl CriError {
-    pub fn code(&self) -> Code {
-        match self {
-            CriError::NotFound(_) => Code::NotFound,
-            CriError::InvalidArgument(_) => Code::InvalidArgument,
-            CriError::AlreadyExists(_) => Code::AlreadyExists,
-            CriError::FailedPrecondition(_) => Code::FailedPrecondition,
-            CriError::DeadlineExceeded(_) => Code::DeadlineExceeded,
-            CriError::Unimplemented(_) => Code::Unimplemented,
-            CriError::Internal(_) => Code::Internal,
-        }
+    /// A host file operation that failed on `path`.
+    pub fn io(op: impl Into<String>, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        CriError::Io { op: op.into(), path: path.into(), source }
+    }
+}
+
+/// The agent's own codes keep their meaning; anything else it says is internal to carapace.
+fn agent_code(code: Code) -> Code {
+    match code {
+        Code::NotFound
+        | Code::InvalidArgument
+        | Code::FailedPrecondition
+        | Code::AlreadyExists
+        | Code::Unimplemented
+        | Code::DeadlineExceeded => code,
+        _ => Code::Internal,
     }
 }
 
 impl From<CriError> for Status {
     fn from(e: CriError) -> Status {
-        Status::new(e.code(), e.to_string())
+        let code = match &e {
+            CriError::NotFound(_) => Code::NotFound,
+            CriError::InvalidArgument(_) | CriError::Mount { .. } => Code::InvalidArgument,
+            CriError::AlreadyExists(_) => Code::AlreadyExists,
+            CriError::FailedPrecondition(_) => Code::FailedPrecondition,
+            CriError::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            CriError::Unimplemented(_) => Code::Unimplemented,
+            CriError::Vmm { source: VmmProcessError::AgentTimeout { .. }, .. } => {
+                Code::DeadlineExceeded
+            }
+            CriError::Agent { source, .. } => agent_code(source.code()),
+            CriError::Io { .. }
+            | CriError::NewId(_)
+            | CriError::Store(_)
+            | CriError::Vmm { .. }
+            | CriError::AgentUnreachable { .. }
+            | CriError::Image { .. }
+            | CriError::Rootfs { .. }
+            | CriError::Remove { .. }
+            | CriError::Task(_) => Code::Internal,
+        };
+        Status::new(code, e.to_string())
     }
 }
 
-impl From<crate::store::StoreError> for CriError {
-    fn from(e: crate::store::StoreError) -> CriError {
-        CriError::Internal(e.to_string())
+impl CriError {
+    /// Whether the thing the call names does not exist (here or in the pod's agent).
+    pub fn is_not_found(&self) -> bool {
+        match self {
+            CriError::NotFound(_) => true,
+            CriError::Agent { source, .. } => source.code() == Code::NotFound,
+            _ => false,
+        }
     }
 }
 
@@ -58,5 +123,28 @@ mod tests {
         assert_eq!(s.message(), "pod sandbox abc not found");
         let s: Status = CriError::InvalidArgument("x".into()).into();
         assert_eq!(s.code(), Code::InvalidArgument);
+    }
+
+    #[test]
+    fn typed_errors_keep_their_source_and_code() {
+        use std::error::Error as _;
+        let io = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let e = CriError::io("write", "/r/hostname", io);
+        assert!(e.source().is_some());
+        let s: Status = e.into();
+        assert_eq!(s.code(), Code::Internal);
+        assert!(s.message().starts_with("cannot write /r/hostname: "), "{}", s.message());
+        let agent = |code| CriError::Agent {
+            call: "agent StartContainer",
+            source: Status::new(code, "no such container"),
+        };
+        assert!(agent(Code::NotFound).is_not_found());
+        let s: Status = agent(Code::NotFound).into();
+        assert_eq!(
+            (s.code(), s.message()),
+            (Code::NotFound, "agent StartContainer: no such container")
+        );
+        let s: Status = agent(Code::Unknown).into();
+        assert_eq!(s.code(), Code::Internal);
     }
 }

@@ -1,8 +1,11 @@
-//! ListPodSandbox / ListPodSandboxStats filters, with CRI's semantics: every set field must
-//! match; `id` matches a full ID or a prefix of it; every label of the selector must be present
+//! ListPodSandbox(Stats) and ListContainer(Stats) filters, with CRI's semantics: every set
+//! field must match; IDs match in full or by prefix; every label of the selector must be present
 //! with the same value.
 
 use std::collections::{BTreeMap, HashMap};
+
+use crate::record::ContainerRecord;
+use crate::util::container_state;
 
 /// A filter over sandboxes (the union of CRI's PodSandboxFilter and PodSandboxStatsFilter).
 #[derive(Debug, Clone, Default)]
@@ -22,9 +25,30 @@ impl SandboxFilter {
     }
 }
 
+/// A filter over containers (CRI ContainerFilter / ContainerStatsFilter).
+#[derive(Debug, Clone, Default)]
+pub struct ContainerFilter {
+    pub id: String,
+    pub pod_sandbox_id: String,
+    /// CRI ContainerState number.
+    pub state: Option<i32>,
+    pub labels: HashMap<String, String>,
+}
+
+impl ContainerFilter {
+    pub fn matches(&self, rec: &ContainerRecord) -> bool {
+        (self.id.is_empty() || rec.id.starts_with(&self.id))
+            && (self.pod_sandbox_id.is_empty() || rec.sandbox_id.starts_with(&self.pod_sandbox_id))
+            && self.state.is_none_or(|s| s == container_state(rec) as i32)
+            && self.labels.iter().all(|(k, v)| rec.labels.get(k) == Some(v))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::ContainerPhase;
+    use crate::store::tests::container as sample;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
@@ -48,5 +72,25 @@ mod tests {
         assert!(!f.matches("abcdef", 1, &l), "state");
         assert!(!f.matches("abcdef", 0, &labels(&[("app", "db")])), "label value");
         assert!(!f.matches("abcdef", 0, &labels(&[])), "missing label");
+    }
+
+    #[test]
+    fn container_filters() {
+        let mut r = sample(&"ab".repeat(32), &"cd".repeat(32), "web");
+        r.phase = ContainerPhase::Running;
+        let f =
+            |id: &str, pod: &str, state: Option<i32>, labels: &[(&str, &str)]| ContainerFilter {
+                id: id.into(),
+                pod_sandbox_id: pod.into(),
+                state,
+                labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            };
+        assert!(f("", "", None, &[]).matches(&r));
+        assert!(f("abab", "cd", Some(1), &[("app", "web")]).matches(&r));
+        assert!(!f("b", "", None, &[]).matches(&r));
+        assert!(!f("", "x", None, &[]).matches(&r));
+        assert!(!f("", "", Some(2), &[]).matches(&r));
+        assert!(!f("", "", None, &[("app", "db")]).matches(&r));
+        assert!(!f("", "", None, &[("tier", "web")]).matches(&r));
     }
 }

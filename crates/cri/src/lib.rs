@@ -2,10 +2,12 @@
 //! a microVM run by a detached `carapace vmm` process, with durable per-sandbox records.
 //!
 //! * [`config`]: the TOML configuration (runtime handlers → VM profiles).
-//! * [`sandboxes`]: the sandbox table and lifecycle; [`store`]: the durable records.
+//! * [`runtime`]: the one owner of the daemon's state, holding [`sandboxes`] (the sandbox
+//!   table and VM lifecycle) and [`containers`] (the container table and the container RPCs
+//!   through the pod's agent) as peers; [`store`] and [`record`]: the durable records.
 //! * [`vmm`]: starting, reaching and stopping a pod's VM; [`procfs`]: PID-reuse-safe liveness.
-//! * [`containers`]: the container RPCs through the pod's agent; [`merge`]: image config +
-//!   CRI config → process; [`crilog`]: CRI log files; [`volumes`]: host volumes into the VM.
+//! * [`merge`]: image config + CRI config → process; [`crilog`]: CRI log files; [`volumes`]:
+//!   host volumes into the VM; [`filters`]: List* filters; [`util`]: shared small helpers.
 //! * [`runtime_service`]: the gRPC service; [`server`]: socket, signals, serving.
 
 pub mod client;
@@ -19,10 +21,12 @@ pub mod merge;
 pub mod metrics;
 pub mod procfs;
 pub mod record;
+pub mod runtime;
 pub mod runtime_service;
 pub mod sandboxes;
 pub mod server;
 pub mod store;
+pub mod util;
 pub mod vmm;
 pub mod volumes;
 

@@ -47,6 +47,21 @@ pub struct Dns {
     pub options: Vec<String>,
 }
 
+/// resolv.conf text for the pod's DNS config.
+pub fn resolv_conf(dns: &Dns) -> String {
+    let mut s = String::new();
+    if !dns.searches.is_empty() {
+        s += &format!("search {}\n", dns.searches.join(" "));
+    }
+    for server in &dns.servers {
+        s += &format!("nameserver {server}\n");
+    }
+    if !dns.options.is_empty() {
+        s += &format!("options {}\n", dns.options.join(" "));
+    }
+    s
+}
+
 /// The parts of the Linux security context carapace records (the VM is the isolation boundary).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SecuritySummary {
@@ -96,6 +111,10 @@ impl SandboxRecord {
     }
     pub fn vmm_log(&self) -> PathBuf {
         self.run_dir.join("vmm.log")
+    }
+    /// The VM's config as `carapace vmm --config` reads it.
+    pub fn vm_config(&self) -> PathBuf {
+        self.run_dir.join("vm.json")
     }
     /// The directory shared into the guest (virtio-fs), seen there at `/run/carapace/shared`.
     pub fn shared_dir(&self) -> PathBuf {
@@ -195,5 +214,23 @@ impl ContainerRecord {
     /// The name unique within a pod (CRI: name + attempt).
     pub fn pod_unique_name(&self) -> String {
         format!("{}/{}_{}", self.sandbox_id, self.name, self.attempt)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolv_conf_format() {
+        let d = Dns {
+            servers: vec!["10.0.0.10".into()],
+            searches: vec!["default.svc.cluster.local".into(), "svc.cluster.local".into()],
+            options: vec!["ndots:5".into()],
+        };
+        assert_eq!(
+            resolv_conf(&d),
+            "search default.svc.cluster.local svc.cluster.local\nnameserver 10.0.0.10\noptions ndots:5\n"
+        );
     }
 }

@@ -9,10 +9,9 @@ use k8s_cri::v1::runtime_service_server::RuntimeService;
 use tonic::{Request, Response, Status};
 
 use crate::config::CgroupDriver;
-use crate::containers::ContainerFilter;
 use crate::error::CriError;
-use crate::filters::SandboxFilter;
-use crate::sandboxes::Manager;
+use crate::filters::{ContainerFilter, SandboxFilter};
+use crate::runtime::Runtime;
 
 /// Name reported by Version.
 pub const RUNTIME_NAME: &str = "carapace";
@@ -27,14 +26,14 @@ pub const NETWORK_LATER: &str =
     "carapace has no pod networking (CNI) yet: pods get no network interface";
 
 /// The RuntimeService implementation.
-pub struct CriRuntime {
-    manager: Arc<Manager>,
+pub struct RuntimeServiceImpl {
+    runtime: Arc<Runtime>,
     pod_cidr: Mutex<String>,
 }
 
-impl CriRuntime {
-    pub fn new(manager: Arc<Manager>) -> CriRuntime {
-        CriRuntime { manager, pod_cidr: Mutex::new(String::new()) }
+impl RuntimeServiceImpl {
+    pub fn new(runtime: Arc<Runtime>) -> RuntimeServiceImpl {
+        RuntimeServiceImpl { runtime, pod_cidr: Mutex::new(String::new()) }
     }
 
     /// The pod CIDR last set by UpdateRuntimeConfig.
@@ -58,7 +57,7 @@ impl CriRuntime {
             state: Some(cri::ContainerState::ContainerRunning as i32),
             ..Default::default()
         };
-        let containers = self.manager.list_container_stats(&filter).await;
+        let containers = self.runtime.list_container_stats(&filter).await;
         if let Some(linux) = stats.linux.as_mut() {
             linux.containers = containers;
         }
@@ -66,7 +65,7 @@ impl CriRuntime {
 
     /// The RuntimeReady condition: the default profile's guest image and the VMM binary exist.
     fn runtime_condition(&self) -> cri::RuntimeCondition {
-        let cfg = self.manager.config();
+        let cfg = self.runtime.config();
         let mut missing = Vec::new();
         if let Some((_, p)) = cfg.profile_for_handler("") {
             for f in [&p.kernel, &p.initramfs] {
@@ -108,16 +107,14 @@ fn filter_of(f: Option<cri::PodSandboxFilter>) -> SandboxFilter {
 async fn detached<T: Send + 'static>(
     op: impl std::future::Future<Output = Result<T, CriError>> + Send + 'static,
 ) -> Result<T, CriError> {
-    tokio::spawn(op)
-        .await
-        .map_err(|e| CriError::Internal(format!("the operation's task failed: {e}")))?
+    tokio::spawn(op).await?
 }
 
 type EventStream =
     Pin<Box<dyn tokio_stream::Stream<Item = Result<cri::ContainerEventResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
-impl RuntimeService for CriRuntime {
+impl RuntimeService for RuntimeServiceImpl {
     async fn version(
         &self,
         _request: Request<cri::VersionRequest>,
@@ -134,9 +131,9 @@ impl RuntimeService for CriRuntime {
         &self,
         request: Request<cri::RunPodSandboxRequest>,
     ) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
-        let m = self.manager.clone();
+        let m = self.runtime.clone();
         let req = request.into_inner();
-        let id = detached(async move { m.run(req).await }).await?;
+        let id = detached(async move { m.run_pod(req).await }).await?;
         Ok(Response::new(cri::RunPodSandboxResponse { pod_sandbox_id: id }))
     }
 
@@ -144,8 +141,8 @@ impl RuntimeService for CriRuntime {
         &self,
         request: Request<cri::StopPodSandboxRequest>,
     ) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
-        let (m, id) = (self.manager.clone(), request.into_inner().pod_sandbox_id);
-        detached(async move { m.stop(&id).await }).await?;
+        let (m, id) = (self.runtime.clone(), request.into_inner().pod_sandbox_id);
+        detached(async move { m.stop_pod(&id).await }).await?;
         Ok(Response::new(cri::StopPodSandboxResponse {}))
     }
 
@@ -153,8 +150,8 @@ impl RuntimeService for CriRuntime {
         &self,
         request: Request<cri::RemovePodSandboxRequest>,
     ) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
-        let (m, id) = (self.manager.clone(), request.into_inner().pod_sandbox_id);
-        detached(async move { m.remove(&id).await }).await?;
+        let (m, id) = (self.runtime.clone(), request.into_inner().pod_sandbox_id);
+        detached(async move { m.remove_pod(&id).await }).await?;
         Ok(Response::new(cri::RemovePodSandboxResponse {}))
     }
 
@@ -163,7 +160,7 @@ impl RuntimeService for CriRuntime {
         request: Request<cri::PodSandboxStatusRequest>,
     ) -> Result<Response<cri::PodSandboxStatusResponse>, Status> {
         let r = request.into_inner();
-        Ok(Response::new(self.manager.status(&r.pod_sandbox_id, r.verbose)?))
+        Ok(Response::new(self.runtime.pod_status(&r.pod_sandbox_id, r.verbose)?))
     }
 
     async fn list_pod_sandbox(
@@ -171,14 +168,14 @@ impl RuntimeService for CriRuntime {
         request: Request<cri::ListPodSandboxRequest>,
     ) -> Result<Response<cri::ListPodSandboxResponse>, Status> {
         let filter = filter_of(request.into_inner().filter);
-        Ok(Response::new(cri::ListPodSandboxResponse { items: self.manager.list(&filter) }))
+        Ok(Response::new(cri::ListPodSandboxResponse { items: self.runtime.list_pods(&filter) }))
     }
 
     async fn create_container(
         &self,
         request: Request<cri::CreateContainerRequest>,
     ) -> Result<Response<cri::CreateContainerResponse>, Status> {
-        let m = self.manager.clone();
+        let m = self.runtime.clone();
         let req = request.into_inner();
         let id = detached(async move { m.create_container(req).await }).await?;
         Ok(Response::new(cri::CreateContainerResponse { container_id: id }))
@@ -188,7 +185,7 @@ impl RuntimeService for CriRuntime {
         &self,
         request: Request<cri::StartContainerRequest>,
     ) -> Result<Response<cri::StartContainerResponse>, Status> {
-        let (m, id) = (self.manager.clone(), request.into_inner().container_id);
+        let (m, id) = (self.runtime.clone(), request.into_inner().container_id);
         detached(async move { m.start_container(&id).await }).await?;
         Ok(Response::new(cri::StartContainerResponse {}))
     }
@@ -198,7 +195,7 @@ impl RuntimeService for CriRuntime {
         request: Request<cri::StopContainerRequest>,
     ) -> Result<Response<cri::StopContainerResponse>, Status> {
         let r = request.into_inner();
-        let m = self.manager.clone();
+        let m = self.runtime.clone();
         detached(async move { m.stop_container(&r.container_id, r.timeout).await }).await?;
         Ok(Response::new(cri::StopContainerResponse {}))
     }
@@ -208,7 +205,7 @@ impl RuntimeService for CriRuntime {
         request: Request<cri::RemoveContainerRequest>,
     ) -> Result<Response<cri::RemoveContainerResponse>, Status> {
         // Idempotent: removing a container that does not exist is not an error.
-        let (m, id) = (self.manager.clone(), request.into_inner().container_id);
+        let (m, id) = (self.runtime.clone(), request.into_inner().container_id);
         detached(async move { m.remove_container(&id).await }).await?;
         Ok(Response::new(cri::RemoveContainerResponse {}))
     }
@@ -225,7 +222,7 @@ impl RuntimeService for CriRuntime {
             labels: f.label_selector,
         };
         Ok(Response::new(cri::ListContainersResponse {
-            containers: self.manager.list_containers(&filter),
+            containers: self.runtime.list_containers(&filter),
         }))
     }
 
@@ -234,7 +231,7 @@ impl RuntimeService for CriRuntime {
         request: Request<cri::ContainerStatusRequest>,
     ) -> Result<Response<cri::ContainerStatusResponse>, Status> {
         let r = request.into_inner();
-        Ok(Response::new(self.manager.container_status(&r.container_id, r.verbose)?))
+        Ok(Response::new(self.runtime.container_status(&r.container_id, r.verbose)?))
     }
 
     async fn update_container_resources(
@@ -242,7 +239,7 @@ impl RuntimeService for CriRuntime {
         request: Request<cri::UpdateContainerResourcesRequest>,
     ) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
         let r = request.into_inner();
-        let m = self.manager.clone();
+        let m = self.runtime.clone();
         detached(async move { m.update_container_resources(&r.container_id, r.linux).await })
             .await?;
         Ok(Response::new(cri::UpdateContainerResourcesResponse {}))
@@ -252,7 +249,7 @@ impl RuntimeService for CriRuntime {
         &self,
         request: Request<cri::ReopenContainerLogRequest>,
     ) -> Result<Response<cri::ReopenContainerLogResponse>, Status> {
-        self.manager.reopen_container_log(&request.into_inner().container_id)?;
+        self.runtime.reopen_container_log(&request.into_inner().container_id)?;
         Ok(Response::new(cri::ReopenContainerLogResponse {}))
     }
 
@@ -261,7 +258,7 @@ impl RuntimeService for CriRuntime {
         request: Request<cri::ExecSyncRequest>,
     ) -> Result<Response<cri::ExecSyncResponse>, Status> {
         let r = request.into_inner();
-        let m = self.manager.clone();
+        let m = self.runtime.clone();
         let resp =
             detached(async move { m.exec_sync(&r.container_id, r.cmd, r.timeout).await }).await?;
         Ok(Response::new(resp))
@@ -285,7 +282,7 @@ impl RuntimeService for CriRuntime {
         &self,
         request: Request<cri::PortForwardRequest>,
     ) -> Result<Response<cri::PortForwardResponse>, Status> {
-        self.manager.status(&request.into_inner().pod_sandbox_id, false)?;
+        self.runtime.pod_status(&request.into_inner().pod_sandbox_id, false)?;
         Err(CriError::Unimplemented(STREAMING_LATER.into()).into())
     }
 
@@ -293,7 +290,7 @@ impl RuntimeService for CriRuntime {
         &self,
         request: Request<cri::ContainerStatsRequest>,
     ) -> Result<Response<cri::ContainerStatsResponse>, Status> {
-        let stats = self.manager.container_stats(&request.into_inner().container_id).await?;
+        let stats = self.runtime.container_stats(&request.into_inner().container_id).await?;
         Ok(Response::new(cri::ContainerStatsResponse { stats: Some(stats) }))
     }
 
@@ -309,7 +306,7 @@ impl RuntimeService for CriRuntime {
             labels: f.label_selector,
         };
         Ok(Response::new(cri::ListContainerStatsResponse {
-            stats: self.manager.list_container_stats(&filter).await,
+            stats: self.runtime.list_container_stats(&filter).await,
         }))
     }
 
@@ -317,7 +314,7 @@ impl RuntimeService for CriRuntime {
         &self,
         request: Request<cri::PodSandboxStatsRequest>,
     ) -> Result<Response<cri::PodSandboxStatsResponse>, Status> {
-        let mut stats = self.manager.stats(&request.into_inner().pod_sandbox_id)?;
+        let mut stats = self.runtime.pod_stats(&request.into_inner().pod_sandbox_id)?;
         self.add_container_stats(&mut stats).await;
         Ok(Response::new(cri::PodSandboxStatsResponse { stats: Some(stats) }))
     }
@@ -328,7 +325,7 @@ impl RuntimeService for CriRuntime {
     ) -> Result<Response<cri::ListPodSandboxStatsResponse>, Status> {
         let f = request.into_inner().filter.unwrap_or_default();
         let filter = SandboxFilter { id: f.id, state: None, labels: f.label_selector };
-        let mut stats = self.manager.list_stats(&filter);
+        let mut stats = self.runtime.list_pod_stats(&filter);
         for s in &mut stats {
             self.add_container_stats(s).await;
         }
@@ -366,7 +363,7 @@ impl RuntimeService for CriRuntime {
         };
         let mut info = HashMap::new();
         if request.into_inner().verbose {
-            let cfg = self.manager.config();
+            let cfg = self.runtime.config();
             let handlers: HashMap<&String, &String> = cfg.runtime_handlers.iter().collect();
             let v = serde_json::json!({
                 "stateDir": cfg.state_dir,
@@ -379,7 +376,7 @@ impl RuntimeService for CriRuntime {
             info.insert("config".to_string(), v.to_string());
         }
         let runtime_handlers = self
-            .manager
+            .runtime
             .config()
             .runtime_handlers
             .keys()
@@ -416,7 +413,7 @@ impl RuntimeService for CriRuntime {
         _request: Request<cri::GetEventsRequest>,
     ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
         use tokio_stream::StreamExt;
-        let rx = self.manager.container_events();
+        let rx = self.runtime.container_events();
         // A reader too slow to keep up misses events (logged), as with containerd.
         let stream = tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(|r| match r {
             Ok(ev) => Some(Ok(ev)),
@@ -443,7 +440,7 @@ impl RuntimeService for CriRuntime {
     ) -> Result<Response<cri::ListPodSandboxMetricsResponse>, Status> {
         // Ready pods only, as for ListPodSandboxStats.
         let mut pod_metrics = Vec::new();
-        for mut stats in self.manager.list_stats(&SandboxFilter::default()) {
+        for mut stats in self.runtime.list_pod_stats(&SandboxFilter::default()) {
             self.add_container_stats(&mut stats).await;
             pod_metrics.push(crate::metrics::pod_metrics(&stats));
         }
@@ -454,7 +451,7 @@ impl RuntimeService for CriRuntime {
         &self,
         _request: Request<cri::RuntimeConfigRequest>,
     ) -> Result<Response<cri::RuntimeConfigResponse>, Status> {
-        let driver = match self.manager.config().cgroup_driver {
+        let driver = match self.runtime.config().cgroup_driver {
             CgroupDriver::Systemd => cri::CgroupDriver::Systemd,
             CgroupDriver::Cgroupfs => cri::CgroupDriver::Cgroupfs,
         };

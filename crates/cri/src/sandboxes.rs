@@ -1,12 +1,10 @@
-//! The sandbox manager: the in-memory table of pod sandboxes backed by the durable store, and
-//! the lifecycle operations (run, stop, remove) on their VMs.
+//! The sandbox table: the pod sandboxes of one daemon in memory, backed by their durable
+//! records, and the VM lifecycle of each (boot, stop, clean up). What a pod's containers need
+//! when it stops or goes away is done by the runtime (`runtime.rs`), which owns both tables.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
-use std::os::fd::AsRawFd;
-use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use k8s_cri::v1 as cri;
 
@@ -15,63 +13,52 @@ use crate::error::CriError;
 use crate::filters::SandboxFilter;
 use crate::ids;
 use crate::procfs;
-use crate::record::{Dns, Metadata, SandboxPhase, SandboxRecord, SecuritySummary, RECORD_VERSION};
-use crate::store::Store;
+use crate::record::{
+    resolv_conf, Dns, Metadata, SandboxPhase, SandboxRecord, SecuritySummary, RECORD_VERSION,
+};
+use crate::store::{Store, StoreError};
+use crate::util::{hash_map, lock, now_nanos, sandbox_state};
 use crate::vmm::{self, VmFiles};
 
-/// Nanoseconds since the Unix epoch.
-pub fn now_nanos() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
-}
-
-/// Why the daemon could not open its state.
-#[derive(Debug, thiserror::Error)]
-pub enum OpenError {
-    #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
-    #[error("cannot create {path}: {source}")]
-    Dir { path: std::path::PathBuf, source: std::io::Error },
-    #[error("another carapace daemon already uses the state dir {0} (its lock file is held)")]
-    Locked(std::path::PathBuf),
-}
-
-/// One sandbox: `op` serializes lifecycle operations (which may wait on the VM) while `rec` can
-/// always be read at once.
-struct Entry {
+/// One pod sandbox: `op` serializes its lifecycle operations (which may wait on the VM) while
+/// `rec` can always be read at once.
+pub struct Sandbox {
     op: tokio::sync::Mutex<()>,
     rec: Mutex<SandboxRecord>,
 }
 
-impl Entry {
+impl Sandbox {
+    fn new(rec: SandboxRecord) -> Arc<Sandbox> {
+        Arc::new(Sandbox { op: tokio::sync::Mutex::new(()), rec: Mutex::new(rec) })
+    }
+
+    /// The current record (a copy).
+    pub fn record(&self) -> SandboxRecord {
+        self.rec().clone()
+    }
+
     fn rec(&self) -> MutexGuard<'_, SandboxRecord> {
-        self.rec.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.rec)
+    }
+
+    /// Holds off every other lifecycle operation on this sandbox while the guard lives.
+    pub async fn lock_op(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.op.lock().await
     }
 }
 
 #[derive(Default)]
-struct Table {
-    pods: BTreeMap<String, Arc<Entry>>,
+struct Index {
+    pods: BTreeMap<String, Arc<Sandbox>>,
     /// Sandbox name (name_namespace_uid_attempt) → ID, reserved from RunPodSandbox to Remove.
     names: HashMap<String, String>,
 }
 
-/// The pod sandboxes of one daemon (and, in [`crate::containers`], their containers).
-pub struct Manager {
+/// The pod sandboxes of one daemon.
+pub struct SandboxTable {
     cfg: Arc<Config>,
     store: Store,
-    table: Mutex<Table>,
-    pub(crate) ctrs: Arc<crate::containers::Containers>,
-    _lock: fs::File,
-}
-
-/// Whether a record's sandbox is ready now (CRI state number).
-pub(crate) fn state_of(rec: &SandboxRecord) -> cri::PodSandboxState {
-    let alive = rec.vmm.as_ref().is_some_and(procfs::is_alive);
-    if rec.phase == SandboxPhase::Ready && alive {
-        cri::PodSandboxState::SandboxReady
-    } else {
-        cri::PodSandboxState::SandboxNotready
-    }
+    index: Mutex<Index>,
 }
 
 pub(crate) fn metadata_of(rec: &SandboxRecord) -> cri::PodSandboxMetadata {
@@ -81,25 +68,6 @@ pub(crate) fn metadata_of(rec: &SandboxRecord) -> cri::PodSandboxMetadata {
         namespace: rec.metadata.namespace.clone(),
         attempt: rec.metadata.attempt,
     }
-}
-
-pub(crate) fn hash(m: &BTreeMap<String, String>) -> HashMap<String, String> {
-    m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
-}
-
-/// resolv.conf text for the pod's DNS config.
-pub fn resolv_conf(dns: &Dns) -> String {
-    let mut s = String::new();
-    if !dns.searches.is_empty() {
-        s += &format!("search {}\n", dns.searches.join(" "));
-    }
-    for server in &dns.servers {
-        s += &format!("nameserver {server}\n");
-    }
-    if !dns.options.is_empty() {
-        s += &format!("options {}\n", dns.options.join(" "));
-    }
-    s
 }
 
 fn security_of(linux: Option<&cri::LinuxPodSandboxConfig>) -> SecuritySummary {
@@ -116,36 +84,49 @@ fn security_of(linux: Option<&cri::LinuxPodSandboxConfig>) -> SecuritySummary {
     }
 }
 
-fn lock_state_dir(dir: &Path) -> Result<fs::File, OpenError> {
-    let path = dir.join("daemon.lock");
-    let f = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|source| OpenError::Dir { path: path.clone(), source })?;
-    // SAFETY: flock on a descriptor we own.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(OpenError::Locked(dir.to_path_buf()));
+fn stats_of(rec: &SandboxRecord) -> cri::PodSandboxStats {
+    let ts = now_nanos();
+    let live = rec.vmm.filter(procfs::is_alive);
+    let cpu = live.and_then(|p| procfs::cpu_nanos(&p)).map(|n| cri::CpuUsage {
+        timestamp: ts,
+        usage_core_nano_seconds: Some(cri::UInt64Value { value: n }),
+        usage_nano_cores: None,
+    });
+    let memory = live.and_then(|p| procfs::rss_bytes(&p)).map(|b| cri::MemoryUsage {
+        timestamp: ts,
+        working_set_bytes: Some(cri::UInt64Value { value: b }),
+        rss_bytes: Some(cri::UInt64Value { value: b }),
+        usage_bytes: Some(cri::UInt64Value { value: b }),
+        ..Default::default()
+    });
+    cri::PodSandboxStats {
+        attributes: Some(cri::PodSandboxAttributes {
+            id: rec.id.clone(),
+            metadata: Some(metadata_of(rec)),
+            labels: hash_map(&rec.labels),
+            annotations: hash_map(&rec.annotations),
+        }),
+        linux: Some(cri::LinuxPodSandboxStats {
+            cpu,
+            memory,
+            network: None,
+            process: None,
+            containers: Vec::new(),
+        }),
+        windows: None,
     }
-    Ok(f)
 }
 
-impl Manager {
-    /// Opens the state dir (taking its lock), reloads every record and reattaches to the VMMs
-    /// that still run; a sandbox whose VMM died meanwhile is recorded as stopped.
-    pub fn open(cfg: Arc<Config>) -> Result<Manager, OpenError> {
-        for dir in [&cfg.state_dir, &cfg.run_dir.join("pods")] {
-            fs::create_dir_all(dir)
-                .map_err(|source| OpenError::Dir { path: dir.clone(), source })?;
-        }
-        let lock = lock_state_dir(&cfg.state_dir)?;
+impl SandboxTable {
+    /// Reloads every record from the state dir and reattaches to the VMMs that still run; a
+    /// sandbox whose VMM died meanwhile is recorded as stopped.
+    pub fn open(cfg: Arc<Config>) -> Result<SandboxTable, StoreError> {
         let store: Store = Store::open(&cfg.state_dir)?;
         let (records, bad) = store.load_all()?;
         for b in bad {
             tracing::error!(path = %b.path.display(), reason = %b.reason, "ignoring unreadable sandbox record");
         }
-        let mut table = Table::default();
+        let mut index = Index::default();
         for mut rec in records {
             let alive = rec.vmm.as_ref().is_some_and(procfs::is_alive);
             if rec.phase != SandboxPhase::Stopped && !alive {
@@ -156,37 +137,18 @@ impl Manager {
             } else if alive {
                 tracing::info!(id = %rec.id, pid = rec.vmm.map_or(0, |p| p.pid), "reattached to running VM");
             }
-            table.names.insert(rec.sandbox_name(), rec.id.clone());
-            table.pods.insert(
-                rec.id.clone(),
-                Arc::new(Entry { op: tokio::sync::Mutex::new(()), rec: Mutex::new(rec) }),
-            );
+            index.names.insert(rec.sandbox_name(), rec.id.clone());
+            index.pods.insert(rec.id.clone(), Sandbox::new(rec));
         }
-        let sandboxes: Vec<SandboxRecord> = table.pods.values().map(|e| e.rec().clone()).collect();
-        let ctrs = crate::containers::Containers::open(&cfg.state_dir, &sandboxes)?;
-        Ok(Manager { cfg, store, table: Mutex::new(table), ctrs, _lock: lock })
+        Ok(SandboxTable { cfg, store, index: Mutex::new(index) })
     }
 
-    /// The image store CreateContainer takes images from (set once by the daemon).
-    pub fn set_image_store(&self, images: Arc<carapace_image::ImageStore>) {
-        self.ctrs.set_image_store(images);
-    }
-
-    /// The record of the sandbox an ID or unique ID prefix names.
-    pub(crate) fn sandbox(&self, id: &str) -> Result<SandboxRecord, CriError> {
-        Ok(self.resolve(id)?.rec().clone())
-    }
-
-    pub fn config(&self) -> &Config {
-        &self.cfg
-    }
-
-    fn table(&self) -> MutexGuard<'_, Table> {
-        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    fn index(&self) -> MutexGuard<'_, Index> {
+        lock(&self.index)
     }
 
     /// The sandbox an ID or unique ID prefix names.
-    fn resolve(&self, id: &str) -> Result<Arc<Entry>, CriError> {
+    pub fn resolve(&self, id: &str) -> Result<Arc<Sandbox>, CriError> {
         if id.is_empty() {
             return Err(CriError::InvalidArgument("pod_sandbox_id must not be empty".into()));
         }
@@ -194,8 +156,8 @@ impl Manager {
         if !ids::is_id_or_prefix(id) {
             return Err(not_found());
         }
-        let table = self.table();
-        let mut hits = table.pods.range(id.to_string()..).take_while(|(k, _)| k.starts_with(id));
+        let index = self.index();
+        let mut hits = index.pods.range(id.to_string()..).take_while(|(k, _)| k.starts_with(id));
         let first = hits.next().ok_or_else(not_found)?;
         if hits.next().is_some() {
             return Err(CriError::InvalidArgument(format!(
@@ -203,6 +165,22 @@ impl Manager {
             )));
         }
         Ok(first.1.clone())
+    }
+
+    /// The record of the sandbox an ID or unique ID prefix names.
+    pub fn record(&self, id: &str) -> Result<SandboxRecord, CriError> {
+        Ok(self.resolve(id)?.record())
+    }
+
+    /// Whether the sandbox is still in the table (not removed by a concurrent call).
+    pub fn contains(&self, sandbox: &Sandbox) -> bool {
+        self.index().pods.contains_key(&sandbox.rec().id)
+    }
+
+    /// Every sandbox's record.
+    pub fn snapshot(&self) -> Vec<SandboxRecord> {
+        let all: Vec<Arc<Sandbox>> = self.index().pods.values().cloned().collect();
+        all.iter().map(|s| s.record()).collect()
     }
 
     /// RunPodSandbox: boots the pod's VM and waits for its agent.
@@ -242,8 +220,7 @@ impl Manager {
             }
         }
         let name = ids::sandbox_name(&md.name, &md.namespace, &md.uid, md.attempt);
-        let id =
-            ids::new_id().map_err(|e| CriError::Internal(format!("cannot make an ID: {e}")))?;
+        let id = ids::new_id().map_err(CriError::NewId)?;
         let run_dir = self.cfg.pod_run_dir(&id);
         let dns = config.dns_config.as_ref().map(|d| Dns {
             servers: d.servers.clone(),
@@ -279,29 +256,28 @@ impl Manager {
             vmm: None,
             guest: BTreeMap::new(),
         };
-        let entry =
-            Arc::new(Entry { op: tokio::sync::Mutex::new(()), rec: Mutex::new(rec.clone()) });
-        let _op = entry.op.lock().await;
+        let sandbox = Sandbox::new(rec.clone());
+        let _op = sandbox.lock_op().await;
         {
-            let mut table = self.table();
-            if let Some(other) = table.names.get(&name) {
+            let mut index = self.index();
+            if let Some(other) = index.names.get(&name) {
                 return Err(CriError::AlreadyExists(format!(
                     "a pod sandbox named {:?} (namespace {:?}, uid {:?}, attempt {}) already exists \
                      with ID {other}; remove it first or use another attempt number",
                     md.name, md.namespace, md.uid, md.attempt
                 )));
             }
-            table.names.insert(name.clone(), id.clone());
-            table.pods.insert(id.clone(), entry.clone());
+            index.names.insert(name.clone(), id.clone());
+            index.pods.insert(id.clone(), sandbox.clone());
         }
-        match self.boot(&entry, rec).await {
+        match self.boot(&sandbox, rec).await {
             Ok(()) => {
                 tracing::info!(%id, name = %md.name, namespace = %md.namespace, "pod sandbox ready");
                 Ok(id)
             }
             Err(e) => {
                 tracing::warn!(%id, error = %e, "pod sandbox failed to start; cleaning up");
-                if let Err(c) = self.cleanup(&entry).await {
+                if let Err(c) = self.cleanup(&sandbox).await {
                     tracing::error!(%id, error = %c, "cleanup after a failed start failed");
                 }
                 Err(e)
@@ -310,34 +286,36 @@ impl Manager {
     }
 
     /// Writes the pod's files, starts the VMM and waits for the agent (record saved each step).
-    async fn boot(&self, entry: &Entry, mut rec: SandboxRecord) -> Result<(), CriError> {
-        let internal = |what: &str, e: std::io::Error| {
-            CriError::Internal(format!("cannot {what} for pod sandbox {}: {e}", rec.id))
-        };
-        fs::create_dir_all(&rec.run_dir).map_err(|e| internal("create its run dir", e))?;
-        fs::write(rec.run_dir.join("hostname"), format!("{}\n", rec.hostname))
-            .map_err(|e| internal("write its hostname file", e))?;
+    async fn boot(&self, sandbox: &Sandbox, mut rec: SandboxRecord) -> Result<(), CriError> {
+        let io = |op: &str, path: &std::path::Path, e| CriError::io(op, path, e);
+        fs::create_dir_all(&rec.run_dir).map_err(|e| io("create the run dir", &rec.run_dir, e))?;
+        let hostname = rec.run_dir.join("hostname");
+        fs::write(&hostname, format!("{}\n", rec.hostname))
+            .map_err(|e| io("write the hostname file", &hostname, e))?;
         if let Some(dns) = &rec.dns {
-            fs::write(rec.run_dir.join("resolv.conf"), resolv_conf(dns))
-                .map_err(|e| internal("write its resolv.conf", e))?;
+            let path = rec.run_dir.join("resolv.conf");
+            fs::write(&path, resolv_conf(dns))
+                .map_err(|e| io("write the resolv.conf", &path, e))?;
         }
         self.store.save(&rec)?;
         let (vsock, serial, log) = (rec.vsock_path(), rec.serial_log(), rec.vmm_log());
-        let shared = rec.shared_dir();
-        fs::create_dir_all(&shared).map_err(|e| internal("create its shared dir", e))?;
-        let files =
-            VmFiles { vsock: &vsock, serial_log: &serial, vmm_log: &log, shared_dir: &shared };
+        let (shared, vm_config) = (rec.shared_dir(), rec.vm_config());
+        fs::create_dir_all(&shared).map_err(|e| io("create the shared dir", &shared, e))?;
+        let files = VmFiles {
+            vm_config: &vm_config,
+            vsock: &vsock,
+            serial_log: &serial,
+            vmm_log: &log,
+            shared_dir: &shared,
+        };
         let p = vmm::spawn(&self.cfg, &rec.profile, &files)
-            .map_err(|e| CriError::Internal(format!("pod sandbox VM: {e}")))?;
+            .map_err(|source| CriError::Vmm { context: "pod sandbox VM".into(), source })?;
         rec.vmm = Some(p);
-        *entry.rec() = rec.clone();
+        *sandbox.rec() = rec.clone();
         self.store.save(&rec)?;
         let health =
-            vmm::wait_agent(&p, &files, self.cfg.agent_timeout).await.map_err(|e| match e {
-                vmm::VmmError::AgentTimeout { .. } => {
-                    CriError::DeadlineExceeded(format!("pod sandbox VM did not come up: {e}"))
-                }
-                e => CriError::Internal(format!("pod sandbox VM did not come up: {e}")),
+            vmm::wait_agent(&p, &files, self.cfg.agent_timeout).await.map_err(|source| {
+                CriError::Vmm { context: "pod sandbox VM did not come up".into(), source }
             })?;
         rec.phase = SandboxPhase::Ready;
         rec.guest = BTreeMap::from([
@@ -347,17 +325,20 @@ impl Manager {
             ("mem_total_bytes".to_string(), health.mem_total_bytes.to_string()),
         ]);
         self.store.save(&rec)?;
-        *entry.rec() = rec;
+        *sandbox.rec() = rec;
         Ok(())
     }
 
-    /// Stops the VM of `entry` (idempotent) and records it as stopped.
-    async fn stop_entry(&self, entry: &Entry) -> Result<(), CriError> {
-        let rec = entry.rec().clone();
+    /// Stops the VM of `sandbox` (idempotent) and records it as stopped.
+    pub async fn stop_vm(&self, sandbox: &Sandbox) -> Result<(), CriError> {
+        let rec = sandbox.record();
         if let Some(p) = rec.vmm {
-            let outcome = vmm::stop(&p, &rec.vsock_path(), self.cfg.stop_timeout)
-                .await
-                .map_err(|e| CriError::Internal(format!("stopping pod sandbox {}: {e}", rec.id)))?;
+            let outcome = vmm::stop(&p, &rec.vsock_path(), self.cfg.stop_timeout).await.map_err(
+                |source| CriError::Vmm {
+                    context: format!("stopping pod sandbox {}", rec.id),
+                    source,
+                },
+            )?;
             tracing::info!(id = %rec.id, ?outcome, "pod sandbox VM stopped");
         }
         if rec.phase != SandboxPhase::Stopped {
@@ -365,76 +346,41 @@ impl Manager {
             rec.phase = SandboxPhase::Stopped;
             rec.stopped_at = Some(now_nanos());
             self.store.save(&rec)?;
-            *entry.rec() = rec;
+            *sandbox.rec() = rec;
         }
         Ok(())
     }
 
     /// Stops the VM, deletes the pod's files and record, forgets it (the name becomes free).
-    async fn cleanup(&self, entry: &Entry) -> Result<(), CriError> {
-        self.stop_entry(entry).await?;
-        let rec = entry.rec().clone();
+    pub async fn cleanup(&self, sandbox: &Sandbox) -> Result<(), CriError> {
+        self.stop_vm(sandbox).await?;
+        let rec = sandbox.record();
         // Volumes are bind-mounted under the run dir: unmount them all before deleting it.
-        crate::volumes::remove_tree(&rec.run_dir).map_err(|e| {
-            CriError::Internal(format!(
-                "cannot remove {} of pod sandbox {}: {e}",
-                rec.run_dir.display(),
-                rec.id
-            ))
+        crate::volumes::remove_tree(&rec.run_dir).map_err(|source| CriError::Remove {
+            what: format!("pod sandbox {} ({})", rec.id, rec.run_dir.display()),
+            source,
         })?;
         self.store.remove(&rec.id)?;
-        let mut table = self.table();
-        table.pods.remove(&rec.id);
+        let mut index = self.index();
+        index.pods.remove(&rec.id);
         let name = rec.sandbox_name();
-        if table.names.get(&name) == Some(&rec.id) {
-            table.names.remove(&name);
+        if index.names.get(&name) == Some(&rec.id) {
+            index.names.remove(&name);
         }
         Ok(())
     }
 
-    /// StopPodSandbox: NotFound for an unknown ID, no error when already stopped.
-    pub async fn stop(&self, id: &str) -> Result<(), CriError> {
-        let entry = self.resolve(id)?;
-        let _op = entry.op.lock().await;
-        let rec = entry.rec().clone();
-        self.stop_pod_containers(&rec).await;
-        self.stop_entry(&entry).await
-    }
-
-    /// RemovePodSandbox: stops the VM if needed; no error when the sandbox is already gone.
-    pub async fn remove(&self, id: &str) -> Result<(), CriError> {
-        let entry = match self.resolve(id) {
-            Ok(e) => e,
-            Err(CriError::NotFound(_)) => {
-                tracing::debug!(id, "RemovePodSandbox: already removed");
-                return Ok(());
-            }
-            Err(e) => return Err(e),
-        };
-        let _op = entry.op.lock().await;
-        let id = entry.rec().id.clone();
-        if !self.table().pods.contains_key(&id) {
-            return Ok(()); // removed by a concurrent call while we waited
-        }
-        let rec = entry.rec().clone();
-        self.stop_pod_containers(&rec).await;
-        self.remove_pod_containers(&rec).await?;
-        self.cleanup(&entry).await
-    }
-
-    /// PodSandboxStatus.
-    pub fn status(
-        &self,
-        id: &str,
+    /// PodSandboxStatus of a record, with its containers' statuses.
+    pub fn status_of(
+        rec: &SandboxRecord,
         verbose: bool,
-    ) -> Result<cri::PodSandboxStatusResponse, CriError> {
-        let entry = self.resolve(id)?;
-        let rec = entry.rec().clone();
+        containers_statuses: Vec<cri::ContainerStatus>,
+    ) -> cri::PodSandboxStatusResponse {
         let s = &rec.security;
         let status = cri::PodSandboxStatus {
             id: rec.id.clone(),
-            metadata: Some(metadata_of(&rec)),
-            state: state_of(&rec) as i32,
+            metadata: Some(metadata_of(rec)),
+            state: sandbox_state(rec) as i32,
             created_at: rec.created_at,
             // No pod networking yet: an empty IP (kubelet then reports none).
             network: Some(cri::PodSandboxNetworkStatus::default()),
@@ -448,26 +394,21 @@ impl Manager {
                     }),
                 }),
             }),
-            labels: hash(&rec.labels),
-            annotations: hash(&rec.annotations),
+            labels: hash_map(&rec.labels),
+            annotations: hash_map(&rec.annotations),
             runtime_handler: rec.runtime_handler.clone(),
         };
         let mut info = HashMap::new();
         if verbose {
-            let json = serde_json::to_string(&rec).unwrap_or_default();
+            let json = serde_json::to_string(rec).unwrap_or_default();
             info.insert("info".to_string(), json);
         }
-        Ok(cri::PodSandboxStatusResponse {
+        cri::PodSandboxStatusResponse {
             status: Some(status),
             info,
-            containers_statuses: self.pod_container_statuses(&rec.id),
+            containers_statuses,
             timestamp: now_nanos(),
-        })
-    }
-
-    fn snapshot(&self) -> Vec<SandboxRecord> {
-        let entries: Vec<Arc<Entry>> = self.table().pods.values().cloned().collect();
-        entries.iter().map(|e| e.rec().clone()).collect()
+        }
     }
 
     /// ListPodSandbox.
@@ -475,58 +416,23 @@ impl Manager {
         self.snapshot()
             .into_iter()
             .filter_map(|rec| {
-                let state = state_of(&rec) as i32;
+                let state = sandbox_state(&rec) as i32;
                 filter.matches(&rec.id, state, &rec.labels).then(|| cri::PodSandbox {
                     id: rec.id.clone(),
                     metadata: Some(metadata_of(&rec)),
                     state,
                     created_at: rec.created_at,
-                    labels: hash(&rec.labels),
-                    annotations: hash(&rec.annotations),
+                    labels: hash_map(&rec.labels),
+                    annotations: hash_map(&rec.annotations),
                     runtime_handler: rec.runtime_handler.clone(),
                 })
             })
             .collect()
     }
 
-    fn stats_of(rec: &SandboxRecord) -> cri::PodSandboxStats {
-        let ts = now_nanos();
-        let live = rec.vmm.filter(procfs::is_alive);
-        let cpu = live.and_then(|p| procfs::cpu_nanos(&p)).map(|n| cri::CpuUsage {
-            timestamp: ts,
-            usage_core_nano_seconds: Some(cri::UInt64Value { value: n }),
-            usage_nano_cores: None,
-        });
-        let memory = live.and_then(|p| procfs::rss_bytes(&p)).map(|b| cri::MemoryUsage {
-            timestamp: ts,
-            working_set_bytes: Some(cri::UInt64Value { value: b }),
-            rss_bytes: Some(cri::UInt64Value { value: b }),
-            usage_bytes: Some(cri::UInt64Value { value: b }),
-            ..Default::default()
-        });
-        cri::PodSandboxStats {
-            attributes: Some(cri::PodSandboxAttributes {
-                id: rec.id.clone(),
-                metadata: Some(metadata_of(rec)),
-                labels: hash(&rec.labels),
-                annotations: hash(&rec.annotations),
-            }),
-            linux: Some(cri::LinuxPodSandboxStats {
-                cpu,
-                memory,
-                network: None,
-                process: None,
-                containers: Vec::new(),
-            }),
-            windows: None,
-        }
-    }
-
     /// PodSandboxStats: the VM's CPU time and resident memory as the host sees its VMM.
     pub fn stats(&self, id: &str) -> Result<cri::PodSandboxStats, CriError> {
-        let entry = self.resolve(id)?;
-        let rec = entry.rec().clone();
-        Ok(Self::stats_of(&rec))
+        Ok(stats_of(&self.record(id)?))
     }
 
     /// ListPodSandboxStats (ready sandboxes only, as containerd does).
@@ -534,106 +440,11 @@ impl Manager {
         self.snapshot()
             .iter()
             .filter(|rec| {
-                let state = state_of(rec) as i32;
+                let state = sandbox_state(rec) as i32;
                 state == cri::PodSandboxState::SandboxReady as i32
                     && filter.matches(&rec.id, state, &rec.labels)
             })
-            .map(Self::stats_of)
+            .map(stats_of)
             .collect()
-    }
-
-    /// Whether a sandbox with this ID (full) exists.
-    pub fn exists(&self, id: &str) -> bool {
-        self.resolve(id).is_ok()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::tests::sample;
-
-    fn cfg(dir: &Path) -> Arc<Config> {
-        let text = format!("run_dir = {:?}\nstate_dir = {:?}", dir.join("r"), dir.join("s"));
-        Arc::new(Config::from_toml_str(&text, Path::new("t"), None).unwrap())
-    }
-
-    #[test]
-    fn resolv_conf_format() {
-        let d = Dns {
-            servers: vec!["10.0.0.10".into()],
-            searches: vec!["default.svc.cluster.local".into(), "svc.cluster.local".into()],
-            options: vec!["ndots:5".into()],
-        };
-        assert_eq!(
-            resolv_conf(&d),
-            "search default.svc.cluster.local svc.cluster.local\nnameserver 10.0.0.10\noptions ndots:5\n"
-        );
-    }
-
-    #[test]
-    fn reload_marks_dead_vms_stopped_and_keeps_names_reserved() {
-        let dir = tempfile::tempdir().unwrap();
-        let c = cfg(dir.path());
-        let store: Store = Store::open(&c.state_dir).unwrap();
-        // A record whose VMM is this very process (alive), and one whose VMM is long gone.
-        let me = std::process::id() as i32;
-        let mut live = sample(&"a".repeat(64), "live");
-        live.vmm = Some(crate::record::VmmProcess {
-            pid: me,
-            start_time: procfs::read_stat(me).unwrap().start_time,
-        });
-        let mut dead = sample(&"b".repeat(64), "dead");
-        dead.vmm = Some(crate::record::VmmProcess { pid: me, start_time: 1 });
-        store.save(&live).unwrap();
-        store.save(&dead).unwrap();
-        let m = Manager::open(c.clone()).unwrap();
-        let ready = SandboxFilter { state: Some(0), ..Default::default() };
-        let ids: Vec<String> = m.list(&ready).into_iter().map(|p| p.id).collect();
-        assert_eq!(ids, vec![live.id.clone()]);
-        assert_eq!(m.list(&SandboxFilter::default()).len(), 2);
-        let (recs, _) = store.load_all().unwrap();
-        let dead_now = recs.iter().find(|r| r.id == dead.id).unwrap();
-        assert_eq!(dead_now.phase, SandboxPhase::Stopped);
-        assert!(dead_now.stopped_at.is_some());
-        // Status by unique prefix; NotFound and ambiguity errors.
-        let st = m.status("aaaa", true).unwrap();
-        assert_eq!(st.status.unwrap().state, cri::PodSandboxState::SandboxReady as i32);
-        assert!(st.info["info"].contains("\"live\""));
-        assert!(matches!(m.status("c", false), Err(CriError::NotFound(_))));
-        assert!(matches!(m.status("../x", false), Err(CriError::NotFound(_))));
-        assert!(matches!(m.status("", false), Err(CriError::InvalidArgument(_))));
-        // Stats of the live one carry CPU and memory.
-        let s = m.stats(&live.id).unwrap();
-        let linux = s.linux.unwrap();
-        assert!(linux.cpu.is_some() && linux.memory.is_some());
-        assert_eq!(m.list_stats(&SandboxFilter::default()).len(), 1);
-        drop(m);
-        // A second daemon on the same state dir is refused while the first holds the lock.
-        let m1 = Manager::open(c.clone()).unwrap();
-        let err = Manager::open(c).err().unwrap().to_string();
-        assert!(err.contains("another carapace daemon"), "{err}");
-        drop(m1);
-    }
-
-    #[tokio::test]
-    async fn remove_of_a_stopped_sandbox_deletes_everything_and_is_idempotent() {
-        let dir = tempfile::tempdir().unwrap();
-        let c = cfg(dir.path());
-        let store: Store = Store::open(&c.state_dir).unwrap();
-        let mut rec = sample(&"d".repeat(64), "gone");
-        rec.vmm = Some(crate::record::VmmProcess { pid: std::process::id() as i32, start_time: 1 });
-        rec.run_dir = c.pod_run_dir(&rec.id);
-        fs::create_dir_all(&rec.run_dir).unwrap();
-        fs::write(rec.run_dir.join("serial.log"), "x").unwrap();
-        store.save(&rec).unwrap();
-        let m = Manager::open(c.clone()).unwrap();
-        m.stop(&rec.id).await.unwrap();
-        m.stop(&rec.id).await.unwrap();
-        m.remove(&rec.id).await.unwrap();
-        m.remove(&rec.id).await.unwrap();
-        assert!(!rec.run_dir.exists());
-        assert!(store.load_all().unwrap().0.is_empty());
-        assert!(matches!(m.stop(&rec.id).await, Err(CriError::NotFound(_))));
     }
 }

@@ -12,8 +12,8 @@ use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::config::Config;
-use crate::runtime_service::CriRuntime;
-use crate::sandboxes::{Manager, OpenError};
+use crate::runtime::{OpenError, Runtime};
+use crate::runtime_service::RuntimeServiceImpl;
 
 /// How long clients may keep their connections after a stop was requested.
 const GRACE: std::time::Duration = std::time::Duration::from_secs(5);
@@ -57,9 +57,9 @@ pub fn bind_socket(path: &Path) -> Result<UnixListener, ServeError> {
     UnixListener::bind(path).map_err(|source| ServeError::Bind { path: path.to_path_buf(), source })
 }
 
-/// A running daemon's parts: the sandbox manager, the image service, the bound socket.
+/// A running daemon's parts: the runtime (sandboxes and containers), the image service, the bound socket.
 pub struct Daemon {
-    pub manager: Arc<Manager>,
+    pub runtime: Arc<Runtime>,
     pub images: ImageServiceImpl,
     pub listener: UnixListener,
     pub socket: PathBuf,
@@ -70,16 +70,16 @@ impl Daemon {
     pub fn open(cfg: Config) -> Result<Daemon, ServeError> {
         let socket = cfg.socket.clone();
         let images = ImageServiceImpl::new(&cfg.images)?;
-        let manager = Arc::new(Manager::open(Arc::new(cfg))?);
+        let runtime = Arc::new(Runtime::open(Arc::new(cfg))?);
         // CreateContainer takes its images from the store the ImageService pulls into.
-        manager.set_image_store(images.store());
+        runtime.set_image_store(images.store());
         let listener = bind_socket(&socket)?;
-        Ok(Daemon { manager, images, listener, socket })
+        Ok(Daemon { runtime, images, listener, socket })
     }
 
     /// The RuntimeService of this daemon, ready to add to a tonic router.
-    pub fn runtime_service(&self) -> RuntimeServiceServer<CriRuntime> {
-        RuntimeServiceServer::new(CriRuntime::new(self.manager.clone()))
+    pub fn runtime_service(&self) -> RuntimeServiceServer<RuntimeServiceImpl> {
+        RuntimeServiceServer::new(RuntimeServiceImpl::new(self.runtime.clone()))
     }
 
     /// The ImageService of this daemon (shares its store with CreateContainer).

@@ -179,7 +179,8 @@ pub(crate) mod tests {
     use super::*;
     use crate::config::VmProfile;
     use crate::record::{
-        ContainerPhase, Metadata, ProcessSpec, SandboxPhase, SecuritySummary, VmmProcess,
+        ContainerPhase, Metadata, MountRecord, ProcessSpec, SandboxPhase, SecuritySummary,
+        VmmProcess,
     };
 
     pub(crate) fn sample(id: &str, name: &str) -> SandboxRecord {
@@ -251,6 +252,61 @@ pub(crate) mod tests {
         assert_eq!(bad.len(), 3, "{bad:?}");
         assert!(bad.iter().any(|b| b.reason.contains("version 99")));
         assert!(!tmp.exists(), "leftover temporary file not cleaned");
+    }
+
+    /// A container record of pod `pod` for tests (a Created `sh` with one read-only volume).
+    pub(crate) fn container(id: &str, pod: &str, name: &str) -> ContainerRecord {
+        ContainerRecord {
+            version: CONTAINER_RECORD_VERSION,
+            id: id.into(),
+            sandbox_id: pod.into(),
+            name: name.into(),
+            attempt: 0,
+            image: "busybox:latest".into(),
+            image_id: "sha256:aa".into(),
+            image_ref: "registry/busybox@sha256:bb".into(),
+            labels: [("app".to_string(), name.to_string())].into(),
+            annotations: Default::default(),
+            log_path: "/var/log/pods/x/c/0.log".into(),
+            phase: ContainerPhase::Created,
+            created_at: 1,
+            started_at: 0,
+            finished_at: 0,
+            exit_code: 0,
+            reason: String::new(),
+            message: String::new(),
+            process: ProcessSpec { args: vec!["sh".into()], uid: 5, gid: 6, ..Default::default() },
+            mounts: vec![MountRecord {
+                container_path: "/data".into(),
+                host_path: "/srv/data".into(),
+                readonly: true,
+                selinux_relabel: false,
+                propagation: 0,
+                shared_path: PathBuf::from("/run/x/mounts/0"),
+                guest_path: format!("/run/carapace/shared/{id}/mounts/0"),
+            }],
+            dir: PathBuf::from("/run/x"),
+            resources: Some(k8s_cri::v1::LinuxContainerResources {
+                memory_limit_in_bytes: 1 << 20,
+                ..Default::default()
+            }),
+            stop_signal: String::new(),
+        }
+    }
+
+    #[test]
+    fn container_record_round_trip_through_the_store() {
+        let d = tempfile::tempdir().unwrap();
+        let store: Store<ContainerRecord> = Store::open(d.path()).unwrap();
+        let mut a = container(&"a".repeat(64), &"p".repeat(0), "web");
+        a.sandbox_id = "f".repeat(64);
+        a.phase = ContainerPhase::Exited;
+        a.exit_code = 3;
+        store.save(&a).unwrap();
+        let (recs, bad) = store.load_all().unwrap();
+        assert!(bad.is_empty());
+        assert_eq!(recs, vec![a]);
+        assert!(d.path().join("containers").is_dir());
     }
 
     fn container_sample(id: &str, pod: &str) -> ContainerRecord {

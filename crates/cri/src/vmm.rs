@@ -8,6 +8,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use carapace_agent_client::{AgentClient, AGENT_VSOCK_PORT};
+use carapace_vmm::{VmConfig, VsockConfig};
 
 use crate::config::{Config, VmProfile};
 use crate::procfs;
@@ -20,7 +21,9 @@ const KILL_WAIT: Duration = Duration::from_secs(5);
 
 /// Why a VM could not be started or reached.
 #[derive(Debug, thiserror::Error)]
-pub enum VmmError {
+pub enum VmmProcessError {
+    #[error("cannot write the VM config {}: {source}", path.display())]
+    WriteConfig { path: std::path::PathBuf, source: std::io::Error },
     #[error("cannot start {binary} vmm: {source}")]
     Spawn { binary: String, source: std::io::Error },
     #[error("the VMM process {pid} vanished right after it started")]
@@ -36,6 +39,8 @@ pub enum VmmError {
 /// The files one VM uses.
 #[derive(Debug, Clone)]
 pub struct VmFiles<'a> {
+    /// The VM's [`VmConfig`] as JSON, what `carapace vmm --config` reads.
+    pub vm_config: &'a Path,
     pub vsock: &'a Path,
     pub serial_log: &'a Path,
     pub vmm_log: &'a Path,
@@ -43,35 +48,19 @@ pub struct VmFiles<'a> {
     pub shared_dir: &'a Path,
 }
 
-/// The `carapace vmm` arguments for `profile`.
-pub fn vmm_args(cfg: &Config, profile: &VmProfile, files: &VmFiles<'_>) -> Vec<String> {
-    let mut args = vec![
-        "vmm".to_string(),
-        "--kernel".into(),
-        profile.kernel.display().to_string(),
-        "--initramfs".into(),
-        profile.initramfs.display().to_string(),
-        "--vcpus".into(),
-        profile.vcpus.to_string(),
-        "--mem-mib".into(),
-        profile.mem_mib.to_string(),
-        "--serial-log".into(),
-        files.serial_log.display().to_string(),
-        "--vsock-uds".into(),
-        files.vsock.display().to_string(),
-        "--stop-timeout-ms".into(),
-        cfg.stop_timeout.as_millis().to_string(),
-        "--shared-dir".into(),
-        files.shared_dir.display().to_string(),
-    ];
-    if !profile.cmdline_extra.is_empty() {
-        args.push(format!("--cmdline-extra={}", profile.cmdline_extra));
+/// The guest's vsock CID (each VM has its own vsock device, so every guest can use the first).
+const GUEST_CID: u64 = carapace_vmm::MIN_GUEST_CID;
+
+/// The VM of `profile` with these files.
+pub fn vm_config(cfg: &Config, profile: &VmProfile, files: &VmFiles<'_>) -> VmConfig {
+    VmConfig {
+        serial_log: Some(files.serial_log.to_path_buf()),
+        vsock: Some(VsockConfig { guest_cid: GUEST_CID, uds_path: files.vsock.to_path_buf() }),
+        shared_dir: Some(files.shared_dir.to_path_buf()),
+        kick_interval: cfg.vmm_kick_interval_ms.map(Duration::from_millis),
+        stop_timeout: cfg.stop_timeout,
+        ..profile.vm_shape()
     }
-    if let Some(ms) = cfg.vmm_kick_interval_ms {
-        args.push("--kick-interval-ms".into());
-        args.push(ms.to_string());
-    }
-    args
 }
 
 /// Starts the VMM detached; returns its identity. The child is reaped by a background task
@@ -80,13 +69,19 @@ pub fn spawn(
     cfg: &Config,
     profile: &VmProfile,
     files: &VmFiles<'_>,
-) -> Result<VmmProcess, VmmError> {
+) -> Result<VmmProcess, VmmProcessError> {
+    let config = vm_config(cfg, profile, files);
+    std::fs::write(files.vm_config, config.to_json()).map_err(|source| {
+        VmmProcessError::WriteConfig { path: files.vm_config.to_path_buf(), source }
+    })?;
     let binary = cfg.vmm_binary.display().to_string();
-    let spawn_err = |source| VmmError::Spawn { binary: binary.clone(), source };
+    let spawn_err = |source| VmmProcessError::Spawn { binary: binary.clone(), source };
     let log = std::fs::File::create(files.vmm_log).map_err(spawn_err)?;
     let log2 = log.try_clone().map_err(spawn_err)?;
     let mut cmd = tokio::process::Command::new(&cfg.vmm_binary);
-    cmd.args(vmm_args(cfg, profile, files))
+    cmd.arg("vmm")
+        .arg("--config")
+        .arg(files.vm_config)
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2)
@@ -101,7 +96,7 @@ pub fn spawn(
         });
     }
     let mut child = cmd.spawn().map_err(spawn_err)?;
-    let pid = child.id().map(|p| p as i32).ok_or(VmmError::Vanished { pid: -1 })?;
+    let pid = child.id().map(|p| p as i32).ok_or(VmmProcessError::Vanished { pid: -1 })?;
     // A just-forked child is visible in /proc at once; only a failed exec can end it this fast.
     let start_time = procfs::read_stat(pid).map(|st| st.start_time);
     tokio::spawn(async move {
@@ -112,7 +107,7 @@ pub fn spawn(
     });
     match start_time {
         Some(start_time) => Ok(VmmProcess { pid, start_time }),
-        None => Err(VmmError::Vanished { pid }),
+        None => Err(VmmProcessError::Vanished { pid }),
     }
 }
 
@@ -133,7 +128,7 @@ pub async fn wait_agent(
     p: &VmmProcess,
     files: &VmFiles<'_>,
     timeout: Duration,
-) -> Result<carapace_agent_client::pb::HealthResponse, VmmError> {
+) -> Result<carapace_agent_client::pb::HealthResponse, VmmProcessError> {
     let connect = async {
         let agent = AgentClient::connect(files.vsock, AGENT_VSOCK_PORT, timeout).await?;
         agent.health().await
@@ -144,12 +139,12 @@ pub async fn wait_agent(
         }
     };
     tokio::select! {
-        r = connect => r.map_err(|e| VmmError::AgentTimeout {
+        r = connect => r.map_err(|e| VmmProcessError::AgentTimeout {
             timeout,
             last: e.to_string(),
             serial: log_tail(files.serial_log, 5),
         }),
-        () = died => Err(VmmError::Exited { log: log_tail(files.vmm_log, 5) }),
+        () = died => Err(VmmProcessError::Exited { log: log_tail(files.vmm_log, 5) }),
     }
 }
 
@@ -178,7 +173,11 @@ pub enum StopOutcome {
 
 /// Stops the VM: the agent's Shutdown, then SIGTERM (the VMM asks the guest, then stops it by
 /// force), then SIGKILL. No error when it is already gone.
-pub async fn stop(p: &VmmProcess, vsock: &Path, step: Duration) -> Result<StopOutcome, VmmError> {
+pub async fn stop(
+    p: &VmmProcess,
+    vsock: &Path,
+    step: Duration,
+) -> Result<StopOutcome, VmmProcessError> {
     if !procfs::is_alive(p) {
         return Ok(StopOutcome::AlreadyGone);
     }
@@ -209,7 +208,7 @@ pub async fn stop(p: &VmmProcess, vsock: &Path, step: Duration) -> Result<StopOu
     if wait_exit(p, KILL_WAIT).await {
         Ok(StopOutcome::Killed)
     } else {
-        Err(VmmError::Unkillable { pid: p.pid })
+        Err(VmmProcessError::Unkillable { pid: p.pid })
     }
 }
 
@@ -239,22 +238,27 @@ mod tests {
     }
 
     #[test]
-    fn args_carry_profile_files_and_kick() {
+    fn the_vm_config_carries_profile_files_and_kick() {
         let dir = tempfile::tempdir().unwrap();
         let c = cfg(dir.path(), Path::new("/bin/true"));
         let files = VmFiles {
+            vm_config: Path::new("/r/vm.json"),
             vsock: Path::new("/r/v"),
             serial_log: Path::new("/r/s"),
             vmm_log: Path::new("/r/l"),
             shared_dir: Path::new("/r/shared"),
         };
-        let a = vmm_args(&c, &VmProfile::default(), &files).join(" ");
-        assert!(a.starts_with("vmm --kernel /var/lib/carapace/guest/vmlinux"), "{a}");
-        assert!(a.contains("--vsock-uds /r/v"), "{a}");
-        assert!(a.contains("--serial-log /r/s"), "{a}");
-        assert!(a.contains("--kick-interval-ms 100"), "{a}");
-        assert!(a.contains("--stop-timeout-ms 1000"), "{a}");
-        assert!(a.contains("--shared-dir /r/shared"), "{a}");
+        let v = vm_config(&c, &VmProfile::default(), &files);
+        assert_eq!(v.kernel, PathBuf::from("/var/lib/carapace/guest/vmlinux"));
+        assert_eq!(v.vsock.as_ref().unwrap().uds_path, PathBuf::from("/r/v"));
+        assert_eq!(v.serial_log, Some(PathBuf::from("/r/s")));
+        assert_eq!(v.kick_interval, Some(Duration::from_millis(100)));
+        assert_eq!(v.stop_timeout, Duration::from_millis(1000));
+        assert_eq!(v.shared_dir, Some(PathBuf::from("/r/shared")));
+        v.validate_limits().unwrap();
+        let a = v.to_json();
+        assert!(a.contains("\"kick_interval_ms\": 100"), "{a}");
+        assert!(a.contains("\"stop_timeout_ms\": 1000"), "{a}");
     }
 
     #[tokio::test]
@@ -265,6 +269,7 @@ mod tests {
         let c = cfg(dir.path(), &bin);
         let log = dir.path().join("vmm.log");
         let files = VmFiles {
+            vm_config: &dir.path().join("vm.json"),
             vsock: &dir.path().join("v"),
             serial_log: &dir.path().join("s"),
             vmm_log: &log,
@@ -272,7 +277,7 @@ mod tests {
         };
         let p = match spawn(&c, &VmProfile::default(), &files) {
             Ok(p) => p,
-            Err(VmmError::Vanished { .. }) => return, // exited before /proc was read: also fine
+            Err(VmmProcessError::Vanished { .. }) => return, // exited before /proc was read: also fine
             Err(e) => panic!("{e}"),
         };
         let err = wait_agent(&p, &files, Duration::from_secs(20)).await.unwrap_err().to_string();
@@ -287,6 +292,7 @@ mod tests {
         let log = dir.path().join("vmm.log");
         let vsock = dir.path().join("v");
         let files = VmFiles {
+            vm_config: &dir.path().join("vm.json"),
             vsock: &vsock,
             serial_log: &dir.path().join("s"),
             vmm_log: &log,
@@ -299,7 +305,7 @@ mod tests {
         assert_eq!(sid, p.pid, "VMM is not a session leader");
         assert_ne!(sid, mine);
         let err = wait_agent(&p, &files, Duration::from_millis(500)).await.unwrap_err();
-        assert!(matches!(err, VmmError::AgentTimeout { .. }), "{err}");
+        assert!(matches!(err, VmmProcessError::AgentTimeout { .. }), "{err}");
         let outcome = stop(&p, &vsock, Duration::from_millis(300)).await.unwrap();
         assert_eq!(outcome, StopOutcome::Killed);
         assert!(!procfs::is_alive(&p));

@@ -1,9 +1,13 @@
 //! What a VM is made of, and the checks done before anything is created.
+//!
+//! [`VmConfig`] is also the contract between the CRI daemon and `carapace vmm`: the daemon
+//! writes it as JSON ([`VmConfig::to_json`]) into the pod's run dir, `carapace vmm --config`
+//! reads it back ([`VmConfig::from_json_file`]); both check it with the same limits.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::error::VmmError;
+use serde::{Deserialize, Serialize};
 
 /// Smallest guest memory carapace boots (a minimal kernel plus an initramfs need about this).
 pub const MIN_MEM_MIB: u32 = 64;
@@ -13,45 +17,171 @@ pub const MAX_MEM_MIB: u32 = 1 << 20;
 pub const MAX_VCPUS: u8 = 32;
 /// Default KVM device.
 pub const DEFAULT_KVM_PATH: &str = "/dev/kvm";
+/// Default vCPU count and guest memory.
+pub const DEFAULT_VCPUS: u8 = 1;
+pub const DEFAULT_MEM_MIB: u32 = 256;
+/// Default time the guest gets to shut down after a stop request.
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// The smallest guest CID (0-2 are reserved).
+pub const MIN_GUEST_CID: u64 = 3;
+
+/// A configuration that cannot be used; the text names the setting and what is accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("vcpus must be between 1 and {max}, got {got}")]
+    VcpusOutOfRange { got: u8, max: u8 },
+    #[error("memory must be at least {min} MiB, got {got} MiB")]
+    MemoryTooSmall { got: u32, min: u32 },
+    #[error("memory must be at most {max} MiB, got {got} MiB")]
+    MemoryTooLarge { got: u32, max: u32 },
+    #[error("KVM device {}: {source}", path.display())]
+    KvmDevice { path: PathBuf, source: std::io::Error },
+    #[error("KVM device path {} contains a NUL byte", path.display())]
+    KvmPathNul { path: PathBuf },
+    #[error("{what} {}: {source}", path.display())]
+    FileUnreadable { what: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("{what} {} is not a regular file", path.display())]
+    NotAFile { what: &'static str, path: PathBuf },
+    #[error("vsock guest CID must be between {MIN_GUEST_CID} and {}, got {got}", u32::MAX - 1)]
+    VsockCid { got: u64 },
+    #[error("vsock Unix socket path is empty")]
+    VsockPathEmpty,
+    #[error("shared directory {}: {source}", path.display())]
+    SharedDirUnreadable { path: PathBuf, source: std::io::Error },
+    #[error("shared directory {} is not a directory", path.display())]
+    SharedDirNotADirectory { path: PathBuf },
+    #[error("shared directory {} is not a UTF-8 path", path.display())]
+    SharedDirNotUtf8 { path: PathBuf },
+    #[error("extra kernel command line contains a NUL byte")]
+    CmdlineNul,
+    #[error("kick interval must be greater than zero")]
+    ZeroKickInterval,
+    #[error("cannot read VM config file {}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("VM config file {}: {source}", path.display())]
+    Parse { path: PathBuf, source: serde_json::Error },
+}
+
+impl ConfigError {
+    /// The [`VmConfig`] field at fault (the daemon names its own config key after it).
+    pub fn field(&self) -> &'static str {
+        match self {
+            ConfigError::VcpusOutOfRange { .. } => "vcpus",
+            ConfigError::MemoryTooSmall { .. } | ConfigError::MemoryTooLarge { .. } => "mem_mib",
+            ConfigError::KvmDevice { .. } | ConfigError::KvmPathNul { .. } => "kvm_path",
+            ConfigError::FileUnreadable { what, .. } | ConfigError::NotAFile { what, .. } => what,
+            ConfigError::VsockCid { .. } | ConfigError::VsockPathEmpty => "vsock",
+            ConfigError::SharedDirUnreadable { .. }
+            | ConfigError::SharedDirNotADirectory { .. }
+            | ConfigError::SharedDirNotUtf8 { .. } => "shared_dir",
+            ConfigError::CmdlineNul => "cmdline_extra",
+            ConfigError::ZeroKickInterval => "kick_interval_ms",
+            ConfigError::Read { .. } | ConfigError::Parse { .. } => "file",
+        }
+    }
+}
 
 /// virtio-vsock device: the guest's CID and the host Unix socket it is mapped to.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct VsockConfig {
     pub guest_cid: u64,
     pub uds_path: PathBuf,
 }
 
-/// Everything needed to build a microVM.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Everything needed to build a microVM (and, for `carapace vmm`, how long a stop may take).
+/// As JSON, durations are whole milliseconds (`kick_interval_ms`, `stop_timeout_ms`) and
+/// every field but `kernel` may be left out (the defaults of [`VmConfig::new`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct VmConfig {
     /// Number of vCPUs, 1..=32.
+    #[serde(default = "default_vcpus")]
     pub vcpus: u8,
     /// Guest memory in MiB, at least [`MIN_MEM_MIB`].
+    #[serde(default = "default_mem_mib")]
     pub mem_mib: u32,
     /// Uncompressed vmlinux ELF.
     pub kernel: PathBuf,
+    #[serde(default)]
     pub initramfs: Option<PathBuf>,
     /// Appended to the built-in kernel command line.
+    #[serde(default)]
     pub cmdline_extra: String,
     /// File receiving the guest's serial console (None = discard).
+    #[serde(default)]
     pub serial_log: Option<PathBuf>,
+    #[serde(default)]
     pub vsock: Option<VsockConfig>,
     /// Add a virtio-rng device.
+    #[serde(default = "yes")]
     pub rng: bool,
     /// Host directory shared with the guest through virtio-fs under the tag
     /// [`crate::SHARED_FS_TAG`] (read-write, passthrough); no virtio-fs device when None.
+    #[serde(default)]
     pub shared_dir: Option<PathBuf>,
     /// Interrupt every vCPU's KVM_RUN this often (hosts whose timer interrupts do not force exits).
+    #[serde(default, rename = "kick_interval_ms", with = "opt_millis")]
     pub kick_interval: Option<Duration>,
+    #[serde(default = "default_kvm_path")]
     pub kvm_path: PathBuf,
+    /// After a stop request (SIGTERM), how long the guest gets to shut down before the VM is
+    /// stopped by force.
+    #[serde(default = "default_stop_timeout", rename = "stop_timeout_ms", with = "millis")]
+    pub stop_timeout: Duration,
+}
+
+fn default_vcpus() -> u8 {
+    DEFAULT_VCPUS
+}
+fn default_mem_mib() -> u32 {
+    DEFAULT_MEM_MIB
+}
+fn yes() -> bool {
+    true
+}
+fn default_kvm_path() -> PathBuf {
+    PathBuf::from(DEFAULT_KVM_PATH)
+}
+fn default_stop_timeout() -> Duration {
+    DEFAULT_STOP_TIMEOUT
+}
+
+/// A duration as whole milliseconds.
+mod millis {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_millis(u64::deserialize(d)?))
+    }
+}
+
+/// An optional duration as whole milliseconds (null or absent: none).
+mod opt_millis {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            None => s.serialize_none(),
+        }
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Ok(Option::<u64>::deserialize(d)?.map(Duration::from_millis))
+    }
 }
 
 impl VmConfig {
     /// A configuration with the defaults: 1 vCPU, 256 MiB, rng on, no vsock, no serial log.
     pub fn new(kernel: impl Into<PathBuf>) -> Self {
         VmConfig {
-            vcpus: 1,
-            mem_mib: 256,
+            vcpus: DEFAULT_VCPUS,
+            mem_mib: DEFAULT_MEM_MIB,
             kernel: kernel.into(),
             initramfs: None,
             cmdline_extra: String::new(),
@@ -61,63 +191,60 @@ impl VmConfig {
             shared_dir: None,
             kick_interval: None,
             kvm_path: PathBuf::from(DEFAULT_KVM_PATH),
+            stop_timeout: DEFAULT_STOP_TIMEOUT,
         }
     }
 
-    /// Checks the configuration; the error says what is wrong and what is accepted.
-    pub fn validate(&self) -> Result<(), VmmError> {
-        let bad = |m: String| Err(VmmError::Config(m));
+    /// Checks the values alone (no file is looked at): vCPUs, memory, vsock CID, command line,
+    /// kick interval. Anyone who writes a config for `carapace vmm` can check it with this.
+    pub fn validate_limits(&self) -> Result<(), ConfigError> {
         if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
-            return bad(format!("vcpus must be between 1 and {MAX_VCPUS}, got {}", self.vcpus));
+            return Err(ConfigError::VcpusOutOfRange { got: self.vcpus, max: MAX_VCPUS });
         }
         if self.mem_mib < MIN_MEM_MIB {
-            return bad(format!(
-                "memory must be at least {MIN_MEM_MIB} MiB, got {} MiB",
-                self.mem_mib
-            ));
+            return Err(ConfigError::MemoryTooSmall { got: self.mem_mib, min: MIN_MEM_MIB });
         }
         if self.mem_mib > MAX_MEM_MIB {
-            return bad(format!(
-                "memory must be at most {MAX_MEM_MIB} MiB, got {} MiB",
-                self.mem_mib
-            ));
+            return Err(ConfigError::MemoryTooLarge { got: self.mem_mib, max: MAX_MEM_MIB });
         }
-        if let Err(e) = std::fs::metadata(&self.kvm_path) {
-            return bad(format!("KVM device {}: {e}", self.kvm_path.display()));
+        if let Some(vsock) = &self.vsock {
+            if vsock.guest_cid < MIN_GUEST_CID || vsock.guest_cid >= u64::from(u32::MAX) {
+                return Err(ConfigError::VsockCid { got: vsock.guest_cid });
+            }
+            if vsock.uds_path.as_os_str().is_empty() {
+                return Err(ConfigError::VsockPathEmpty);
+            }
+        }
+        if self.cmdline_extra.contains('\0') {
+            return Err(ConfigError::CmdlineNul);
+        }
+        if self.kick_interval == Some(Duration::ZERO) {
+            return Err(ConfigError::ZeroKickInterval);
+        }
+        Ok(())
+    }
+
+    /// Checks the configuration: the limits, then the KVM device, the kernel and initramfs
+    /// files and the shared directory; the error says what is wrong and what is accepted.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_limits()?;
+        if let Err(source) = std::fs::metadata(&self.kvm_path) {
+            return Err(ConfigError::KvmDevice { path: self.kvm_path.clone(), source });
         }
         check_file("kernel", &self.kernel)?;
         if let Some(initramfs) = &self.initramfs {
             check_file("initramfs", initramfs)?;
         }
-        if let Some(vsock) = &self.vsock {
-            if vsock.guest_cid < 3 || vsock.guest_cid >= u64::from(u32::MAX) {
-                return bad(format!(
-                    "vsock guest CID must be between 3 and {}, got {}",
-                    u32::MAX - 1,
-                    vsock.guest_cid
-                ));
-            }
-            if vsock.uds_path.as_os_str().is_empty() {
-                return bad("vsock Unix socket path is empty".to_string());
-            }
-        }
         if let Some(dir) = &self.shared_dir {
+            let path = dir.clone();
             match std::fs::metadata(dir) {
                 Ok(m) if m.is_dir() => {}
-                Ok(_) => {
-                    return bad(format!("shared directory {} is not a directory", dir.display()))
-                }
-                Err(e) => return bad(format!("shared directory {}: {e}", dir.display())),
+                Ok(_) => return Err(ConfigError::SharedDirNotADirectory { path }),
+                Err(source) => return Err(ConfigError::SharedDirUnreadable { path, source }),
             }
             if dir.to_str().is_none() {
-                return bad(format!("shared directory {} is not a UTF-8 path", dir.display()));
+                return Err(ConfigError::SharedDirNotUtf8 { path: dir.clone() });
             }
-        }
-        if self.cmdline_extra.contains('\0') {
-            return bad("extra kernel command line contains a NUL byte".to_string());
-        }
-        if self.kick_interval == Some(Duration::ZERO) {
-            return bad("kick interval must be greater than zero".to_string());
         }
         Ok(())
     }
@@ -126,13 +253,27 @@ impl VmConfig {
     pub fn mem_bytes(&self) -> u64 {
         u64::from(self.mem_mib) << 20
     }
+
+    /// The JSON text `carapace vmm --config` reads.
+    pub fn to_json(&self) -> String {
+        // Cannot fail: every field is a plain value or a path (non-UTF-8 bytes are replaced).
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// Reads a config written by [`VmConfig::to_json`] (or by hand); not yet validated.
+    pub fn from_json_file(path: &Path) -> Result<VmConfig, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        serde_json::from_str(&text)
+            .map_err(|source| ConfigError::Parse { path: path.to_path_buf(), source })
+    }
 }
 
-fn check_file(what: &str, path: &Path) -> Result<(), VmmError> {
+fn check_file(what: &'static str, path: &Path) -> Result<(), ConfigError> {
     match std::fs::metadata(path) {
         Ok(m) if m.is_file() => Ok(()),
-        Ok(_) => Err(VmmError::Config(format!("{what} {} is not a regular file", path.display()))),
-        Err(e) => Err(VmmError::Config(format!("{what} {}: {e}", path.display()))),
+        Ok(_) => Err(ConfigError::NotAFile { what, path: path.to_path_buf() }),
+        Err(source) => Err(ConfigError::FileUnreadable { what, path: path.to_path_buf(), source }),
     }
 }
 
@@ -220,5 +361,39 @@ mod tests {
         let (_k, mut cfg) = config_with_kernel();
         cfg.kick_interval = Some(Duration::ZERO);
         assert!(cfg.validate().is_err());
+    }
+
+    #[test]
+    fn json_round_trip_in_milliseconds_with_defaults() {
+        let mut cfg = VmConfig::new("/k");
+        cfg.kick_interval = Some(Duration::from_millis(100));
+        cfg.stop_timeout = Duration::from_millis(1500);
+        cfg.vsock = Some(VsockConfig { guest_cid: 3, uds_path: "/r/vsock".into() });
+        let json = cfg.to_json();
+        assert!(json.contains("\"kick_interval_ms\": 100"), "{json}");
+        assert!(json.contains("\"stop_timeout_ms\": 1500"), "{json}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vm.json");
+        std::fs::write(&path, &json).unwrap();
+        assert_eq!(VmConfig::from_json_file(&path).unwrap(), cfg);
+        std::fs::write(&path, r#"{"kernel": "/k"}"#).unwrap();
+        assert_eq!(VmConfig::from_json_file(&path).unwrap(), VmConfig::new("/k"));
+        std::fs::write(&path, r#"{"kernel": "/k", "memory": 1}"#).unwrap();
+        let e = VmConfig::from_json_file(&path).unwrap_err().to_string();
+        assert!(e.contains("memory"), "{e}");
+        let e = VmConfig::from_json_file(&dir.path().join("none")).unwrap_err().to_string();
+        assert!(e.contains("cannot read VM config file"), "{e}");
+    }
+
+    #[test]
+    fn limits_alone_need_no_files_and_name_their_field() {
+        let mut cfg = VmConfig::new("/nonexistent/vmlinux");
+        cfg.validate_limits().unwrap();
+        cfg.mem_mib = MAX_MEM_MIB + 1;
+        let e = cfg.validate_limits().unwrap_err();
+        assert_eq!(e.field(), "mem_mib");
+        assert!(
+            matches!(e, ConfigError::MemoryTooLarge { got, max } if got == max + 1 && max == MAX_MEM_MIB)
+        );
     }
 }

@@ -10,9 +10,7 @@ use crate::devices::pio_bus::PioOverlap;
 #[derive(Debug, thiserror::Error)]
 pub enum VmmError {
     #[error("invalid VM configuration: {0}")]
-    Config(String),
-    #[error("KVM device path {0} contains a NUL byte")]
-    KvmPathNul(PathBuf),
+    Config(#[from] crate::config::ConfigError),
     #[error("cannot open KVM device {path}: {source}")]
     OpenKvm { path: PathBuf, source: kvm_ioctls::Error },
     #[error("KVM API version {0} is not supported (need 12)")]

@@ -14,8 +14,9 @@ const KVM_API_VERSION: i32 = 12;
 
 /// Opens the KVM device and checks the API version and the capabilities carapace needs.
 pub fn open_kvm(path: &Path) -> Result<Kvm, VmmError> {
-    let c_path = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| VmmError::KvmPathNul(path.to_path_buf()))?;
+    let c_path = CString::new(path.as_os_str().as_bytes()).map_err(|_| {
+        VmmError::Config(crate::config::ConfigError::KvmPathNul { path: path.to_path_buf() })
+    })?;
     let kvm = Kvm::new_with_path(&c_path)
         .map_err(|source| VmmError::OpenKvm { path: path.to_path_buf(), source })?;
     let version = kvm.get_api_version();

@@ -29,7 +29,10 @@ mod vcpu;
 mod vm;
 
 pub use builder::build_vm;
-pub use config::{VmConfig, VsockConfig, DEFAULT_KVM_PATH, MAX_VCPUS, MIN_MEM_MIB};
+pub use config::{
+    ConfigError, VmConfig, VsockConfig, DEFAULT_KVM_PATH, DEFAULT_MEM_MIB, DEFAULT_VCPUS,
+    MAX_MEM_MIB, MAX_VCPUS, MIN_GUEST_CID, MIN_MEM_MIB,
+};
 pub use error::VmmError;
 pub use exit::ExitReason;
 pub use panic::install_panic_abort;

@@ -1,0 +1,524 @@
+//! CreateContainer, in two steps: parse the CRI request once into a checked [`ContainerSpec`]
+//! (name, image, volumes, log path, process settings, security), then build everything from
+//! that type only: the rootfs and volumes in the pod's shared dir, the record, and the agent's
+//! CreateContainerRequest ([`agent_request`]).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use carapace_agent_client::pb;
+use k8s_cri::v1 as cri;
+
+use super::agent::{agent_of, call};
+use super::{convert, security, Container, ContainerTable, Pods};
+use crate::error::CriError;
+use crate::ids;
+use crate::merge;
+use crate::record::{
+    resolv_conf, ContainerPhase, ContainerRecord, MountRecord, ProcessSpec, SandboxRecord,
+    CONTAINER_RECORD_VERSION,
+};
+use crate::util::{now_nanos, sandbox_state};
+use crate::volumes;
+
+/// Where the agent mounts the pod's shared dir in the guest.
+pub const GUEST_SHARED_DIR: &str = "/run/carapace/shared";
+/// Longest container name.
+const MAX_NAME: usize = 253;
+
+/// The guest's path of `rel` in container `cid`'s part of the shared dir: the one place the
+/// daemon names [`GUEST_SHARED_DIR`].
+pub fn guest_path(cid: &str, rel: &str) -> String {
+    format!("{GUEST_SHARED_DIR}/{cid}/{rel}")
+}
+
+/// A container name and attempt, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerName {
+    pub name: String,
+    pub attempt: u32,
+}
+
+impl ContainerName {
+    pub fn parse(md: Option<&cri::ContainerMetadata>) -> Result<ContainerName, CriError> {
+        let md = md.cloned().unwrap_or_default();
+        if md.name.is_empty() {
+            return Err(CriError::InvalidArgument(
+                "CreateContainer: config.metadata.name is required".into(),
+            ));
+        }
+        if md.name.len() > MAX_NAME || md.name.chars().any(|c| c.is_control() || c == '/') {
+            return Err(CriError::InvalidArgument(format!(
+                "container name {:?} must be at most {MAX_NAME} bytes without '/' or control characters",
+                md.name
+            )));
+        }
+        Ok(ContainerName { name: md.name, attempt: md.attempt })
+    }
+}
+
+/// A volume of the request, checked (absolute paths, a host path, no image volume).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Volume {
+    pub container_path: String,
+    pub host_path: String,
+    pub readonly: bool,
+    pub selinux_relabel: bool,
+    pub propagation: i32,
+}
+
+impl Volume {
+    fn parse(i: usize, m: &cri::Mount) -> Result<Volume, CriError> {
+        if !m.container_path.starts_with('/') {
+            return Err(CriError::InvalidArgument(format!(
+                "mount {i}: container_path {:?} must be an absolute path",
+                m.container_path
+            )));
+        }
+        if m.image.as_ref().is_some_and(|s| !s.image.is_empty()) {
+            return Err(CriError::InvalidArgument(format!(
+                "mount {i}: image volumes are not supported by carapace yet"
+            )));
+        }
+        if !m.host_path.starts_with('/') {
+            return Err(CriError::InvalidArgument(format!(
+                "mount {i}: host_path {:?} must be an absolute path",
+                m.host_path
+            )));
+        }
+        Ok(Volume {
+            container_path: m.container_path.clone(),
+            host_path: m.host_path.clone(),
+            readonly: m.readonly,
+            selinux_relabel: m.selinux_relabel,
+            propagation: m.propagation,
+        })
+    }
+
+    /// The record of volume `i` of container `cid` whose files are in `dir` (the bind mount is
+    /// made later).
+    fn record(&self, i: usize, cid: &str, dir: &Path) -> MountRecord {
+        MountRecord {
+            container_path: self.container_path.clone(),
+            host_path: self.host_path.clone(),
+            readonly: self.readonly,
+            selinux_relabel: self.selinux_relabel,
+            propagation: self.propagation,
+            shared_path: dir.join("mounts").join(i.to_string()),
+            guest_path: guest_path(cid, &format!("mounts/{i}")),
+        }
+    }
+}
+
+/// Everything a CreateContainer request asks for, checked once; nothing after [`parse`]
+/// looks at the CRI request again.
+///
+/// [`parse`]: ContainerSpec::parse
+#[derive(Debug, Clone)]
+pub struct ContainerSpec {
+    pub name: ContainerName,
+    pub image: String,
+    pub volumes: Vec<Volume>,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    /// The CRI log file (under the pod's log directory); empty: no log.
+    pub log_path: String,
+    pub command: Vec<String>,
+    pub args: Vec<String>,
+    pub envs: Vec<cri::KeyValue>,
+    pub working_dir: String,
+    pub tty: bool,
+    pub stdin: bool,
+    pub resources: Option<cri::LinuxContainerResources>,
+    /// The security context the user is resolved from (with the image's USER and the
+    /// rootfs's accounts once they exist).
+    pub run_as: Option<cri::LinuxContainerSecurityContext>,
+    /// The agent's security settings (capabilities, seccomp, paths).
+    pub security: pb::Security,
+    pub readonly_rootfs: bool,
+    /// The agent's PID namespace mode.
+    pub pid_mode: i32,
+}
+
+impl ContainerSpec {
+    /// Checks the request's config for a container named `name` in pod `sb`.
+    pub fn parse(
+        config: cri::ContainerConfig,
+        name: ContainerName,
+        sb: &SandboxRecord,
+    ) -> Result<ContainerSpec, CriError> {
+        let image = config.image.as_ref().map(|i| i.image.clone()).unwrap_or_default();
+        if image.is_empty() {
+            return Err(CriError::InvalidArgument(
+                "CreateContainer: config.image.image is required".into(),
+            ));
+        }
+        if !config.devices.is_empty() || !config.cdi_devices.is_empty() {
+            return Err(CriError::InvalidArgument(
+                "devices are not supported by carapace (the pod runs in a VM without host devices)"
+                    .into(),
+            ));
+        }
+        if config.stdin {
+            tracing::info!(name = %name.name, "stdin is kept open for attach, which carapace does not serve yet");
+        }
+        let volumes = config
+            .mounts
+            .iter()
+            .enumerate()
+            .map(|(i, m)| Volume::parse(i, m))
+            .collect::<Result<Vec<_>, _>>()?;
+        let linux = config.linux.unwrap_or_default();
+        let sc = linux.security_context;
+        let security = security::agent_security(sc.as_ref())?;
+        let log_path = if config.log_path.is_empty() || sb.log_directory.is_empty() {
+            String::new()
+        } else {
+            Path::new(&sb.log_directory).join(&config.log_path).display().to_string()
+        };
+        let ns = sc.as_ref().and_then(|s| s.namespace_options.as_ref());
+        Ok(ContainerSpec {
+            name,
+            image,
+            volumes,
+            labels: config.labels.into_iter().collect(),
+            annotations: config.annotations.into_iter().collect(),
+            log_path,
+            command: config.command,
+            args: config.args,
+            envs: config.envs,
+            working_dir: config.working_dir,
+            tty: config.tty,
+            stdin: config.stdin,
+            resources: linux.resources,
+            readonly_rootfs: sc.as_ref().is_some_and(|s| s.readonly_rootfs),
+            pid_mode: ns.map_or(pb::NamespaceMode::Pod as i32, |n| convert::pid_mode(n.pid)),
+            run_as: sc,
+            security,
+        })
+    }
+}
+
+/// The agent's CreateContainerRequest for a container whose record and files are made.
+pub fn agent_request(
+    rec: &ContainerRecord,
+    spec: &ContainerSpec,
+    hostname: &str,
+    mounts: Vec<pb::Mount>,
+) -> pb::CreateContainerRequest {
+    pb::CreateContainerRequest {
+        id: rec.id.clone(),
+        process: Some(pb::Process {
+            args: rec.process.args.clone(),
+            env: rec.process.env.clone(),
+            cwd: rec.process.cwd.clone(),
+            user: Some(pb::User {
+                uid: rec.process.uid,
+                gid: rec.process.gid,
+                additional_gids: rec.process.additional_gids.clone(),
+            }),
+            tty: spec.tty,
+            stdin: spec.stdin,
+        }),
+        rootfs_path: guest_path(&rec.id, "rootfs"),
+        rootfs_readonly: spec.readonly_rootfs,
+        mounts,
+        hostname: hostname.to_string(),
+        namespaces: Some(pb::Namespaces { pid: spec.pid_mode, ..Default::default() }),
+        resources: rec.resources.as_ref().map(convert::agent_resources),
+        security: Some(spec.security.clone()),
+        annotations: rec.annotations.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+    }
+}
+
+/// A bind mount of a path in the shared dir, as the agent takes it.
+fn bind(destination: String, source: String, readonly: bool) -> pb::Mount {
+    pb::Mount {
+        destination,
+        source,
+        r#type: "bind".into(),
+        options: vec!["rbind".into(), if readonly { "ro".into() } else { "rw".into() }],
+    }
+}
+
+/// Undoes a half-made container: its bind mounts and files.
+fn discard(dir: &Path) {
+    if let Err(e) = volumes::remove_tree(dir) {
+        tracing::error!(dir = %dir.display(), error = %e, "cannot remove a failed container's files");
+    }
+}
+
+impl ContainerTable {
+    /// CreateContainer.
+    pub async fn create(
+        self: &Arc<Self>,
+        pods: &dyn Pods,
+        req: cri::CreateContainerRequest,
+    ) -> Result<String, CriError> {
+        let config = req.config.ok_or_else(|| {
+            CriError::InvalidArgument("CreateContainer: config is required".into())
+        })?;
+        let name = ContainerName::parse(config.metadata.as_ref())?;
+        // NotFound (or InvalidArgument) for the sandbox first, as kubelet expects.
+        let sb = pods.pod(&req.pod_sandbox_id)?;
+        let spec = ContainerSpec::parse(config, name, &sb)?;
+        if sandbox_state(&sb) != cri::PodSandboxState::SandboxReady {
+            return Err(CriError::FailedPrecondition(format!(
+                "pod sandbox {} is not ready: containers can only be created in a running pod",
+                sb.id
+            )));
+        }
+        let images = self.images()?;
+        let image = images
+            .container_image(&spec.image)
+            .map_err(|source| CriError::Image { image: spec.image.clone(), source })?
+            .ok_or_else(|| {
+                CriError::NotFound(format!("image {} is not present; pull it first", spec.image))
+            })?;
+        let image_ref = images
+            .resolve(&spec.image)
+            .and_then(|r| r.repo_digests.first().cloned())
+            .unwrap_or_else(|| image.id.clone());
+        let id = ids::new_id().map_err(CriError::NewId)?;
+        let dir = sb.shared_dir().join(&id);
+        let rec = ContainerRecord {
+            version: CONTAINER_RECORD_VERSION,
+            id: id.clone(),
+            sandbox_id: sb.id.clone(),
+            name: spec.name.name.clone(),
+            attempt: spec.name.attempt,
+            image: spec.image.clone(),
+            image_id: image.id.clone(),
+            image_ref,
+            labels: spec.labels.clone(),
+            annotations: spec.annotations.clone(),
+            log_path: spec.log_path.clone(),
+            phase: ContainerPhase::Created,
+            created_at: now_nanos(),
+            started_at: 0,
+            finished_at: 0,
+            exit_code: 0,
+            reason: String::new(),
+            message: String::new(),
+            process: ProcessSpec::default(),
+            mounts: spec.volumes.iter().enumerate().map(|(i, v)| v.record(i, &id, &dir)).collect(),
+            dir: dir.clone(),
+            resources: spec.resources.clone(),
+            stop_signal: image.config.stop_signal.clone(),
+        };
+        // Reserve the name (CRI: one container per name and attempt in a pod).
+        let name_key = rec.pod_unique_name();
+        {
+            let mut index = self.index();
+            if let Some(other) = index.names.get(&name_key) {
+                return Err(CriError::AlreadyExists(format!(
+                    "a container named {:?} (attempt {}) already exists in pod sandbox {} with ID {other}; \
+                     remove it first or use another attempt number",
+                    spec.name.name, spec.name.attempt, sb.id
+                )));
+            }
+            index.names.insert(name_key.clone(), id.clone());
+        }
+        let made = self.make(&sb, rec, &spec, image).await;
+        match made {
+            Ok(rec) if pods.pod(&sb.id).is_err() => {
+                // The pod was removed while the container was being made: undo it.
+                self.index().names.remove(&name_key);
+                discard(&rec.dir);
+                self.store.remove(&rec.id)?;
+                Err(CriError::NotFound(format!(
+                    "pod sandbox {} was removed while the container was created",
+                    sb.id
+                )))
+            }
+            Ok(rec) => {
+                self.index().by_id.insert(id.clone(), Container::new(rec.clone()));
+                self.emit(&rec, cri::ContainerEventType::ContainerCreatedEvent);
+                tracing::info!(%id, name = %spec.name.name, pod = %sb.id, image = %spec.image, "container created");
+                Ok(id)
+            }
+            Err(err) => {
+                self.index().names.remove(&name_key);
+                Err(err)
+            }
+        }
+    }
+
+    /// Builds the rootfs and mounts, asks the agent to create the container, saves the record;
+    /// on error removes what it made.
+    async fn make(
+        &self,
+        sb: &SandboxRecord,
+        rec: ContainerRecord,
+        spec: &ContainerSpec,
+        image: carapace_image::ContainerImage,
+    ) -> Result<ContainerRecord, CriError> {
+        let dir = rec.dir.clone();
+        let result = self.make_in(sb, rec, spec, image).await;
+        if result.is_err() {
+            discard(&dir);
+        }
+        result
+    }
+
+    async fn make_in(
+        &self,
+        sb: &SandboxRecord,
+        mut rec: ContainerRecord,
+        spec: &ContainerSpec,
+        image: carapace_image::ContainerImage,
+    ) -> Result<ContainerRecord, CriError> {
+        let dir = rec.dir.clone();
+        let rootfs = dir.join("rootfs");
+        let layers = image.layers.clone();
+        let target = rootfs.clone();
+        // A copied tree is simple and always correct; an overlay of the store's layers
+        // (virtio-fs of a host overlay mount) would save the copy: a later optimisation.
+        tokio::task::spawn_blocking(move || carapace_image::flatten_layers(&layers, &target))
+            .await?
+            .map_err(|source| CriError::Rootfs { image: rec.image.clone(), source })?;
+        let accounts = merge::Accounts::read(&rootfs);
+        let args = merge::command(&image.config, &spec.command, &spec.args, &rec.image)
+            .map_err(CriError::InvalidArgument)?;
+        let user = merge::user(&image.config, spec.run_as.as_ref(), &accounts)
+            .map_err(CriError::InvalidArgument)?;
+        rec.process = ProcessSpec {
+            args,
+            env: merge::env(&image.config.env, &spec.envs),
+            cwd: merge::working_dir(&image.config, &spec.working_dir),
+            uid: user.uid,
+            gid: user.gid,
+            additional_gids: user.additional_gids,
+            tty: spec.tty,
+            stdin: spec.stdin,
+        };
+        let mut mounts = Vec::new();
+        for m in &rec.mounts {
+            volumes::bind(Path::new(&m.host_path), &m.shared_path, m.readonly).map_err(
+                |source| CriError::Mount { container_path: m.container_path.clone(), source },
+            )?;
+            mounts.push(bind(m.container_path.clone(), m.guest_path.clone(), m.readonly));
+        }
+        mounts.extend(write_etc_files(sb, &rec)?);
+        let areq = agent_request(&rec, spec, &sb.hostname, mounts);
+        let agent = agent_of(sb).await?;
+        call("agent CreateContainer", agent.grpc().create_container(areq)).await?;
+        if let Err(e) = self.store.save(&rec) {
+            let mut g = agent.grpc();
+            let req = pb::RemoveContainerRequest { id: rec.id.clone(), force: true };
+            let _ = call("agent RemoveContainer", g.remove_container(req)).await;
+            return Err(e.into());
+        }
+        Ok(rec)
+    }
+}
+
+/// The pod's hostname and DNS as files of the container (unless the client mounts its own),
+/// and their bind mounts.
+fn write_etc_files(sb: &SandboxRecord, rec: &ContainerRecord) -> Result<Vec<pb::Mount>, CriError> {
+    let has = |p: &str| rec.mounts.iter().any(|m| m.container_path == p);
+    let mut etc = Vec::new();
+    if !has("/etc/hostname") {
+        etc.push(("hostname", format!("{}\n", sb.hostname)));
+    }
+    if let Some(dns) = sb.dns.as_ref().filter(|_| !has("/etc/resolv.conf")) {
+        etc.push(("resolv.conf", resolv_conf(dns)));
+    }
+    let etc_dir: PathBuf = rec.dir.join("etc");
+    let mut mounts = Vec::new();
+    for (name, text) in etc {
+        let p = etc_dir.join(name);
+        std::fs::create_dir_all(&etc_dir)
+            .and_then(|()| std::fs::write(&p, text))
+            .map_err(|e| CriError::io("write", &p, e))?;
+        mounts.push(bind(
+            format!("/etc/{name}"),
+            guest_path(&rec.id, &format!("etc/{name}")),
+            false,
+        ));
+    }
+    Ok(mounts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::tests::sample as pod;
+
+    #[test]
+    fn mounts_are_validated() {
+        let dir = Path::new("/s/c");
+        let m = |c: &str, h: &str| cri::Mount {
+            container_path: c.into(),
+            host_path: h.into(),
+            ..Default::default()
+        };
+        let r = Volume::parse(2, &m("/data", "/srv")).unwrap().record(2, "cid", dir);
+        assert_eq!(r.shared_path, PathBuf::from("/s/c/mounts/2"));
+        assert_eq!(r.guest_path, "/run/carapace/shared/cid/mounts/2");
+        assert!(matches!(Volume::parse(0, &m("data", "/srv")), Err(CriError::InvalidArgument(_))));
+        assert!(matches!(Volume::parse(0, &m("/data", "srv")), Err(CriError::InvalidArgument(_))));
+    }
+
+    #[test]
+    fn names_are_checked() {
+        let md = |name: &str| cri::ContainerMetadata { name: name.into(), attempt: 2 };
+        let n = ContainerName::parse(Some(&md("web"))).unwrap();
+        assert_eq!((n.name.as_str(), n.attempt), ("web", 2));
+        for bad in ["", "a/b", "a\nb", &"x".repeat(254)] {
+            assert!(matches!(
+                ContainerName::parse(Some(&md(bad))),
+                Err(CriError::InvalidArgument(_))
+            ));
+        }
+        assert!(ContainerName::parse(None).is_err());
+    }
+
+    #[test]
+    fn the_agent_request_is_built_from_the_spec_alone() {
+        let sb = pod(&"b".repeat(64), "web");
+        let name = ContainerName { name: "c".into(), attempt: 0 };
+        let config = cri::ContainerConfig {
+            image: Some(cri::ImageSpec { image: "busybox".into(), ..Default::default() }),
+            log_path: "c/0.log".into(),
+            tty: true,
+            linux: Some(cri::LinuxContainerConfig {
+                security_context: Some(cri::LinuxContainerSecurityContext {
+                    readonly_rootfs: true,
+                    namespace_options: Some(cri::NamespaceOption {
+                        pid: cri::NamespaceMode::Container as i32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let spec = ContainerSpec::parse(config, name.clone(), &sb).unwrap();
+        assert_eq!(spec.log_path, "/var/log/pods/x/c/0.log");
+        let mut rec = crate::store::tests::container(&"a".repeat(64), &sb.id, "c");
+        rec.process.args = vec!["sh".into()];
+        let req = agent_request(&rec, &spec, &sb.hostname, Vec::new());
+        assert_eq!(req.rootfs_path, format!("/run/carapace/shared/{}/rootfs", rec.id));
+        assert!(req.rootfs_readonly);
+        assert!(req.process.as_ref().unwrap().tty);
+        assert_eq!(req.namespaces.unwrap().pid, pb::NamespaceMode::Container as i32);
+        assert_eq!(req.hostname, "web");
+        // Devices and a missing image are refused while parsing.
+        let devices = cri::ContainerConfig {
+            image: Some(cri::ImageSpec { image: "busybox".into(), ..Default::default() }),
+            devices: vec![cri::Device::default()],
+            ..Default::default()
+        };
+        assert!(matches!(
+            ContainerSpec::parse(devices, name.clone(), &sb),
+            Err(CriError::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            ContainerSpec::parse(cri::ContainerConfig::default(), name, &sb),
+            Err(CriError::InvalidArgument(_))
+        ));
+    }
+}

@@ -1,0 +1,184 @@
+//! The CRI security context of a container as the agent's security settings: capabilities
+//! (containerd's rules over the default set), seccomp, privileged, masked and read-only paths.
+
+use carapace_agent_client::pb;
+use k8s_cri::v1 as cri;
+
+use crate::error::CriError;
+
+/// The agent's security settings for a CRI security context.
+pub fn agent_security(
+    sc: Option<&cri::LinuxContainerSecurityContext>,
+) -> Result<pb::Security, CriError> {
+    let Some(sc) = sc else {
+        return Ok(pb::Security {
+            seccomp: Some(pb::Seccomp {
+                kind: pb::seccomp::Kind::Unconfined as i32,
+                profile_json: String::new(),
+            }),
+            ..Default::default()
+        });
+    };
+    let mut caps: Vec<String> = Vec::new();
+    if let Some(c) = &sc.capabilities {
+        let norm = |s: &String| {
+            let s = s.to_uppercase();
+            if s.starts_with("CAP_") {
+                s
+            } else {
+                format!("CAP_{s}")
+            }
+        };
+        let all = c.add_capabilities.iter().any(|s| s.eq_ignore_ascii_case("ALL"));
+        if !c.add_capabilities.is_empty() || !c.drop_capabilities.is_empty() {
+            // Start from the default set, as containerd does.
+            let mut set: Vec<String> = default_capabilities();
+            if all {
+                set = ALL_CAPS.iter().map(|s| s.to_string()).collect();
+            } else {
+                for a in &c.add_capabilities {
+                    let a = norm(a);
+                    if !set.contains(&a) {
+                        set.push(a);
+                    }
+                }
+            }
+            if c.drop_capabilities.iter().any(|s| s.eq_ignore_ascii_case("ALL")) {
+                set.clear();
+                for a in c.add_capabilities.iter().filter(|s| !s.eq_ignore_ascii_case("ALL")) {
+                    set.push(norm(a));
+                }
+            } else {
+                let drop: Vec<String> = c.drop_capabilities.iter().map(norm).collect();
+                set.retain(|s| !drop.contains(s));
+            }
+            caps = set;
+        }
+    }
+    let seccomp = match &sc.seccomp {
+        Some(p) if p.profile_type == cri::security_profile::ProfileType::RuntimeDefault as i32 => {
+            pb::Seccomp { kind: pb::seccomp::Kind::RuntimeDefault as i32, profile_json: String::new() }
+        }
+        Some(p) if p.profile_type == cri::security_profile::ProfileType::Localhost as i32 => {
+            return Err(CriError::Unimplemented(format!(
+                "localhost seccomp profile {:?}: carapace does not load profiles from host files yet",
+                p.localhost_ref
+            )))
+        }
+        _ => pb::Seccomp { kind: pb::seccomp::Kind::Unconfined as i32, profile_json: String::new() },
+    };
+    Ok(pb::Security {
+        capabilities: caps,
+        privileged: sc.privileged,
+        no_new_privs: sc.no_new_privs,
+        masked_paths: sc.masked_paths.clone(),
+        readonly_paths: sc.readonly_paths.clone(),
+        seccomp: Some(seccomp),
+    })
+}
+
+/// The capabilities containers get by default (the agent's default set): the one place the
+/// daemon reads that list.
+fn default_capabilities() -> Vec<String> {
+    DEFAULT_CAPS.iter().map(|s| s.to_string()).collect()
+}
+
+/// The agent's default capability set.
+const DEFAULT_CAPS: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+/// Every capability (for `add: ["ALL"]`).
+const ALL_CAPS: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn security_maps_to_the_agent() {
+        let sc = cri::LinuxContainerSecurityContext {
+            capabilities: Some(cri::Capability {
+                add_capabilities: vec!["NET_ADMIN".into()],
+                drop_capabilities: vec!["CAP_KILL".into()],
+                ..Default::default()
+            }),
+            seccomp: Some(cri::SecurityProfile {
+                profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let s = agent_security(Some(&sc)).unwrap();
+        assert!(s.capabilities.contains(&"CAP_NET_ADMIN".to_string()));
+        assert!(!s.capabilities.contains(&"CAP_KILL".to_string()));
+        assert!(s.capabilities.contains(&"CAP_CHOWN".to_string()));
+        assert_eq!(s.seccomp.unwrap().kind, pb::seccomp::Kind::RuntimeDefault as i32);
+        let drop_all = cri::LinuxContainerSecurityContext {
+            capabilities: Some(cri::Capability {
+                add_capabilities: vec!["chown".into()],
+                drop_capabilities: vec!["ALL".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            agent_security(Some(&drop_all)).unwrap().capabilities,
+            vec!["CAP_CHOWN".to_string()]
+        );
+    }
+}

@@ -1,0 +1,185 @@
+//! Tests of the runtime over records in a state dir (no VM: the pods' VMMs are this test
+//! process or long gone).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use k8s_cri::v1 as cri;
+
+use super::*;
+use crate::procfs;
+use crate::record::{ContainerPhase, ContainerRecord, SandboxPhase, VmmProcess};
+use crate::store::tests::{container, sample};
+use crate::store::Store;
+
+fn cfg(dir: &Path) -> Arc<Config> {
+    let text = format!("run_dir = {:?}\nstate_dir = {:?}", dir.join("r"), dir.join("s"));
+    Arc::new(Config::from_toml_str(&text, Path::new("t"), None).unwrap())
+}
+
+fn runtime_with(dir: &Path, pods: &[SandboxRecord], ctrs: &[ContainerRecord]) -> Runtime {
+    let cfg = cfg(dir);
+    let sstore: Store = Store::open(&cfg.state_dir).unwrap();
+    for p in pods {
+        sstore.save(p).unwrap();
+    }
+    let cstore: Store<ContainerRecord> = Store::open(&cfg.state_dir).unwrap();
+    for c in ctrs {
+        cstore.save(c).unwrap();
+    }
+    Runtime::open(cfg).unwrap()
+}
+
+#[test]
+fn reload_marks_dead_vms_stopped_and_keeps_names_reserved() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(dir.path());
+    let store: Store = Store::open(&c.state_dir).unwrap();
+    // A record whose VMM is this very process (alive), and one whose VMM is long gone.
+    let me = std::process::id() as i32;
+    let mut live = sample(&"a".repeat(64), "live");
+    live.vmm = Some(VmmProcess { pid: me, start_time: procfs::read_stat(me).unwrap().start_time });
+    let mut dead = sample(&"b".repeat(64), "dead");
+    dead.vmm = Some(VmmProcess { pid: me, start_time: 1 });
+    store.save(&live).unwrap();
+    store.save(&dead).unwrap();
+    let m = Runtime::open(c.clone()).unwrap();
+    let ready = SandboxFilter { state: Some(0), ..Default::default() };
+    let ids: Vec<String> = m.list_pods(&ready).into_iter().map(|p| p.id).collect();
+    assert_eq!(ids, vec![live.id.clone()]);
+    assert_eq!(m.list_pods(&SandboxFilter::default()).len(), 2);
+    let (recs, _) = store.load_all().unwrap();
+    let dead_now = recs.iter().find(|r| r.id == dead.id).unwrap();
+    assert_eq!(dead_now.phase, SandboxPhase::Stopped);
+    assert!(dead_now.stopped_at.is_some());
+    // Status by unique prefix; NotFound and ambiguity errors.
+    let st = m.pod_status("aaaa", true).unwrap();
+    assert_eq!(st.status.unwrap().state, cri::PodSandboxState::SandboxReady as i32);
+    assert!(st.info["info"].contains("\"live\""));
+    assert!(matches!(m.pod_status("c", false), Err(CriError::NotFound(_))));
+    assert!(matches!(m.pod_status("../x", false), Err(CriError::NotFound(_))));
+    assert!(matches!(m.pod_status("", false), Err(CriError::InvalidArgument(_))));
+    // Stats of the live one carry CPU and memory.
+    let s = m.pod_stats(&live.id).unwrap();
+    let linux = s.linux.unwrap();
+    assert!(linux.cpu.is_some() && linux.memory.is_some());
+    assert_eq!(m.list_pod_stats(&SandboxFilter::default()).len(), 1);
+    drop(m);
+    // A second daemon on the same state dir is refused while the first holds the lock.
+    let m1 = Runtime::open(c.clone()).unwrap();
+    let err = Runtime::open(c).err().unwrap().to_string();
+    assert!(err.contains("another carapace daemon"), "{err}");
+    drop(m1);
+}
+
+#[tokio::test]
+async fn remove_of_a_stopped_sandbox_deletes_everything_and_is_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(dir.path());
+    let store: Store = Store::open(&c.state_dir).unwrap();
+    let mut rec = sample(&"d".repeat(64), "gone");
+    rec.vmm = Some(VmmProcess { pid: std::process::id() as i32, start_time: 1 });
+    rec.run_dir = c.pod_run_dir(&rec.id);
+    fs::create_dir_all(&rec.run_dir).unwrap();
+    fs::write(rec.run_dir.join("serial.log"), "x").unwrap();
+    store.save(&rec).unwrap();
+    let m = Runtime::open(c.clone()).unwrap();
+    m.stop_pod(&rec.id).await.unwrap();
+    m.stop_pod(&rec.id).await.unwrap();
+    m.remove_pod(&rec.id).await.unwrap();
+    m.remove_pod(&rec.id).await.unwrap();
+    assert!(!rec.run_dir.exists());
+    assert!(store.load_all().unwrap().0.is_empty());
+    assert!(matches!(m.stop_pod(&rec.id).await, Err(CriError::NotFound(_))));
+}
+
+#[tokio::test]
+async fn unknown_ids_get_not_found_and_removal_is_idempotent() {
+    let d = tempfile::tempdir().unwrap();
+    let m = runtime_with(d.path(), &[], &[]);
+    let unknown = "e".repeat(64);
+    assert!(matches!(m.container_status(&unknown, false), Err(CriError::NotFound(_))));
+    assert!(matches!(m.container_status("", false), Err(CriError::InvalidArgument(_))));
+    assert!(matches!(m.container_status("../x", false), Err(CriError::NotFound(_))));
+    assert!(matches!(m.start_container(&unknown).await, Err(CriError::NotFound(_))));
+    assert!(matches!(m.stop_container(&unknown, 1).await, Err(CriError::NotFound(_))));
+    assert!(matches!(
+        m.exec_sync(&unknown, vec!["true".into()], 1).await,
+        Err(CriError::NotFound(_))
+    ));
+    assert!(matches!(m.exec_sync(&unknown, vec![], 1).await, Err(CriError::InvalidArgument(_))));
+    assert!(matches!(m.container_stats(&unknown).await, Err(CriError::NotFound(_))));
+    assert!(matches!(m.reopen_container_log(&unknown), Err(CriError::NotFound(_))));
+    assert!(matches!(
+        m.update_container_resources(&unknown, None).await,
+        Err(CriError::NotFound(_))
+    ));
+    m.remove_container(&unknown).await.unwrap();
+    assert!(m.list_containers(&ContainerFilter::default()).is_empty());
+    // CreateContainer: unknown pod, missing config.
+    let req = cri::CreateContainerRequest {
+        pod_sandbox_id: unknown.clone(),
+        config: Some(cri::ContainerConfig {
+            metadata: Some(cri::ContainerMetadata { name: "c".into(), attempt: 0 }),
+            ..Default::default()
+        }),
+        sandbox_config: None,
+    };
+    assert!(matches!(m.create_container(req).await, Err(CriError::NotFound(_))));
+    let req = cri::CreateContainerRequest { pod_sandbox_id: unknown, ..Default::default() };
+    assert!(matches!(m.create_container(req).await, Err(CriError::InvalidArgument(_))));
+}
+
+#[tokio::test]
+async fn reload_keeps_states_ends_containers_of_dead_vms_and_drops_orphans() {
+    let d = tempfile::tempdir().unwrap();
+    // A pod whose VM is long gone (a PID with the wrong start time).
+    let mut pod = sample(&"b".repeat(64), "web");
+    pod.vmm = Some(VmmProcess { pid: std::process::id() as i32, start_time: 1 });
+    let mut running = container(&"a1".repeat(32), &pod.id, "server");
+    running.phase = ContainerPhase::Running;
+    running.started_at = 5;
+    running.dir = d.path().join("c1");
+    let mut done = container(&"a2".repeat(32), &pod.id, "job");
+    done.phase = ContainerPhase::Exited;
+    done.exit_code = 3;
+    done.dir = d.path().join("c2");
+    let mut orphan = container(&"a3".repeat(32), &"9".repeat(64), "lost");
+    orphan.dir = d.path().join("c3");
+    std::fs::create_dir_all(orphan.dir.join("rootfs")).unwrap();
+    let m =
+        runtime_with(d.path(), &[pod.clone()], &[running.clone(), done.clone(), orphan.clone()]);
+    let all = m.list_containers(&ContainerFilter::default());
+    assert_eq!(all.len(), 2, "{all:?}");
+    assert!(!orphan.dir.exists(), "orphan's files kept");
+    let s = m.container_status(&running.id[..8], false).unwrap().status.unwrap();
+    assert_eq!(s.state, cri::ContainerState::ContainerExited as i32);
+    assert_eq!(s.exit_code, 255);
+    assert!(s.message.contains("VM"), "{}", s.message);
+    let s = m.container_status(&done.id, true).unwrap();
+    assert_eq!(s.status.unwrap().exit_code, 3);
+    assert!(s.info["info"].contains("\"job\""));
+    // An ambiguous prefix is refused; a running-only action on an exited one is a precondition.
+    assert!(matches!(m.container_status("a", false), Err(CriError::InvalidArgument(_))));
+    assert!(matches!(m.start_container(&done.id).await, Err(CriError::FailedPrecondition(_))));
+    assert!(matches!(
+        m.exec_sync(&done.id, vec!["true".into()], 1).await,
+        Err(CriError::FailedPrecondition(_))
+    ));
+    assert!(matches!(m.reopen_container_log(&done.id), Err(CriError::FailedPrecondition(_))));
+    // Stopping an exited container: no error.
+    m.stop_container(&done.id, 1).await.unwrap();
+    // Remove (the pod's VM is down: no agent call) deletes record and files; idempotent.
+    let mut events = m.container_events();
+    m.remove_container(&done.id).await.unwrap();
+    m.remove_container(&done.id).await.unwrap();
+    let ev = events.try_recv().unwrap();
+    assert_eq!(ev.container_id, done.id);
+    assert_eq!(ev.container_event_type, cri::ContainerEventType::ContainerDeletedEvent as i32);
+    assert_eq!(m.list_containers(&ContainerFilter::default()).len(), 1);
+    // Removing the pod removes its remaining containers and their records.
+    m.remove_pod(&pod.id).await.unwrap();
+    assert!(m.list_containers(&ContainerFilter::default()).is_empty());
+    let store: Store<ContainerRecord> = Store::open(&d.path().join("s")).unwrap();
+    assert!(store.load_all().unwrap().0.is_empty());
+}
