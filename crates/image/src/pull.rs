@@ -13,7 +13,7 @@ use tokio::io::AsyncWriteExt;
 use tracing::{debug, info, warn};
 
 use crate::auth::Credentials;
-use crate::config::RegistryConfig;
+use crate::config::{PullLimits, RegistryConfig};
 use crate::digest::{Digest, Hasher};
 use crate::error::{ImageError, Result};
 use crate::flights::Flights;
@@ -25,8 +25,6 @@ use crate::reference::ImageRef;
 use crate::store::ImageStore;
 use crate::unpack::unpack_layer;
 
-/// Largest manifest or config accepted (they are read into memory).
-const MAX_SMALL_BLOB: u64 = 16 << 20;
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 /// Layers fetched at once per pull.
@@ -36,6 +34,7 @@ const LAYER_CONCURRENCY: usize = 3;
 pub struct Puller {
     store: Arc<ImageStore>,
     registries: RegistryConfig,
+    limits: PullLimits,
     flights: Flights,
 }
 
@@ -59,8 +58,8 @@ struct Resolved {
 }
 
 impl Puller {
-    pub fn new(store: Arc<ImageStore>, registries: RegistryConfig) -> Self {
-        Puller { store, registries, flights: Flights::default() }
+    pub fn new(store: Arc<ImageStore>, registries: RegistryConfig, limits: PullLimits) -> Self {
+        Puller { store, registries, limits, flights: Flights::default() }
     }
 
     pub fn store(&self) -> &Arc<ImageStore> {
@@ -136,6 +135,7 @@ impl Puller {
             .pull_manifest_raw(&src.oref, &src.auth, ACCEPTED)
             .await
             .map_err(|e| map_oci(e, src))?;
+        self.check_manifest_size("manifest", &body)?;
         let top = Digest::of(&body);
         if let Some(want) = src.image.digest() {
             want.verify(&format!("manifest {}", src.image), &body)?;
@@ -158,6 +158,7 @@ impl Puller {
                     )
                     .await
                     .map_err(|e| map_oci(e, src))?;
+                self.check_manifest_size("platform manifest", &body)?;
                 d.verify("platform manifest", &body)?;
                 blobs.push((d, body.clone()));
                 match Manifest::parse(&body)? {
@@ -168,7 +169,34 @@ impl Puller {
                 }
             }
         };
+        if layers.len() > self.limits.max_layers {
+            return Err(ImageError::limit(
+                format!("image {}", src.image),
+                "max_layers",
+                self.limits.max_layers as u64,
+                format!("{} layers", layers.len()),
+            ));
+        }
+        check_descriptor("config", &config, self.limits.max_config_bytes, "max_config_bytes")?;
+        for l in &layers {
+            check_descriptor("layer", l, self.limits.max_layer_bytes, "max_layer_bytes")?;
+        }
         Ok(Resolved { top, blobs, config, layers })
+    }
+
+    /// oci-client reads a manifest response whole; this refuses what is larger than the limit
+    /// before it is parsed or kept.
+    fn check_manifest_size(&self, what: &str, body: &[u8]) -> Result<()> {
+        let max = self.limits.max_manifest_bytes;
+        if body.len() as u64 > max {
+            return Err(ImageError::limit(
+                what,
+                "max_manifest_bytes",
+                max,
+                format!("{} bytes", body.len()),
+            ));
+        }
+        Ok(())
     }
 
     async fn fetch(&self, src: &Source<'_>, res: Resolved) -> Result<ImageRecord> {
@@ -227,9 +255,6 @@ impl Puller {
 
     /// A config-sized blob: from the store if there, else fetched, verified and stored.
     async fn small_blob(&self, src: &Source<'_>, d: &Digest, size: u64) -> Result<Vec<u8>> {
-        if size > MAX_SMALL_BLOB {
-            return Err(ImageError::invalid("config", format!("{size} bytes is too large")));
-        }
         let _flight = self.flights.lock(&d.to_string()).await;
         let path = self.store.layout.blob(d);
         if let Ok(data) = tokio::fs::read(&path).await {
@@ -237,12 +262,9 @@ impl Puller {
                 return Ok(data);
             }
         }
+        // The size was checked against max_config_bytes when the manifest was resolved.
         let mut data = Vec::with_capacity(size as usize);
-        src.client
-            .pull_blob(&src.oref, d.to_string().as_str(), &mut data)
-            .await
-            .map_err(|e| map_oci(e, src))?;
-        d.verify(&format!("config {d}"), &data)?;
+        self.fetch_blob(src, d, size, &format!("config {d}"), &mut data).await?;
         self.store.layout.put_blob(d, &data)?;
         Ok(data)
     }
@@ -265,8 +287,9 @@ impl Puller {
         // (or fails) and cleans up after itself.
         let tmp = self.store.layout.tmp("layer");
         let id = diff_id.clone();
+        let limits = self.limits.clone();
         tokio::task::spawn_blocking(move || {
-            unpack_layer(&blob, tmp.path(), &id)?;
+            unpack_layer(&blob, tmp.path(), &id, &limits)?;
             sync_fs(tmp.path()).map_err(|e| ImageError::io_path("syncing", tmp.path(), e))?;
             tmp.persist(&layer_dir)
                 .map_err(|e| ImageError::io_path("renaming layer to", &layer_dir, e))
@@ -289,20 +312,41 @@ impl Puller {
     async fn download_to(&self, src: &Source<'_>, d: &Digest, size: u64, tmp: &Path) -> Result<()> {
         let what = format!("layer blob {d} from {}", src.host);
         debug!(digest = %d, size, endpoint = %src.host, "downloading blob");
+        let mut file = tokio::fs::File::create(tmp)
+            .await
+            .map_err(|e| ImageError::io_path("creating", tmp, e))?;
+        self.fetch_blob(src, d, size, &what, &mut file).await?;
+        file.sync_all().await.map_err(|e| ImageError::io_path("syncing", tmp, e))
+    }
+
+    /// Streams blob `d` into `out`: never more than the descriptor's `size` bytes are accepted
+    /// (a longer body fails as soon as it passes `size`), then size and digest must match.
+    async fn fetch_blob<W: tokio::io::AsyncWrite + Unpin>(
+        &self,
+        src: &Source<'_>,
+        d: &Digest,
+        size: u64,
+        what: &str,
+        out: &mut W,
+    ) -> Result<()> {
         let mut stream = src
             .client
             .pull_blob_stream(&src.oref, d.to_string().as_str())
             .await
             .map_err(|e| map_oci(e, src))?;
-        let mut file = tokio::fs::File::create(tmp)
-            .await
-            .map_err(|e| ImageError::io_path("creating", tmp, e))?;
+        if let Some(len) = stream.content_length.filter(|&l| l != size) {
+            return Err(ImageError::SizeMismatch {
+                what: what.into(),
+                expected: size,
+                actual: len,
+            });
+        }
         let mut hasher = Hasher::default();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| {
                 if e.get_ref().is_some_and(|i| i.is::<oci_client::errors::DigestError>()) {
                     ImageError::DigestMismatch {
-                        what: what.clone(),
+                        what: what.into(),
                         expected: d.to_string(),
                         actual: e.to_string(),
                     }
@@ -314,29 +358,56 @@ impl Puller {
                 }
             })?;
             hasher.update(&chunk);
-            if size > 0 && hasher.len() > size {
+            if hasher.len() > size {
                 return Err(ImageError::SizeMismatch {
-                    what,
+                    what: what.into(),
                     expected: size,
                     actual: hasher.len(),
                 });
             }
-            file.write_all(&chunk).await.map_err(|e| ImageError::io_path("writing", tmp, e))?;
+            out.write_all(&chunk)
+                .await
+                .map_err(|e| ImageError::Io { context: format!("writing {what}"), source: e })?;
         }
-        file.sync_all().await.map_err(|e| ImageError::io_path("syncing", tmp, e))?;
-        if size > 0 && hasher.len() != size {
-            return Err(ImageError::SizeMismatch { what, expected: size, actual: hasher.len() });
+        if hasher.len() != size {
+            return Err(ImageError::SizeMismatch {
+                what: what.into(),
+                expected: size,
+                actual: hasher.len(),
+            });
         }
         let actual = hasher.finish();
         if &actual != d {
             return Err(ImageError::DigestMismatch {
-                what,
+                what: what.into(),
                 expected: d.to_string(),
                 actual: actual.to_string(),
             });
         }
         Ok(())
     }
+}
+
+/// A config or layer descriptor must give the blob's real size: 0 is only the size of the
+/// empty blob (a registry that says 0 for anything else would get an unbounded read), and
+/// more than the limit is refused before anything is fetched.
+fn check_descriptor(what: &str, desc: &Descriptor, max: u64, setting: &'static str) -> Result<()> {
+    let empty = Digest::of(b"").to_string();
+    if desc.size == 0 && desc.digest != empty {
+        return Err(ImageError::invalid(
+            format!("{what} descriptor {}", desc.digest),
+            "size 0 for a non-empty blob",
+        ));
+    }
+    if desc.size > max {
+        return Err(ImageError::limit(
+            format!("{what} {}", desc.digest),
+            setting,
+            max,
+            format!("descriptor size {} bytes", desc.size),
+        ));
+    }
+    Ok(())
 }
 
 /// Registry errors in the service's terms: 401/403 -> Unauthenticated, unknown -> NotFound.
