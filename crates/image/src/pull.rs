@@ -8,6 +8,7 @@ use futures_util::StreamExt;
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::secrets::RegistryAuth;
+use oci_client::RegistryOperation;
 use oci_client::{Client, Reference};
 use tokio::io::AsyncWriteExt;
 use tracing::{debug, info, warn};
@@ -130,12 +131,7 @@ impl Puller {
 
     /// Fetches the manifest the reference names and, for an index, the linux/amd64 manifest.
     async fn resolve(&self, src: &Source<'_>) -> Result<Resolved> {
-        let (body, _) = src
-            .client
-            .pull_manifest_raw(&src.oref, &src.auth, ACCEPTED)
-            .await
-            .map_err(|e| map_oci(e, src))?;
-        self.check_manifest_size("manifest", &body)?;
+        let body = self.fetch_manifest(src, &src.oref, "manifest").await?;
         let top = Digest::of(&body);
         if let Some(want) = src.image.digest() {
             want.verify(&format!("manifest {}", src.image), &body)?;
@@ -149,16 +145,8 @@ impl Puller {
                 })?;
                 let d = Digest::parse(&entry.digest)?;
                 debug!(index = %top, manifest = %d, "selected linux/amd64");
-                let (body, _) = src
-                    .client
-                    .pull_manifest_raw(
-                        &src.oref.clone_with_digest(d.to_string()),
-                        &src.auth,
-                        ACCEPTED,
-                    )
-                    .await
-                    .map_err(|e| map_oci(e, src))?;
-                self.check_manifest_size("platform manifest", &body)?;
+                let oref = src.oref.clone_with_digest(d.to_string());
+                let body = self.fetch_manifest(src, &oref, "platform manifest").await?;
                 d.verify("platform manifest", &body)?;
                 blobs.push((d, body.clone()));
                 match Manifest::parse(&body)? {
@@ -184,19 +172,72 @@ impl Puller {
         Ok(Resolved { top, blobs, config, layers })
     }
 
-    /// oci-client reads a manifest response whole; this refuses what is larger than the limit
-    /// before it is parsed or kept.
-    fn check_manifest_size(&self, what: &str, body: &[u8]) -> Result<()> {
+    /// GETs a manifest or index with its body bounded by `max_manifest_bytes` (oci-client
+    /// reads a manifest response whole, so the request is made here, with oci-client's token).
+    async fn fetch_manifest(
+        &self,
+        src: &Source<'_>,
+        oref: &Reference,
+        what: &str,
+    ) -> Result<bytes::Bytes> {
         let max = self.limits.max_manifest_bytes;
-        if body.len() as u64 > max {
-            return Err(ImageError::limit(
-                what,
-                "max_manifest_bytes",
-                max,
-                format!("{} bytes", body.len()),
-            ));
+        let token = src
+            .client
+            .auth(oref, &src.auth, RegistryOperation::Pull)
+            .await
+            .map_err(|e| map_oci(e, src))?;
+        let registry = oref.resolve_registry();
+        let plain = self.registries.plain_http_hosts().iter().any(|h| h == registry);
+        let url = format!(
+            "{}://{registry}/v2/{}/manifests/{}{}",
+            if plain { "http" } else { "https" },
+            oref.repository(),
+            oref.digest().or(oref.tag()).unwrap_or("latest"),
+            oref.namespace().map(|ns| format!("?ns={ns}")).unwrap_or_default(),
+        );
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(READ_TIMEOUT)
+            .build()
+            .map_err(|e| registry_err(src, format!("HTTP client: {e}")))?;
+        let mut req = http.get(&url).header(reqwest::header::ACCEPT, ACCEPTED.join(", "));
+        req = match (token, &src.auth) {
+            (Some(t), _) => req.bearer_auth(t),
+            (None, RegistryAuth::Basic(u, p)) => req.basic_auth(u, Some(p)),
+            (None, RegistryAuth::Bearer(t)) => req.bearer_auth(t),
+            (None, RegistryAuth::Anonymous) => req,
+        };
+        let mut resp =
+            req.send().await.map_err(|e| registry_err(src, format!("GET {url}: {e}")))?;
+        let status = resp.status().as_u16();
+        if status != 200 {
+            let image = src.image.to_string();
+            let registry = src.host.clone();
+            return Err(match status {
+                401 | 403 => ImageError::Unauthenticated {
+                    registry,
+                    image,
+                    detail: format!("{what}: {status}"),
+                },
+                404 => ImageError::NotFound { registry, image },
+                _ => registry_err(src, format!("GET {url}: HTTP {status}")),
+            });
         }
-        Ok(())
+        let too_big =
+            |n: u64| ImageError::limit(what, "max_manifest_bytes", max, format!("{n} bytes"));
+        if let Some(len) = resp.content_length().filter(|&l| l > max) {
+            return Err(too_big(len));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) =
+            resp.chunk().await.map_err(|e| registry_err(src, format!("reading {what}: {e}")))?
+        {
+            if (body.len() + chunk.len()) as u64 > max {
+                return Err(too_big((body.len() + chunk.len()) as u64));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(bytes::Bytes::from(body))
     }
 
     async fn fetch(&self, src: &Source<'_>, res: Resolved) -> Result<ImageRecord> {
@@ -386,6 +427,10 @@ impl Puller {
         }
         Ok(())
     }
+}
+
+fn registry_err(src: &Source<'_>, detail: String) -> ImageError {
+    ImageError::Registry { registry: src.host.clone(), detail }
 }
 
 /// A config or layer descriptor must give the blob's real size: 0 is only the size of the
