@@ -77,8 +77,9 @@ pub(crate) fn unpack_layer(
     });
     if let Some((setting, limit)) = hit.get() {
         let actual = match setting {
-            "max_layer_entries" => "more entries".to_string(),
-            _ => "more bytes".to_string(),
+            "max_layer_entries" => "the number of tar entries",
+            "max_tar_header_bytes" => "the metadata (long name, PAX header) of one tar entry",
+            _ => "the uncompressed tar",
         };
         return Err(ImageError::limit(format!("layer {diff_id}"), setting, limit, actual));
     }
