@@ -22,6 +22,9 @@ pub struct ImageServiceConfig {
     /// references (`registry.k8s.io/pause:3.9`, `busybox`, `repo@sha256:...`).
     #[serde(default)]
     pub pinned_images: Vec<String>,
+    /// Bounds on what a registry may make the daemon read, hold and write (`[images.limits]`).
+    #[serde(default)]
+    pub limits: PullLimits,
 }
 
 fn default_root() -> PathBuf {
@@ -34,6 +37,69 @@ impl Default for ImageServiceConfig {
             root: default_root(),
             registries: RegistryConfig::default(),
             pinned_images: Vec::new(),
+            limits: PullLimits::default(),
+        }
+    }
+}
+
+const KIB: u64 = 1 << 10;
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+
+/// Bounds on a pull. Registries are untrusted: without them a registry can make the daemon hold
+/// any amount of memory (manifests, configs and tar metadata are read into memory) or fill the
+/// disk (a gzip bomb). Every bound that is hit fails the pull with an error naming the setting,
+/// and nothing of the failed pull stays in the store.
+///
+/// ```toml
+/// [images.limits]
+/// max_manifest_bytes = 4194304          # 4 MiB, each manifest or index
+/// max_config_bytes = 4194304            # 4 MiB, the image config
+/// max_layers = 128
+/// max_layer_bytes = 8589934592          # 8 GiB, one compressed layer blob
+/// max_layer_unpacked_bytes = 8589934592 # 8 GiB, one uncompressed layer tar
+/// max_layer_entries = 1000000
+/// max_tar_header_bytes = 65536          # 64 KiB, GNU long names + PAX headers of one entry
+/// ```
+///
+/// Why these defaults: containerd and the distribution registry refuse manifests over 4 MiB
+/// (real ones are a few KiB; an index with hundreds of platforms stays under 100 KiB), and a
+/// config is of the same kind (history and env; large ones are tens of KiB). Docker refuses
+/// images of more than 127 layers. The biggest layers in common use (CUDA, ML frameworks) are a
+/// few GiB compressed and unpacked; 8 GiB leaves room while a bomb stops there. A layer of a
+/// full distribution has some 10^5 entries. A path is at most 4 KiB (PATH_MAX) and the PAX
+/// records of one file (path, link path, a few xattrs such as file capabilities) a few hundred
+/// bytes, so 64 KiB is generous for one entry's metadata while bounding what is buffered.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PullLimits {
+    /// Largest manifest or image index, in bytes.
+    pub max_manifest_bytes: u64,
+    /// Largest image config blob, in bytes.
+    pub max_config_bytes: u64,
+    /// Most layers in one image.
+    pub max_layers: usize,
+    /// Largest compressed layer blob, in bytes (the descriptor's size must not exceed it, and
+    /// no more than the descriptor's size is ever read).
+    pub max_layer_bytes: u64,
+    /// Largest uncompressed layer tar, in bytes (bounds the disk one layer can fill).
+    pub max_layer_unpacked_bytes: u64,
+    /// Most tar entries in one layer (bounds the inodes one layer can use).
+    pub max_layer_entries: u64,
+    /// Largest metadata (GNU long name and long link, PAX extended header) of one tar entry.
+    pub max_tar_header_bytes: u64,
+}
+
+impl Default for PullLimits {
+    fn default() -> Self {
+        PullLimits {
+            max_manifest_bytes: 4 * MIB,
+            max_config_bytes: 4 * MIB,
+            max_layers: 128,
+            max_layer_bytes: 8 * GIB,
+            max_layer_unpacked_bytes: 8 * GIB,
+            max_layer_entries: 1_000_000,
+            max_tar_header_bytes: 64 * KIB,
         }
     }
 }
@@ -139,5 +205,15 @@ mod tests {
         let cfg: ImageServiceConfig = serde_json::from_str("{}").unwrap();
         assert_eq!(cfg, ImageServiceConfig::default());
         assert_eq!(cfg.root, PathBuf::from(DEFAULT_ROOT));
+        assert_eq!(cfg.limits.max_manifest_bytes, 4 << 20);
+    }
+
+    #[test]
+    fn limits_can_be_set_one_by_one() {
+        let cfg: ImageServiceConfig =
+            serde_json::from_str(r#"{"limits": {"max_layer_entries": 10}}"#).unwrap();
+        assert_eq!(cfg.limits.max_layer_entries, 10);
+        assert_eq!(cfg.limits.max_config_bytes, PullLimits::default().max_config_bytes);
+        assert!(serde_json::from_str::<ImageServiceConfig>(r#"{"limits": {"nope": 1}}"#).is_err());
     }
 }

@@ -24,6 +24,8 @@ pub enum ImageError {
     UnsupportedMediaType(String),
     #[error("invalid {what}: {detail}")]
     Invalid { what: String, detail: String },
+    #[error("{what}: {actual} exceeds the limit of {limit} (images.limits.{setting})")]
+    LimitExceeded { what: String, setting: &'static str, limit: u64, actual: String },
     #[error("layer {layer}: {detail}")]
     Unpack { layer: String, detail: String },
     #[error("{context}: {source}")]
@@ -37,6 +39,15 @@ pub enum ImageError {
 impl ImageError {
     pub(crate) fn io_path(what: &str, path: &Path, source: io::Error) -> Self {
         ImageError::Io { context: format!("{what} {}", path.display()), source }
+    }
+
+    pub(crate) fn limit(
+        what: impl Into<String>,
+        setting: &'static str,
+        limit: u64,
+        actual: impl ToString,
+    ) -> Self {
+        ImageError::LimitExceeded { what: what.into(), setting, limit, actual: actual.to_string() }
     }
 
     pub(crate) fn invalid(what: impl Into<String>, detail: impl ToString) -> Self {
@@ -59,6 +70,7 @@ impl From<ImageError> for tonic::Status {
             ImageError::NoMatchingPlatform { .. } | ImageError::UnsupportedMediaType(_) => {
                 tonic::Status::failed_precondition(msg)
             }
+            ImageError::LimitExceeded { .. } => tonic::Status::resource_exhausted(msg),
             ImageError::Io { .. } => tonic::Status::internal(msg),
         }
     }

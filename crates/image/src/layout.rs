@@ -10,6 +10,7 @@
 
 use std::fs;
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -31,8 +32,22 @@ impl Layout {
         if tmp.exists() {
             fs::remove_dir_all(&tmp).map_err(|e| ImageError::io_path("clearing", &tmp, e))?;
         }
+        // Root-only: layers keep the setuid files, file capabilities and root-owned trees of
+        // their images, which no other host user may reach (containerd's store is 0700 too).
+        let private = |d: &Path| -> Result<()> {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(d)
+                .and_then(|_| fs::set_permissions(d, fs::Permissions::from_mode(0o700)))
+                .map_err(|e| ImageError::io_path("creating", d, e))
+        };
+        private(root)?;
         for d in [l.blobs_dir(), l.layers_dir(), l.images_dir(), tmp] {
-            fs::create_dir_all(&d).map_err(|e| ImageError::io_path("creating", &d, e))?;
+            if let Some(p) = d.parent().filter(|p| *p != root) {
+                private(p)?;
+            }
+            private(&d)?;
         }
         Ok(l)
     }
@@ -158,6 +173,11 @@ mod tests {
         fs::write(l.tmp_path("junk"), b"half").unwrap();
         let l = Layout::open(dir.path()).unwrap();
         assert_eq!(fs::read_dir(l.tmp_dir()).unwrap().count(), 0);
+        for d in [dir.path().to_path_buf(), dir.path().join("blobs"), l.blobs_dir(), l.layers_dir()]
+        {
+            let mode = fs::metadata(&d).unwrap().permissions().mode() & 0o7777;
+            assert_eq!(mode, 0o700, "{}", d.display());
+        }
 
         let d = Digest::of(b"data");
         l.put_blob(&d, b"data").unwrap();

@@ -8,12 +8,13 @@ use futures_util::StreamExt;
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::secrets::RegistryAuth;
+use oci_client::RegistryOperation;
 use oci_client::{Client, Reference};
 use tokio::io::AsyncWriteExt;
 use tracing::{debug, info, warn};
 
 use crate::auth::Credentials;
-use crate::config::RegistryConfig;
+use crate::config::{PullLimits, RegistryConfig};
 use crate::digest::{Digest, Hasher};
 use crate::error::{ImageError, Result};
 use crate::flights::Flights;
@@ -25,8 +26,6 @@ use crate::reference::ImageRef;
 use crate::store::ImageStore;
 use crate::unpack::unpack_layer;
 
-/// Largest manifest or config accepted (they are read into memory).
-const MAX_SMALL_BLOB: u64 = 16 << 20;
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 /// Layers fetched at once per pull.
@@ -36,6 +35,7 @@ const LAYER_CONCURRENCY: usize = 3;
 pub struct Puller {
     store: Arc<ImageStore>,
     registries: RegistryConfig,
+    limits: PullLimits,
     flights: Flights,
 }
 
@@ -59,8 +59,8 @@ struct Resolved {
 }
 
 impl Puller {
-    pub fn new(store: Arc<ImageStore>, registries: RegistryConfig) -> Self {
-        Puller { store, registries, flights: Flights::default() }
+    pub fn new(store: Arc<ImageStore>, registries: RegistryConfig, limits: PullLimits) -> Self {
+        Puller { store, registries, limits, flights: Flights::default() }
     }
 
     pub fn store(&self) -> &Arc<ImageStore> {
@@ -131,11 +131,7 @@ impl Puller {
 
     /// Fetches the manifest the reference names and, for an index, the linux/amd64 manifest.
     async fn resolve(&self, src: &Source<'_>) -> Result<Resolved> {
-        let (body, _) = src
-            .client
-            .pull_manifest_raw(&src.oref, &src.auth, ACCEPTED)
-            .await
-            .map_err(|e| map_oci(e, src))?;
+        let body = self.fetch_manifest(src, &src.oref, "manifest").await?;
         let top = Digest::of(&body);
         if let Some(want) = src.image.digest() {
             want.verify(&format!("manifest {}", src.image), &body)?;
@@ -149,15 +145,8 @@ impl Puller {
                 })?;
                 let d = Digest::parse(&entry.digest)?;
                 debug!(index = %top, manifest = %d, "selected linux/amd64");
-                let (body, _) = src
-                    .client
-                    .pull_manifest_raw(
-                        &src.oref.clone_with_digest(d.to_string()),
-                        &src.auth,
-                        ACCEPTED,
-                    )
-                    .await
-                    .map_err(|e| map_oci(e, src))?;
+                let oref = src.oref.clone_with_digest(d.to_string());
+                let body = self.fetch_manifest(src, &oref, "platform manifest").await?;
                 d.verify("platform manifest", &body)?;
                 blobs.push((d, body.clone()));
                 match Manifest::parse(&body)? {
@@ -168,7 +157,87 @@ impl Puller {
                 }
             }
         };
+        if layers.len() > self.limits.max_layers {
+            return Err(ImageError::limit(
+                format!("image {}", src.image),
+                "max_layers",
+                self.limits.max_layers as u64,
+                format!("{} layers", layers.len()),
+            ));
+        }
+        check_descriptor("config", &config, self.limits.max_config_bytes, "max_config_bytes")?;
+        for l in &layers {
+            check_descriptor("layer", l, self.limits.max_layer_bytes, "max_layer_bytes")?;
+        }
         Ok(Resolved { top, blobs, config, layers })
+    }
+
+    /// GETs a manifest or index with its body bounded by `max_manifest_bytes` (oci-client
+    /// reads a manifest response whole, so the request is made here, with oci-client's token).
+    async fn fetch_manifest(
+        &self,
+        src: &Source<'_>,
+        oref: &Reference,
+        what: &str,
+    ) -> Result<bytes::Bytes> {
+        let max = self.limits.max_manifest_bytes;
+        let token = src
+            .client
+            .auth(oref, &src.auth, RegistryOperation::Pull)
+            .await
+            .map_err(|e| map_oci(e, src))?;
+        let registry = oref.resolve_registry();
+        let plain = self.registries.plain_http_hosts().iter().any(|h| h == registry);
+        let url = format!(
+            "{}://{registry}/v2/{}/manifests/{}{}",
+            if plain { "http" } else { "https" },
+            oref.repository(),
+            oref.digest().or(oref.tag()).unwrap_or("latest"),
+            oref.namespace().map(|ns| format!("?ns={ns}")).unwrap_or_default(),
+        );
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(READ_TIMEOUT)
+            .build()
+            .map_err(|e| registry_err(src, format!("HTTP client: {e}")))?;
+        let mut req = http.get(&url).header(reqwest::header::ACCEPT, ACCEPTED.join(", "));
+        req = match (token, &src.auth) {
+            (Some(t), _) => req.bearer_auth(t),
+            (None, RegistryAuth::Basic(u, p)) => req.basic_auth(u, Some(p)),
+            (None, RegistryAuth::Bearer(t)) => req.bearer_auth(t),
+            (None, RegistryAuth::Anonymous) => req,
+        };
+        let mut resp =
+            req.send().await.map_err(|e| registry_err(src, format!("GET {url}: {e}")))?;
+        let status = resp.status().as_u16();
+        if status != 200 {
+            let image = src.image.to_string();
+            let registry = src.host.clone();
+            return Err(match status {
+                401 | 403 => ImageError::Unauthenticated {
+                    registry,
+                    image,
+                    detail: format!("{what}: {status}"),
+                },
+                404 => ImageError::NotFound { registry, image },
+                _ => registry_err(src, format!("GET {url}: HTTP {status}")),
+            });
+        }
+        let too_big =
+            |n: u64| ImageError::limit(what, "max_manifest_bytes", max, format!("{n} bytes"));
+        if let Some(len) = resp.content_length().filter(|&l| l > max) {
+            return Err(too_big(len));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) =
+            resp.chunk().await.map_err(|e| registry_err(src, format!("reading {what}: {e}")))?
+        {
+            if (body.len() + chunk.len()) as u64 > max {
+                return Err(too_big((body.len() + chunk.len()) as u64));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(bytes::Bytes::from(body))
     }
 
     async fn fetch(&self, src: &Source<'_>, res: Resolved) -> Result<ImageRecord> {
@@ -227,9 +296,6 @@ impl Puller {
 
     /// A config-sized blob: from the store if there, else fetched, verified and stored.
     async fn small_blob(&self, src: &Source<'_>, d: &Digest, size: u64) -> Result<Vec<u8>> {
-        if size > MAX_SMALL_BLOB {
-            return Err(ImageError::invalid("config", format!("{size} bytes is too large")));
-        }
         let _flight = self.flights.lock(&d.to_string()).await;
         let path = self.store.layout.blob(d);
         if let Ok(data) = tokio::fs::read(&path).await {
@@ -237,12 +303,9 @@ impl Puller {
                 return Ok(data);
             }
         }
+        // The size was checked against max_config_bytes when the manifest was resolved.
         let mut data = Vec::with_capacity(size as usize);
-        src.client
-            .pull_blob(&src.oref, d.to_string().as_str(), &mut data)
-            .await
-            .map_err(|e| map_oci(e, src))?;
-        d.verify(&format!("config {d}"), &data)?;
+        self.fetch_blob(src, d, size, &format!("config {d}"), &mut data).await?;
         self.store.layout.put_blob(d, &data)?;
         Ok(data)
     }
@@ -265,8 +328,9 @@ impl Puller {
         // (or fails) and cleans up after itself.
         let tmp = self.store.layout.tmp("layer");
         let id = diff_id.clone();
+        let limits = self.limits.clone();
         tokio::task::spawn_blocking(move || {
-            unpack_layer(&blob, tmp.path(), &id)?;
+            unpack_layer(&blob, tmp.path(), &id, &limits)?;
             sync_fs(tmp.path()).map_err(|e| ImageError::io_path("syncing", tmp.path(), e))?;
             tmp.persist(&layer_dir)
                 .map_err(|e| ImageError::io_path("renaming layer to", &layer_dir, e))
@@ -289,20 +353,41 @@ impl Puller {
     async fn download_to(&self, src: &Source<'_>, d: &Digest, size: u64, tmp: &Path) -> Result<()> {
         let what = format!("layer blob {d} from {}", src.host);
         debug!(digest = %d, size, endpoint = %src.host, "downloading blob");
+        let mut file = tokio::fs::File::create(tmp)
+            .await
+            .map_err(|e| ImageError::io_path("creating", tmp, e))?;
+        self.fetch_blob(src, d, size, &what, &mut file).await?;
+        file.sync_all().await.map_err(|e| ImageError::io_path("syncing", tmp, e))
+    }
+
+    /// Streams blob `d` into `out`: never more than the descriptor's `size` bytes are accepted
+    /// (a longer body fails as soon as it passes `size`), then size and digest must match.
+    async fn fetch_blob<W: tokio::io::AsyncWrite + Unpin>(
+        &self,
+        src: &Source<'_>,
+        d: &Digest,
+        size: u64,
+        what: &str,
+        out: &mut W,
+    ) -> Result<()> {
         let mut stream = src
             .client
             .pull_blob_stream(&src.oref, d.to_string().as_str())
             .await
             .map_err(|e| map_oci(e, src))?;
-        let mut file = tokio::fs::File::create(tmp)
-            .await
-            .map_err(|e| ImageError::io_path("creating", tmp, e))?;
+        if let Some(len) = stream.content_length.filter(|&l| l != size) {
+            return Err(ImageError::SizeMismatch {
+                what: what.into(),
+                expected: size,
+                actual: len,
+            });
+        }
         let mut hasher = Hasher::default();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| {
                 if e.get_ref().is_some_and(|i| i.is::<oci_client::errors::DigestError>()) {
                     ImageError::DigestMismatch {
-                        what: what.clone(),
+                        what: what.into(),
                         expected: d.to_string(),
                         actual: e.to_string(),
                     }
@@ -314,29 +399,60 @@ impl Puller {
                 }
             })?;
             hasher.update(&chunk);
-            if size > 0 && hasher.len() > size {
+            if hasher.len() > size {
                 return Err(ImageError::SizeMismatch {
-                    what,
+                    what: what.into(),
                     expected: size,
                     actual: hasher.len(),
                 });
             }
-            file.write_all(&chunk).await.map_err(|e| ImageError::io_path("writing", tmp, e))?;
+            out.write_all(&chunk)
+                .await
+                .map_err(|e| ImageError::Io { context: format!("writing {what}"), source: e })?;
         }
-        file.sync_all().await.map_err(|e| ImageError::io_path("syncing", tmp, e))?;
-        if size > 0 && hasher.len() != size {
-            return Err(ImageError::SizeMismatch { what, expected: size, actual: hasher.len() });
+        if hasher.len() != size {
+            return Err(ImageError::SizeMismatch {
+                what: what.into(),
+                expected: size,
+                actual: hasher.len(),
+            });
         }
         let actual = hasher.finish();
         if &actual != d {
             return Err(ImageError::DigestMismatch {
-                what,
+                what: what.into(),
                 expected: d.to_string(),
                 actual: actual.to_string(),
             });
         }
         Ok(())
     }
+}
+
+fn registry_err(src: &Source<'_>, detail: String) -> ImageError {
+    ImageError::Registry { registry: src.host.clone(), detail }
+}
+
+/// A config or layer descriptor must give the blob's real size: 0 is only the size of the
+/// empty blob (a registry that says 0 for anything else would get an unbounded read), and
+/// more than the limit is refused before anything is fetched.
+fn check_descriptor(what: &str, desc: &Descriptor, max: u64, setting: &'static str) -> Result<()> {
+    let empty = Digest::of(b"").to_string();
+    if desc.size == 0 && desc.digest != empty {
+        return Err(ImageError::invalid(
+            format!("{what} descriptor {}", desc.digest),
+            "size 0 for a non-empty blob",
+        ));
+    }
+    if desc.size > max {
+        return Err(ImageError::limit(
+            format!("{what} {}", desc.digest),
+            setting,
+            max,
+            format!("descriptor size {} bytes", desc.size),
+        ));
+    }
+    Ok(())
 }
 
 /// Registry errors in the service's terms: 401/403 -> Unauthenticated, unknown -> NotFound.

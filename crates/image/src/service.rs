@@ -37,7 +37,7 @@ impl ImageServiceImpl {
         let pinned = pinned_names(&config.pinned_images)?;
         let store = ImageStore::open(&config.root)?;
         Ok(ImageServiceImpl {
-            puller: Arc::new(Puller::new(store, config.registries.clone())),
+            puller: Arc::new(Puller::new(store, config.registries.clone(), config.limits.clone())),
             pinned: Arc::new(pinned),
         })
     }

@@ -241,6 +241,7 @@ async fn list_status_remove_fsinfo_and_restart() {
             root: root.to_path_buf(),
             registries: insecure(&reg),
             pinned_images: vec![busybox.clone()],
+            limits: Default::default(),
         };
         ImageServiceImpl::new(&config).unwrap()
     };

@@ -3,6 +3,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use tar::{Builder, Header};
 
 use super::*;
+use crate::config::PullLimits;
 
 fn header(kind: EntryType, mode: u32, size: u64) -> Header {
     let mut h = Header::new_gnu();
@@ -62,11 +63,42 @@ fn sample_layer() -> Vec<u8> {
 }
 
 fn unpack_bytes(blob: &[u8], diff_id: &Digest) -> (tempfile::TempDir, Result<u64>) {
+    unpack_limited(blob, diff_id, &PullLimits::default())
+}
+
+fn unpack_limited(
+    blob: &[u8],
+    diff_id: &Digest,
+    limits: &PullLimits,
+) -> (tempfile::TempDir, Result<u64>) {
     let dir = tempfile::tempdir().unwrap();
     let blob_path = dir.path().join("blob");
     fs::write(&blob_path, blob).unwrap();
-    let res = unpack_layer(&blob_path, &dir.path().join("out"), diff_id);
+    let res = unpack_layer(&blob_path, &dir.path().join("out"), diff_id, limits);
     (dir, res)
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    io::Write::write_all(&mut gz, data).unwrap();
+    gz.finish().unwrap()
+}
+
+fn limit_hit(res: &Result<u64>) -> &'static str {
+    match res {
+        Err(ImageError::LimitExceeded { setting, .. }) => setting,
+        other => panic!("expected a limit error, got {other:?}"),
+    }
+}
+
+/// A raw tar header block (the tar crate refuses to build some of the hostile ones).
+fn raw_entry(b: &mut Vec<u8>, kind: u8, name: &str, body: &[u8]) {
+    let mut h = header(EntryType::new(kind), 0o644, body.len() as u64);
+    h.as_gnu_mut().unwrap().name[..name.len()].copy_from_slice(name.as_bytes());
+    h.set_cksum();
+    b.extend_from_slice(h.as_bytes());
+    b.extend_from_slice(body);
+    b.resize(b.len().div_ceil(512) * 512, 0);
 }
 
 fn check_tree(out: &Path) {
@@ -153,4 +185,158 @@ fn clean_relative_paths() {
 fn garbage_is_an_error() {
     let (_dir, res) = unpack_bytes(&[0x1f, 0x8b, 0, 1, 2, 3], &Digest::of(b""));
     assert!(res.is_err());
+}
+
+#[test]
+fn symlinks_from_earlier_entries_are_never_followed() {
+    // etc -> <victim dir>, then etc/passwd; and a regular file over a symlink to a host file.
+    let victim = tempfile::tempdir().unwrap();
+    fs::write(victim.path().join("passwd"), "host").unwrap();
+    let mut b = Builder::new(Vec::new());
+    let mut h = header(EntryType::Symlink, 0o777, 0);
+    b.append_link(&mut h, "etc", victim.path()).unwrap();
+    file(&mut b, "etc/passwd", b"owned", 0o644, 0);
+    let tar = b.into_inner().unwrap();
+    let (_dir, res) = unpack_bytes(&tar, &Digest::of(&tar));
+    assert!(res.is_err());
+    assert_eq!(fs::read_to_string(victim.path().join("passwd")).unwrap(), "host");
+
+    let mut b = Builder::new(Vec::new());
+    let mut h = header(EntryType::Symlink, 0o777, 0);
+    b.append_link(&mut h, "f", victim.path().join("passwd")).unwrap();
+    file(&mut b, "f", b"owned", 0o4755, 0);
+    let tar = b.into_inner().unwrap();
+    let (dir, res) = unpack_bytes(&tar, &Digest::of(&tar));
+    res.unwrap();
+    assert_eq!(fs::read_to_string(victim.path().join("passwd")).unwrap(), "host");
+    assert_eq!(fs::read(dir.path().join("out/f")).unwrap(), b"owned");
+    let mode = fs::metadata(victim.path().join("passwd")).unwrap().mode();
+    assert_eq!(mode & 0o7000, 0, "the host file got no setuid bit");
+}
+
+#[test]
+fn hard_links_stay_inside_the_layer() {
+    let victim = tempfile::tempdir().unwrap();
+    let secret = victim.path().join("secret");
+    fs::write(&secret, "host secret").unwrap();
+    let host_ino = fs::metadata(&secret).unwrap().ino();
+    let links_to_host = |out: &Path| {
+        fs::read_dir(out)
+            .map(|rd| rd.flatten().any(|e| e.metadata().is_ok_and(|m| m.ino() == host_ino)))
+            .unwrap_or(false)
+    };
+    // Through a symlink planted by an earlier entry.
+    let mut b = Builder::new(Vec::new());
+    let mut h = header(EntryType::Symlink, 0o777, 0);
+    b.append_link(&mut h, "sym", victim.path()).unwrap();
+    let mut h = header(EntryType::Link, 0o644, 0);
+    b.append_link(&mut h, "hl", "sym/secret").unwrap();
+    let tar = b.into_inner().unwrap();
+    let (dir, res) = unpack_bytes(&tar, &Digest::of(&tar));
+    assert!(res.is_err(), "{res:?}");
+    assert!(!links_to_host(&dir.path().join("out")));
+    // An absolute target names a path inside the layer, not on the host.
+    let mut b = Builder::new(Vec::new());
+    let mut h = header(EntryType::Link, 0o644, 0);
+    b.append_link(&mut h, "abs", &secret).unwrap();
+    let tar = b.into_inner().unwrap();
+    let (dir, res) = unpack_bytes(&tar, &Digest::of(&tar));
+    assert!(res.is_err(), "{res:?}");
+    assert!(!links_to_host(&dir.path().join("out")));
+    // `..` in the target.
+    let mut raw = Vec::new();
+    let mut h = header(EntryType::Link, 0o644, 0);
+    h.set_path("up").unwrap();
+    h.as_gnu_mut().unwrap().linkname[..9].copy_from_slice(b"../secret");
+    h.set_cksum();
+    raw.extend_from_slice(h.as_bytes());
+    raw.extend_from_slice(&[0u8; 1024]);
+    let (_dir, res) = unpack_bytes(&raw, &Digest::of(&raw));
+    assert!(res.is_err(), "{res:?}");
+}
+
+#[test]
+fn device_nodes_are_not_created_and_host_xattrs_are_dropped() {
+    let mut b = Builder::new(Vec::new());
+    for (kind, name) in [(EntryType::Char, "null"), (EntryType::Block, "sda")] {
+        let mut h = header(kind, 0o666, 0);
+        h.set_device_major(1).unwrap();
+        h.set_device_minor(3).unwrap();
+        b.append_data(&mut h, name, io::empty()).unwrap();
+    }
+    pax_xattr(&mut b, "trusted.overlay.redirect", "/etc");
+    file(&mut b, "redirected", b"x", 0o644, 0);
+    pax_xattr(&mut b, "security.selinux", "system_u:object_r:shadow_t:s0");
+    file(&mut b, "labelled", b"x", 0o644, 0);
+    let tar = b.into_inner().unwrap();
+    let (dir, res) = unpack_bytes(&tar, &Digest::of(&tar));
+    res.unwrap();
+    let out = dir.path().join("out");
+    assert!(fs::symlink_metadata(out.join("null")).is_err());
+    assert!(fs::symlink_metadata(out.join("sda")).is_err());
+    assert!(xattr::get(out.join("redirected"), "trusted.overlay.redirect").unwrap().is_none());
+    assert!(xattr::get(out.join("labelled"), "security.selinux")
+        .unwrap()
+        .is_none_or(|v| !v.starts_with(b"system_u:object_r:shadow_t")));
+}
+
+#[test]
+fn gzip_bomb_stops_at_the_uncompressed_limit() {
+    let mut b = Builder::new(Vec::new());
+    file(&mut b, "zeros", &vec![0u8; 8 << 20], 0o644, 0);
+    let tar = b.into_inner().unwrap();
+    let gz = gzip(&tar);
+    assert!(gz.len() < 64 << 10);
+    let limits = PullLimits { max_layer_unpacked_bytes: 1 << 20, ..Default::default() };
+    let (dir, res) = unpack_limited(&gz, &Digest::of(&tar), &limits);
+    assert_eq!(limit_hit(&res), "max_layer_unpacked_bytes");
+    assert!(res.unwrap_err().to_string().contains("images.limits.max_layer_unpacked_bytes"));
+    let written = fs::metadata(dir.path().join("out/zeros")).map(|m| m.len()).unwrap_or(0);
+    assert!(written <= 1 << 20, "{written}");
+    // Exactly at the limit is fine.
+    let limits = PullLimits { max_layer_unpacked_bytes: tar.len() as u64, ..Default::default() };
+    let (_dir, res) = unpack_limited(&gz, &Digest::of(&tar), &limits);
+    assert_eq!(res.unwrap(), tar.len() as u64);
+}
+
+#[test]
+fn entry_count_is_bounded() {
+    let mut b = Builder::new(Vec::new());
+    for i in 0..20 {
+        file(&mut b, &format!("f{i}"), b"", 0o644, 0);
+    }
+    let tar = b.into_inner().unwrap();
+    let limits = PullLimits { max_layer_entries: 10, ..Default::default() };
+    let (dir, res) = unpack_limited(&tar, &Digest::of(&tar), &limits);
+    assert_eq!(limit_hit(&res), "max_layer_entries");
+    assert!(fs::read_dir(dir.path().join("out")).unwrap().count() <= 10);
+    let limits = PullLimits { max_layer_entries: 20, ..Default::default() };
+    unpack_limited(&tar, &Digest::of(&tar), &limits).1.unwrap();
+}
+
+#[test]
+fn huge_pax_and_long_name_headers_are_refused() {
+    let limits = PullLimits { max_tar_header_bytes: 64 << 10, ..Default::default() };
+    // A PAX header of 4 MiB (one record) before a file.
+    let value = "a".repeat(4 << 20);
+    let rec = format!(" comment={value}\n");
+    let body = format!("{}{rec}", rec.len() + 8);
+    let mut raw = Vec::new();
+    raw_entry(&mut raw, b'x', "PaxHeaders/big", body.as_bytes());
+    raw_entry(&mut raw, b'0', "after", b"x");
+    raw.extend_from_slice(&[0u8; 1024]);
+    let (_dir, res) = unpack_limited(&raw, &Digest::of(&raw), &limits);
+    assert_eq!(limit_hit(&res), "max_tar_header_bytes");
+    // A GNU long name of 1 MiB.
+    let mut raw = Vec::new();
+    raw_entry(&mut raw, b'L', "././@LongLink", &vec![b'n'; 1 << 20]);
+    raw_entry(&mut raw, b'0', "short", b"x");
+    raw.extend_from_slice(&[0u8; 1024]);
+    let (_dir, res) = unpack_limited(&raw, &Digest::of(&raw), &limits);
+    assert_eq!(limit_hit(&res), "max_tar_header_bytes");
+    // Big file data is not metadata: a 1 MiB file passes with a 64 KiB header limit.
+    let mut b = Builder::new(Vec::new());
+    file(&mut b, "big", &vec![7u8; 1 << 20], 0o644, 0);
+    let tar = b.into_inner().unwrap();
+    unpack_limited(&tar, &Digest::of(&tar), &limits).1.unwrap();
 }
