@@ -2,7 +2,7 @@
 //! with Kubernetes' rules (the same containerd's CRI plugin applies).
 
 use std::collections::HashMap;
-use std::io::Read;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
 
 use carapace_image::{ImageUser, RuntimeConfig};
@@ -87,26 +87,40 @@ pub struct Accounts {
 }
 
 impl Accounts {
-    /// Reads `<rootfs>/etc/passwd` and `<rootfs>/etc/group` if they are regular files (never
-    /// through a symlink, which could point out of the rootfs), at most 1 MiB each.
+    /// Reads `<rootfs>/etc/passwd` and `<rootfs>/etc/group` where `rootfs` is
+    /// `<shared>/<cid>/rootfs`: the shared dir (its grandparent, which the guest cannot
+    /// replace) is the trusted root and the rest is resolved beneath it (see
+    /// [`Accounts::read_beneath`]).
     pub fn read(rootfs: &Path) -> Accounts {
-        let etc = rootfs.join("etc");
+        let root = rootfs.ancestors().nth(2).unwrap_or(Path::new(""));
+        let rel = rootfs.strip_prefix(root).unwrap_or(rootfs);
+        let root = if root.as_os_str().is_empty() { Path::new(".") } else { root };
+        match std::fs::File::open(root) {
+            Ok(dir) => Accounts::read_beneath(dir.as_fd(), rel),
+            Err(e) => {
+                let dir = root.display();
+                tracing::warn!(%dir, error = %e, "cannot open the rootfs's parent");
+                Accounts::default()
+            }
+        }
+    }
+
+    /// Reads `etc/passwd` and `etc/group` of the rootfs at `rootfs` beneath the directory
+    /// `root` (for a staged container: its dir and `rootfs`), at most 1 MiB each, only if they
+    /// are regular files reached without any symlink (the image and, once the rootfs is in
+    /// the share, the guest control every name there); a FIFO or device is never opened for
+    /// reading. Anything else reads as an empty file.
+    pub fn read_beneath(root: BorrowedFd<'_>, rootfs: &Path) -> Accounts {
         let read = |name: &str| -> String {
-            if !std::fs::symlink_metadata(&etc).is_ok_and(|m| m.is_dir()) {
-                return String::new();
-            }
-            let path = etc.join(name);
-            if !std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) {
-                return String::new();
-            }
-            let mut buf = Vec::new();
-            match std::fs::File::open(&path) {
-                Ok(f) => {
-                    let _ = f.take(MAX_ACCOUNT_FILE).read_to_end(&mut buf);
+            let rel = rootfs.join("etc").join(name);
+            match carapace_podfs::read_file_beneath(root, &rel, MAX_ACCOUNT_FILE) {
+                Ok(Some(b)) => String::from_utf8_lossy(&b).into_owned(),
+                Ok(None) => String::new(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "ignoring the image's /etc/{name}");
+                    String::new()
                 }
-                Err(_) => return String::new(),
             }
-            String::from_utf8_lossy(&buf).into_owned()
         };
         Accounts { passwd: read("passwd"), group: read("group") }
     }
@@ -317,5 +331,29 @@ mod tests {
         assert_eq!(cpu_weight(2), 1);
         assert_eq!(cpu_weight(1024), 39);
         assert_eq!(cpu_weight(262_144), 10_000);
+    }
+
+    /// The old code checked only the last two names: a rootfs (or any parent) swapped for a
+    /// symlink to a host directory had the daemon read host account files.
+    #[test]
+    fn account_files_are_not_read_through_a_symlinked_rootfs() {
+        let d = tempfile::tempdir().unwrap();
+        let host = d.path().join("host");
+        std::fs::create_dir_all(host.join("etc")).unwrap();
+        std::fs::write(host.join("etc/passwd"), "evil:x:1:1::/:/bin/sh\n").unwrap();
+        std::fs::create_dir_all(d.path().join("shared/c")).unwrap();
+        std::os::unix::fs::symlink(&host, d.path().join("shared/c/rootfs")).unwrap();
+        let a = Accounts::read(&d.path().join("shared/c/rootfs"));
+        assert!(a.passwd.is_empty(), "read {:?}", a.passwd);
+        // A FIFO in place of passwd does not block the daemon.
+        let etc = d.path().join("shared/c2/rootfs/etc");
+        std::fs::create_dir_all(&etc).unwrap();
+        let fifo = std::ffi::CString::new(etc.join("passwd").to_str().unwrap()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        std::fs::write(etc.join("group"), "g:x:9:\n").unwrap();
+        let a = Accounts::read(&d.path().join("shared/c2/rootfs"));
+        assert!(a.passwd.is_empty());
+        assert_eq!(a.group("g"), Some(9));
     }
 }

@@ -2,156 +2,74 @@
 //! which the VM sees live through virtio-fs; the agent then bind-mounts the guest side into the
 //! container. Every bind mount under a directory is undone before that directory is deleted, so
 //! deleting a container or a pod can never delete a volume's contents.
+//!
+//! The shared dir is the guest's: every operation here goes through carapace-podfs, beneath a
+//! trusted directory and without following any name the guest could have planted (see the
+//! trust boundary in ARCHITECTURE.md). New code makes a container's mounts in its staging dir
+//! with [`carapace_podfs::Staged::bind`] instead; these path-taking functions remain for the
+//! callers that still name the target by path.
 
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
-
-/// Why a volume could not be mounted or unmounted.
+/// Why a volume could not be mounted or unmounted, or a tree removed.
 #[derive(Debug, thiserror::Error)]
 pub enum VolumeError {
-    #[error("volume {src}: {source}")]
-    Source { src: PathBuf, source: std::io::Error },
-    #[error("cannot create the mount point {path}: {source}")]
-    Target { path: PathBuf, source: std::io::Error },
-    #[error("cannot bind-mount {src} onto {target}: {errno}")]
-    Bind { src: PathBuf, target: PathBuf, errno: nix::Error },
-    #[error("cannot make {target} read-only: {errno}")]
-    ReadOnly { target: PathBuf, errno: nix::Error },
-    #[error("cannot unmount {target}: {errno}")]
-    Unmount { target: PathBuf, errno: nix::Error },
-    #[error("cannot read /proc/self/mountinfo: {0}")]
-    MountInfo(std::io::Error),
-    #[error("{0} still has mounts under it after unmounting; not deleting it")]
-    StillMounted(PathBuf),
+    #[error("mount target {0} is not <shared dir>/<container>/mounts/<n>")]
+    Target(PathBuf),
+    #[error("cannot open {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Fs(#[from] carapace_podfs::Error),
 }
 
 /// Bind-mounts `src` (created as a directory when missing, as containerd does) onto `target`
-/// (created as a directory or an empty file to match), read-only when asked.
+/// (created as a directory or an empty file to match), `nosuid,nodev`, recursively read-only
+/// when asked. `target` is `<shared>/<cid>/mounts/<n>`: the shared dir (its third ancestor,
+/// which the guest cannot replace) is the trusted root, and `<cid>/mounts/<n>` is made and
+/// opened beneath it without following a symlink; the volume is attached to that descriptor.
 pub fn bind(src: &Path, target: &Path, readonly: bool) -> Result<(), VolumeError> {
-    let md = match std::fs::metadata(src) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(src)
-                .map_err(|source| VolumeError::Source { src: src.to_path_buf(), source })?;
-            std::fs::metadata(src)
-                .map_err(|source| VolumeError::Source { src: src.to_path_buf(), source })?
-        }
-        Err(source) => return Err(VolumeError::Source { src: src.to_path_buf(), source }),
-    };
-    let made = if md.is_dir() {
-        std::fs::create_dir_all(target)
-    } else {
-        target.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(target)
-                .map(drop)
-        })
-    };
-    made.map_err(|source| VolumeError::Target { path: target.to_path_buf(), source })?;
-    mount(Some(src), target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-        .map_err(|errno| VolumeError::Bind {
-            src: src.to_path_buf(),
-            target: target.to_path_buf(),
-            errno,
-        })?;
-    if readonly {
-        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
-        if let Err(errno) = mount(None::<&str>, target, None::<&str>, flags, None::<&str>) {
-            let _ = umount2(target, MntFlags::MNT_DETACH);
-            return Err(VolumeError::ReadOnly { target: target.to_path_buf(), errno });
-        }
-    }
+    let root = target.ancestors().nth(3).ok_or_else(|| VolumeError::Target(target.into()))?;
+    let rel = target.strip_prefix(root).map_err(|_| VolumeError::Target(target.into()))?;
+    let root = if root.as_os_str().is_empty() { Path::new(".") } else { root };
+    let dir = std::fs::File::open(root)
+        .map_err(|source| VolumeError::Open { path: root.to_path_buf(), source })?;
+    carapace_podfs::bind_beneath(dir.as_fd(), rel, src, readonly)?;
     Ok(())
-}
-
-/// Decodes the octal escapes (`\040` for space, ...) of a mountinfo path.
-fn unescape(field: &str) -> String {
-    let b = field.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (b[i + 1] - b'0') as u32 * 64
-                + (b[i + 2] - b'0') as u32 * 8
-                + (b[i + 3] - b'0') as u32;
-            out.push(v as u8);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The mount points in `mountinfo` text at or below `dir`, deepest (longest) first.
 pub fn mounts_under(mountinfo: &str, dir: &Path) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = mountinfo
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4).map(|p| PathBuf::from(unescape(p))))
-        .filter(|p| p.starts_with(dir))
+    let mut out: Vec<PathBuf> = carapace_podfs::mountinfo::mounts_under(mountinfo, dir)
+        .into_iter()
+        .map(|m| m.point)
         .collect();
-    out.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
     out.dedup();
     out
 }
 
-fn mountinfo() -> Result<String, VolumeError> {
-    std::fs::read_to_string("/proc/self/mountinfo").map_err(VolumeError::MountInfo)
-}
-
-/// Unmounts `target` (lazily: the VM may still have files open); no error when nothing is
-/// mounted there or it does not exist.
-pub fn unmount(target: &Path) -> Result<(), VolumeError> {
-    match umount2(target, MntFlags::MNT_DETACH) {
-        Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => Ok(()),
-        Err(errno) => Err(VolumeError::Unmount { target: target.to_path_buf(), errno }),
-    }
-}
-
-/// Unmounts everything mounted at or below `dir`, then checks nothing is left.
+/// Unmounts everything mounted at or below `dir` (lazily: the VM may still have files open),
+/// each through a descriptor opened beneath `dir`'s parent without following symlinks; then
+/// checks nothing is left. `dir`'s parent is trusted.
 pub fn unmount_all_under(dir: &Path) -> Result<(), VolumeError> {
-    // Stacked mounts on one point need one umount each: a few rounds.
-    for _ in 0..8 {
-        let points = mounts_under(&mountinfo()?, dir);
-        if points.is_empty() {
-            return Ok(());
-        }
-        for p in points {
-            unmount(&p)?;
-        }
-    }
-    if mounts_under(&mountinfo()?, dir).is_empty() {
-        Ok(())
-    } else {
-        Err(VolumeError::StillMounted(dir.to_path_buf()))
-    }
+    Ok(carapace_podfs::unmount_tree(dir)?)
 }
 
 /// Deletes `dir` and everything in it after unmounting whatever is mounted below it; never
-/// follows into a volume. No error when it does not exist.
+/// follows a symlink, never enters another mount, so never reaches into a volume or out of the
+/// pod. No error when it does not exist. `dir`'s parent is trusted.
 pub fn remove_tree(dir: &Path) -> Result<(), VolumeError> {
-    if !dir.exists() {
-        return Ok(());
-    }
-    unmount_all_under(dir)?;
-    match std::fs::remove_dir_all(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(VolumeError::Target { path: dir.to_path_buf(), source }),
-    }
+    Ok(carapace_podfs::remove_tree(dir)?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::ffi::OsStringExt;
 
     const INFO: &str = "\
 22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
@@ -176,11 +94,6 @@ mod tests {
     }
 
     #[test]
-    fn unescapes_octal() {
-        assert_eq!(unescape("a\\040b\\011c\\\\"), "a b\tc\\\\");
-    }
-
-    #[test]
     fn remove_tree_without_mounts_and_of_nothing() {
         let d = tempfile::tempdir().unwrap();
         let t = d.path().join("c/rootfs/etc");
@@ -191,22 +104,76 @@ mod tests {
         remove_tree(&d.path().join("c")).unwrap();
     }
 
+    fn is_root() -> bool {
+        // SAFETY: geteuid has no preconditions.
+        unsafe { libc::geteuid() == 0 }
+    }
+
     /// Needs CAP_SYS_ADMIN (root); skipped otherwise.
     #[test]
     fn a_bound_volume_survives_removal_of_the_container_dir() {
+        if !is_root() {
+            return;
+        }
         let d = tempfile::tempdir().unwrap();
         let vol = d.path().join("vol");
         std::fs::create_dir(&vol).unwrap();
         std::fs::write(vol.join("keep"), "data").unwrap();
         let target = d.path().join("c/mounts/0");
-        match bind(&vol, &target, true) {
-            Err(VolumeError::Bind { errno: nix::Error::EPERM, .. }) => return,
-            r => r.unwrap(),
-        }
+        bind(&vol, &target, true).unwrap();
         assert_eq!(std::fs::read_to_string(target.join("keep")).unwrap(), "data");
         assert!(std::fs::write(target.join("new"), "x").is_err(), "read-only bind is writable");
         remove_tree(&d.path().join("c")).unwrap();
         assert_eq!(std::fs::read_to_string(vol.join("keep")).unwrap(), "data");
         assert!(!d.path().join("c").exists());
+    }
+
+    /// A guest that replaced `<cid>/mounts` with a symlink to a host dir: the old code created
+    /// the mount point and bind-mounted the volume there, over the host.
+    #[test]
+    fn bind_does_not_follow_a_planted_symlink() {
+        if !is_root() {
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let (vol, host) = (d.path().join("vol"), d.path().join("host"));
+        std::fs::create_dir(&vol).unwrap();
+        std::fs::create_dir(&host).unwrap();
+        let shared = d.path().join("shared");
+        std::fs::create_dir_all(shared.join("c")).unwrap();
+        std::os::unix::fs::symlink(&host, shared.join("c/mounts")).unwrap();
+        assert!(bind(&vol, &shared.join("c/mounts/0"), false).is_err());
+        assert_eq!(std::fs::read_dir(&host).unwrap().count(), 0, "made a mount point outside");
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(mounts_under(&info, d.path()).is_empty(), "mounted something");
+        remove_tree(&shared.join("c")).unwrap();
+        assert!(host.exists());
+    }
+
+    /// The old code made only the top of a read-only volume read-only: `MS_REC` bind plus one
+    /// `MS_RDONLY` remount left its submounts writable.
+    #[test]
+    fn read_only_volumes_are_read_only_in_submounts_too() {
+        if !is_root() {
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let vol = d.path().join("vol");
+        std::fs::create_dir_all(vol.join("sub")).unwrap();
+        let sub = std::ffi::CString::new(vol.join("sub").into_os_string().into_vec()).unwrap();
+        // SAFETY: NUL-terminated strings; no data argument.
+        let r = unsafe {
+            libc::mount(c"tmpfs".as_ptr(), sub.as_ptr(), c"tmpfs".as_ptr(), 0, std::ptr::null())
+        };
+        assert_eq!(r, 0);
+        std::fs::create_dir(d.path().join("shared")).unwrap();
+        let target = d.path().join("shared/c/mounts/0");
+        bind(&vol, &target, true).unwrap();
+        assert!(std::fs::write(target.join("sub/x"), "x").is_err(), "a submount is writable");
+        std::fs::write(vol.join("sub/ok"), "ok").unwrap();
+        remove_tree(&d.path().join("shared/c")).unwrap();
+        unmount_all_under(&vol).unwrap();
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(mounts_under(&info, d.path()).is_empty());
     }
 }
