@@ -30,7 +30,7 @@ use crate::store::{Store, StoreError};
 use crate::volumes;
 
 /// Where the agent mounts the pod's shared dir in the guest.
-pub const GUEST_SHARED_DIR: &str = "/run/carapace/shared";
+pub use carapace_agent_client::GUEST_SHARED_DIR;
 /// How long reaching the agent may take for one RPC.
 const AGENT_CONNECT: Duration = Duration::from_secs(10);
 /// Bound of one agent call that should be quick.
@@ -672,67 +672,9 @@ fn agent_security(
     })
 }
 
-/// The capabilities containers get by default (the agent's default set).
-const DEFAULT_CAPS: &[&str] = &[
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
-];
-/// Every capability (for `add: ["ALL"]`).
-const ALL_CAPS: &[&str] = &[
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_DAC_READ_SEARCH",
-    "CAP_FOWNER",
-    "CAP_FSETID",
-    "CAP_KILL",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETPCAP",
-    "CAP_LINUX_IMMUTABLE",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_NET_BROADCAST",
-    "CAP_NET_ADMIN",
-    "CAP_NET_RAW",
-    "CAP_IPC_LOCK",
-    "CAP_IPC_OWNER",
-    "CAP_SYS_MODULE",
-    "CAP_SYS_RAWIO",
-    "CAP_SYS_CHROOT",
-    "CAP_SYS_PTRACE",
-    "CAP_SYS_PACCT",
-    "CAP_SYS_ADMIN",
-    "CAP_SYS_BOOT",
-    "CAP_SYS_NICE",
-    "CAP_SYS_RESOURCE",
-    "CAP_SYS_TIME",
-    "CAP_SYS_TTY_CONFIG",
-    "CAP_MKNOD",
-    "CAP_LEASE",
-    "CAP_AUDIT_WRITE",
-    "CAP_AUDIT_CONTROL",
-    "CAP_SETFCAP",
-    "CAP_MAC_OVERRIDE",
-    "CAP_MAC_ADMIN",
-    "CAP_SYSLOG",
-    "CAP_WAKE_ALARM",
-    "CAP_BLOCK_SUSPEND",
-    "CAP_AUDIT_READ",
-    "CAP_PERFMON",
-    "CAP_BPF",
-    "CAP_CHECKPOINT_RESTORE",
-];
+// The capabilities containers get by default (the agent's default set) and every capability
+// (for `add: ["ALL"]`).
+use carapace_agent_client::{ALL_CAPABILITIES as ALL_CAPS, DEFAULT_CAPABILITIES as DEFAULT_CAPS};
 
 /// The signal number of an image's STOPSIGNAL ("SIGQUIT", "QUIT", "3"); 0 (SIGTERM) when
 /// empty; None when unknown.
