@@ -259,10 +259,10 @@ async fn agent_of(sb: &SandboxRecord) -> Result<AgentClient, CriError> {
 }
 
 fn exit_of(w: &pb::WaitProcessResponse) -> (i32, String, i64) {
-    // CRI reasons as containerd gives them: Completed, Error, OOMKilled (the agent's "Killed",
+    // CRI reasons as containerd gives them: Completed, Error, OOMKilled (the agent's Killed,
     // a stop whose grace period ran out, is an Error exit 137 to kubelet).
-    let reason = match w.reason.as_str() {
-        "OOMKilled" => "OOMKilled".to_string(),
+    let reason = match w.exit_reason() {
+        pb::ExitReason::OomKilled => "OOMKilled".to_string(),
         _ if w.exit_code == 0 => "Completed".to_string(),
         _ => "Error".to_string(),
     };
@@ -1662,18 +1662,24 @@ mod tests {
 
     #[test]
     fn exits_and_reasons() {
-        let w = |code, reason: &str, fin| pb::WaitProcessResponse {
+        let w = |code, reason: pb::ExitReason, fin| pb::WaitProcessResponse {
             exit_code: code,
-            reason: reason.into(),
+            exit_reason: reason as i32,
             finished_at_unix_ms: fin,
             ..Default::default()
         };
-        assert_eq!(exit_of(&w(0, "", 5)), (0, "Completed".into(), 5_000_000));
-        assert_eq!(exit_of(&w(3, "", 5)).1, "Error");
-        assert_eq!(exit_of(&w(137, "OOMKilled", 5)).1, "OOMKilled");
-        assert_eq!(exit_of(&w(137, "Killed", 5)).1, "Error");
-        assert_eq!(exit_of(&w(0, "Completed", 0)).1, "Completed");
-        assert!(exit_of(&w(0, "", 0)).2 > 0, "no finish time when the agent gave none");
+        assert_eq!(
+            exit_of(&w(0, pb::ExitReason::Unspecified, 5)),
+            (0, "Completed".into(), 5_000_000)
+        );
+        assert_eq!(exit_of(&w(3, pb::ExitReason::Unspecified, 5)).1, "Error");
+        assert_eq!(exit_of(&w(137, pb::ExitReason::OomKilled, 5)).1, "OOMKilled");
+        assert_eq!(exit_of(&w(137, pb::ExitReason::Killed, 5)).1, "Error");
+        assert_eq!(exit_of(&w(0, pb::ExitReason::Completed, 0)).1, "Completed");
+        assert!(
+            exit_of(&w(0, pb::ExitReason::Unspecified, 0)).2 > 0,
+            "no finish time when the agent gave none"
+        );
     }
 
     #[test]
