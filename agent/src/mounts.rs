@@ -180,9 +180,7 @@ pub fn mount_all() -> Vec<MountError> {
     errors
 }
 
-/// virtio-fs tag of the pod's shared directory; the same as `carapace_vmm::SHARED_FS_TAG`
-/// (the agent is built without the VMM crate).
-pub const SHARED_FS_TAG: &str = "carapace";
+pub use carapace_agent_client::SHARED_FS_TAG;
 /// Where the guest's virtio devices appear in sysfs.
 pub const SYSFS_VIRTIO_DEVICES: &str = "/sys/bus/virtio/devices";
 /// virtio-fs's device ID (26) as sysfs prints it in `<device>/device`.

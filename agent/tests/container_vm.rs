@@ -233,7 +233,7 @@ async fn containers_in_a_real_guest() {
     });
     let (o, w) = run_to_end(&mut g, req).await;
     assert_eq!((o.out.as_str(), o.err.as_str()), ("out\n", "err\n"), "{}", vm.serial());
-    assert_eq!((w.exit_code, w.reason.as_str()), (3, "Error"));
+    assert_eq!((w.exit_code, w.exit_reason()), (3, pb::ExitReason::Error));
     assert!(w.finished_at_unix_ms >= w.started_at_unix_ms && w.started_at_unix_ms > 0);
 
     step("pod hostname, exec, missing binary, localhost between containers, volume");
@@ -408,7 +408,7 @@ async fn containers_in_a_real_guest() {
     let mut oom = container("oom", &["dd", "if=/dev/zero", "of=/dev/null", "bs=100M", "count=1"]);
     oom.resources = Some(pb::Resources { memory_limit_bytes: 32 << 20, ..Default::default() });
     let (o, w) = run_to_end(&mut g, oom).await;
-    assert_eq!(w.reason, "OOMKilled", "{w:?} {o:?}");
+    assert_eq!(w.exit_reason(), pb::ExitReason::OomKilled, "{w:?} {o:?}");
     assert_eq!(w.exit_code, 137);
 
     step("SIGTERM ignored -> killed after the grace period");
@@ -432,7 +432,7 @@ async fn containers_in_a_real_guest() {
         .unwrap()
         .into_inner();
     assert!(t0.elapsed() >= Duration::from_millis(1900));
-    assert_eq!((w.exit_code, w.reason.as_str()), (137, "Killed"), "{w:?}");
+    assert_eq!((w.exit_code, w.exit_reason()), (137, pb::ExitReason::Killed), "{w:?}");
     g.remove_container(pb::RemoveContainerRequest { id: "stubborn".into(), force: false })
         .await
         .unwrap();

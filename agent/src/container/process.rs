@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use carapace_agent_client::pb::WaitProcessResponse;
+use carapace_agent_client::pb::{ExitReason, WaitProcessResponse};
 use tokio::sync::watch;
 
 use super::cgroup;
@@ -22,19 +22,19 @@ pub struct Proc {
 }
 
 /// Exit code and reason the way Kubernetes reports them.
-pub fn describe(status: ExitStatus, oom_killed: bool, killed: bool) -> (i32, i32, &'static str) {
+pub fn describe(status: ExitStatus, oom_killed: bool, killed: bool) -> (i32, i32, ExitReason) {
     let (code, sig) = match status {
         ExitStatus::Exited(c) => (c, 0),
         ExitStatus::Signaled { signal, .. } => (128 + signal, signal),
     };
     let reason = if oom_killed {
-        "OOMKilled"
+        ExitReason::OomKilled
     } else if killed {
-        "Killed"
+        ExitReason::Killed
     } else if code == 0 {
-        "Completed"
+        ExitReason::Completed
     } else {
-        "Error"
+        ExitReason::Error
     };
     (code, sig, reason)
 }
@@ -65,11 +65,12 @@ impl Proc {
             let oom = oom_cgroup.map(|d| cgroup::oom_kills(&d) > 0).unwrap_or(false);
             let (exit_code, signal, reason) =
                 describe(status, oom, me.killed.load(Ordering::SeqCst));
-            tracing::info!(pid = me.pid, exit_code, reason, "container process exited");
+            let why = reason.as_str_name();
+            tracing::info!(pid = me.pid, exit_code, reason = why, "container process exited");
             me.exit.send_replace(Some(WaitProcessResponse {
                 exit_code,
                 signal,
-                reason: reason.to_owned(),
+                exit_reason: reason as i32,
                 started_at_unix_ms: me.started_at_ms.load(Ordering::SeqCst),
                 finished_at_unix_ms: super::now_unix_ms(),
             }));
@@ -90,7 +91,7 @@ impl Proc {
                 // The sender lives in self: cannot happen while we hold self.
                 return WaitProcessResponse {
                     exit_code: 255,
-                    reason: "Unknown".into(),
+                    exit_reason: ExitReason::Unspecified as i32,
                     ..Default::default()
                 };
             }
@@ -104,10 +105,10 @@ mod tests {
 
     #[test]
     fn reasons() {
-        assert_eq!(describe(ExitStatus::Exited(0), false, false), (0, 0, "Completed"));
-        assert_eq!(describe(ExitStatus::Exited(3), false, false), (3, 0, "Error"));
+        assert_eq!(describe(ExitStatus::Exited(0), false, false), (0, 0, ExitReason::Completed));
+        assert_eq!(describe(ExitStatus::Exited(3), false, false), (3, 0, ExitReason::Error));
         let k = ExitStatus::Signaled { signal: 9, core_dumped: false };
-        assert_eq!(describe(k, true, false), (137, 9, "OOMKilled"));
-        assert_eq!(describe(k, false, true), (137, 9, "Killed"));
+        assert_eq!(describe(k, true, false), (137, 9, ExitReason::OomKilled));
+        assert_eq!(describe(k, false, true), (137, 9, ExitReason::Killed));
     }
 }

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use carapace_agent_client::pb;
+use carapace_agent_client::{pb, ALL_CAPABILITIES, DEFAULT_CAPABILITIES};
 use serde_json::{json, Value};
 
 use super::error::ContainerError;
@@ -13,25 +13,6 @@ use super::seccomp;
 use super::validate::{check_process, check_resources, normalize_capability, MAX_MOUNTS};
 
 pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-/// The capabilities a non-privileged container gets by default (the set
-/// containerd and CRI-O use).
-pub const DEFAULT_CAPABILITIES: &[&str] = &[
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
-];
 
 pub const DEFAULT_MASKED_PATHS: &[&str] = &[
     "/proc/acpi",
@@ -154,7 +135,7 @@ pub fn exec_process_json(init: &Value, p: &pb::Process) -> Value {
 /// Capability set of a container from its security settings.
 pub fn capabilities(sec: &pb::Security) -> Result<Vec<String>, ContainerError> {
     if sec.privileged {
-        return Ok(all_capabilities());
+        return Ok(ALL_CAPABILITIES.iter().map(|s| s.to_string()).collect());
     }
     if sec.capabilities.is_empty() {
         return Ok(DEFAULT_CAPABILITIES.iter().map(|s| s.to_string()).collect());
@@ -167,57 +148,6 @@ pub fn capabilities(sec: &pb::Security) -> Result<Vec<String>, ContainerError> {
         }
     }
     Ok(out)
-}
-
-fn all_capabilities() -> Vec<String> {
-    // Every capability the spec crate knows; the kernel ignores unknown ones
-    // only if absent, so keep to those up to CAP_CHECKPOINT_RESTORE (6.1).
-    [
-        "CHOWN",
-        "DAC_OVERRIDE",
-        "DAC_READ_SEARCH",
-        "FOWNER",
-        "FSETID",
-        "KILL",
-        "SETGID",
-        "SETUID",
-        "SETPCAP",
-        "LINUX_IMMUTABLE",
-        "NET_BIND_SERVICE",
-        "NET_BROADCAST",
-        "NET_ADMIN",
-        "NET_RAW",
-        "IPC_LOCK",
-        "IPC_OWNER",
-        "SYS_MODULE",
-        "SYS_RAWIO",
-        "SYS_CHROOT",
-        "SYS_PTRACE",
-        "SYS_PACCT",
-        "SYS_ADMIN",
-        "SYS_BOOT",
-        "SYS_NICE",
-        "SYS_RESOURCE",
-        "SYS_TIME",
-        "SYS_TTY_CONFIG",
-        "MKNOD",
-        "LEASE",
-        "AUDIT_WRITE",
-        "AUDIT_CONTROL",
-        "SETFCAP",
-        "MAC_OVERRIDE",
-        "MAC_ADMIN",
-        "SYSLOG",
-        "WAKE_ALARM",
-        "BLOCK_SUSPEND",
-        "AUDIT_READ",
-        "PERFMON",
-        "BPF",
-        "CHECKPOINT_RESTORE",
-    ]
-    .iter()
-    .map(|c| format!("CAP_{c}"))
-    .collect()
 }
 
 fn default_mounts() -> Vec<Value> {

@@ -5,6 +5,9 @@
 //!   [`pb::agent_server::Agent`].
 //! * [`AgentClient`]: the host side, reaching the agent through the VMM's
 //!   vsock Unix socket (`CONNECT <port>\n` / `OK <n>\n`, then gRPC).
+//! * The rest of the host⇄guest contract (port, shared directory, virtio-fs
+//!   tag, capability sets), defined once in `carapace-guest-contract` and
+//!   re-exported here.
 
 pub mod client;
 pub mod connect;
@@ -21,12 +24,9 @@ pub use client::{AgentClient, DEFAULT_CALL_TIMEOUT};
 pub use error::AgentClientError;
 pub use handshake::HandshakeError;
 
-/// The guest vsock port the agent listens on.
-pub const AGENT_VSOCK_PORT: u32 = 1024;
-
-/// Where the agent mounts the pod's shared directory (the VMM's virtio-fs device, tag
-/// `carapace_vmm::SHARED_FS_TAG`) in the guest. Absent when the VM has no shared directory.
-pub const GUEST_SHARED_DIR: &str = "/run/carapace/shared";
+pub use carapace_guest_contract::{
+    AGENT_VSOCK_PORT, ALL_CAPABILITIES, DEFAULT_CAPABILITIES, GUEST_SHARED_DIR, SHARED_FS_TAG,
+};
 
 /// The API version string the agent reports in `HealthResponse.api_version`.
 pub const API_VERSION: &str = "carapace.agent.v1";

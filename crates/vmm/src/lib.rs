@@ -40,8 +40,8 @@ pub use probe::{probe_guest_capability, ProbeReport};
 pub use vm::{Vm, VmHandle};
 
 /// virtio-fs tag of the directory shared with `--shared-dir` ([`VmConfig::shared_dir`]); the
-/// agent mounts it at `carapace_agent_client::GUEST_SHARED_DIR`.
-pub const SHARED_FS_TAG: &str = "carapace";
+/// agent mounts it at `carapace_guest_contract::GUEST_SHARED_DIR`.
+pub use carapace_guest_contract::SHARED_FS_TAG;
 
 /// Guest memory of a carapace VM (the same type the virtio devices use).
 pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;

@@ -107,11 +107,11 @@ pub fn pid_mode(cri_mode: i32) -> i32 {
 }
 
 /// The CRI reason for the agent's exit reason, as containerd gives them: Completed, Error,
-/// OOMKilled (the agent's "Killed", a stop whose grace period ran out, is an Error exit 137 to
+/// OOMKilled (the agent's Killed, a stop whose grace period ran out, is an Error exit 137 to
 /// kubelet). The one place that reads the agent's reason.
-pub fn cri_reason(agent_reason: &str, exit_code: i32) -> &'static str {
+pub fn cri_reason(agent_reason: pb::ExitReason, exit_code: i32) -> &'static str {
     match agent_reason {
-        "OOMKilled" => "OOMKilled",
+        pb::ExitReason::OomKilled => "OOMKilled",
         _ if exit_code == 0 => "Completed",
         _ => "Error",
     }
@@ -119,7 +119,7 @@ pub fn cri_reason(agent_reason: &str, exit_code: i32) -> &'static str {
 
 /// Exit code, CRI reason and finish time (ns) of an agent's wait answer.
 pub fn exit_of(w: &pb::WaitProcessResponse) -> (i32, String, i64) {
-    let reason = cri_reason(&w.reason, w.exit_code).to_string();
+    let reason = cri_reason(w.exit_reason(), w.exit_code).to_string();
     (w.exit_code, reason, nanos_of_unix_ms(w.finished_at_unix_ms))
 }
 
@@ -193,18 +193,18 @@ mod tests {
 
     #[test]
     fn exits_and_reasons() {
-        let w = |code, reason: &str, fin| pb::WaitProcessResponse {
+        let w = |code, reason: pb::ExitReason, fin| pb::WaitProcessResponse {
             exit_code: code,
-            reason: reason.into(),
+            exit_reason: reason as i32,
             finished_at_unix_ms: fin,
             ..Default::default()
         };
-        assert_eq!(exit_of(&w(0, "", 5)), (0, "Completed".into(), 5_000_000));
-        assert_eq!(exit_of(&w(3, "", 5)).1, "Error");
-        assert_eq!(exit_of(&w(137, "OOMKilled", 5)).1, "OOMKilled");
-        assert_eq!(exit_of(&w(137, "Killed", 5)).1, "Error");
-        assert_eq!(exit_of(&w(0, "Completed", 0)).1, "Completed");
-        assert!(exit_of(&w(0, "", 0)).2 > 0, "no finish time when the agent gave none");
+        assert_eq!(exit_of(&w(0, pb::ExitReason::Unspecified, 5)), (0, "Completed".into(), 5_000_000));
+        assert_eq!(exit_of(&w(3, pb::ExitReason::Unspecified, 5)).1, "Error");
+        assert_eq!(exit_of(&w(137, pb::ExitReason::OomKilled, 5)).1, "OOMKilled");
+        assert_eq!(exit_of(&w(137, pb::ExitReason::Killed, 5)).1, "Error");
+        assert_eq!(exit_of(&w(0, pb::ExitReason::Completed, 0)).1, "Completed");
+        assert!(exit_of(&w(0, pb::ExitReason::Unspecified, 0)).2 > 0, "no finish time when the agent gave none");
     }
 
     #[test]

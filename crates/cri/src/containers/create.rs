@@ -23,7 +23,7 @@ use crate::util::{now_nanos, sandbox_state};
 use crate::volumes;
 
 /// Where the agent mounts the pod's shared dir in the guest.
-pub const GUEST_SHARED_DIR: &str = "/run/carapace/shared";
+pub use carapace_agent_client::GUEST_SHARED_DIR;
 /// Longest container name.
 const MAX_NAME: usize = 253;
 

@@ -1,6 +1,7 @@
 //! The CRI security context of a container as the agent's security settings: capabilities
 //! (containerd's rules over the default set), seccomp, privileged, masked and read-only paths.
 
+use carapace_agent_client::{ALL_CAPABILITIES, DEFAULT_CAPABILITIES};
 use carapace_agent_client::pb;
 use k8s_cri::v1 as cri;
 
@@ -34,7 +35,7 @@ pub fn agent_security(
             // Start from the default set, as containerd does.
             let mut set: Vec<String> = default_capabilities();
             if all {
-                set = ALL_CAPS.iter().map(|s| s.to_string()).collect();
+                set = ALL_CAPABILITIES.iter().map(|s| s.to_string()).collect();
             } else {
                 for a in &c.add_capabilities {
                     let a = norm(a);
@@ -80,70 +81,9 @@ pub fn agent_security(
 /// The capabilities containers get by default (the agent's default set): the one place the
 /// daemon reads that list.
 fn default_capabilities() -> Vec<String> {
-    DEFAULT_CAPS.iter().map(|s| s.to_string()).collect()
+    DEFAULT_CAPABILITIES.iter().map(|s| s.to_string()).collect()
 }
 
-/// The agent's default capability set.
-const DEFAULT_CAPS: &[&str] = &[
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
-];
-/// Every capability (for `add: ["ALL"]`).
-const ALL_CAPS: &[&str] = &[
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_DAC_READ_SEARCH",
-    "CAP_FOWNER",
-    "CAP_FSETID",
-    "CAP_KILL",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETPCAP",
-    "CAP_LINUX_IMMUTABLE",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_NET_BROADCAST",
-    "CAP_NET_ADMIN",
-    "CAP_NET_RAW",
-    "CAP_IPC_LOCK",
-    "CAP_IPC_OWNER",
-    "CAP_SYS_MODULE",
-    "CAP_SYS_RAWIO",
-    "CAP_SYS_CHROOT",
-    "CAP_SYS_PTRACE",
-    "CAP_SYS_PACCT",
-    "CAP_SYS_ADMIN",
-    "CAP_SYS_BOOT",
-    "CAP_SYS_NICE",
-    "CAP_SYS_RESOURCE",
-    "CAP_SYS_TIME",
-    "CAP_SYS_TTY_CONFIG",
-    "CAP_MKNOD",
-    "CAP_LEASE",
-    "CAP_AUDIT_WRITE",
-    "CAP_AUDIT_CONTROL",
-    "CAP_SETFCAP",
-    "CAP_MAC_OVERRIDE",
-    "CAP_MAC_ADMIN",
-    "CAP_SYSLOG",
-    "CAP_WAKE_ALARM",
-    "CAP_BLOCK_SUSPEND",
-    "CAP_AUDIT_READ",
-    "CAP_PERFMON",
-    "CAP_BPF",
-    "CAP_CHECKPOINT_RESTORE",
-];
 
 #[cfg(test)]
 mod tests {

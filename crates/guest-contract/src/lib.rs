@@ -1,0 +1,112 @@
+//! The host ⇄ guest contract of carapace besides the gRPC API: names and sets that the daemon
+//! (`carapace-cri`), the VMM (`carapace-vmm`) and the guest agent (`carapace-agent`) must agree
+//! on. Each is defined here once; `carapace-agent-client` re-exports them next to the API
+//! (`proto/agent.proto`), so the daemon and the agent reach them through the contract crate,
+//! and the VMM, which does not speak the API, depends on this crate alone.
+//!
+//! No dependencies: the agent is linked statically and the VMM stays small.
+
+#![forbid(unsafe_code)]
+
+/// The guest vsock port the agent listens on.
+pub const AGENT_VSOCK_PORT: u32 = 1024;
+
+/// virtio-fs tag of the pod's shared directory (the VMM's `--shared-dir`), which the agent
+/// mounts at [`GUEST_SHARED_DIR`].
+pub const SHARED_FS_TAG: &str = "carapace";
+
+/// Where the agent mounts the pod's shared directory (virtio-fs tag [`SHARED_FS_TAG`]) in the
+/// guest: container rootfs and volumes live below it. Absent when the VM has no shared
+/// directory.
+pub const GUEST_SHARED_DIR: &str = "/run/carapace/shared";
+
+/// The capabilities a non-privileged container gets when its request names none (the set
+/// containerd and CRI-O use); the daemon starts CRI's add/drop lists from it.
+pub const DEFAULT_CAPABILITIES: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+/// Every capability of the guest kernel (Linux 6.1: up to CAP_CHECKPOINT_RESTORE): what a
+/// privileged container gets, and CRI's `add: ["ALL"]`.
+pub const ALL_CAPABILITIES: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_set_is_a_subset_of_all_and_names_are_unique() {
+        for set in [DEFAULT_CAPABILITIES, ALL_CAPABILITIES] {
+            for (i, c) in set.iter().enumerate() {
+                assert!(c.starts_with("CAP_"), "{c}");
+                assert!(!set[..i].contains(c), "{c} twice");
+            }
+        }
+        for c in DEFAULT_CAPABILITIES {
+            assert!(ALL_CAPABILITIES.contains(c), "{c} is not in ALL_CAPABILITIES");
+        }
+        assert_eq!(ALL_CAPABILITIES.len(), 41, "CAP_CHOWN (0) ..= CAP_CHECKPOINT_RESTORE (40)");
+    }
+
+    #[test]
+    fn the_shared_dir_is_absolute_and_the_tag_fits_virtio_fs() {
+        assert!(GUEST_SHARED_DIR.starts_with('/'));
+        // virtio-fs's config space holds a tag of at most 36 bytes.
+        assert!(!SHARED_FS_TAG.is_empty() && SHARED_FS_TAG.len() <= 36);
+    }
+}
