@@ -20,6 +20,8 @@
 #   k8s-staging-cri-tools/test-image-{latest:latest,tag:test,tag:all,1,2,3:latest}
 #                                      each with its own /IMAGE-NAME file (so its own ID)
 #   k8s-staging-cri-tools/test-image-tags:{1,2,3}      one image under three tags
+#   pause:3.9                          only /pause (critest/pause.c); critest pulls it as
+#                                      registry.k8s.io/pause:3.9 and k8s.gcr.io/pause:3.9
 # Not built: test-image-digest@sha256:9700f9a2..., pinned to the upstream image's digest.
 # Prints one line per pushed tag: "REPO:TAG MANIFEST_DIGEST".
 set -euo pipefail
@@ -163,3 +165,9 @@ done
 T=$WORK/t; copy_base $T
 echo test-image-tags >$T/test-image-tags
 push_image $S/test-image-tags "1 2 3" $T "$PATHENV,\"Cmd\":[\"sh\"]"
+
+# ---- pause:3.9 (one image reached through two registries' mirrors) ----
+Z=$WORK/pause; mkdir -p $Z
+"$CC" -static -Os -Wall -o $Z/pause "$here/critest/pause.c"
+strip $Z/pause 2>/dev/null || true
+push_image pause 3.9 $Z '"Entrypoint":["/pause"]'
