@@ -6,8 +6,9 @@
 #   tests/images/critest-images.sh HOST:PORT
 #
 # Every image is linux/amd64, Docker schema2, one gzip layer on a rootfs of Debian's static
-# busybox (every applet linked in /bin, /etc/passwd with root, www-data = 33, nobody):
-#   e2e-test-images/busybox:1.29-2     the rootfs, CMD ["sh"]
+# busybox (every applet linked in /bin, a busybox-sh pgrep, /etc/passwd with root, www-data = 33,
+# nobody):
+#   e2e-test-images/busybox:1.29-2     the rootfs + util-linux's ipcs (with its libc), CMD ["sh"]
 #   e2e-test-images/nginx:1.14-2       + /usr/sbin/nginx (critest/nginx.c, gcc -static): PID file
 #                                      /var/run/nginx.pid, title "nginx: master process ...",
 #                                      busybox httpd on :80 as its worker
@@ -85,7 +86,8 @@ PATHENV='"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/b
 
 # ---- the busybox rootfs every image starts from ----
 B=$WORK/base
-mkdir -p $B/bin $B/etc $B/tmp $B/root $B/var/run $B/var/www $B/home $B/usr/bin $B/usr/sbin
+mkdir -p $B/bin $B/etc $B/tmp $B/root $B/var/run $B/var/www $B/home $B/usr/bin $B/usr/sbin \
+  $B/proc $B/sys $B/dev
 cp "$BUSYBOX" $B/bin/busybox
 for a in $("$BUSYBOX" --list); do
   [ "$a" = busybox ] || ln -s busybox "$B/bin/$a"
@@ -100,10 +102,38 @@ printf 'root:x:0:\ndaemon:x:1:\nwww-data:x:33:\nnogroup:x:65534:\n' >$B/etc/grou
 echo "127.0.0.1 localhost" >$B/etc/hosts
 chmod 1777 $B/tmp; chmod 700 $B/root
 
+# Debian's busybox has no pgrep applet: a busybox-sh one (pgrep PATTERN: the PIDs whose command
+# name matches the extended regex; status 1 when none), enough for critest's `pgrep sleep`.
+cat >$B/bin/pgrep <<'S'
+#!/bin/sh
+[ $# -eq 1 ] || { echo "usage: pgrep PATTERN" >&2; exit 2; }
+found=1
+for d in /proc/[0-9]*; do
+  read -r comm <"$d/comm" 2>/dev/null || continue
+  if echo "$comm" | grep -qE -- "$1"; then echo "${d#/proc/}"; found=0; fi
+done
+exit $found
+S
+chmod 755 $B/bin/pgrep
+
 copy_base() { rm -rf "$1"; cp -a $B "$1"; }
 
+# copy_with_libs ROOT BINARY: BINARY at its path under ROOT with the shared libraries ldd lists.
+copy_with_libs() {
+  local root=$1 bin=$2 lib
+  mkdir -p "$root$(dirname "$bin")"; cp -L "$bin" "$root$bin"
+  for lib in $(ldd "$bin" | grep -o '/[^ ]*'); do
+    mkdir -p "$root$(dirname "$lib")"; cp -L "$lib" "$root$lib"
+  done
+}
+
 # ---- e2e-test-images/busybox:1.29-2 ----
-push_image e2e-test-images/busybox 1.29-2 $B "$PATHENV,\"Cmd\":[\"sh\"]"
+# + util-linux's ipcs (Debian's busybox has no ipcs applet; the HostIpc spec runs `ipcs -m`).
+U=$WORK/busybox; copy_base $U
+IPCS=${IPCS:-/usr/bin/ipcs}
+[ -x "$IPCS" ] || { echo "need util-linux's ipcs at $IPCS" >&2; exit 1; }
+copy_with_libs $U "$IPCS"
+push_image e2e-test-images/busybox 1.29-2 $U "$PATHENV,\"Cmd\":[\"sh\"]"
 
 # ---- nginx:1.14-2 and hostnet-nginx-amd64 ----
 N=$WORK/nginx; copy_base $N
