@@ -6,7 +6,7 @@
 #   tests/images/critest-images.sh HOST:PORT
 #
 # Every image is linux/amd64, Docker schema2, one gzip layer on a rootfs of Debian's static
-# busybox (every applet linked in /bin, a busybox-sh pgrep, /etc/passwd with root, www-data = 33,
+# busybox (every applet hard-linked in /bin, a busybox-sh pgrep, /etc/passwd with root, www-data = 33,
 # nobody):
 #   e2e-test-images/busybox:1.29-2     the rootfs + util-linux's ipcs (with its libc), CMD ["sh"]
 #   e2e-test-images/nginx:1.14-2       + /usr/sbin/nginx (critest/nginx.c, gcc -static): PID file
@@ -90,7 +90,9 @@ mkdir -p $B/bin $B/etc $B/tmp $B/root $B/var/run $B/var/www $B/home $B/usr/bin $
   $B/proc $B/sys $B/dev
 cp "$BUSYBOX" $B/bin/busybox
 for a in $("$BUSYBOX" --list); do
-  [ "$a" = busybox ] || ln -s busybox "$B/bin/$a"
+  # Hard links, as in the upstream busybox image: masking /bin/ls (a bind mount over it) must
+  # hide only ls, not busybox behind a symlink.
+  [ "$a" = busybox ] || ln "$B/bin/busybox" "$B/bin/$a"
 done
 cat >$B/etc/passwd <<'P'
 root:x:0:0:root:/root:/bin/sh
