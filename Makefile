@@ -15,6 +15,8 @@ BIN := $(CARGO_TARGET_DIR)/release
 AGENT := $(CARGO_TARGET_DIR)/$(HOST_TRIPLE)/release/carapace-agent
 CARGO := cargo
 
+.PHONY: run test lint deps build agent guest-image test-unit test-testhost test-e2e critest bench-boot bench-pull bench-container bench-cri bench-vsock clean-guest
+
 DEB_PACKAGES := qemu-system-x86 linux-source-6.1 bison flex bc libelf-dev libssl-dev busybox-static cpio \
 	protobuf-compiler xz-utils kmod jq file libseccomp-dev docker-registry apache2-utils zstd curl skopeo runc containerd \
 	gcc libc6-dev

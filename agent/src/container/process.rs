@@ -78,13 +78,13 @@ impl Proc {
     }
 
     pub fn exited(&self) -> Option<WaitProcessResponse> {
-        self.exit.borrow().clone()
+        *self.exit.borrow()
     }
 
     pub async fn wait(&self) -> WaitProcessResponse {
         let mut rx = self.exit.subscribe();
         loop {
-            if let Some(r) = rx.borrow_and_update().clone() {
+            if let Some(r) = *rx.borrow_and_update() {
                 return r;
             }
             if rx.changed().await.is_err() {

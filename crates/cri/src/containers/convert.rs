@@ -199,12 +199,18 @@ mod tests {
             finished_at_unix_ms: fin,
             ..Default::default()
         };
-        assert_eq!(exit_of(&w(0, pb::ExitReason::Unspecified, 5)), (0, "Completed".into(), 5_000_000));
+        assert_eq!(
+            exit_of(&w(0, pb::ExitReason::Unspecified, 5)),
+            (0, "Completed".into(), 5_000_000)
+        );
         assert_eq!(exit_of(&w(3, pb::ExitReason::Unspecified, 5)).1, "Error");
         assert_eq!(exit_of(&w(137, pb::ExitReason::OomKilled, 5)).1, "OOMKilled");
         assert_eq!(exit_of(&w(137, pb::ExitReason::Killed, 5)).1, "Error");
         assert_eq!(exit_of(&w(0, pb::ExitReason::Completed, 0)).1, "Completed");
-        assert!(exit_of(&w(0, pb::ExitReason::Unspecified, 0)).2 > 0, "no finish time when the agent gave none");
+        assert!(
+            exit_of(&w(0, pb::ExitReason::Unspecified, 0)).2 > 0,
+            "no finish time when the agent gave none"
+        );
     }
 
     #[test]

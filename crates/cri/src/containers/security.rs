@@ -1,8 +1,8 @@
 //! The CRI security context of a container as the agent's security settings: capabilities
 //! (containerd's rules over the default set), seccomp, privileged, masked and read-only paths.
 
-use carapace_agent_client::{ALL_CAPABILITIES, DEFAULT_CAPABILITIES};
 use carapace_agent_client::pb;
+use carapace_agent_client::{ALL_CAPABILITIES, DEFAULT_CAPABILITIES};
 use k8s_cri::v1 as cri;
 
 use crate::error::CriError;
@@ -83,7 +83,6 @@ pub fn agent_security(
 fn default_capabilities() -> Vec<String> {
     DEFAULT_CAPABILITIES.iter().map(|s| s.to_string()).collect()
 }
-
 
 #[cfg(test)]
 mod tests {
