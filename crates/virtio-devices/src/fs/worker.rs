@@ -15,13 +15,17 @@ use virtio_queue_fs::{DescriptorChain, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::memory::{convert_queue, FsGuestMemory, FsQueue, MemoryView};
+use super::policy::HostSafeFs;
 use super::{passthrough_fs, FsError};
 use crate::device::{GuestMemory, VirtioInterrupt};
+
+/// The file system the guest talks to.
+pub(crate) type SharedFs = HostSafeFs<PassthroughFs<()>>;
 
 /// Everything the worker needs: memory view, queues, FUSE server, interrupt.
 pub(crate) struct Context {
     queues: Vec<FsQueue>,
-    server: Server<PassthroughFs<()>>,
+    server: Server<SharedFs>,
     interrupt: Arc<dyn VirtioInterrupt>,
     memory: MemoryView,
 }
@@ -35,7 +39,7 @@ impl Context {
     ) -> Result<Context, FsError> {
         let memory = MemoryView::new(mem)?;
         let queues = queues.iter().map(convert_queue).collect::<Result<Vec<_>, _>>()?;
-        let server = Server::new(passthrough_fs(shared_dir)?);
+        let server = Server::new(HostSafeFs::new(passthrough_fs(shared_dir)?));
         Ok(Context { queues, server, interrupt, memory })
     }
 
@@ -54,7 +58,7 @@ impl Context {
 
 /// Serves the available requests of one queue; returns whether any buffer was used.
 fn process_queue(
-    server: &Server<PassthroughFs<()>>,
+    server: &Server<SharedFs>,
     mem: &FsGuestMemory,
     queue: &mut FsQueue,
     index: usize,
@@ -73,7 +77,7 @@ fn process_queue(
 
 /// One FUSE request; returns the number of bytes written into the chain's writable buffers.
 fn handle_chain(
-    server: &Server<PassthroughFs<()>>,
+    server: &Server<SharedFs>,
     mem: &FsGuestMemory,
     chain: DescriptorChain<&FsGuestMemory>,
     index: usize,
