@@ -6,8 +6,12 @@
 //! call); it pops descriptor chains, hands each to the FUSE server and returns it to the used
 //! ring. Everything in a chain is untrusted: a malformed chain or
 //! FUSE message is returned with nothing written and logged, never a panic.
+//!
+//! What the guest may create on the host (no device nodes, no setuid/setgid, xattrs only in
+//! `user.*`) is decided in [`policy`], which wraps the passthrough file system.
 
 mod memory;
+mod policy;
 mod worker;
 
 #[cfg(test)]
@@ -40,6 +44,8 @@ const QUEUE_COUNT: usize = 1 + FS_REQUEST_QUEUES as usize;
 /// How long the guest may cache attributes and directory entries: host-side changes to an
 /// already looked-up name are visible after at most this long; new names at once.
 pub const FS_CACHE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default bound on the soft RLIMIT_NOFILE the device sets (see [`Fs::with_open_file_limit`]).
+pub const FS_OPEN_FILE_LIMIT: u64 = 65536;
 
 /// Why a virtio-fs device cannot be created or started.
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +72,21 @@ pub struct Fs {
 impl Fs {
     /// Creates the device. `shared_dir` must be an existing directory with a UTF-8 path; it
     /// is resolved now (symlinks included), so the guest sees what it pointed to at creation.
+    /// The open file limit is [`FS_OPEN_FILE_LIMIT`].
     pub fn new(tag: &str, shared_dir: &Path) -> Result<Fs, FsError> {
+        Fs::with_open_file_limit(tag, shared_dir, FS_OPEN_FILE_LIMIT)
+    }
+
+    /// [`Fs::new`] with the process's soft RLIMIT_NOFILE set to `open_files` or the hard limit,
+    /// whichever is lower. The passthrough file system holds one O_PATH descriptor per inode
+    /// the guest has looked up (and one per open file), so this bounds what a guest can pin on
+    /// the host: descriptors and the inode table behind them. Past it, the guest's lookups
+    /// fail with EMFILE; the rest of the VMM opens no files after start-up.
+    pub fn with_open_file_limit(
+        tag: &str,
+        shared_dir: &Path,
+        open_files: u64,
+    ) -> Result<Fs, FsError> {
         if tag.is_empty() || tag.len() > FS_TAG_LEN || tag.contains('\0') {
             return Err(FsError::InvalidTag(tag.to_string()));
         }
@@ -85,7 +105,7 @@ impl Fs {
         if let Some(dst) = config.get_mut(FS_TAG_LEN..) {
             dst.copy_from_slice(&FS_REQUEST_QUEUES.to_le_bytes());
         }
-        raise_open_file_limit();
+        set_open_file_limit(open_files);
         info!(tag, dir = %resolved.display(), "virtio-fs: sharing directory");
         Ok(Fs {
             tag: tag.to_string(),
@@ -105,24 +125,30 @@ impl Fs {
     }
 }
 
-/// The passthrough file system holds one O_PATH descriptor per inode the guest knows: raise the
-/// soft RLIMIT_NOFILE to the hard limit, as virtiofsd does. Failure only costs capacity.
-fn raise_open_file_limit() {
+/// The soft limit to set: `want`, at most the hard limit.
+fn open_file_limit(want: u64, hard: u64) -> u64 {
+    want.min(hard)
+}
+
+/// Sets the soft RLIMIT_NOFILE to [`open_file_limit`] (raised or lowered). Failure only costs
+/// capacity, or leaves the limit the process was started with.
+fn set_open_file_limit(want: u64) {
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit/setrlimit read and write a local, initialised rlimit struct.
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 || lim.rlim_cur >= lim.rlim_max {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return;
+        }
+        let target = open_file_limit(want, lim.rlim_max);
+        if lim.rlim_cur == target {
             return;
         }
         let old = lim.rlim_cur;
-        lim.rlim_cur = lim.rlim_max;
+        lim.rlim_cur = target;
         if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
-            debug!(from = old, to = lim.rlim_max, "virtio-fs: raised the open file limit");
+            debug!(from = old, to = target, "virtio-fs: set the open file limit");
         } else {
-            warn!(
-                "virtio-fs: cannot raise the open file limit: {}",
-                std::io::Error::last_os_error()
-            );
+            warn!("virtio-fs: cannot set the open file limit: {}", std::io::Error::last_os_error());
         }
     }
 }

@@ -2,8 +2,12 @@
 
 use std::time::{Duration, Instant};
 
+use std::ffi::CString;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+
 use fuse_backend_rs::abi::fuse_abi::{
-    EntryOut, InHeader, InitIn, InitOut, Opcode, OpenIn, OpenOut, OutHeader, ReadIn, ROOT_ID,
+    CreateIn, EntryOut, InHeader, InitIn, InitOut, MkdirIn, MknodIn, Opcode, OpenIn, OpenOut,
+    OutHeader, ReadIn, Rename2In, SetattrIn, SetxattrIn, ROOT_ID,
 };
 use vm_memory::{Bytes, GuestAddress};
 use vm_memory_fs::ByteValued;
@@ -385,4 +389,235 @@ fn a_garbage_request_between_good_ones_gets_its_buffer_back() {
         assert_eq!(d.request.used_elem(before.wrapping_add(i)).1, 0);
     }
     assert_eq!(d.read_file(how, "hello.txt").unwrap(), b"hello from the host\n");
+}
+
+// ---- What the guest can create on the host (policy.rs) ----
+
+/// The request body `head` followed by NUL-terminated `names`.
+fn body(head: &[u8], names: &[&str]) -> Vec<u8> {
+    let mut v = head.to_vec();
+    for n in names {
+        v.extend_from_slice(&name(n));
+    }
+    v
+}
+
+/// The mode bits (permissions, setuid, setgid, sticky) of a host file, without following it.
+fn host_mode(path: &Path) -> u32 {
+    std::fs::symlink_metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+fn host_xattr(path: &Path, attr: &str) -> Option<Vec<u8>> {
+    let p = CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let n = CString::new(attr).unwrap();
+    let mut buf = vec![0u8; 256];
+    // SAFETY: valid C strings and a buffer of the length passed.
+    let len = unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), 256) };
+    let len = usize::try_from(len).ok()?;
+    buf.truncate(len);
+    Some(buf)
+}
+
+fn set_host_xattr(path: &Path, attr: &str, value: &[u8]) {
+    let p = CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let n = CString::new(attr).unwrap();
+    // SAFETY: valid C strings and a value of the length passed.
+    let r =
+        unsafe { libc::lsetxattr(p.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
+    assert_eq!(r, 0, "lsetxattr {attr}: {}", std::io::Error::last_os_error());
+}
+
+impl Driver {
+    fn mknod(&mut self, how: &mut Serve<'_>, file: &str, mode: u32, rdev: u32) -> i32 {
+        let m = MknodIn { mode, rdev, umask: 0, padding: 0 };
+        -self.call(how, Opcode::Mknod, ROOT_ID, &body(m.as_slice(), &[file])).0.error
+    }
+
+    fn mkdir(&mut self, how: &mut Serve<'_>, dir: &str, mode: u32) -> i32 {
+        let m = MkdirIn { mode, umask: 0 };
+        -self.call(how, Opcode::Mkdir, ROOT_ID, &body(m.as_slice(), &[dir])).0.error
+    }
+
+    fn create(&mut self, how: &mut Serve<'_>, file: &str, flags: i32, mode: u32) -> i32 {
+        let c = CreateIn { flags: flags as u32, mode, umask: 0, fuse_flags: 0 };
+        -self.call(how, Opcode::Create, ROOT_ID, &body(c.as_slice(), &[file])).0.error
+    }
+
+    fn open(&mut self, how: &mut Serve<'_>, file: &str, flags: i32) -> i32 {
+        let Ok(entry) = self.lookup(how, ROOT_ID, file) else { return libc::ENOENT };
+        let o = OpenIn { flags: flags as u32, fuse_flags: 0 };
+        -self.call(how, Opcode::Open, entry.nodeid, o.as_slice()).0.error
+    }
+
+    /// SETATTR of the mode (FATTR_MODE) or the size (FATTR_SIZE) of `file`.
+    fn setattr(&mut self, how: &mut Serve<'_>, file: &str, mode: Option<u32>, size: u64) -> i32 {
+        let entry = self.lookup(how, ROOT_ID, file).unwrap();
+        let valid = if mode.is_some() { 1 << 0 } else { 1 << 3 };
+        let a = SetattrIn { valid, mode: mode.unwrap_or(0), size, ..Default::default() };
+        -self.call(how, Opcode::Setattr, entry.nodeid, a.as_slice()).0.error
+    }
+
+    fn setxattr(&mut self, how: &mut Serve<'_>, file: &str, attr: &str, value: &[u8]) -> i32 {
+        let entry = self.lookup(how, ROOT_ID, file).unwrap();
+        let x = SetxattrIn { size: value.len() as u32, flags: 0 };
+        let mut b = body(x.as_slice(), &[attr]);
+        b.extend_from_slice(value);
+        -self.call(how, Opcode::Setxattr, entry.nodeid, &b).0.error
+    }
+
+    fn removexattr(&mut self, how: &mut Serve<'_>, file: &str, attr: &str) -> i32 {
+        let entry = self.lookup(how, ROOT_ID, file).unwrap();
+        -self.call(how, Opcode::Removexattr, entry.nodeid, &name(attr)).0.error
+    }
+}
+
+#[test]
+fn device_nodes_are_refused_fifos_and_sockets_are_not() {
+    let (_top, shared) = shared_tree();
+    let mut d = Driver::new();
+    let (mut ctx, _) = d.context(&shared);
+    let how = &mut Serve::Direct(&mut ctx);
+    d.init(how);
+    let null = libc::makedev(1, 3) as u32;
+    assert_eq!(d.mknod(how, "null", libc::S_IFCHR | 0o666, null), libc::EPERM);
+    assert_eq!(d.mknod(how, "whiteout", libc::S_IFCHR, 0), libc::EPERM);
+    assert_eq!(d.mknod(how, "sda", libc::S_IFBLK | 0o660, libc::makedev(8, 0) as u32), libc::EPERM);
+    for n in ["null", "whiteout", "sda"] {
+        assert!(std::fs::symlink_metadata(shared.join(n)).is_err(), "{n} exists on the host");
+    }
+    assert_eq!(d.mknod(how, "fifo", libc::S_IFIFO | 0o644, 0), 0);
+    assert!(std::fs::symlink_metadata(shared.join("fifo")).unwrap().file_type().is_fifo());
+    assert_eq!(d.mknod(how, "sock", libc::S_IFSOCK | 0o644, 0), 0);
+    assert!(std::fs::symlink_metadata(shared.join("sock")).unwrap().file_type().is_socket());
+    // A regular file through MKNOD loses setuid/setgid like any other.
+    assert_eq!(d.mknod(how, "plain", libc::S_IFREG | 0o6755, 0), 0);
+    assert_eq!(host_mode(&shared.join("plain")), 0o755);
+    // OPEN of the FIFO is refused at once: the worker never blocks on it.
+    assert_ne!(d.open(how, "fifo", libc::O_RDONLY), 0);
+    // RENAME_WHITEOUT would leave a 0:0 character device where the old name was.
+    let r = Rename2In { newdir: ROOT_ID, flags: libc::RENAME_WHITEOUT, padding: 0 };
+    let b = body(r.as_slice(), &["hello.txt", "moved.txt"]);
+    assert_eq!(-d.call(how, Opcode::Rename2, ROOT_ID, &b).0.error, libc::EPERM);
+    assert!(std::fs::metadata(shared.join("hello.txt")).unwrap().is_file());
+}
+
+#[test]
+fn setuid_and_setgid_are_stripped_on_create_mkdir_and_chmod() {
+    let (_top, shared) = shared_tree();
+    let mut d = Driver::new();
+    let (mut ctx, _) = d.context(&shared);
+    let how = &mut Serve::Direct(&mut ctx);
+    d.init(how);
+    let flags = libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY;
+    assert_eq!(d.create(how, "su", flags, libc::S_IFREG | 0o4755), 0);
+    assert_eq!(host_mode(&shared.join("su")), 0o755);
+    assert_eq!(d.create(how, "sg", flags, libc::S_IFREG | 0o2755), 0);
+    assert_eq!(host_mode(&shared.join("sg")), 0o755);
+    // MKDIR: the kernel takes neither bit from the mode (S_ISGID comes from the parent only).
+    assert_eq!(d.mkdir(how, "dir", 0o6755), 0);
+    assert_eq!(host_mode(&shared.join("dir")), 0o755);
+    // chmod
+    assert_eq!(d.setattr(how, "hello.txt", Some(libc::S_IFREG | 0o4755), 0), 0);
+    assert_eq!(host_mode(&shared.join("hello.txt")), 0o755);
+    assert_eq!(d.setattr(how, "hello.txt", Some(0o6711), 0), 0);
+    assert_eq!(host_mode(&shared.join("hello.txt")), 0o711);
+    // Directories keep S_ISGID (group inheritance), never S_ISUID.
+    assert_eq!(d.setattr(how, "dir", Some(0o7700), 0), 0);
+    assert_eq!(host_mode(&shared.join("dir")), 0o3700);
+    // Sticky and plain permission changes are untouched.
+    assert_eq!(d.setattr(how, "hello.txt", Some(0o1640), 0), 0);
+    assert_eq!(host_mode(&shared.join("hello.txt")), 0o1640);
+}
+
+#[test]
+fn an_existing_setuid_file_loses_the_bits_when_the_guest_writes_it() {
+    let (_top, shared) = shared_tree();
+    for f in ["ro", "wo", "rw", "trunc", "create", "setsize"] {
+        let p = shared.join(f);
+        std::fs::write(&p, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o6755)).unwrap();
+    }
+    let mut d = Driver::new();
+    let (mut ctx, _) = d.context(&shared);
+    let how = &mut Serve::Direct(&mut ctx);
+    d.init(how);
+    // Reading changes nothing.
+    assert_eq!(d.open(how, "ro", libc::O_RDONLY), 0);
+    assert_eq!(host_mode(&shared.join("ro")), 0o6755);
+    assert_eq!(d.open(how, "wo", libc::O_WRONLY), 0);
+    assert_eq!(d.open(how, "rw", libc::O_RDWR), 0);
+    assert_eq!(d.open(how, "trunc", libc::O_RDONLY | libc::O_TRUNC), 0);
+    assert_eq!(d.create(how, "create", libc::O_CREAT | libc::O_WRONLY, 0o644), 0);
+    assert_eq!(d.setattr(how, "setsize", None, 0), 0);
+    for f in ["wo", "rw", "trunc", "create", "setsize"] {
+        assert_eq!(host_mode(&shared.join(f)), 0o755, "{f}");
+    }
+}
+
+#[test]
+fn only_user_xattrs_can_be_set_or_removed() {
+    let (_top, shared) = shared_tree();
+    let file = shared.join("hello.txt");
+    set_host_xattr(&file, "trusted.host", b"kept");
+    let mut d = Driver::new();
+    let (mut ctx, _) = d.context(&shared);
+    let how = &mut Serve::Direct(&mut ctx);
+    d.init(how);
+    assert_eq!(d.setxattr(how, "hello.txt", "user.note", b"fine"), 0);
+    assert_eq!(host_xattr(&file, "user.note").as_deref(), Some(&b"fine"[..]));
+    // File capabilities: version 2 header granting cap_setuid would be a privilege on the host.
+    let mut cap = vec![0u8; 20];
+    cap[..4].copy_from_slice(&0x0200_0001u32.to_le_bytes());
+    cap[4] = 1 << 7;
+    for attr in [
+        "security.capability",
+        "security.selinux",
+        "trusted.overlay.opaque",
+        "system.posix_acl_access",
+        "userx.almost",
+    ] {
+        assert_eq!(d.setxattr(how, "hello.txt", attr, &cap), libc::EOPNOTSUPP, "{attr}");
+        assert_eq!(host_xattr(&file, attr), None, "{attr} reached the host");
+    }
+    assert_eq!(d.removexattr(how, "hello.txt", "trusted.host"), libc::EOPNOTSUPP);
+    assert_eq!(host_xattr(&file, "trusted.host").as_deref(), Some(&b"kept"[..]));
+    assert_eq!(d.removexattr(how, "hello.txt", "user.note"), 0);
+    assert_eq!(host_xattr(&file, "user.note"), None);
+}
+
+#[test]
+fn open_never_follows_a_symlink_out_of_the_share() {
+    let (top, shared) = shared_tree();
+    std::os::unix::fs::symlink(top.path().join("secret"), shared.join("abs")).unwrap();
+    std::os::unix::fs::symlink("../secret", shared.join("rel")).unwrap();
+    let secret = top.path().join("secret");
+    let mode = host_mode(&secret);
+    let mut d = Driver::new();
+    let (mut ctx, _) = d.context(&shared);
+    let how = &mut Serve::Direct(&mut ctx);
+    d.init(how);
+    for link in ["abs", "rel"] {
+        // The guest gets the link itself, to resolve in its own namespace...
+        let entry = d.lookup(how, ROOT_ID, link).unwrap();
+        assert_eq!(entry.attr.mode & libc::S_IFMT, libc::S_IFLNK);
+        // ...and OPEN (for reading or writing) or CREATE through it never reaches the target.
+        assert_ne!(d.open(how, link, libc::O_RDONLY), 0, "{link}");
+        assert_ne!(d.open(how, link, libc::O_WRONLY | libc::O_TRUNC), 0, "{link}");
+        assert_ne!(d.read_file(how, link).err(), None);
+        assert_ne!(d.create(how, link, libc::O_CREAT | libc::O_WRONLY, 0o644), 0, "{link}");
+    }
+    assert_eq!(std::fs::read_to_string(&secret).unwrap(), "outside the shared dir\n");
+    assert_eq!(host_mode(&secret), mode);
+}
+
+#[test]
+fn the_open_file_limit_is_bounded() {
+    assert_eq!(open_file_limit(FS_OPEN_FILE_LIMIT, 1 << 20), 65536);
+    assert_eq!(open_file_limit(FS_OPEN_FILE_LIMIT, 4096), 4096);
+    let dir = tempfile::tempdir().unwrap();
+    Fs::new("carapace", dir.path()).unwrap();
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes a local rlimit.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+    assert_eq!(lim.rlim_cur, FS_OPEN_FILE_LIMIT.min(lim.rlim_max));
 }

@@ -12,15 +12,19 @@ use tracing::error;
 use virtio_queue_fs::{DescriptorChain, QueueT};
 
 use super::memory::{convert_queue, FsGuestMemory, FsQueue, MemoryView};
+use super::policy::HostSafeFs;
 use super::{passthrough_fs, FsError};
 use crate::device::{GuestMemory, VirtioInterrupt};
 use crate::guest_warn;
 use crate::worker::DeviceWorker;
 
+/// The file system the guest talks to.
+pub(crate) type SharedFs = HostSafeFs<PassthroughFs<()>>;
+
 /// Everything the device thread needs: memory view, queues, FUSE server, interrupt.
 pub(crate) struct Context {
     queues: Vec<FsQueue>,
-    server: Server<PassthroughFs<()>>,
+    server: Server<SharedFs>,
     interrupt: Arc<dyn VirtioInterrupt>,
     memory: MemoryView,
 }
@@ -34,7 +38,7 @@ impl Context {
     ) -> Result<Context, FsError> {
         let memory = MemoryView::new(mem)?;
         let queues = queues.iter().map(convert_queue).collect::<Result<Vec<_>, _>>()?;
-        let server = Server::new(passthrough_fs(shared_dir)?);
+        let server = Server::new(HostSafeFs::new(passthrough_fs(shared_dir)?));
         Ok(Context { queues, server, interrupt, memory })
     }
 
@@ -53,7 +57,7 @@ impl Context {
 
 /// Serves the available requests of one queue; returns whether any buffer was used.
 fn process_queue(
-    server: &Server<PassthroughFs<()>>,
+    server: &Server<SharedFs>,
     mem: &FsGuestMemory,
     queue: &mut FsQueue,
     index: usize,
@@ -72,7 +76,7 @@ fn process_queue(
 
 /// One FUSE request; returns the number of bytes written into the chain's writable buffers.
 fn handle_chain(
-    server: &Server<PassthroughFs<()>>,
+    server: &Server<SharedFs>,
     mem: &FsGuestMemory,
     chain: DescriptorChain<&FsGuestMemory>,
     index: usize,

@@ -1,8 +1,14 @@
 //! The 16550 UART at 0x3f8 (COM1): the guest console, written to the serial log.
+//!
+//! The guest decides how much it writes, so the log is bounded ([`BoundedLog`]): when the next
+//! bytes would take it past its cap, it is renamed to `<file>.1` (replacing the previous one)
+//! and a new file starts with a marker line; if that rotation fails, further output is dropped
+//! after a marker line. On disk: at most twice the cap plus two marker lines.
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::path::Path;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 
 use vm_superio::serial::NoEvents;
 use vm_superio::{Serial, Trigger};
@@ -30,16 +36,121 @@ impl Trigger for EventFdTrigger {
 /// Where the console goes.
 pub type SerialOutput = Box<dyn Write + Send>;
 
-/// Opens the serial log (created, appended to) or a sink when there is none.
+/// Default cap of the serial log file (one rotation keeps as much again in `<file>.1`).
+pub const SERIAL_LOG_MAX_BYTES: u64 = 1 << 20;
+/// Smallest cap accepted (smaller ones are raised to it): room for the marker lines.
+pub const SERIAL_LOG_MIN_BYTES: u64 = 4096;
+
+/// Opens the serial log capped at [`SERIAL_LOG_MAX_BYTES`], or a sink when there is none.
 pub fn open_serial_output(path: Option<&Path>) -> Result<SerialOutput, VmmError> {
+    open_serial_output_capped(path, SERIAL_LOG_MAX_BYTES)
+}
+
+/// Opens the serial log (created, appended to) capped at `max_bytes`, or a sink.
+pub fn open_serial_output_capped(
+    path: Option<&Path>,
+    max_bytes: u64,
+) -> Result<SerialOutput, VmmError> {
     match path {
         None => Ok(Box::new(std::io::sink())),
-        Some(p) => OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(p)
-            .map(|f| Box::new(f) as SerialOutput)
+        Some(p) => BoundedLog::open(p, max_bytes)
+            .map(|log| Box::new(log) as SerialOutput)
             .map_err(|source| VmmError::SerialLog { path: p.to_path_buf(), source }),
+    }
+}
+
+/// A log file that never grows past its cap: see the module documentation.
+pub struct BoundedLog {
+    path: PathBuf,
+    /// None once output is being dropped.
+    file: Option<File>,
+    /// Bytes in the current file.
+    len: u64,
+    max: u64,
+}
+
+fn open_log(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+}
+
+impl BoundedLog {
+    /// Opens `path` for appending; what it already holds counts towards the cap.
+    pub fn open(path: &Path, max_bytes: u64) -> std::io::Result<BoundedLog> {
+        let file = open_log(path)?;
+        let len = file.metadata()?.len();
+        let max = max_bytes.max(SERIAL_LOG_MIN_BYTES);
+        Ok(BoundedLog { path: path.to_path_buf(), file: Some(file), len, max })
+    }
+
+    /// `<file>.1`
+    pub fn rotated_path(&self) -> PathBuf {
+        let mut name = self.path.clone().into_os_string();
+        name.push(".1");
+        PathBuf::from(name)
+    }
+
+    /// Moves the full file to `<file>.1` and starts a new one with a marker line.
+    fn rotate(&mut self) -> std::io::Result<()> {
+        self.file = None;
+        std::fs::rename(&self.path, self.rotated_path())?;
+        let mut file = open_log(&self.path)?;
+        let marker = format!(
+            "[carapace: serial log reached {} bytes; earlier output is in {}]\n",
+            self.max,
+            self.rotated_path().display()
+        );
+        file.write_all(marker.as_bytes())?;
+        self.len = marker.len() as u64;
+        self.file = Some(file);
+        Ok(())
+    }
+
+    /// Gives up after a failed rotation: a marker line if the file is still writable, then
+    /// every further byte is dropped.
+    fn give_up(&mut self, e: &std::io::Error) {
+        tracing::warn!(
+            path = %self.path.display(),
+            error = %e,
+            "cannot rotate the serial log; further console output is dropped"
+        );
+        if let Ok(mut file) = open_log(&self.path) {
+            let marker = format!("[carapace: serial log cannot rotate ({e}); output dropped]\n");
+            // Best effort: the marker is all that is left to say.
+            let _ = file.write_all(marker.as_bytes());
+        }
+        self.file = None;
+    }
+}
+
+impl Write for BoundedLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if buf.is_empty() || self.file.is_none() {
+            // Dropped output is reported as written: the guest is not to notice.
+            return Ok(buf.len());
+        }
+        if self.len.saturating_add(buf.len() as u64) > self.max {
+            if let Err(e) = self.rotate() {
+                self.give_up(&e);
+                return Ok(buf.len());
+            }
+        }
+        let room = usize::try_from(self.max.saturating_sub(self.len)).unwrap_or(usize::MAX);
+        let part = buf.get(..room.min(buf.len())).unwrap_or_default();
+        let Some(file) = self.file.as_mut() else { return Ok(buf.len()) };
+        let n = file.write(part)?;
+        self.len = self.len.saturating_add(n as u64);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self.file.as_mut() {
+            Some(f) => f.flush(),
+            None => Ok(()),
+        }
     }
 }
 
@@ -150,6 +261,77 @@ mod tests {
         let mut b = [0u8; 4];
         s.read(300, &mut b);
         assert_eq!(b, [0xff; 4]);
+    }
+
+    /// Writes `n` bytes through the UART, one register write each, as the guest does.
+    fn type_bytes(s: &mut SerialPort, n: usize) {
+        for i in 0..n {
+            s.write(0, &[b'a' + (i % 26) as u8]);
+        }
+    }
+
+    #[test]
+    fn the_log_rotates_once_and_stays_within_its_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("serial.log");
+        let cap = SERIAL_LOG_MIN_BYTES;
+        let mut s = SerialPort::new(irq(), open_serial_output_capped(Some(&path), cap).unwrap());
+        type_bytes(&mut s, 10 * cap as usize + 7);
+        s.write(0, b"Z");
+        drop(s);
+        let now = std::fs::read(&path).unwrap();
+        let old = std::fs::read(dir.path().join("serial.log.1")).unwrap();
+        assert!(now.len() as u64 <= cap, "{} bytes", now.len());
+        assert!(old.len() as u64 <= cap, "{} bytes", old.len());
+        assert!(now.starts_with(b"[carapace: serial log reached 4096 bytes; earlier output"));
+        assert_eq!(now.last(), Some(&b'Z'), "the newest byte is kept");
+        // Nothing else: one rotation, no .2.
+        let mut names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["serial.log", "serial.log.1"]);
+    }
+
+    #[test]
+    fn an_existing_log_counts_towards_the_cap_and_small_caps_are_raised() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("serial.log");
+        std::fs::write(&path, vec![b'x'; 5000]).unwrap();
+        let mut out = open_serial_output_capped(Some(&path), 10).unwrap();
+        out.write_all(b"new").unwrap();
+        drop(out);
+        assert_eq!(std::fs::read(dir.path().join("serial.log.1")).unwrap(), vec![b'x'; 5000]);
+        assert!(std::fs::read_to_string(&path).unwrap().ends_with("]\nnew"));
+    }
+
+    #[test]
+    fn a_failed_rotation_drops_output_after_a_marker() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("serial.log");
+        // <file>.1 is a non-empty directory: the rename fails.
+        std::fs::create_dir_all(dir.path().join("serial.log.1/busy")).unwrap();
+        let cap = SERIAL_LOG_MIN_BYTES;
+        let mut s = SerialPort::new(irq(), open_serial_output_capped(Some(&path), cap).unwrap());
+        type_bytes(&mut s, 3 * cap as usize);
+        drop(s);
+        let log = std::fs::read_to_string(&path).unwrap();
+        let marker = "[carapace: serial log cannot rotate";
+        assert_eq!(log.matches(marker).count(), 1, "{log}");
+        assert!(log.len() as u64 <= cap + 200, "{} bytes", log.len());
+        assert!(log.trim_end().ends_with("output dropped]"));
+    }
+
+    #[test]
+    fn a_symlink_at_the_log_path_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target");
+        std::fs::write(&target, "keep").unwrap();
+        let path = dir.path().join("serial.log");
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        assert!(matches!(open_serial_output(Some(&path)), Err(VmmError::SerialLog { .. })));
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
     }
 
     #[test]
