@@ -50,6 +50,9 @@ pub enum CriError {
     /// Files under a pod's or container's dir could not be removed.
     #[error("cannot remove the files of {what}: {source}")]
     Remove { what: String, source: VolumeError },
+    /// A container's files could not be staged or exposed in the pod's shared dir.
+    #[error("cannot prepare the files of container {id}: {source}")]
+    Prepare { id: String, source: carapace_podfs::Error },
     #[error("the operation's task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
 }
@@ -95,6 +98,7 @@ impl From<CriError> for Status {
             | CriError::Image { .. }
             | CriError::Rootfs { .. }
             | CriError::Remove { .. }
+            | CriError::Prepare { .. }
             | CriError::Task(_) => Code::Internal,
         };
         Status::new(code, e.to_string())

@@ -288,7 +288,14 @@ impl SandboxTable {
     /// Writes the pod's files, starts the VMM and waits for the agent (record saved each step).
     async fn boot(&self, sandbox: &Sandbox, mut rec: SandboxRecord) -> Result<(), CriError> {
         let io = |op: &str, path: &std::path::Path, e| CriError::io(op, path, e);
-        fs::create_dir_all(&rec.run_dir).map_err(|e| io("create the run dir", &rec.run_dir, e))?;
+        std::os::unix::fs::DirBuilderExt::mode(fs::DirBuilder::new().recursive(true), 0o700)
+            .create(&rec.run_dir)
+            .map_err(|e| io("create the run dir", &rec.run_dir, e))?;
+        // The pod's files (and the guest's, in shared/) are inert on the host: nosuid, nodev,
+        // noexec; staging/ and shared/ on that one mount (crates/podfs).
+        let prepare = |source| CriError::Prepare { id: rec.id.clone(), source };
+        carapace_podfs::harden(&rec.run_dir).map_err(prepare)?;
+        carapace_podfs::PodDir::open(&rec.run_dir).map_err(prepare)?;
         let hostname = rec.run_dir.join("hostname");
         fs::write(&hostname, format!("{}\n", rec.hostname))
             .map_err(|e| io("write the hostname file", &hostname, e))?;
@@ -300,7 +307,6 @@ impl SandboxTable {
         self.store.save(&rec)?;
         let (vsock, serial, log) = (rec.vsock_path(), rec.serial_log(), rec.vmm_log());
         let (shared, vm_config) = (rec.shared_dir(), rec.vm_config());
-        fs::create_dir_all(&shared).map_err(|e| io("create the shared dir", &shared, e))?;
         let files = VmFiles {
             vm_config: &vm_config,
             vsock: &vsock,

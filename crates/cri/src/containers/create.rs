@@ -4,7 +4,7 @@
 //! CreateContainerRequest ([`agent_request`]).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use carapace_agent_client::pb;
@@ -369,16 +369,19 @@ impl ContainerTable {
         spec: &ContainerSpec,
         image: carapace_image::ContainerImage,
     ) -> Result<ContainerRecord, CriError> {
-        let dir = rec.dir.clone();
-        let rootfs = dir.join("rootfs");
+        // Everything is made in the pod's staging dir, which the guest cannot see, and exposed
+        // in the shared dir by one rename that follows no guest-controlled name (crates/podfs).
+        let prepare = |source| CriError::Prepare { id: rec.id.clone(), source };
+        let pod = carapace_podfs::PodDir::open(&sb.run_dir).map_err(prepare)?;
+        let staged = pod.stage(&rec.id).map_err(prepare)?;
         let layers = image.layers.clone();
-        let target = rootfs.clone();
+        let target = staged.path().join("rootfs");
         // A copied tree is simple and always correct; an overlay of the store's layers
         // (virtio-fs of a host overlay mount) would save the copy: a later optimisation.
         tokio::task::spawn_blocking(move || carapace_image::flatten_layers(&layers, &target))
             .await?
             .map_err(|source| CriError::Rootfs { image: rec.image.clone(), source })?;
-        let accounts = merge::Accounts::read(&rootfs);
+        let accounts = merge::Accounts::read_beneath(staged.dir(), Path::new("rootfs"));
         let args = merge::command(&image.config, &spec.command, &spec.args, &rec.image)
             .map_err(CriError::InvalidArgument)?;
         let user = merge::user(&image.config, spec.run_as.as_ref(), &accounts)
@@ -395,12 +398,15 @@ impl ContainerTable {
         };
         let mut mounts = Vec::new();
         for m in &rec.mounts {
-            volumes::bind(Path::new(&m.host_path), &m.shared_path, m.readonly).map_err(
-                |source| CriError::Mount { container_path: m.container_path.clone(), source },
-            )?;
+            let rel = m.shared_path.strip_prefix(&rec.dir).unwrap_or(&m.shared_path);
+            staged.bind(Path::new(&m.host_path), rel, m.readonly).map_err(|e| CriError::Mount {
+                container_path: m.container_path.clone(),
+                source: e.into(),
+            })?;
             mounts.push(bind(m.container_path.clone(), m.guest_path.clone(), m.readonly));
         }
-        mounts.extend(write_etc_files(sb, &rec)?);
+        mounts.extend(write_etc_files(sb, &rec, &staged)?);
+        staged.expose().map_err(|source| CriError::Prepare { id: rec.id.clone(), source })?;
         let areq = agent_request(&rec, spec, &sb.hostname, mounts);
         let agent = agent_of(sb).await?;
         call("agent CreateContainer", agent.grpc().create_container(areq)).await?;
@@ -416,7 +422,11 @@ impl ContainerTable {
 
 /// The pod's hostname and DNS as files of the container (unless the client mounts its own),
 /// and their bind mounts.
-fn write_etc_files(sb: &SandboxRecord, rec: &ContainerRecord) -> Result<Vec<pb::Mount>, CriError> {
+fn write_etc_files(
+    sb: &SandboxRecord,
+    rec: &ContainerRecord,
+    staged: &carapace_podfs::Staged,
+) -> Result<Vec<pb::Mount>, CriError> {
     let has = |p: &str| rec.mounts.iter().any(|m| m.container_path == p);
     let mut etc = Vec::new();
     if !has("/etc/hostname") {
@@ -425,13 +435,11 @@ fn write_etc_files(sb: &SandboxRecord, rec: &ContainerRecord) -> Result<Vec<pb::
     if let Some(dns) = sb.dns.as_ref().filter(|_| !has("/etc/resolv.conf")) {
         etc.push(("resolv.conf", resolv_conf(dns)));
     }
-    let etc_dir: PathBuf = rec.dir.join("etc");
     let mut mounts = Vec::new();
     for (name, text) in etc {
-        let p = etc_dir.join(name);
-        std::fs::create_dir_all(&etc_dir)
-            .and_then(|()| std::fs::write(&p, text))
-            .map_err(|e| CriError::io("write", &p, e))?;
+        staged
+            .write_file(&Path::new("etc").join(name), text.as_bytes(), 0o644)
+            .map_err(|source| CriError::Prepare { id: rec.id.clone(), source })?;
         mounts.push(bind(
             format!("/etc/{name}"),
             guest_path(&rec.id, &format!("etc/{name}")),
@@ -455,7 +463,7 @@ mod tests {
             ..Default::default()
         };
         let r = Volume::parse(2, &m("/data", "/srv")).unwrap().record(2, "cid", dir);
-        assert_eq!(r.shared_path, PathBuf::from("/s/c/mounts/2"));
+        assert_eq!(r.shared_path, std::path::PathBuf::from("/s/c/mounts/2"));
         assert_eq!(r.guest_path, "/run/carapace/shared/cid/mounts/2");
         assert!(matches!(Volume::parse(0, &m("data", "/srv")), Err(CriError::InvalidArgument(_))));
         assert!(matches!(Volume::parse(0, &m("/data", "srv")), Err(CriError::InvalidArgument(_))));
