@@ -89,9 +89,42 @@ pub fn validate_hostname(hostname: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The hostname of a pod that asks for none: its name made a valid host name label (lower
+/// case, anything outside [a-z0-9-] becomes '-', no leading or trailing '-', at most 63 bytes),
+/// "pod" when nothing is left. containerd gives such pods the node's name; a VM has its own.
+pub fn hostname_from_pod_name(name: &str) -> String {
+    let mapped: String = name
+        .chars()
+        .map(|c| c.to_ascii_lowercase())
+        .map(|c| if c.is_ascii_lowercase() || c.is_ascii_digit() { c } else { '-' })
+        .collect();
+    let cut: String = mapped.trim_start_matches('-').chars().take(63).collect();
+    let label = cut.trim_end_matches('-');
+    if label.is_empty() {
+        "pod".to_string()
+    } else {
+        label.to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pods_without_a_hostname_get_a_valid_one_from_their_name() {
+        assert_eq!(hostname_from_pod_name("web-0"), "web-0");
+        assert_eq!(hostname_from_pod_name("My.Pod"), "my-pod");
+        assert_eq!(hostname_from_pod_name("-x-"), "x");
+        assert_eq!(hostname_from_pod_name("..."), "pod");
+        let long = format!("{}-{}", "a".repeat(62), "b".repeat(40));
+        let h = hostname_from_pod_name(&long);
+        assert_eq!(h, "a".repeat(62));
+        for name in [long.as_str(), "PodSandbox-ÄÖ-x", "a".repeat(300).as_str()] {
+            let h = hostname_from_pod_name(name);
+            assert!(validate_hostname(&h).is_ok() && h.len() <= 63, "{name:?} -> {h:?}");
+        }
+    }
 
     #[test]
     fn ids_are_64_hex_and_distinct() {

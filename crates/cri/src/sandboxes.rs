@@ -243,7 +243,7 @@ impl SandboxTable {
             profile_name: profile_name.to_string(),
             profile: profile.clone(),
             hostname: if config.hostname.is_empty() {
-                md.name.clone()
+                ids::hostname_from_pod_name(&md.name)
             } else {
                 config.hostname.clone()
             },

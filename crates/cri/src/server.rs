@@ -54,7 +54,12 @@ pub fn bind_socket(path: &Path) -> Result<UnixListener, ServeError> {
         std::fs::remove_file(path)
             .map_err(|source| ServeError::Stale { path: path.to_path_buf(), source })?;
     }
-    UnixListener::bind(path).map_err(|source| ServeError::Bind { path: path.to_path_buf(), source })
+    let listener = UnixListener::bind(path)
+        .map_err(|source| ServeError::Bind { path: path.to_path_buf(), source })?;
+    // Owner and group only (0660), as containerd's socket: the CRI is root's on a node.
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o660))
+        .map_err(|source| ServeError::Bind { path: path.to_path_buf(), source })?;
+    Ok(listener)
 }
 
 /// A running daemon's parts: the runtime (sandboxes and containers), the image service, the bound socket.
