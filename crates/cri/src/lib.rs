@@ -5,9 +5,11 @@
 //! * [`runtime`]: the one owner of the daemon's state, holding [`sandboxes`] (the sandbox
 //!   table and VM lifecycle) and [`containers`] (the container table and the container RPCs
 //!   through the pod's agent) as peers; [`store`] and [`record`]: the durable records.
-//! * [`vmm`]: starting, reaching and stopping a pod's VM; [`procfs`]: PID-reuse-safe liveness.
+//! * [`vmm`]: starting, reaching and stopping a pod's VM; [`procfs`]: PID-reuse-safe liveness;
+//!   [`hostcheck`]: whether this KVM boots guests (RuntimeReady).
 //! * [`merge`]: image config + CRI config → process; [`crilog`]: CRI log files; [`volumes`]:
-//!   host volumes into the VM; [`filters`]: List* filters; [`util`]: shared small helpers.
+//!   host volumes into the VM; [`filters`]: List* filters; [`util`]: shared small helpers;
+//!   [`validate`]: checks of path-like and line-like request fields.
 //! * [`runtime_service`]: the gRPC service; [`server`]: socket, signals, serving.
 
 pub mod client;
@@ -16,6 +18,7 @@ pub mod containers;
 pub mod crilog;
 pub mod error;
 pub mod filters;
+pub mod hostcheck;
 pub mod ids;
 pub mod merge;
 pub mod metrics;
@@ -27,6 +30,7 @@ pub mod sandboxes;
 pub mod server;
 pub mod store;
 pub mod util;
+pub mod validate;
 pub mod vmm;
 pub mod volumes;
 

@@ -88,7 +88,15 @@ impl Runtime {
     /// StopPodSandbox: its containers, then its VM; NotFound for an unknown ID, no error when
     /// already stopped.
     pub async fn stop_pod(&self, id: &str) -> Result<(), CriError> {
-        let sandbox = self.sandboxes.resolve(id)?;
+        let sandbox = match self.sandboxes.resolve(id) {
+            Ok(s) => s,
+            Err(CriError::NotFound(_)) => {
+                // CRI idempotence: kubelet retries stops of sandboxes that may be gone.
+                tracing::debug!(id, "StopPodSandbox: no such sandbox, nothing to stop");
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
         let _op = sandbox.lock_op().await;
         self.containers.stop_pod(&sandbox.record()).await;
         self.sandboxes.stop_vm(&sandbox).await

@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status};
 use crate::config::CgroupDriver;
 use crate::error::CriError;
 use crate::filters::{ContainerFilter, SandboxFilter};
+use crate::hostcheck::HostCheck;
 use crate::runtime::Runtime;
 
 /// Name reported by Version.
@@ -29,11 +30,13 @@ pub const NETWORK_LATER: &str =
 pub struct RuntimeServiceImpl {
     runtime: Arc<Runtime>,
     pod_cidr: Mutex<String>,
+    host: Arc<HostCheck>,
 }
 
 impl RuntimeServiceImpl {
     pub fn new(runtime: Arc<Runtime>) -> RuntimeServiceImpl {
-        RuntimeServiceImpl { runtime, pod_cidr: Mutex::new(String::new()) }
+        let host = HostCheck::new(runtime.config().vmm_binary.clone());
+        RuntimeServiceImpl { runtime, pod_cidr: Mutex::new(String::new()), host }
     }
 
     /// The pod CIDR last set by UpdateRuntimeConfig.
@@ -63,8 +66,9 @@ impl RuntimeServiceImpl {
         }
     }
 
-    /// The RuntimeReady condition: the default profile's guest image and the VMM binary exist.
-    fn runtime_condition(&self) -> cri::RuntimeCondition {
+    /// The RuntimeReady condition: the default profile's guest image and the VMM binary exist,
+    /// and this host's KVM boots a guest (`carapace check --kvm-only`, run once).
+    async fn runtime_condition(&self) -> cri::RuntimeCondition {
         let cfg = self.runtime.config();
         let mut missing = Vec::new();
         if let Some((_, p)) = cfg.profile_for_handler("") {
@@ -77,22 +81,31 @@ impl RuntimeServiceImpl {
         if !cfg.vmm_binary.is_file() {
             missing.push(cfg.vmm_binary.display().to_string());
         }
-        if missing.is_empty() {
-            cri::RuntimeCondition {
-                r#type: "RuntimeReady".into(),
-                status: true,
-                ..Default::default()
-            }
-        } else {
-            cri::RuntimeCondition {
-                r#type: "RuntimeReady".into(),
-                status: false,
-                reason: "GuestImageMissing".into(),
-                message: format!(
+        let not_ready = |reason: &str, message: String| cri::RuntimeCondition {
+            r#type: "RuntimeReady".into(),
+            status: false,
+            reason: reason.into(),
+            message,
+        };
+        if !missing.is_empty() {
+            return not_ready(
+                "GuestImageMissing",
+                format!(
                     "missing {}: run `make guest-image` or fix the carapace config",
                     missing.join(", ")
                 ),
-            }
+            );
+        }
+        match self.host.result().await {
+            Ok(()) => cri::RuntimeCondition {
+                r#type: "RuntimeReady".into(),
+                status: true,
+                ..Default::default()
+            },
+            Err(problem) => not_ready(
+                "HostCannotBootGuests",
+                format!("this host cannot boot pod VMs ({problem}); see `carapace check`"),
+            ),
         }
     }
 }
@@ -387,7 +400,7 @@ impl RuntimeService for RuntimeServiceImpl {
             .collect();
         Ok(Response::new(cri::StatusResponse {
             status: Some(cri::RuntimeStatus {
-                conditions: vec![self.runtime_condition(), network],
+                conditions: vec![self.runtime_condition().await, network],
             }),
             info,
             runtime_handlers,

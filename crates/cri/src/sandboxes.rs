@@ -18,6 +18,7 @@ use crate::record::{
 };
 use crate::store::{Store, StoreError};
 use crate::util::{hash_map, lock, now_nanos, sandbox_state};
+use crate::validate;
 use crate::vmm::{self, VmFiles};
 
 /// One pod sandbox: `op` serializes its lifecycle operations (which may wait on the VM) while
@@ -194,11 +195,13 @@ impl SandboxTable {
         ids::validate_metadata(&md.name, &md.namespace, &md.uid)
             .map_err(CriError::InvalidArgument)?;
         ids::validate_hostname(&config.hostname).map_err(CriError::InvalidArgument)?;
-        if !config.log_directory.is_empty() && !config.log_directory.starts_with('/') {
-            return Err(CriError::InvalidArgument(format!(
-                "log_directory {:?} must be an absolute path",
-                config.log_directory
-            )));
+        let log_directory = if config.log_directory.is_empty() {
+            String::new()
+        } else {
+            validate::absolute_path("log_directory", &config.log_directory)?.display().to_string()
+        };
+        if let Some(d) = &config.dns_config {
+            validate::dns(d)?;
         }
         let (profile_name, profile) =
             self.cfg.profile_for_handler(&req.runtime_handler).ok_or_else(|| {
@@ -248,7 +251,7 @@ impl SandboxTable {
                 config.hostname.clone()
             },
             dns,
-            log_directory: config.log_directory.clone(),
+            log_directory,
             labels: config.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             annotations: config.annotations.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             security: security_of(config.linux.as_ref()),

@@ -20,6 +20,7 @@ use crate::record::{
     CONTAINER_RECORD_VERSION,
 };
 use crate::util::{now_nanos, sandbox_state};
+use crate::validate;
 use crate::volumes;
 
 /// Where the agent mounts the pod's shared dir in the guest.
@@ -70,26 +71,17 @@ pub struct Volume {
 
 impl Volume {
     fn parse(i: usize, m: &cri::Mount) -> Result<Volume, CriError> {
-        if !m.container_path.starts_with('/') {
-            return Err(CriError::InvalidArgument(format!(
-                "mount {i}: container_path {:?} must be an absolute path",
-                m.container_path
-            )));
-        }
+        let container_path =
+            validate::absolute_path(&format!("mounts[{i}].container_path"), &m.container_path)?;
         if m.image.as_ref().is_some_and(|s| !s.image.is_empty()) {
             return Err(CriError::InvalidArgument(format!(
-                "mount {i}: image volumes are not supported by carapace yet"
+                "mounts[{i}]: image volumes are not supported by carapace yet"
             )));
         }
-        if !m.host_path.starts_with('/') {
-            return Err(CriError::InvalidArgument(format!(
-                "mount {i}: host_path {:?} must be an absolute path",
-                m.host_path
-            )));
-        }
+        let host_path = validate::absolute_path(&format!("mounts[{i}].host_path"), &m.host_path)?;
         Ok(Volume {
-            container_path: m.container_path.clone(),
-            host_path: m.host_path.clone(),
+            container_path: container_path.display().to_string(),
+            host_path: host_path.display().to_string(),
             readonly: m.readonly,
             selinux_relabel: m.selinux_relabel,
             propagation: m.propagation,
@@ -172,11 +164,23 @@ impl ContainerSpec {
         let linux = config.linux.unwrap_or_default();
         let sc = linux.security_context;
         let security = security::agent_security(sc.as_ref())?;
+        // kubelet sends `<name>/<attempt>.log`, relative to the pod's log directory; it may not
+        // point elsewhere (the daemon appends guest output to it as root).
         let log_path = if config.log_path.is_empty() || sb.log_directory.is_empty() {
             String::new()
         } else {
-            Path::new(&sb.log_directory).join(&config.log_path).display().to_string()
+            let rel = validate::relative_path("log_path", &config.log_path)?;
+            Path::new(&sb.log_directory).join(rel).display().to_string()
         };
+        if let Some(s) = sc.as_ref() {
+            if s.run_as_group.is_some() && s.run_as_user.is_none() && s.run_as_username.is_empty() {
+                return Err(CriError::InvalidArgument(
+                    "security_context.run_as_group is set without run_as_user or run_as_username: \
+                     a group needs a user"
+                        .into(),
+                ));
+            }
+        }
         let ns = sc.as_ref().and_then(|s| s.namespace_options.as_ref());
         Ok(ContainerSpec {
             name,
@@ -528,5 +532,69 @@ mod tests {
             ContainerSpec::parse(cri::ContainerConfig::default(), name, &sb),
             Err(CriError::InvalidArgument(_))
         ));
+    }
+
+    fn parse_err(f: impl FnOnce(&mut cri::ContainerConfig)) -> String {
+        let sb = pod(&"b".repeat(64), "web");
+        let mut config = cri::ContainerConfig {
+            image: Some(cri::ImageSpec { image: "busybox".into(), ..Default::default() }),
+            log_path: "c/0.log".into(),
+            ..Default::default()
+        };
+        f(&mut config);
+        match ContainerSpec::parse(config, ContainerName { name: "c".into(), attempt: 0 }, &sb) {
+            Err(CriError::InvalidArgument(m)) => m,
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn log_paths_stay_in_the_pod_log_directory() {
+        for bad in ["/etc/cron.d/evil", "../../../etc/passwd", "c/../../x"] {
+            assert!(parse_err(|c| c.log_path = bad.into()).contains("log_path"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn volume_paths_are_normalised_and_never_climb() {
+        let r = Volume::parse(
+            0,
+            &cri::Mount {
+                container_path: "/data//x/".into(),
+                host_path: "/srv/./vol".into(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!((r.container_path.as_str(), r.host_path.as_str()), ("/data/x", "/srv/vol"));
+        let m = cri::Mount {
+            container_path: "/data".into(),
+            host_path: "/srv/../etc".into(),
+            ..Default::default()
+        };
+        assert!(parse_err(|c| c.mounts = vec![m]).contains("mounts[0].host_path"));
+    }
+
+    #[test]
+    fn run_as_group_needs_a_user() {
+        let sc = |user: Option<i64>, name: &str| cri::LinuxContainerSecurityContext {
+            run_as_group: Some(cri::Int64Value { value: 10 }),
+            run_as_user: user.map(|value| cri::Int64Value { value }),
+            run_as_username: name.into(),
+            ..Default::default()
+        };
+        let linux =
+            |s| Some(cri::LinuxContainerConfig { security_context: Some(s), ..Default::default() });
+        assert!(parse_err(|c| c.linux = linux(sc(None, ""))).contains("run_as_group"));
+        let sb = pod(&"b".repeat(64), "web");
+        for ok in [sc(Some(0), ""), sc(None, "www")] {
+            let config = cri::ContainerConfig {
+                image: Some(cri::ImageSpec { image: "busybox".into(), ..Default::default() }),
+                linux: linux(ok),
+                ..Default::default()
+            };
+            ContainerSpec::parse(config, ContainerName { name: "c".into(), attempt: 0 }, &sb)
+                .unwrap();
+        }
     }
 }

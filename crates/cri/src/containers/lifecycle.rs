@@ -57,9 +57,16 @@ impl ContainerTable {
     }
 
     /// StopContainer: the image's stop signal (SIGTERM), SIGKILL after `timeout_s`; no error
-    /// when it is not running.
+    /// when it is not running or not known at all (CRI idempotence).
     pub async fn stop(&self, pods: &dyn Pods, id: &str, timeout_s: i64) -> Result<(), CriError> {
-        let (c, sb) = self.with_pod(pods, id)?;
+        let (c, sb) = match self.with_pod(pods, id) {
+            Ok(x) => x,
+            Err(CriError::NotFound(_)) => {
+                tracing::debug!(id, "StopContainer: no such container, nothing to stop");
+                return Ok(());
+            }
+            Err(err) => return Err(err),
+        };
         let _op = c.op.lock().await;
         self.stop_locked(&c, &sb, timeout_s).await
     }

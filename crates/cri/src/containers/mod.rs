@@ -7,7 +7,7 @@
 //! * [`exec`]: ExecSync; [`stats`]: ContainerStats; [`monitor`]: output into the CRI log and
 //!   the exit of a running container;
 //! * [`convert`]: record → CRI messages and agent replies → records; [`security`]: the CRI
-//!   security context → the agent's; [`agent`]: reaching the pod's agent and bounding calls.
+//!   security context → the agent's, [`seccomp`]: its seccomp profile; [`agent`]: reaching the pod's agent and bounding calls.
 //!
 //! A container's files live in the pod's shared dir (`<run_dir>/pods/<pod>/shared/<id>`), which
 //! the guest sees live through virtio-fs (see [`create::guest_path`]): the rootfs (`rootfs/`,
@@ -20,6 +20,7 @@ pub mod create;
 pub mod exec;
 pub mod lifecycle;
 pub mod monitor;
+pub mod seccomp;
 pub mod security;
 pub mod stats;
 

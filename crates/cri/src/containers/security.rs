@@ -1,5 +1,6 @@
 //! The CRI security context of a container as the agent's security settings: capabilities
-//! (containerd's rules over the default set), seccomp, privileged, masked and read-only paths.
+//! (containerd's rules over the default set), seccomp ([`super::seccomp`]), privileged, masked
+//! and read-only paths.
 
 use carapace_agent_client::pb;
 use carapace_agent_client::{ALL_CAPABILITIES, DEFAULT_CAPABILITIES};
@@ -56,18 +57,7 @@ pub fn agent_security(
             caps = set;
         }
     }
-    let seccomp = match &sc.seccomp {
-        Some(p) if p.profile_type == cri::security_profile::ProfileType::RuntimeDefault as i32 => {
-            pb::Seccomp { kind: pb::seccomp::Kind::RuntimeDefault as i32, profile_json: String::new() }
-        }
-        Some(p) if p.profile_type == cri::security_profile::ProfileType::Localhost as i32 => {
-            return Err(CriError::Unimplemented(format!(
-                "localhost seccomp profile {:?}: carapace does not load profiles from host files yet",
-                p.localhost_ref
-            )))
-        }
-        _ => pb::Seccomp { kind: pb::seccomp::Kind::Unconfined as i32, profile_json: String::new() },
-    };
+    let seccomp = super::seccomp::agent_seccomp(sc)?;
     Ok(pb::Security {
         capabilities: caps,
         privileged: sc.privileged,
