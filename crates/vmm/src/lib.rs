@@ -33,7 +33,7 @@ pub use config::{
     ConfigError, VmConfig, VsockConfig, DEFAULT_KVM_PATH, DEFAULT_MEM_MIB, DEFAULT_VCPUS,
     MAX_MEM_MIB, MAX_VCPUS, MIN_GUEST_CID, MIN_MEM_MIB,
 };
-pub use error::VmmError;
+pub use error::{CmdlineError, MpTableError, VmmError};
 pub use exit::ExitReason;
 pub use panic::install_panic_abort;
 pub use probe::{probe_guest_capability, ProbeReport};
