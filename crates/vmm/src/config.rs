@@ -392,8 +392,9 @@ mod tests {
         cfg.mem_mib = MAX_MEM_MIB + 1;
         let e = cfg.validate_limits().unwrap_err();
         assert_eq!(e.field(), "mem_mib");
-        assert!(
-            matches!(e, ConfigError::MemoryTooLarge { got, max } if got == max + 1 && max == MAX_MEM_MIB)
-        );
+        assert!(matches!(
+            e,
+            ConfigError::MemoryTooLarge { got, max } if got == max + 1 && max == MAX_MEM_MIB
+        ));
     }
 }

@@ -1,5 +1,6 @@
 //! carapace VMM: a KVM microVM that boots an uncompressed Linux vmlinux directly in 64-bit mode,
-//! with a serial console, an i8042 (reset, Ctrl+Alt+Del) and virtio-mmio devices (vsock, rng, virtio-fs).
+//! with a serial console, an i8042 (reset, Ctrl+Alt+Del) and virtio-mmio devices (vsock, rng,
+//! virtio-fs).
 //!
 //! ```no_run
 //! use carapace_vmm::{build_vm, VmConfig};

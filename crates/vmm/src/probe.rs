@@ -175,19 +175,22 @@ pub fn probe_guest_capability(kvm_path: &Path) -> Result<ProbeReport, VmmError> 
                     incapable(INCAPABLE_EMULATION.to_string())
                 } else {
                     incapable(format!(
-                        "this KVM cannot run a Linux guest: KVM internal error (suberror {sub}) in 64-bit mode"
+                        "this KVM cannot run a Linux guest: KVM internal error (suberror {sub}) \
+                         in 64-bit mode"
                     ))
                 };
             }
             Ok(VcpuExit::Shutdown) => {
                 break incapable(format!(
-                    "this KVM cannot run a Linux guest: the test VM triple-faulted in 64-bit mode ({})",
+                    "this KVM cannot run a Linux guest: the test VM triple-faulted in 64-bit \
+                     mode ({})",
                     describe_registers(&vcpu)
                 ));
             }
             Ok(VcpuExit::FailEntry(reason, _)) => {
                 break incapable(format!(
-                    "this KVM cannot run a Linux guest: VM entry failed (hardware reason {reason:#x})"
+                    "this KVM cannot run a Linux guest: VM entry failed \
+                     (hardware reason {reason:#x})"
                 ));
             }
             Ok(other) => {
@@ -199,7 +202,8 @@ pub fn probe_guest_capability(kvm_path: &Path) -> Result<ProbeReport, VmmError> 
                 vcpu.set_kvm_immediate_exit(0);
                 if started.elapsed() > PROBE_TIMEOUT {
                     break incapable(format!(
-                        "this KVM cannot run a Linux guest: the test VM did not finish in {PROBE_TIMEOUT:?}"
+                        "this KVM cannot run a Linux guest: the test VM did not finish in \
+                         {PROBE_TIMEOUT:?}"
                     ));
                 }
             }

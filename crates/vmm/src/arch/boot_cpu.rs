@@ -152,7 +152,11 @@ pub fn setup_xcr0(vcpu: &VcpuFd, cpuid: &[kvm_cpuid_entry2]) {
     let mut xcrs = kvm_xcrs { nr_xcrs: 1, ..Default::default() };
     xcrs.xcrs[0] = kvm_xcr { xcr: 0, reserved: 0, value };
     if let Err(e) = vcpu.set_xcrs(&xcrs) {
-        tracing::debug!(error = %e, xcr0 = format!("{value:#x}"), "KVM_SET_XCRS refused; keeping the reset XCR0");
+        tracing::debug!(
+            error = %e,
+            xcr0 = format!("{value:#x}"),
+            "KVM_SET_XCRS refused; keeping the reset XCR0"
+        );
     }
 }
 
