@@ -4,7 +4,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 use crate::error::{CmdlineError, VmmError};
 use crate::layout::{CMDLINE_MAX_SIZE, VIRTIO_MMIO_SLOT_SIZE};
-use crate::GuestMemoryMmap;
+use crate::memory::GuestMemoryMmap;
 
 /// Fixed part: serial console (warnings and worse only: every console byte is a VM exit, and
 /// the early boot log alone costs seconds on an emulated host; `--cmdline-extra loglevel=7`

@@ -117,7 +117,7 @@ pub struct VmConfig {
     #[serde(default = "yes")]
     pub rng: bool,
     /// Host directory shared with the guest through virtio-fs under the tag
-    /// [`crate::SHARED_FS_TAG`] (read-write, passthrough); no virtio-fs device when None.
+    /// [`carapace_guest_contract::SHARED_FS_TAG`] (read-write, passthrough); no virtio-fs device when None.
     #[serde(default)]
     pub shared_dir: Option<PathBuf>,
     /// Interrupt every vCPU's KVM_RUN this often (hosts whose timer interrupts do not force exits).

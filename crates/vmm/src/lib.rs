@@ -36,6 +36,7 @@ pub use config::{
 };
 pub use error::{CmdlineError, MpTableError, VmmError};
 pub use exit::ExitReason;
+pub use memory::GuestMemoryMmap;
 pub use panic::install_panic_abort;
 pub use probe::{probe_guest_capability, ProbeReport};
 pub use vm::{Vm, VmHandle};
@@ -43,6 +44,3 @@ pub use vm::{Vm, VmHandle};
 /// virtio-fs tag of the directory shared with `--shared-dir` ([`VmConfig::shared_dir`]); the
 /// agent mounts it at `carapace_guest_contract::GUEST_SHARED_DIR`.
 pub use carapace_guest_contract::SHARED_FS_TAG;
-
-/// Guest memory of a carapace VM (the same type the virtio devices use).
-pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;

@@ -13,8 +13,8 @@ use crate::error::VmmError;
 use crate::kick::{install_kick_handler, PeriodicKicker};
 use crate::kvm::{create_vm, open_kvm, supported_cpuid};
 use crate::memory::register_memory;
+use crate::memory::GuestMemoryMmap;
 use crate::vcpu::{describe_registers, internal_error_suberror};
-use crate::GuestMemoryMmap;
 
 const PROBE_MEM_SIZE: usize = 2 << 20;
 const CODE_ADDR: u64 = 0x1000;

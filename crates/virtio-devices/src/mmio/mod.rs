@@ -18,10 +18,10 @@ use tracing::{debug, info, warn};
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::device::VIRTIO_F_VERSION_1;
 use crate::device::{ActivateError, DeviceQueue, GuestMemory, VirtioDevice, VirtioInterrupt};
 use crate::guest_warn;
 use crate::interrupt::MmioInterrupt;
-use crate::VIRTIO_F_VERSION_1;
 
 /// "virt" in little endian.
 pub const MMIO_MAGIC_VALUE: u32 = 0x7472_6976;

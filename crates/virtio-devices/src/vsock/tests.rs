@@ -13,9 +13,9 @@ use vmm_sys_util::eventfd::EventFd;
 use super::device::{Vsock, VsockError};
 use super::muxer::FIRST_LOCAL_PORT;
 use super::packet::*;
+use crate::device::VIRTIO_F_VERSION_1;
 use crate::device::{GuestMemory, VirtioDevice};
 use crate::test_utils::{test_memory, CountingInterrupt, TestQueue, XorShift, F_NEXT, F_WRITE};
-use crate::VIRTIO_F_VERSION_1;
 
 const GUEST_CID: u64 = 3;
 const QSIZE: u16 = 256;

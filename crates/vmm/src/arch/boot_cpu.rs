@@ -10,7 +10,7 @@ use vm_memory::{Bytes, GuestAddress};
 use super::gdt::{boot_gdt, segment_from_entry, CODE_INDEX, DATA_INDEX, TSS_INDEX};
 use crate::error::VmmError;
 use crate::layout::{BOOT_GDT_START, BOOT_IDT_START, BOOT_STACK_POINTER, ZERO_PAGE_START};
-use crate::GuestMemoryMmap;
+use crate::memory::GuestMemoryMmap;
 
 const CR0_PE: u64 = 1;
 const CR0_PG: u64 = 1 << 31;

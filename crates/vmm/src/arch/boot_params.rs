@@ -5,7 +5,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 use crate::error::{CmdlineError, VmmError};
 use crate::layout::{EBDA_END, EBDA_START, HIMEM_START, ZERO_PAGE_START};
-use crate::GuestMemoryMmap;
+use crate::memory::GuestMemoryMmap;
 
 /// e820 type of usable RAM.
 pub const E820_RAM: u32 = 1;

@@ -5,7 +5,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 use crate::error::{MpTableError, VmmError};
 use crate::layout::{APIC_ADDR, EBDA_END, EBDA_START, IOAPIC_ADDR, IOAPIC_MAX_IRQ};
-use crate::GuestMemoryMmap;
+use crate::memory::GuestMemoryMmap;
 
 const FLOATING_POINTER_SIZE: usize = 16;
 const HEADER_SIZE: usize = 44;
