@@ -13,7 +13,7 @@ pub struct CheckArgs {
     #[arg(long, default_value = "/dev/kvm")]
     pub kvm_device: PathBuf,
     /// Directory holding the guest image (vmlinux, initramfs.cpio).
-    #[arg(long, default_value = crate::DEFAULT_GUEST_DIR)]
+    #[arg(long, default_value = carapace_cri::config::DEFAULT_GUEST_DIR)]
     pub guest_dir: PathBuf,
     /// Only the KVM checks (device, guest boot): what the daemon asks for its RuntimeReady
     /// condition (it checks its profiles' guest files itself).

@@ -12,9 +12,6 @@ mod probe;
 mod serve_cmd;
 mod vmm_cmd;
 
-/// Where `make guest-image` installs the guest kernel and initramfs; the default everywhere.
-pub const DEFAULT_GUEST_DIR: &str = "/var/lib/carapace/guest";
-
 #[derive(Parser)]
 #[command(name = "carapace", version, about = "Kubernetes CRI runtime: every pod is a KVM microVM")]
 struct Cli {

@@ -194,7 +194,8 @@ mod tests {
 
     fn toml_like() -> ImageServiceConfig {
         serde_json::from_str(
-            r#"{"root": "/x", "registries": {"mirrors": {"registry.k8s.io": ["http://127.0.0.1:5000/", "https://mirror.example"]},
+            r#"{"root": "/x", "registries": {"mirrors": {"registry.k8s.io":
+                    ["http://127.0.0.1:5000/", "https://mirror.example"]},
                 "insecure": ["insecure.local"]}}"#,
         )
         .unwrap()

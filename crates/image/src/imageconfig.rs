@@ -95,7 +95,8 @@ mod tests {
     #[test]
     fn parses_docker_config_with_nulls() {
         let c = ConfigFile::parse(
-            br#"{"architecture":"amd64","os":"linux","config":{"User":"1000:1000","Env":["PATH=/bin"],
+            br#"{"architecture":"amd64","os":"linux",
+            "config":{"User":"1000:1000","Env":["PATH=/bin"],
             "Entrypoint":null,"Cmd":["sh"],"WorkingDir":"/w","Volumes":null,"Labels":null},
             "rootfs":{"type":"layers","diff_ids":["sha256:aa"]}}"#,
         )

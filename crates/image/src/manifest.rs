@@ -124,8 +124,10 @@ mod tests {
     fn index_selects_linux_amd64() {
         let body = format!(
             r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[
-            {{"mediaType":"{OCI_MANIFEST}","digest":"{D1}","size":1,"platform":{{"architecture":"arm64","os":"linux"}}}},
-            {{"mediaType":"{OCI_MANIFEST}","digest":"{D2}","size":1,"platform":{{"architecture":"amd64","os":"linux"}}}}]}}"#
+            {{"mediaType":"{OCI_MANIFEST}","digest":"{D1}","size":1,
+              "platform":{{"architecture":"arm64","os":"linux"}}}},
+            {{"mediaType":"{OCI_MANIFEST}","digest":"{D2}","size":1,
+              "platform":{{"architecture":"amd64","os":"linux"}}}}]}}"#
         );
         let Manifest::Index(entries) = Manifest::parse(body.as_bytes()).unwrap() else {
             panic!("not an index")
@@ -137,8 +139,11 @@ mod tests {
     #[test]
     fn docker_schema2_manifest() {
         let body = format!(
-            r#"{{"schemaVersion":2,"mediaType":"{DOCKER_MANIFEST}","config":{{"mediaType":"application/vnd.docker.container.image.v1+json","digest":"{D1}","size":5}},
-            "layers":[{{"mediaType":"application/vnd.docker.image.rootfs.diff.tar.gzip","digest":"{D2}","size":7}}]}}"#
+            r#"{{"schemaVersion":2,"mediaType":"{DOCKER_MANIFEST}",
+            "config":{{"mediaType":"application/vnd.docker.container.image.v1+json",
+                       "digest":"{D1}","size":5}},
+            "layers":[{{"mediaType":"application/vnd.docker.image.rootfs.diff.tar.gzip",
+                        "digest":"{D2}","size":7}}]}}"#
         );
         let Manifest::Image { config, layers } = Manifest::parse(body.as_bytes()).unwrap() else {
             panic!("not an image")
@@ -151,8 +156,10 @@ mod tests {
     fn refuses_schema1_unknown_layers_and_junk() {
         assert!(Manifest::parse(br#"{"schemaVersion":1,"fsLayers":[]}"#).is_err());
         let body = format!(
-            r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"digest":"{D1}","size":5}},
-            "layers":[{{"mediaType":"application/vnd.wasm.content.layer.v1+wasm","digest":"{D2}","size":7}}]}}"#
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}",
+            "config":{{"digest":"{D1}","size":5}},
+            "layers":[{{"mediaType":"application/vnd.wasm.content.layer.v1+wasm",
+                        "digest":"{D2}","size":7}}]}}"#
         );
         assert!(matches!(
             Manifest::parse(body.as_bytes()),

@@ -118,7 +118,12 @@ impl Puller {
             match self.resolve(&src).await {
                 Ok(resolved) => return self.fetch(&src, resolved).await,
                 Err(e) => {
-                    warn!(image = %r, endpoint = %src.host, error = %e, "cannot resolve image on endpoint");
+                    warn!(
+                        image = %r,
+                        endpoint = %src.host,
+                        error = %e,
+                        "cannot resolve image on endpoint"
+                    );
                     last_err = Some(e);
                 }
             }

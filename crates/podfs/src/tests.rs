@@ -5,10 +5,15 @@
 //! otherwise).
 
 use super::*;
+use rustix::fs::{self as rfs, Mode, OFlags};
 use std::ffi::CString;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
+use std::sync::Arc;
 use std::time::Duration;
 
 fn is_root() -> bool {

@@ -4,6 +4,9 @@ use std::sync::Arc;
 
 pub use crate::worker::DeviceQueue;
 
+/// Feature bit every modern (virtio 1.x) device offers.
+pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+
 /// Guest memory as every device sees it.
 pub type GuestMemory = vm_memory::GuestMemoryMmap<()>;
 

@@ -21,12 +21,11 @@ pub use tracing as __tracing;
 #[cfg(test)]
 mod test_utils;
 
-pub use device::{ActivateError, DeviceQueue, GuestMemory, VirtioDevice, VirtioInterrupt};
+pub use device::{
+    ActivateError, DeviceQueue, GuestMemory, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1,
+};
 pub use fs::{Fs, FsError};
 pub use mmio::{MmioTransport, QUEUE_NOTIFY_OFFSET};
 pub use rng::Rng;
 pub use sync::lock;
 pub use vsock::{Vsock, VsockError};
-
-/// Feature bit every modern (virtio 1.x) device offers.
-pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;

@@ -8,10 +8,10 @@ use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::epoll::Epoll;
 
 use crate::chain::{write_to, Buffers};
+use crate::device::VIRTIO_F_VERSION_1;
 use crate::device::{ActivateError, DeviceQueue, GuestMemory, VirtioDevice, VirtioInterrupt};
 use crate::guest_warn;
 use crate::worker::{DeviceThread, DeviceWorker};
-use crate::VIRTIO_F_VERSION_1;
 
 /// Virtio device ID of the entropy device.
 pub const VIRTIO_ID_RNG: u32 = 4;

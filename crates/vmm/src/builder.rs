@@ -23,9 +23,9 @@ use crate::exit::{ExitReason, ExitState};
 use crate::kvm::{create_vm, open_kvm, supported_cpuid};
 use crate::layout::{ram_ranges, CMDLINE_START, I8042_IRQ, SERIAL_IRQ};
 use crate::loader::{load_initramfs, load_kernel};
+use crate::memory::GuestMemoryMmap;
 use crate::memory::{create_guest_memory, register_memory};
 use crate::vm::Vm;
-use crate::GuestMemoryMmap;
 
 /// Builds a VM from `config` (validated first). On error nothing is left behind (no serial
 /// log, no vsock socket).

@@ -2,9 +2,9 @@
 
 use vm_memory::{Bytes, GuestAddress};
 
-use crate::error::VmmError;
+use crate::error::{CmdlineError, VmmError};
 use crate::layout::{CMDLINE_MAX_SIZE, VIRTIO_MMIO_SLOT_SIZE};
-use crate::GuestMemoryMmap;
+use crate::memory::GuestMemoryMmap;
 
 /// Fixed part: serial console (warnings and worse only: every console byte is a VM exit, and
 /// the early boot log alone costs seconds on an emulated host; `--cmdline-extra loglevel=7`
@@ -37,14 +37,10 @@ pub fn build_cmdline(devices: &[MmioDeviceParam], extra: &str) -> Result<String,
         line.push_str(extra);
     }
     if line.contains('\0') {
-        return Err(VmmError::Cmdline("contains a NUL byte".to_string()));
+        return Err(CmdlineError::Nul.into());
     }
     if line.len() >= CMDLINE_MAX_SIZE {
-        return Err(VmmError::Cmdline(format!(
-            "{} bytes, the limit is {}",
-            line.len(),
-            CMDLINE_MAX_SIZE - 1
-        )));
+        return Err(CmdlineError::TooLong { len: line.len(), max: CMDLINE_MAX_SIZE - 1 }.into());
     }
     Ok(line)
 }

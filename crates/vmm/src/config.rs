@@ -117,7 +117,7 @@ pub struct VmConfig {
     #[serde(default = "yes")]
     pub rng: bool,
     /// Host directory shared with the guest through virtio-fs under the tag
-    /// [`crate::SHARED_FS_TAG`] (read-write, passthrough); no virtio-fs device when None.
+    /// [`carapace_guest_contract::SHARED_FS_TAG`] (read-write, passthrough); no virtio-fs device when None.
     #[serde(default)]
     pub shared_dir: Option<PathBuf>,
     /// Interrupt every vCPU's KVM_RUN this often (hosts whose timer interrupts do not force exits).
@@ -392,8 +392,9 @@ mod tests {
         cfg.mem_mib = MAX_MEM_MIB + 1;
         let e = cfg.validate_limits().unwrap_err();
         assert_eq!(e.field(), "mem_mib");
-        assert!(
-            matches!(e, ConfigError::MemoryTooLarge { got, max } if got == max + 1 && max == MAX_MEM_MIB)
-        );
+        assert!(matches!(
+            e,
+            ConfigError::MemoryTooLarge { got, max } if got == max + 1 && max == MAX_MEM_MIB
+        ));
     }
 }

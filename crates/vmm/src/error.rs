@@ -40,9 +40,9 @@ pub enum VmmError {
     #[error("the guest memory map has {0} entries, more than the boot parameters hold")]
     TooManyE820Entries(usize),
     #[error("invalid kernel command line: {0}")]
-    Cmdline(String),
+    Cmdline(#[from] CmdlineError),
     #[error("cannot build the MP table: {0}")]
-    MpTable(String),
+    MpTable(#[from] MpTableError),
     #[error("KVM refused to set MSR {0:#x}")]
     MsrRefused(u32),
     #[error("cannot build the MSR list: {0}")]
@@ -66,7 +66,7 @@ pub enum VmmError {
     #[error("cannot start thread {name}: {source}")]
     Thread { name: String, source: std::io::Error },
     #[error("cannot create eventfd: {0}")]
-    EventFd(std::io::Error),
+    EventFd(#[source] std::io::Error),
 }
 
 impl VmmError {
@@ -74,4 +74,30 @@ impl VmmError {
     pub(crate) fn kvm(op: &'static str, source: kvm_ioctls::Error) -> Self {
         VmmError::Kvm { op, source }
     }
+}
+
+/// Why a kernel command line cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CmdlineError {
+    #[error("contains a NUL byte")]
+    Nul,
+    #[error("{len} bytes, the limit is {max}")]
+    TooLong { len: usize, max: usize },
+    #[error("command line above 4 GiB")]
+    Above4G(#[source] std::num::TryFromIntError),
+    #[error("command line too long")]
+    LengthOverflow(#[source] std::num::TryFromIntError),
+}
+
+/// Why the MP table cannot be built or placed.
+#[derive(Debug, thiserror::Error)]
+pub enum MpTableError {
+    #[error("no vCPUs")]
+    NoVcpus,
+    #[error("address {base:#x} is above 4 GiB")]
+    Above4G { base: u64, source: std::num::TryFromIntError },
+    #[error("table too large")]
+    TooLarge(#[source] std::num::TryFromIntError),
+    #[error("{len} bytes do not fit in the EBDA")]
+    BeyondEbda { len: usize },
 }

@@ -1,5 +1,6 @@
 //! carapace VMM: a KVM microVM that boots an uncompressed Linux vmlinux directly in 64-bit mode,
-//! with a serial console, an i8042 (reset, Ctrl+Alt+Del) and virtio-mmio devices (vsock, rng, virtio-fs).
+//! with a serial console, an i8042 (reset, Ctrl+Alt+Del) and virtio-mmio devices (vsock, rng,
+//! virtio-fs).
 //!
 //! ```no_run
 //! use carapace_vmm::{build_vm, VmConfig};
@@ -33,8 +34,9 @@ pub use config::{
     ConfigError, VmConfig, VsockConfig, DEFAULT_KVM_PATH, DEFAULT_MEM_MIB, DEFAULT_VCPUS,
     MAX_MEM_MIB, MAX_VCPUS, MIN_GUEST_CID, MIN_MEM_MIB,
 };
-pub use error::VmmError;
+pub use error::{CmdlineError, MpTableError, VmmError};
 pub use exit::ExitReason;
+pub use memory::GuestMemoryMmap;
 pub use panic::install_panic_abort;
 pub use probe::{probe_guest_capability, ProbeReport};
 pub use vm::{Vm, VmHandle};
@@ -42,6 +44,3 @@ pub use vm::{Vm, VmHandle};
 /// virtio-fs tag of the directory shared with `--shared-dir` ([`VmConfig::shared_dir`]); the
 /// agent mounts it at `carapace_guest_contract::GUEST_SHARED_DIR`.
 pub use carapace_guest_contract::SHARED_FS_TAG;
-
-/// Guest memory of a carapace VM (the same type the virtio devices use).
-pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;

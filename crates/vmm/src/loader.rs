@@ -8,7 +8,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 use crate::error::VmmError;
 use crate::layout::{HIMEM_START, MMIO_GAP_START};
-use crate::GuestMemoryMmap;
+use crate::memory::GuestMemoryMmap;
 
 const PAGE_SIZE: u64 = 4096;
 

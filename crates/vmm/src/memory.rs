@@ -6,7 +6,9 @@ use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegio
 
 use crate::error::VmmError;
 use crate::layout::ram_ranges;
-use crate::GuestMemoryMmap;
+
+/// Guest memory of a carapace VM (the same type the virtio devices use).
+pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;
 
 /// Allocates `mem_bytes` of guest RAM around the MMIO gap.
 pub fn create_guest_memory(mem_bytes: u64) -> Result<GuestMemoryMmap, VmmError> {

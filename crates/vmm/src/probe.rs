@@ -13,8 +13,8 @@ use crate::error::VmmError;
 use crate::kick::{install_kick_handler, PeriodicKicker};
 use crate::kvm::{create_vm, open_kvm, supported_cpuid};
 use crate::memory::register_memory;
+use crate::memory::GuestMemoryMmap;
 use crate::vcpu::{describe_registers, internal_error_suberror};
-use crate::GuestMemoryMmap;
 
 const PROBE_MEM_SIZE: usize = 2 << 20;
 const CODE_ADDR: u64 = 0x1000;
@@ -175,19 +175,22 @@ pub fn probe_guest_capability(kvm_path: &Path) -> Result<ProbeReport, VmmError> 
                     incapable(INCAPABLE_EMULATION.to_string())
                 } else {
                     incapable(format!(
-                        "this KVM cannot run a Linux guest: KVM internal error (suberror {sub}) in 64-bit mode"
+                        "this KVM cannot run a Linux guest: KVM internal error (suberror {sub}) \
+                         in 64-bit mode"
                     ))
                 };
             }
             Ok(VcpuExit::Shutdown) => {
                 break incapable(format!(
-                    "this KVM cannot run a Linux guest: the test VM triple-faulted in 64-bit mode ({})",
+                    "this KVM cannot run a Linux guest: the test VM triple-faulted in 64-bit \
+                     mode ({})",
                     describe_registers(&vcpu)
                 ));
             }
             Ok(VcpuExit::FailEntry(reason, _)) => {
                 break incapable(format!(
-                    "this KVM cannot run a Linux guest: VM entry failed (hardware reason {reason:#x})"
+                    "this KVM cannot run a Linux guest: VM entry failed \
+                     (hardware reason {reason:#x})"
                 ));
             }
             Ok(other) => {
@@ -199,7 +202,8 @@ pub fn probe_guest_capability(kvm_path: &Path) -> Result<ProbeReport, VmmError> 
                 vcpu.set_kvm_immediate_exit(0);
                 if started.elapsed() > PROBE_TIMEOUT {
                     break incapable(format!(
-                        "this KVM cannot run a Linux guest: the test VM did not finish in {PROBE_TIMEOUT:?}"
+                        "this KVM cannot run a Linux guest: the test VM did not finish in \
+                         {PROBE_TIMEOUT:?}"
                     ));
                 }
             }

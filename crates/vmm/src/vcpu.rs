@@ -28,7 +28,8 @@ pub(crate) enum Step {
 pub(crate) fn describe_registers(vcpu: &VcpuFd) -> String {
     match (vcpu.get_regs(), vcpu.get_sregs()) {
         (Ok(r), Ok(s)) => format!(
-            "rip={:#x} rsp={:#x} rflags={:#x} rax={:#x} rsi={:#x} cr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} efer={:#x} cs={:#x}",
+            "rip={:#x} rsp={:#x} rflags={:#x} rax={:#x} rsi={:#x} \
+             cr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} efer={:#x} cs={:#x}",
             r.rip, r.rsp, r.rflags, r.rax, r.rsi, s.cr0, s.cr2, s.cr3, s.cr4, s.efer, s.cs.selector
         ),
         (Err(e), _) | (_, Err(e)) => format!("registers unavailable: {e}"),

@@ -14,9 +14,9 @@ use crate::devices::mmio_bus::MmioBus;
 use crate::devices::pio_bus::PioBus;
 use crate::exit::{ExitReason, ExitState};
 use crate::kick::{install_kick_handler, kick, PeriodicKicker};
+use crate::memory::GuestMemoryMmap;
 use crate::panic::install_panic_abort;
 use crate::vcpu::{run_vcpu, VcpuContext};
-use crate::GuestMemoryMmap;
 
 /// How often stopping vCPUs are kicked until they leave KVM_RUN.
 const STOP_KICK_PERIOD: Duration = Duration::from_millis(5);

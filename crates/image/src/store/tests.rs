@@ -50,7 +50,15 @@ async fn commit_resolve_remove_and_restart() {
 
     // The tag moves to b; a keeps its digest.
     let b = store
-        .commit(record(b"cfg-b", b"shared", "b"), Some("docker.io/library/busybox:latest".into()), "docker.io/library/busybox@sha256:0000000000000000000000000000000000000000000000000000000000000000".into())
+        .commit(
+            record(b"cfg-b", b"shared", "b"),
+            Some("docker.io/library/busybox:latest".into()),
+            concat!(
+                "docker.io/library/busybox@sha256:",
+                "0000000000000000000000000000000000000000000000000000000000000000"
+            )
+            .into(),
+        )
         .unwrap();
     assert_eq!(store.resolve("busybox").unwrap().id, b.id);
     assert!(store.resolve(&a.id).unwrap().repo_tags.is_empty());

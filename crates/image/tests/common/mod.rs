@@ -112,7 +112,9 @@ impl TestRegistry {
 
 fn spawn_registry(dir: &Path, addr: &str, htpasswd: bool) -> Child {
     let mut config = format!(
-        "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+        "version: 0.1\nlog:\n  level: info\
+         \nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\
+         \nhttp:\n  addr: {addr}\n",
         dir.join("storage").display()
     );
     if htpasswd {

@@ -18,12 +18,18 @@ pub(crate) type FsQueue = virtio_queue_fs::Queue;
 /// Why the 0.17 view of guest memory or of a queue cannot be built.
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryViewError {
-    #[error("guest memory region at {start:#x}: {reason}")]
-    Region { start: u64, reason: String },
+    #[error("guest memory region at {start:#x}: {source}")]
+    HostAddress { start: u64, source: vm_memory::GuestMemoryError },
+    #[error("guest memory region at {start:#x}: {source}")]
+    Size { start: u64, source: std::num::TryFromIntError },
+    #[error("guest memory region at {start:#x}: {source}")]
+    Mapping { start: u64, source: vm_memory_fs::mmap::MmapRegionError },
+    #[error("guest memory region at {start:#x}: region wraps around the address space")]
+    Wraps { start: u64 },
     #[error("guest memory regions: {0}")]
-    Collection(String),
+    Collection(#[source] vm_memory_fs::GuestRegionCollectionError),
     #[error("queue: {0}")]
-    Queue(String),
+    Queue(#[source] virtio_queue_fs::Error),
 }
 
 /// A vm-memory 0.17 view of `mem`. The view borrows the mappings of `mem` without owning them:
@@ -40,10 +46,11 @@ impl MemoryView {
         let mut regions = Vec::new();
         for region in mem.iter() {
             let start = region.start_addr().0;
-            let err = |reason: String| MemoryViewError::Region { start, reason };
-            let host =
-                region.get_host_address(MemoryRegionAddress(0)).map_err(|e| err(e.to_string()))?;
-            let size = usize::try_from(region.len()).map_err(|e| err(e.to_string()))?;
+            let host = region
+                .get_host_address(MemoryRegionAddress(0))
+                .map_err(|source| MemoryViewError::HostAddress { start, source })?;
+            let size = usize::try_from(region.len())
+                .map_err(|source| MemoryViewError::Size { start, source })?;
             // SAFETY: `host..host+size` is a live read-write mapping owned by `mem`. The raw
             // region does not own it (it never unmaps it), and `MemoryView` keeps a clone of
             // `mem` for as long as the view exists, so the mapping outlives every access.
@@ -55,13 +62,12 @@ impl MemoryView {
                     libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
                 )
             }
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(|source| MemoryViewError::Mapping { start, source })?;
             let region = GuestRegionMmap::new(raw, FsGuestAddress(start))
-                .ok_or_else(|| err("region wraps around the address space".to_string()))?;
+                .ok_or(MemoryViewError::Wraps { start })?;
             regions.push(region);
         }
-        let view = FsGuestMemory::from_regions(regions)
-            .map_err(|e| MemoryViewError::Collection(e.to_string()))?;
+        let view = FsGuestMemory::from_regions(regions).map_err(MemoryViewError::Collection)?;
         Ok(MemoryView { view, _owner: mem.clone() })
     }
 
@@ -84,7 +90,7 @@ pub(crate) fn convert_queue(q: &virtio_queue::Queue) -> Result<FsQueue, MemoryVi
         avail_ring: s.avail_ring,
         used_ring: s.used_ring,
     };
-    FsQueue::try_from(state).map_err(|e| MemoryViewError::Queue(e.to_string()))
+    FsQueue::try_from(state).map_err(MemoryViewError::Queue)
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 //! `user.*`) is decided in [`policy`], which wraps the passthrough file system.
 
 mod memory;
+mod passthrough;
 mod policy;
 mod worker;
 
@@ -19,18 +20,17 @@ mod tests;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
-use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
 use tracing::{debug, info, warn};
 use vmm_sys_util::epoll::Epoll;
 
+use crate::device::VIRTIO_F_VERSION_1;
 use crate::device::{ActivateError, DeviceQueue, GuestMemory, VirtioDevice, VirtioInterrupt};
 use crate::guest_warn;
 use crate::worker::DeviceThread;
-use crate::VIRTIO_F_VERSION_1;
 
 pub use memory::MemoryViewError;
+pub use passthrough::{SharedDirError, SharedDirProblem, FS_CACHE_TIMEOUT};
 use worker::Context;
 
 /// Virtio device ID of the file system device.
@@ -41,9 +41,6 @@ pub const FS_TAG_LEN: usize = 36;
 pub const FS_REQUEST_QUEUES: u32 = 1;
 const QUEUE_SIZE: u16 = 1024;
 const QUEUE_COUNT: usize = 1 + FS_REQUEST_QUEUES as usize;
-/// How long the guest may cache attributes and directory entries: host-side changes to an
-/// already looked-up name are visible after at most this long; new names at once.
-pub const FS_CACHE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Default bound on the soft RLIMIT_NOFILE the device sets (see [`Fs::with_open_file_limit`]).
 pub const FS_OPEN_FILE_LIMIT: u64 = 65536;
 
@@ -52,12 +49,12 @@ pub const FS_OPEN_FILE_LIMIT: u64 = 65536;
 pub enum FsError {
     #[error("virtio-fs tag {0:?} must be 1 to {FS_TAG_LEN} bytes without NUL")]
     InvalidTag(String),
-    #[error("shared directory {path}: {reason}")]
-    SharedDir { path: PathBuf, reason: String },
+    #[error(transparent)]
+    SharedDir(#[from] SharedDirError),
     #[error("virtio-fs guest memory view: {0}")]
     Memory(#[from] MemoryViewError),
     #[error("virtio-fs worker thread: {0}")]
-    Thread(std::io::Error),
+    Thread(#[source] std::io::Error),
 }
 
 /// The file system device exposing `shared_dir` under `tag`.
@@ -90,13 +87,13 @@ impl Fs {
         if tag.is_empty() || tag.len() > FS_TAG_LEN || tag.contains('\0') {
             return Err(FsError::InvalidTag(tag.to_string()));
         }
-        let bad = |reason: String| FsError::SharedDir { path: shared_dir.to_path_buf(), reason };
-        let resolved = shared_dir.canonicalize().map_err(|e| bad(e.to_string()))?;
+        let bad = |problem| FsError::from(SharedDirError::new(shared_dir, problem));
+        let resolved = shared_dir.canonicalize().map_err(|e| bad(SharedDirProblem::Resolve(e)))?;
         if !resolved.is_dir() {
-            return Err(bad("not a directory".to_string()));
+            return Err(bad(SharedDirProblem::NotADirectory));
         }
         if resolved.to_str().is_none() {
-            return Err(bad("path is not valid UTF-8".to_string()));
+            return Err(bad(SharedDirProblem::NotUtf8));
         }
         let mut config = [0u8; FS_TAG_LEN + 4];
         if let Some(dst) = config.get_mut(..tag.len()) {
@@ -151,27 +148,6 @@ fn set_open_file_limit(want: u64) {
             warn!("virtio-fs: cannot set the open file limit: {}", std::io::Error::last_os_error());
         }
     }
-}
-
-/// A passthrough file system over `dir`: read-write, xattrs on, guest caching bounded by
-/// [`FS_CACHE_TIMEOUT`] and close-to-open consistency for file data, no DAX.
-pub(crate) fn passthrough_fs(dir: &Path) -> Result<PassthroughFs<()>, FsError> {
-    let bad = |reason: String| FsError::SharedDir { path: dir.to_path_buf(), reason };
-    let root_dir =
-        dir.to_str().ok_or_else(|| bad("path is not valid UTF-8".to_string()))?.to_string();
-    let config = Config {
-        root_dir,
-        xattr: true,
-        do_import: true,
-        cache_policy: CachePolicy::Auto,
-        attr_timeout: FS_CACHE_TIMEOUT,
-        entry_timeout: FS_CACHE_TIMEOUT,
-        writeback: false,
-        ..Default::default()
-    };
-    let fs = PassthroughFs::<()>::new(config).map_err(|e| bad(e.to_string()))?;
-    fs.import().map_err(|e| bad(e.to_string()))?;
-    Ok(fs)
 }
 
 impl VirtioDevice for Fs {

@@ -1,4 +1,6 @@
 //! virtio-fs tests: a driver-side FUSE client over in-memory queues against a temp directory.
+//! Over 600 lines on purpose: one job (the device as a guest drives it), and the client
+//! harness is shared by every test.
 
 use std::time::{Duration, Instant};
 

@@ -11,12 +11,21 @@ use fuse_backend_rs::transport::{Reader, VirtioFsWriter};
 use tracing::error;
 use virtio_queue_fs::{DescriptorChain, QueueT};
 
-use super::memory::{convert_queue, FsGuestMemory, FsQueue, MemoryView};
+use super::memory::{convert_queue, FsGuestMemory, FsQueue, MemoryView, MemoryViewError};
+use super::passthrough::{passthrough_fs, SharedDirError};
 use super::policy::HostSafeFs;
-use super::{passthrough_fs, FsError};
 use crate::device::{GuestMemory, VirtioInterrupt};
 use crate::guest_warn;
 use crate::worker::DeviceWorker;
+
+/// Why the device thread's context cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ContextError {
+    #[error("virtio-fs guest memory view: {0}")]
+    Memory(#[from] MemoryViewError),
+    #[error(transparent)]
+    SharedDir(#[from] SharedDirError),
+}
 
 /// The file system the guest talks to.
 pub(crate) type SharedFs = HostSafeFs<PassthroughFs<()>>;
@@ -35,7 +44,7 @@ impl Context {
         queues: &[virtio_queue::Queue],
         shared_dir: &Path,
         interrupt: Arc<dyn VirtioInterrupt>,
-    ) -> Result<Context, FsError> {
+    ) -> Result<Context, ContextError> {
         let memory = MemoryView::new(mem)?;
         let queues = queues.iter().map(convert_queue).collect::<Result<Vec<_>, _>>()?;
         let server = Server::new(HostSafeFs::new(passthrough_fs(shared_dir)?));

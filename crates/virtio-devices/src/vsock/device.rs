@@ -11,10 +11,10 @@ use vmm_sys_util::epoll::Epoll;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::muxer::{Muxer, DEFAULT_CONNECT_TIMEOUT};
+use crate::device::VIRTIO_F_VERSION_1;
 use crate::device::{ActivateError, DeviceQueue, GuestMemory, VirtioDevice, VirtioInterrupt};
 use crate::guest_warn;
 use crate::worker::{DeviceThread, WorkerError};
-use crate::VIRTIO_F_VERSION_1;
 
 /// Virtio device ID of the socket device.
 pub const VIRTIO_ID_VSOCK: u32 = 19;

@@ -10,6 +10,7 @@ mod connection;
 mod device;
 mod muxer;
 pub mod packet;
+mod unix;
 
 pub use device::{Vsock, VsockError, VIRTIO_ID_VSOCK};
 pub use muxer::FIRST_LOCAL_PORT;

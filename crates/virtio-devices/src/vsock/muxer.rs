@@ -6,21 +6,21 @@
 //! socket is non-blocking; nothing here blocks.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{self, Read};
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
 use tracing::{debug, info, warn};
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use super::connection::{Connection, PEER_TIMEOUT};
 use super::packet::*;
-use crate::chain::{read_from, write_to, Buffers, ChainError};
+use super::unix::{connect_nonblocking, HandshakeError, PendingAccept};
+use crate::chain::Buffers;
 use crate::device::{GuestMemory, VirtioInterrupt};
 use crate::guest_warn;
 use crate::worker::{DeviceWorker, FIRST_RESERVED_TOKEN};
@@ -42,31 +42,9 @@ const MAX_CONNECTIONS: usize = 1024;
 const MAX_PENDING_REPLIES: usize = 1024;
 /// Default time the guest gets to answer a host-initiated connection request.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Longest accepted `CONNECT <port>\n` line.
-const MAX_CONNECT_LINE: usize = 32;
 
 /// (local (host) port, peer (guest) port).
 type Key = (u32, u32);
-
-/// Why a tx packet was dropped.
-#[derive(Debug, thiserror::Error)]
-enum TxError {
-    #[error(transparent)]
-    Chain(#[from] ChainError),
-    #[error("tx packet has device-writable buffers")]
-    Writable,
-    #[error(transparent)]
-    Packet(#[from] PacketError),
-    #[error("payload truncated: {got} of {want} bytes")]
-    Truncated { got: usize, want: usize },
-}
-
-/// A host process connected to the listener and has not yet sent its whole CONNECT line.
-struct PendingAccept {
-    stream: UnixStream,
-    line: Vec<u8>,
-    deadline: Instant,
-}
 
 struct Entry {
     conn: Connection,
@@ -78,17 +56,6 @@ struct Entry {
 enum Slot {
     Pending(PendingAccept),
     Conn(Key),
-}
-
-/// Parses `CONNECT <port>` (without the newline).
-pub fn parse_connect_line(line: &[u8]) -> Option<u32> {
-    let text = std::str::from_utf8(line).ok()?;
-    let text = text.strip_suffix('\r').unwrap_or(text);
-    let port = text.strip_prefix("CONNECT ")?;
-    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    port.parse().ok()
 }
 
 pub struct Muxer {
@@ -196,7 +163,13 @@ impl Muxer {
             let head = chain.head_index();
             let packet = Buffers::collect(chain)
                 .map_err(TxError::from)
-                .and_then(|bufs| self.read_tx_packet(&bufs));
+                .and_then(|bufs| read_tx_packet(&self.mem, &bufs));
+            if let Err(TxError::Invalid { hdr, .. }) = &packet {
+                // The header itself is readable: tell the guest this connection is broken.
+                if hdr.src_cid == self.guest_cid && hdr.dst_cid == HOST_CID && hdr.op != OP_RST {
+                    self.reset_connection(hdr);
+                }
+            }
             if let Err(e) = self.tx.add_used(&self.mem, head, 0) {
                 guest_warn!("vsock: cannot return tx buffer {head}: {e}");
             }
@@ -210,29 +183,6 @@ impl Muxer {
             self.interrupt.signal_used_queue();
         }
         self.process_rx();
-    }
-
-    fn read_tx_packet(&mut self, bufs: &Buffers) -> Result<(Header, Vec<u8>), TxError> {
-        if !bufs.writable.is_empty() {
-            return Err(TxError::Writable);
-        }
-        let mut raw = [0u8; HDR_SIZE];
-        let got = read_from(&self.mem, &bufs.readable, 0, &mut raw)?;
-        let hdr = Header::parse(raw.get(..got).unwrap_or(&[]))?;
-        let avail = Buffers::total(&bufs.readable).saturating_sub(HDR_SIZE);
-        if let Err(e) = hdr.validate(avail) {
-            // The header itself is readable: tell the guest this connection is broken.
-            if hdr.src_cid == self.guest_cid && hdr.dst_cid == HOST_CID && hdr.op != OP_RST {
-                self.reset_connection(&hdr);
-            }
-            return Err(e.into());
-        }
-        let mut payload = vec![0u8; hdr.len as usize];
-        let n = read_from(&self.mem, &bufs.readable, HDR_SIZE, &mut payload)?;
-        if n != payload.len() {
-            return Err(TxError::Truncated { got: n, want: payload.len() });
-        }
-        Ok((hdr, payload))
     }
 
     fn reset_connection(&mut self, hdr: &Header) {
@@ -399,9 +349,7 @@ impl Muxer {
                 self.rx.set_next_avail(self.rx.next_avail().wrapping_sub(1));
                 break;
             };
-            let written = write_to(&self.mem, &bufs.writable, 0, &hdr.to_bytes())
-                .and_then(|n| Ok(n + write_to(&self.mem, &bufs.writable, HDR_SIZE, &data)?));
-            let len = match written {
+            let len = match write_rx_packet(&self.mem, &bufs, &hdr, &data) {
                 Ok(n) => u32::try_from(n).unwrap_or(0),
                 Err(e) => {
                     guest_warn!("vsock: rx packet lost: {e}");
@@ -476,11 +424,7 @@ impl Muxer {
                         warn!("vsock: cannot watch accepted stream: {e}");
                         continue;
                     }
-                    let pending = PendingAccept {
-                        stream,
-                        line: Vec::new(),
-                        deadline: Instant::now() + PEER_TIMEOUT,
-                    };
+                    let pending = PendingAccept::new(stream, Instant::now() + PEER_TIMEOUT);
                     self.slots.insert(token, Slot::Pending(pending));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -503,60 +447,35 @@ impl Muxer {
         let Some(Slot::Pending(pending)) = self.slots.get_mut(&token) else {
             return;
         };
-        // One byte at a time: whatever follows the newline is connection data.
-        let outcome = loop {
-            let mut byte = [0u8; 1];
-            match (&pending.stream).read(&mut byte) {
-                Ok(0) => break Err("closed before CONNECT line".to_string()),
-                Ok(_) if byte[0] == b'\n' => break Ok(Some(())),
-                Ok(_) => {
-                    pending.line.push(byte[0]);
-                    if pending.line.len() > MAX_CONNECT_LINE {
-                        break Err("CONNECT line too long".to_string());
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if events.intersects(EventSet::HANG_UP | EventSet::ERROR) {
-                        break Err("hang-up before CONNECT line".to_string());
-                    }
-                    break Ok(None);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => break Err(e.to_string()),
+        let hung_up = events.intersects(EventSet::HANG_UP | EventSet::ERROR);
+        let port = match pending.read_line(hung_up) {
+            Ok(None) => return,
+            Ok(Some(port)) => port,
+            Err(e @ HandshakeError::Malformed(_)) => {
+                warn!("vsock: {e}; closing");
+                self.drop_pending(token);
+                return;
             }
-        };
-        match outcome {
-            Ok(None) => {}
             Err(e) => {
                 debug!("vsock: host connection dropped: {e}");
                 self.drop_pending(token);
+                return;
             }
-            Ok(Some(())) => {
-                let port = parse_connect_line(&pending.line);
-                let Some(port) = port else {
-                    warn!(
-                        "vsock: malformed CONNECT line {:?}; closing",
-                        String::from_utf8_lossy(&pending.line)
-                    );
-                    self.drop_pending(token);
-                    return;
-                };
-                let Some(Slot::Pending(pending)) = self.slots.remove(&token) else {
-                    return;
-                };
-                self.epoll_del(pending.stream.as_raw_fd());
-                let local = self.alloc_local_port(port);
-                debug!("vsock: host connection to guest port {port} as local port {local}");
-                let conn = Connection::host_initiated(
-                    pending.stream,
-                    local,
-                    port,
-                    self.guest_cid,
-                    Instant::now().checked_add(self.connect_timeout),
-                );
-                self.insert_conn((local, port), conn);
-            }
-        }
+        };
+        let Some(Slot::Pending(pending)) = self.slots.remove(&token) else {
+            return;
+        };
+        self.epoll_del(pending.stream.as_raw_fd());
+        let local = self.alloc_local_port(port);
+        debug!("vsock: host connection to guest port {port} as local port {local}");
+        let conn = Connection::host_initiated(
+            pending.stream,
+            local,
+            port,
+            self.guest_cid,
+            Instant::now().checked_add(self.connect_timeout),
+        );
+        self.insert_conn((local, port), conn);
     }
 
     fn alloc_local_port(&mut self, peer_port: u32) -> u32 {
@@ -646,36 +565,5 @@ impl DeviceWorker for Muxer {
 
     fn tick_ms(&self) -> i32 {
         TICK_MS
-    }
-}
-
-/// Connects to a Unix listener without blocking (a full backlog is a refusal, not a wait).
-fn connect_nonblocking(path: &std::path::Path) -> io::Result<UnixStream> {
-    let fd: OwnedFd = socket(
-        AddressFamily::Unix,
-        SockType::Stream,
-        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
-    let addr = UnixAddr::new(path)?;
-    connect(fd.as_raw_fd(), &addr)?;
-    Ok(UnixStream::from(fd))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn connect_line_parsing() {
-        assert_eq!(parse_connect_line(b"CONNECT 52"), Some(52));
-        assert_eq!(parse_connect_line(b"CONNECT 4294967295\r"), Some(u32::MAX));
-        assert_eq!(parse_connect_line(b"CONNECT 4294967296"), None);
-        assert_eq!(parse_connect_line(b"CONNECT "), None);
-        assert_eq!(parse_connect_line(b"CONNECT -1"), None);
-        assert_eq!(parse_connect_line(b"CONNECT +1"), None);
-        assert_eq!(parse_connect_line(b"connect 52"), None);
-        assert_eq!(parse_connect_line(b"CONNECT  52"), None);
-        assert_eq!(parse_connect_line(b"\xff\xfe"), None);
     }
 }

@@ -1,4 +1,8 @@
-//! virtio-vsock packet header (virtio spec 5.10.6): parsing and serialising with bounds checks.
+//! virtio-vsock packets (virtio spec 5.10.6): the header parsed and serialised with bounds
+//! checks, and whole packets read from tx chains and written to rx chains.
+
+use crate::chain::{read_from, write_to, Buffers, ChainError};
+use crate::device::GuestMemory;
 
 /// Size of `struct virtio_vsock_hdr` on the wire.
 pub const HDR_SIZE: usize = 44;
@@ -154,6 +158,56 @@ impl Header {
             fwd_cnt: 0,
         }
     }
+}
+
+/// Why a tx packet was dropped.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum TxError {
+    #[error(transparent)]
+    Chain(#[from] ChainError),
+    #[error("tx packet has device-writable buffers")]
+    Writable,
+    #[error(transparent)]
+    Packet(#[from] PacketError),
+    /// The header could be read but is refused: `hdr` names the connection it claims.
+    #[error("{source}")]
+    Invalid { hdr: Header, source: PacketError },
+    #[error("payload truncated: {got} of {want} bytes")]
+    Truncated { got: usize, want: usize },
+}
+
+/// Reads the packet (header and payload) of a tx chain's buffers.
+pub(crate) fn read_tx_packet(
+    mem: &GuestMemory,
+    bufs: &Buffers,
+) -> Result<(Header, Vec<u8>), TxError> {
+    if !bufs.writable.is_empty() {
+        return Err(TxError::Writable);
+    }
+    let mut raw = [0u8; HDR_SIZE];
+    let got = read_from(mem, &bufs.readable, 0, &mut raw)?;
+    let hdr = Header::parse(raw.get(..got).unwrap_or(&[]))?;
+    let avail = Buffers::total(&bufs.readable).saturating_sub(HDR_SIZE);
+    if let Err(source) = hdr.validate(avail) {
+        return Err(TxError::Invalid { hdr, source });
+    }
+    let mut payload = vec![0u8; hdr.len as usize];
+    let n = read_from(mem, &bufs.readable, HDR_SIZE, &mut payload)?;
+    if n != payload.len() {
+        return Err(TxError::Truncated { got: n, want: payload.len() });
+    }
+    Ok((hdr, payload))
+}
+
+/// Writes the packet `hdr` + `data` into an rx chain's buffers; returns the bytes written.
+pub(crate) fn write_rx_packet(
+    mem: &GuestMemory,
+    bufs: &Buffers,
+    hdr: &Header,
+    data: &[u8],
+) -> Result<usize, ChainError> {
+    let n = write_to(mem, &bufs.writable, 0, &hdr.to_bytes())?;
+    Ok(n + write_to(mem, &bufs.writable, HDR_SIZE, data)?)
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use vm_memory::{Bytes, GuestAddress};
 use super::gdt::{boot_gdt, segment_from_entry, CODE_INDEX, DATA_INDEX, TSS_INDEX};
 use crate::error::VmmError;
 use crate::layout::{BOOT_GDT_START, BOOT_IDT_START, BOOT_STACK_POINTER, ZERO_PAGE_START};
-use crate::GuestMemoryMmap;
+use crate::memory::GuestMemoryMmap;
 
 const CR0_PE: u64 = 1;
 const CR0_PG: u64 = 1 << 31;
@@ -152,7 +152,11 @@ pub fn setup_xcr0(vcpu: &VcpuFd, cpuid: &[kvm_cpuid_entry2]) {
     let mut xcrs = kvm_xcrs { nr_xcrs: 1, ..Default::default() };
     xcrs.xcrs[0] = kvm_xcr { xcr: 0, reserved: 0, value };
     if let Err(e) = vcpu.set_xcrs(&xcrs) {
-        tracing::debug!(error = %e, xcr0 = format!("{value:#x}"), "KVM_SET_XCRS refused; keeping the reset XCR0");
+        tracing::debug!(
+            error = %e,
+            xcr0 = format!("{value:#x}"),
+            "KVM_SET_XCRS refused; keeping the reset XCR0"
+        );
     }
 }
 

@@ -3,9 +3,9 @@
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
 use vm_memory::{Bytes, GuestAddress};
 
-use crate::error::VmmError;
+use crate::error::{CmdlineError, VmmError};
 use crate::layout::{EBDA_END, EBDA_START, HIMEM_START, ZERO_PAGE_START};
-use crate::GuestMemoryMmap;
+use crate::memory::GuestMemoryMmap;
 
 /// e820 type of usable RAM.
 pub const E820_RAM: u32 = 1;
@@ -49,10 +49,9 @@ pub fn build_boot_params(ram: &[(u64, u64)], at: &BootLocations) -> Result<boot_
     params.hdr.boot_flag = KERNEL_BOOT_FLAG_MAGIC;
     params.hdr.header = KERNEL_HDR_MAGIC;
     params.hdr.kernel_alignment = KERNEL_MIN_ALIGNMENT;
-    params.hdr.cmd_line_ptr = u32::try_from(at.cmdline_addr)
-        .map_err(|_| VmmError::Cmdline("command line above 4 GiB".to_string()))?;
-    params.hdr.cmdline_size = u32::try_from(at.cmdline_len)
-        .map_err(|_| VmmError::Cmdline("command line too long".to_string()))?;
+    params.hdr.cmd_line_ptr = u32::try_from(at.cmdline_addr).map_err(CmdlineError::Above4G)?;
+    params.hdr.cmdline_size =
+        u32::try_from(at.cmdline_len).map_err(CmdlineError::LengthOverflow)?;
     if let Some((addr, size)) = at.initramfs {
         params.hdr.ramdisk_image = u32::try_from(addr).map_err(|_| VmmError::InitramfsBeyond4G)?;
         params.hdr.ramdisk_size = u32::try_from(size).map_err(|_| VmmError::InitramfsBeyond4G)?;

@@ -3,9 +3,9 @@
 
 use vm_memory::{Bytes, GuestAddress};
 
-use crate::error::VmmError;
+use crate::error::{MpTableError, VmmError};
 use crate::layout::{APIC_ADDR, EBDA_END, EBDA_START, IOAPIC_ADDR, IOAPIC_MAX_IRQ};
-use crate::GuestMemoryMmap;
+use crate::memory::GuestMemoryMmap;
 
 const FLOATING_POINTER_SIZE: usize = 16;
 const HEADER_SIZE: usize = 44;
@@ -55,10 +55,10 @@ pub fn mptable_size(vcpus: u8) -> usize {
 /// guest physical address `base`.
 pub fn build_mptable(vcpus: u8, base: u64) -> Result<Vec<u8>, VmmError> {
     if vcpus == 0 {
-        return Err(VmmError::MpTable("no vCPUs".to_string()));
+        return Err(MpTableError::NoVcpus.into());
     }
     let table_addr = u32::try_from(base + FLOATING_POINTER_SIZE as u64)
-        .map_err(|_| VmmError::MpTable(format!("address {base:#x} is above 4 GiB")))?;
+        .map_err(|source| MpTableError::Above4G { base, source })?;
     let ioapic = ioapic_id(vcpus);
 
     let mut entries: Vec<u8> = Vec::new();
@@ -96,8 +96,7 @@ pub fn build_mptable(vcpus: u8, base: u64) -> Result<Vec<u8>, VmmError> {
     entries.extend_from_slice(&[ENTRY_LOCAL_INTERRUPT, INT_TYPE_NMI, 0, 0, ISA_BUS_ID, 0, 0xff, 1]);
     count += 2;
 
-    let table_len = u16::try_from(HEADER_SIZE + entries.len())
-        .map_err(|_| VmmError::MpTable("table too large".to_string()))?;
+    let table_len = u16::try_from(HEADER_SIZE + entries.len()).map_err(MpTableError::TooLarge)?;
     let mut table = Vec::with_capacity(usize::from(table_len));
     table.extend_from_slice(b"PCMP");
     table.extend_from_slice(&table_len.to_le_bytes());
@@ -138,7 +137,7 @@ pub fn build_mptable(vcpus: u8, base: u64) -> Result<Vec<u8>, VmmError> {
 pub fn write_mptable(mem: &GuestMemoryMmap, vcpus: u8) -> Result<(), VmmError> {
     let bytes = build_mptable(vcpus, EBDA_START)?;
     if EBDA_START + bytes.len() as u64 > EBDA_END {
-        return Err(VmmError::MpTable(format!("{} bytes do not fit in the EBDA", bytes.len())));
+        return Err(MpTableError::BeyondEbda { len: bytes.len() }.into());
     }
     mem.write_slice(&bytes, GuestAddress(EBDA_START))
         .map_err(|source| VmmError::GuestMemoryWrite { what: "MP table", source })

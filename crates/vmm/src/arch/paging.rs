@@ -4,7 +4,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 use crate::error::VmmError;
 use crate::layout::{PDE_START, PDPTE_START, PML4_START};
-use crate::GuestMemoryMmap;
+use crate::memory::GuestMemoryMmap;
 
 const PRESENT_WRITABLE: u64 = 0x3;
 const HUGE_PAGE: u64 = 0x80;

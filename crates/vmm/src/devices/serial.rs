@@ -184,7 +184,10 @@ impl PioDevice for SerialPort {
         }
         if let Err(e) = self.uart.write(off, *value) {
             if !self.write_failed {
-                tracing::warn!(error = %e, "serial console output failed; further failures not logged");
+                tracing::warn!(
+                    error = %e,
+                    "serial console output failed; further failures not logged"
+                );
                 self.write_failed = true;
             }
         }

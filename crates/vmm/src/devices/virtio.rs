@@ -12,7 +12,7 @@ use crate::cmdline::MmioDeviceParam;
 use crate::config::VmConfig;
 use crate::error::VmmError;
 use crate::layout::{virtio_irq, virtio_mmio_base, VIRTIO_MMIO_MAX_SLOTS};
-use crate::GuestMemoryMmap;
+use crate::memory::GuestMemoryMmap;
 
 impl MmioDevice for MmioTransport {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
@@ -41,7 +41,7 @@ pub fn attach_virtio_devices(
         devices.push(("rng", Box::new(Rng::new())));
     }
     if let Some(dir) = &config.shared_dir {
-        let dev = Fs::new(crate::SHARED_FS_TAG, dir).map_err(VmmError::Fs)?;
+        let dev = Fs::new(carapace_guest_contract::SHARED_FS_TAG, dir).map_err(VmmError::Fs)?;
         devices.push(("virtio-fs", Box::new(dev)));
     }
 
