@@ -15,7 +15,7 @@ BIN := $(CARGO_TARGET_DIR)/release
 AGENT := $(CARGO_TARGET_DIR)/$(HOST_TRIPLE)/release/carapace-agent
 CARGO := cargo
 
-.PHONY: run test lint deps build agent guest-image test-unit test-testhost test-e2e critest bench-boot bench-pull bench-container bench-cri bench-vsock clean-guest
+.PHONY: run test lint deps build agent guest-image test-unit test-testhost test-vm test-e2e critest bench-boot bench-pull bench-container bench-cri bench-vsock clean-guest
 
 DEB_PACKAGES := qemu-system-x86 linux-source-6.1 bison flex bc libelf-dev libssl-dev busybox-static cpio \
 	protobuf-compiler xz-utils kmod jq file libseccomp-dev docker-registry apache2-utils zstd curl skopeo runc containerd \
@@ -46,7 +46,18 @@ run: build guest-image
 	$(BIN)/carapace check || true
 	exec $(BIN)/carapace serve
 
-test: build guest-image lint test-unit test-testhost test-e2e
+test: build guest-image lint test-unit test-testhost test-vm
+
+# The two suites that boot real VMs, side by side in two single-CPU test hosts (or directly where
+# this KVM boots guests): the end-to-end test binaries, and critest. critest's output is printed
+# after the end-to-end tests' (it is kept in a temp file while both run).
+test-vm: build guest-image agent
+	@log=$$(mktemp /tmp/carapace-critest.XXXXXX); \
+	$(MAKE) --no-print-directory critest >"$$log" 2>&1 & cpid=$$!; \
+	rc=0; $(MAKE) --no-print-directory test-e2e || rc=$$?; \
+	crc=0; wait $$cpid || crc=$$?; \
+	echo "== critest (ran beside the end-to-end tests, exit status $$crc)"; cat "$$log"; rm -f "$$log"; \
+	[ $$rc = 0 ] && [ $$crc = 0 ]
 
 # Mechanical gates: the formatter's style (rustfmt.toml) and clippy with warnings as errors.
 lint: deps
@@ -77,7 +88,8 @@ test-e2e: build guest-image agent
 # critest, the CRI validation suite (${CRITEST:-../shared/bin/critest}), against `carapace serve`
 # with a local registry of its images (tests/critest/run): directly where `carapace check` says
 # this KVM boots a guest, otherwise in the test host. Reports in tests/critest/results (or
-# CRITEST_RESULTS); CRITEST_ARGS go to critest (e.g. --ginkgo.focus=REGEX). Not in `make test` yet.
+# CRITEST_RESULTS); CRITEST_ARGS go to critest (e.g. --ginkgo.focus=REGEX). Fails on a failed
+# spec that is on neither tests/critest/skip.list nor tests/critest/known-failures.list.
 critest: build guest-image agent
 	@export CARAPACE_BIN=$(BIN)/carapace CARAPACE_GUEST_DIR=$(GUEST_DIR); \
 	if $(BIN)/carapace check >/dev/null 2>&1; then runner=(); else \
