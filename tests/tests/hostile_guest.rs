@@ -677,6 +677,7 @@ fn a_hostile_guest_cannot_reach_the_host_through_the_shared_dir() {
                 .await
                 .with_context(|| format!("{when}: the daemon stopped answering"))?;
             ensure!(state(&mut c, &attacker).await? == RUNNING, "{when}: the attacker stopped");
+            eprintln!("{when}: done at {:.0} s", started.elapsed().as_secs_f64());
         }
         ensure!(planted_refused > 0, "the host thread never planted before an expose");
         let swaps = hostile.swaps.load(Ordering::Relaxed);
