@@ -208,6 +208,50 @@ fn cri_daemon_killed_with_a_running_pod_reattaches_after_restart() {
     with_log(&d, r);
 }
 
+/// The daemon is SIGKILLed during RunPodSandbox, as soon as the VMM process exists (maybe
+/// before its PID is saved): after the restart no VMM of that pod is left and the pod is
+/// NotReady (or gone).
+#[test]
+#[ignore = "needs a KVM that boots Linux guests: run by `make test-e2e`"]
+fn cri_daemon_killed_during_run_pod_sandbox_leaves_no_vmm() {
+    let mut d = start_daemon().expect("daemon");
+    let rt = runtime();
+    let r = rt.block_on(async {
+        let mut c = d.client().await?;
+        let call = tokio::spawn(async move { c.run_pod_sandbox(pod("cut", 0)).await });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while d.vmm_processes().is_empty() {
+            ensure!(!call.is_finished(), "RunPodSandbox ended before a VMM appeared");
+            ensure!(Instant::now() < deadline, "no VMM appeared within 60 s");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        d.kill9();
+        let answer = call.await?;
+        ensure!(answer.is_err(), "RunPodSandbox finished before the daemon was killed");
+        ensure!(!d.vmm_processes().is_empty(), "the VMM died with the daemon");
+        Ok(())
+    });
+    with_log(&d, r);
+    d.restart().expect("restart the daemon");
+    let r = rt.block_on(async {
+        let left = d.vmm_processes();
+        ensure!(left.is_empty(), "VMMs of the interrupted RunPodSandbox left running: {left:?}");
+        let mut c = d.client().await?;
+        let all = list(&mut c, cri::PodSandboxFilter::default()).await?;
+        ensure!(all.iter().all(|p| p.state == NOTREADY), "after restart: {all:?}");
+        for p in all {
+            c.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: p.id.clone() }).await?;
+            c.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: p.id }).await?;
+        }
+        // The name is free again: a new RunPodSandbox of the same pod boots.
+        let id = c.run_pod_sandbox(pod("cut", 0)).await?.into_inner().pod_sandbox_id;
+        c.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: id.clone() }).await?;
+        c.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id }).await?;
+        d.assert_clean()
+    });
+    with_log(&d, r);
+}
+
 #[test]
 #[ignore = "needs a KVM that boots Linux guests: run by `make test-e2e`"]
 fn cri_run_remove_cycles_leave_nothing_behind() {

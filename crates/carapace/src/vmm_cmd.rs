@@ -19,7 +19,8 @@ use carapace_vmm::{build_vm, ExitReason, VmConfig, VmHandle, VsockConfig};
 pub struct VmmArgs {
     /// The whole VM as a JSON VmConfig file (as the CRI daemon writes it).
     #[arg(long, conflicts_with_all = [
-        "kernel", "initramfs", "vcpus", "mem_mib", "cmdline_extra", "serial_log", "vsock_uds",
+        "kernel", "initramfs", "vcpus", "mem_mib", "cmdline_extra", "serial_log",
+        "serial_log_max_bytes", "vsock_uds",
         "vsock_cid", "no_rng", "shared_dir", "kick_interval_ms", "kvm_device", "stop_timeout_ms",
     ])]
     pub config: Option<PathBuf>,
@@ -41,6 +42,9 @@ pub struct VmmArgs {
     /// File receiving the guest's serial console (discarded when absent).
     #[arg(long)]
     pub serial_log: Option<PathBuf>,
+    /// Cap of the serial log in bytes (rotated once to `<file>.1` when reached).
+    #[arg(long, default_value_t = carapace_vmm::DEFAULT_SERIAL_LOG_MAX_BYTES)]
+    pub serial_log_max_bytes: u64,
     /// Host Unix socket of the guest's virtio-vsock device (no vsock device when absent).
     #[arg(long)]
     pub vsock_uds: Option<PathBuf>,
@@ -86,6 +90,7 @@ impl VmmArgs {
             initramfs: self.initramfs.clone(),
             cmdline_extra: self.cmdline_extra.clone(),
             serial_log: self.serial_log.clone(),
+            serial_log_max_bytes: self.serial_log_max_bytes,
             vsock: self
                 .vsock_uds
                 .clone()
@@ -263,6 +268,8 @@ mod tests {
             "-- agent-arg",
             "--serial-log",
             "/s",
+            "--serial-log-max-bytes",
+            "65536",
             "--vsock-uds",
             "/v",
             "--vsock-cid",
@@ -288,6 +295,7 @@ mod tests {
         assert_eq!(cfg.kvm_path, PathBuf::from("/dev/x"));
         assert_eq!(c.stop_timeout_ms, 5);
         assert_eq!(cfg.shared_dir, Some(PathBuf::from("/srv/pod")));
+        assert_eq!(cfg.serial_log_max_bytes, 65536);
     }
 
     #[test]

@@ -85,6 +85,42 @@ pub fn rss_bytes(p: &VmmProcess) -> Option<u64> {
     parse_vm_rss(&text)
 }
 
+/// Whether the NUL-separated `cmdline` has the arguments `window` one after the other.
+pub fn cmdline_has(cmdline: &[u8], window: &[&[u8]]) -> bool {
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    !window.is_empty() && args.windows(window.len()).any(|w| w == window)
+}
+
+/// Every live process of this user whose command line has the arguments `window` one after
+/// the other (e.g. `vmm --config <file>`: the VMM of one pod, found without its PID).
+pub fn find_by_args(window: &[&[u8]]) -> Vec<VmmProcess> {
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    let own = std::process::id() as i32;
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else { return out };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pid == own {
+            continue;
+        }
+        let Ok(md) = e.metadata() else { continue };
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else { continue };
+        if std::os::unix::fs::MetadataExt::uid(&md) != me || !cmdline_has(&cmdline, window) {
+            continue;
+        }
+        if let Some(st) = read_stat(pid) {
+            let p = VmmProcess { pid, start_time: st.start_time };
+            if is_alive(&p) {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
 /// The VmRSS line of /proc/<pid>/status, in bytes.
 pub fn parse_vm_rss(status: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
@@ -120,6 +156,24 @@ mod tests {
         assert!(!is_alive(&reused));
         assert!(!signal(&reused, 0));
         assert!(!is_alive(&VmmProcess { pid: -1, start_time: 0 }));
+    }
+
+    #[test]
+    fn command_lines_are_matched_argument_by_argument() {
+        let cl = b"/usr/bin/carapace\0vmm\0--config\0/run/p/abc/vm.json\0";
+        let w: [&[u8]; 3] = [b"vmm", b"--config", b"/run/p/abc/vm.json"];
+        assert!(cmdline_has(cl, &w));
+        assert!(!cmdline_has(cl, &[b"vmm", b"--config", b"/run/p/ab/vm.json"]));
+        assert!(!cmdline_has(b"x\0vmm --config /run/p/abc/vm.json\0", &w));
+        assert!(!cmdline_has(cl, &[]));
+        let mut child = std::process::Command::new("/bin/sh")
+            .args(["-c", "sleep 30; :", "sh", "find-me", "--token", "procfs-test-7f3a"])
+            .spawn()
+            .unwrap();
+        let found = find_by_args(&[b"find-me", b"--token", b"procfs-test-7f3a"]);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(found.iter().map(|p| p.pid).collect::<Vec<_>>(), vec![child.id() as i32]);
     }
 
     #[test]

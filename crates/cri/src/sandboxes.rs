@@ -120,7 +120,11 @@ fn stats_of(rec: &SandboxRecord) -> cri::PodSandboxStats {
 
 impl SandboxTable {
     /// Reloads every record from the state dir and reattaches to the VMMs that still run; a
-    /// sandbox whose VMM died meanwhile is recorded as stopped.
+    /// sandbox whose VMM died meanwhile is recorded as stopped. A sandbox still `Starting`
+    /// belongs to a RunPodSandbox that ended with the previous daemon: nobody waits for its VM
+    /// any more, so its VMM is killed (the recorded one, or the one the daemon spawned but
+    /// died before recording, found by its config path) and it is recorded as stopped
+    /// (NotReady; kubelet removes it and tries again).
     pub fn open(cfg: Arc<Config>) -> Result<SandboxTable, StoreError> {
         let store: Store = Store::open(&cfg.state_dir)?;
         let (records, bad) = store.load_all()?;
@@ -129,6 +133,15 @@ impl SandboxTable {
         }
         let mut index = Index::default();
         for mut rec in records {
+            if rec.phase == SandboxPhase::Starting {
+                let found = vmm::find_vmms(&rec.vm_config(), rec.vmm);
+                for p in &found {
+                    tracing::warn!(id = %rec.id, pid = p.pid, "killing the VMM of a sandbox that was still starting when the daemon went down");
+                }
+                for p in vmm::kill_blocking(&found) {
+                    tracing::error!(id = %rec.id, pid = p.pid, "the VMM of an abandoned sandbox did not die after SIGKILL");
+                }
+            }
             let alive = rec.vmm.as_ref().is_some_and(procfs::is_alive);
             if rec.phase != SandboxPhase::Stopped && !alive {
                 tracing::warn!(id = %rec.id, "the VM of this sandbox ended while the daemon was down");

@@ -111,6 +111,36 @@ pub fn spawn(
     }
 }
 
+/// The VMM processes of the VM whose config file is `vm_config` (`carapace vmm --config
+/// <vm_config>`, found in /proc by their arguments) and `recorded` when it still runs: a VMM
+/// the daemon started but whose PID it had not saved yet is found too.
+pub fn find_vmms(vm_config: &Path, recorded: Option<VmmProcess>) -> Vec<VmmProcess> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut found = procfs::find_by_args(&[b"vmm", b"--config", vm_config.as_os_str().as_bytes()]);
+    if let Some(p) = recorded.filter(procfs::is_alive) {
+        if !found.contains(&p) {
+            found.push(p);
+        }
+    }
+    found
+}
+
+/// SIGKILLs `procs` and waits (blocking, up to 5 s each) until they are gone; returns those
+/// still alive after that.
+pub fn kill_blocking(procs: &[VmmProcess]) -> Vec<VmmProcess> {
+    for p in procs {
+        procfs::signal(p, libc::SIGKILL);
+    }
+    let deadline = std::time::Instant::now() + KILL_WAIT;
+    loop {
+        let alive: Vec<VmmProcess> = procs.iter().copied().filter(procfs::is_alive).collect();
+        if alive.is_empty() || std::time::Instant::now() >= deadline {
+            return alive;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// The last `n` non-empty lines of a log file, joined on one line (for error messages).
 pub fn log_tail(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();

@@ -16,7 +16,7 @@ use crate::config::VmConfig;
 use crate::devices::i8042::{I8042, I8042_BASE, I8042_LEN};
 use crate::devices::mmio_bus::MmioBus;
 use crate::devices::pio_bus::PioBus;
-use crate::devices::serial::{open_serial_output, SerialPort, COM1_BASE, COM_PORT_LEN};
+use crate::devices::serial::{open_serial_output_capped, SerialPort, COM1_BASE, COM_PORT_LEN};
 use crate::devices::virtio::attach_virtio_devices;
 use crate::error::VmmError;
 use crate::exit::{ExitReason, ExitState};
@@ -54,7 +54,8 @@ pub fn build_vm(config: &VmConfig) -> Result<Vm, VmmError> {
     let mut mmio = MmioBus::new();
     let virtio = attach_virtio_devices(&vm_fd, &mem, config, &mut mmio)?;
     let log = CreatedFile::new(config.serial_log.as_deref());
-    let serial_out = open_serial_output(config.serial_log.as_deref())?;
+    let serial_out =
+        open_serial_output_capped(config.serial_log.as_deref(), config.serial_log_max_bytes)?;
 
     let finish = || -> Result<Vm, VmmError> {
         let line = build_cmdline(&virtio, &config.cmdline_extra)?;

@@ -22,6 +22,10 @@ pub const DEFAULT_VCPUS: u8 = 1;
 pub const DEFAULT_MEM_MIB: u32 = 256;
 /// Default time the guest gets to shut down after a stop request.
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default cap of the serial log file (one rotation keeps as much again in `<file>.1`).
+pub const DEFAULT_SERIAL_LOG_MAX_BYTES: u64 = 1 << 20;
+/// Smallest serial log cap accepted: room for the marker lines.
+pub const MIN_SERIAL_LOG_MAX_BYTES: u64 = 4096;
 /// The smallest guest CID (0-2 are reserved).
 pub const MIN_GUEST_CID: u64 = 3;
 
@@ -56,6 +60,8 @@ pub enum ConfigError {
     CmdlineNul,
     #[error("kick interval must be greater than zero")]
     ZeroKickInterval,
+    #[error("serial log cap must be at least {min} bytes, got {got}")]
+    SerialLogCapTooSmall { got: u64, min: u64 },
     #[error("cannot read VM config file {}: {source}", path.display())]
     Read { path: PathBuf, source: std::io::Error },
     #[error("VM config file {}: {source}", path.display())]
@@ -76,6 +82,7 @@ impl ConfigError {
             | ConfigError::SharedDirNotUtf8 { .. } => "shared_dir",
             ConfigError::CmdlineNul => "cmdline_extra",
             ConfigError::ZeroKickInterval => "kick_interval_ms",
+            ConfigError::SerialLogCapTooSmall { .. } => "serial_log_max_bytes",
             ConfigError::Read { .. } | ConfigError::Parse { .. } => "file",
         }
     }
@@ -111,6 +118,11 @@ pub struct VmConfig {
     /// File receiving the guest's serial console (None = discard).
     #[serde(default)]
     pub serial_log: Option<PathBuf>,
+    /// Cap of the serial log file in bytes (at least [`MIN_SERIAL_LOG_MAX_BYTES`]): past it
+    /// the file is rotated once to `<file>.1`, so the guest's console takes at most twice
+    /// this on the host.
+    #[serde(default = "default_serial_log_max_bytes")]
+    pub serial_log_max_bytes: u64,
     #[serde(default)]
     pub vsock: Option<VsockConfig>,
     /// Add a virtio-rng device.
@@ -136,6 +148,9 @@ fn default_vcpus() -> u8 {
 }
 fn default_mem_mib() -> u32 {
     DEFAULT_MEM_MIB
+}
+fn default_serial_log_max_bytes() -> u64 {
+    DEFAULT_SERIAL_LOG_MAX_BYTES
 }
 fn yes() -> bool {
     true
@@ -186,6 +201,7 @@ impl VmConfig {
             initramfs: None,
             cmdline_extra: String::new(),
             serial_log: None,
+            serial_log_max_bytes: DEFAULT_SERIAL_LOG_MAX_BYTES,
             vsock: None,
             rng: true,
             shared_dir: None,
@@ -196,7 +212,7 @@ impl VmConfig {
     }
 
     /// Checks the values alone (no file is looked at): vCPUs, memory, vsock CID, command line,
-    /// kick interval. Anyone who writes a config for `carapace vmm` can check it with this.
+    /// kick interval, serial log cap. Anyone who writes a config for `carapace vmm` can check it with this.
     pub fn validate_limits(&self) -> Result<(), ConfigError> {
         if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
             return Err(ConfigError::VcpusOutOfRange { got: self.vcpus, max: MAX_VCPUS });
@@ -220,6 +236,12 @@ impl VmConfig {
         }
         if self.kick_interval == Some(Duration::ZERO) {
             return Err(ConfigError::ZeroKickInterval);
+        }
+        if self.serial_log_max_bytes < MIN_SERIAL_LOG_MAX_BYTES {
+            return Err(ConfigError::SerialLogCapTooSmall {
+                got: self.serial_log_max_bytes,
+                min: MIN_SERIAL_LOG_MAX_BYTES,
+            });
         }
         Ok(())
     }
@@ -300,6 +322,23 @@ mod tests {
         let e = cfg.validate().unwrap_err().to_string();
         assert!(e.contains("at least 64 MiB"), "{e}");
         assert!(e.contains("32"), "{e}");
+    }
+
+    #[test]
+    fn the_serial_log_cap_is_a_field_with_a_floor() {
+        let (_k, mut cfg) = config_with_kernel();
+        assert_eq!(cfg.serial_log_max_bytes, DEFAULT_SERIAL_LOG_MAX_BYTES);
+        cfg.serial_log_max_bytes = 100;
+        let e = cfg.validate().unwrap_err();
+        assert_eq!(e.field(), "serial_log_max_bytes");
+        assert!(e.to_string().contains("at least 4096 bytes, got 100"), "{e}");
+        cfg.serial_log_max_bytes = 1 << 16;
+        cfg.validate().unwrap();
+        let back: VmConfig = serde_json::from_str(&cfg.to_json()).unwrap();
+        assert_eq!(back.serial_log_max_bytes, 1 << 16);
+        // Left out of the JSON: the default.
+        let old: VmConfig = serde_json::from_str(r#"{"kernel": "/k"}"#).unwrap();
+        assert_eq!(old.serial_log_max_bytes, DEFAULT_SERIAL_LOG_MAX_BYTES);
     }
 
     #[test]

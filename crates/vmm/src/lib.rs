@@ -34,6 +34,7 @@ pub use config::{
     ConfigError, VmConfig, VsockConfig, DEFAULT_KVM_PATH, DEFAULT_MEM_MIB, DEFAULT_VCPUS,
     MAX_MEM_MIB, MAX_VCPUS, MIN_GUEST_CID, MIN_MEM_MIB,
 };
+pub use config::{DEFAULT_SERIAL_LOG_MAX_BYTES, MIN_SERIAL_LOG_MAX_BYTES};
 pub use error::{CmdlineError, MpTableError, VmmError};
 pub use exit::ExitReason;
 pub use memory::GuestMemoryMmap;

@@ -186,3 +186,70 @@ async fn reload_keeps_states_ends_containers_of_dead_vms_and_drops_orphans() {
     let store: Store<ContainerRecord> = Store::open(&d.path().join("s")).unwrap();
     assert!(store.load_all().unwrap().0.is_empty());
 }
+
+/// A stand-in VMM: a shell looping forever whose command line ends with `args`.
+fn fake_vmm(args: &[&str]) -> std::process::Child {
+    std::process::Command::new("/bin/sh")
+        .args(["-c", "while :; do sleep 0.1; done", "fake"])
+        .args(args)
+        .spawn()
+        .unwrap()
+}
+
+fn identity(c: &std::process::Child) -> VmmProcess {
+    let pid = c.id() as i32;
+    // Wait until the shell runs with its own command line (not the test's, just forked).
+    for _ in 0..500 {
+        let cl = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if cl.starts_with(b"/bin/sh\0") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    VmmProcess { pid, start_time: procfs::read_stat(pid).unwrap().start_time }
+}
+
+/// The daemon died during RunPodSandbox: once after spawning the VMM but before saving its
+/// PID (the old code left that VMM running for good, its record Stopped), once after. Both
+/// VMMs are killed on reload and their sandboxes are stopped; a Ready sandbox's VMM is kept.
+#[test]
+fn reload_kills_the_vmm_of_a_sandbox_that_was_still_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(dir.path());
+    let store: Store = Store::open(&c.state_dir).unwrap();
+    let config_of = |id: &str| c.pod_run_dir(id).join("vm.json").display().to_string();
+    let (a, b, r) = ("a".repeat(64), "b".repeat(64), "c".repeat(64));
+    let mut unrecorded = fake_vmm(&["vmm", "--config", &config_of(&a)]);
+    let mut recorded = fake_vmm(&["vmm", "--config", "/elsewhere/vm.json"]);
+    let mut ready = fake_vmm(&["vmm", "--config", &config_of(&r)]);
+    let _ = identity(&unrecorded);
+    let mut pods = Vec::new();
+    for (id, phase, vmm) in [
+        (&a, SandboxPhase::Starting, None),
+        (&b, SandboxPhase::Starting, Some(identity(&recorded))),
+        (&r, SandboxPhase::Ready, Some(identity(&ready))),
+    ] {
+        let mut rec = sample(id, &id[..1]);
+        rec.phase = phase;
+        rec.vmm = vmm;
+        rec.run_dir = c.pod_run_dir(id);
+        store.save(&rec).unwrap();
+        pods.push(rec);
+    }
+    let m = Runtime::open(c.clone()).unwrap();
+    // Killed (zombies of this test until reaped here).
+    for child in [&mut unrecorded, &mut recorded] {
+        let st = child.try_wait().unwrap();
+        assert!(st.is_some(), "the VMM of a starting sandbox survived the reload");
+    }
+    assert!(procfs::is_alive(pods[2].vmm.as_ref().unwrap()), "a ready sandbox's VMM was killed");
+    let (recs, _) = store.load_all().unwrap();
+    for rec in &recs {
+        let want = if rec.id == r { SandboxPhase::Ready } else { SandboxPhase::Stopped };
+        assert_eq!(rec.phase, want, "{}", rec.id);
+    }
+    let not_ready = SandboxFilter { state: Some(1), ..Default::default() };
+    assert_eq!(m.list_pods(&not_ready).len(), 2);
+    let _ = ready.kill();
+    let _ = ready.wait();
+}

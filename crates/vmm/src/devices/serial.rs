@@ -36,15 +36,9 @@ impl Trigger for EventFdTrigger {
 /// Where the console goes.
 pub type SerialOutput = Box<dyn Write + Send>;
 
-/// Default cap of the serial log file (one rotation keeps as much again in `<file>.1`).
-pub const SERIAL_LOG_MAX_BYTES: u64 = 1 << 20;
-/// Smallest cap accepted (smaller ones are raised to it): room for the marker lines.
-pub const SERIAL_LOG_MIN_BYTES: u64 = 4096;
-
-/// Opens the serial log capped at [`SERIAL_LOG_MAX_BYTES`], or a sink when there is none.
-pub fn open_serial_output(path: Option<&Path>) -> Result<SerialOutput, VmmError> {
-    open_serial_output_capped(path, SERIAL_LOG_MAX_BYTES)
-}
+/// Smallest cap (smaller ones are raised to it): room for the marker lines. A VmConfig
+/// refuses smaller ones already (`serial_log_max_bytes`).
+pub const SERIAL_LOG_MIN_BYTES: u64 = crate::config::MIN_SERIAL_LOG_MAX_BYTES;
 
 /// Opens the serial log (created, appended to) capped at `max_bytes`, or a sink.
 pub fn open_serial_output_capped(
@@ -229,7 +223,10 @@ mod tests {
     fn writes_reach_the_log_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("serial.log");
-        let mut s = SerialPort::new(irq(), open_serial_output(Some(&path)).unwrap());
+        let mut s = SerialPort::new(
+            irq(),
+            open_serial_output_capped(Some(&path), crate::DEFAULT_SERIAL_LOG_MAX_BYTES).unwrap(),
+        );
         for b in b"Linux version 6.1" {
             s.write(0, &[*b]);
         }
@@ -333,13 +330,16 @@ mod tests {
         std::fs::write(&target, "keep").unwrap();
         let path = dir.path().join("serial.log");
         std::os::unix::fs::symlink(&target, &path).unwrap();
-        assert!(matches!(open_serial_output(Some(&path)), Err(VmmError::SerialLog { .. })));
+        assert!(matches!(
+            open_serial_output_capped(Some(&path), crate::DEFAULT_SERIAL_LOG_MAX_BYTES),
+            Err(VmmError::SerialLog { .. })
+        ));
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
     }
 
     #[test]
     fn no_log_is_a_sink() {
-        let mut out = open_serial_output(None).unwrap();
+        let mut out = open_serial_output_capped(None, crate::DEFAULT_SERIAL_LOG_MAX_BYTES).unwrap();
         out.write_all(b"dropped").unwrap();
     }
 }
