@@ -122,7 +122,7 @@ while :; do
   $b mkdir -p $S/decoy 2>/dev/null; swap $S/decoy $H/dir
   for t in $($b cat /tmp/hot); do [ -d $S/$t ] || continue; running $S/$t; : > $S/.hit-$t; done
   for t in $($b cat /tmp/cold); do [ -e $S/$t ] || continue; stopped $S/$t; : > $S/.cold-$t; done
-  $b usleep 20000
+  $b usleep 250000
 done
 "#;
 
