@@ -17,6 +17,7 @@ use libcontainer::container::Container;
 use libcontainer::syscall::syscall::SyscallType;
 
 use super::error::ContainerError;
+use super::seccomp::{ExecSeccomp, EXEC_SETUP_CAPABILITIES};
 use super::stdio::ChildStdio;
 use crate::reaper::Reaper;
 
@@ -128,8 +129,13 @@ pub struct ExecOptions {
     pub cwd: Option<PathBuf>,
     pub user: Option<(u32, u32, Vec<u32>)>,
     /// A whole OCI process (JSON file) instead of the fields above: used
-    /// for terminals, which the builder cannot ask for otherwise.
+    /// for terminals, which the builder cannot ask for otherwise. With
+    /// `seccomp`, its capabilities must include
+    /// [`EXEC_SETUP_CAPABILITIES`](super::seccomp::EXEC_SETUP_CAPABILITIES).
     pub process_file: Option<PathBuf>,
+    /// The container's seccomp filter, loaded by the exec process itself
+    /// (libcontainer's exec path drops the spec's).
+    pub seccomp: Option<ExecSeccomp>,
 }
 
 /// Runs one more process in a running container. Returns its pid (watched).
@@ -140,11 +146,20 @@ pub fn exec(
     opts: ExecOptions,
     stdio: ChildStdio,
 ) -> Result<i32, ContainerError> {
-    let mut t = builder(id, state_root, stdio)?.as_tenant().with_detach(true);
+    let confined = opts.seccomp.is_some();
+    let mut b = builder(id, state_root, stdio)?;
+    if let Some(x) = opts.seccomp {
+        b = b.with_executor(x);
+    }
+    let mut t = b.as_tenant().with_detach(true);
     if let Some(file) = opts.process_file {
         t = t.with_process(Some(file));
     } else {
         t = t.with_container_args(opts.args).with_env(opts.env).with_cwd(opts.cwd);
+        if confined {
+            t = t
+                .with_capabilities(EXEC_SETUP_CAPABILITIES.iter().map(|c| c.to_string()).collect());
+        }
         if let Some((uid, gid, gids)) = opts.user {
             t = t.with_user(Some(uid)).with_group(Some(gid)).with_additional_gids(gids);
         }
