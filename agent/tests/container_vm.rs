@@ -608,7 +608,12 @@ async fn critest_semantics_in_a_real_guest() {
             "exec {set} differs from init's"
         );
     }
-    assert_eq!(status_field(&o.out, "NoNewPrivs"), "0");
+    eprintln!(
+        "NoNewPrivs: init {}, exec {}",
+        status_field(&init_status, "NoNewPrivs"),
+        status_field(&o.out, "NoNewPrivs")
+    );
+    assert_eq!(status_field(&o.out, "NoNewPrivs"), status_field(&init_status, "NoNewPrivs"));
     // The filter works: unshare(2) is refused with EPERM.
     let (o, _) =
         exec(&mut g, "sc", &["sh", "-c", "unshare -n true 2>&1; echo rc=$?"]).await.unwrap();

@@ -400,20 +400,6 @@ impl Containers {
         if e.execs().contains_key(&exec_id) {
             return Err(ContainerError::AlreadyExists(format!("exec {exec_id:?}")));
         }
-        let mut env = HashMap::new();
-        for kv in &p.env {
-            if let Some((k, v)) = kv.split_once('=') {
-                env.insert(k.to_owned(), v.to_owned());
-            }
-        }
-        let mut opts = runtime::ExecOptions {
-            args: p.args.clone(),
-            env,
-            cwd: (!p.cwd.is_empty()).then(|| PathBuf::from(&p.cwd)),
-            user: p.user.as_ref().map(|u| (u.uid, u.gid, u.additional_gids.clone())),
-            process_file: None,
-            seccomp: None,
-        };
         let reaper = self.inner.reaper.clone();
         let state_root = self.inner.cfg.state_root.clone();
         let cid = e.id.clone();
@@ -423,19 +409,19 @@ impl Containers {
         let eid = exec_id.clone();
         let (pid, io) = tokio::task::spawn_blocking(move || {
             let spec = read_spec(&bundle)?;
-            opts.seccomp = seccomp::ExecSeccomp::from_spec(&spec)?;
-            let (child, agent) = if tty {
-                let confined = opts.seccomp.is_some();
-                opts.process_file = Some(write_exec_process(&bundle, &spec, &eid, &p, confined)?);
-                stdio::create_tty(&bundle.join(format!("exec-{eid}.sock")), with_stdin)?
+            let seccomp = seccomp::ExecSeccomp::from_spec(&spec)?;
+            let process_file = write_exec_process(&bundle, &spec, &eid, &p, seccomp.is_some())?;
+            let opts = runtime::ExecOptions { process_file: process_file.clone(), seccomp };
+            let res = if tty {
+                stdio::create_tty(&bundle.join(format!("exec-{eid}.sock")), with_stdin)
             } else {
-                stdio::create(with_stdin)?
-            };
-            let res = runtime::exec(&reaper, &cid, &state_root, opts, child);
-            if let Some(f) = tty.then(|| bundle.join(format!("exec-{eid}.process.json"))) {
-                let _ = std::fs::remove_file(f);
+                stdio::create(with_stdin)
             }
-            let pid = res.inspect_err(|_| {
+            .and_then(|(child, agent)| {
+                runtime::exec(&reaper, &cid, &state_root, opts, child).map(|pid| (pid, agent))
+            });
+            let _ = std::fs::remove_file(&process_file);
+            let (pid, agent) = res.inspect_err(|_| {
                 let _ = std::fs::remove_file(bundle.join(format!("exec-{eid}.sock")));
             })?;
             match agent.start(&format!("x-{pid}")) {
@@ -624,7 +610,7 @@ fn read_spec(bundle: &Path) -> Result<serde_json::Value, ContainerError> {
         .map_err(|e| ContainerError::Runtime(format!("parse {}: {e}", cfg.display())))
 }
 
-/// Writes the OCI process of a terminal exec next to the container's
+/// Writes the OCI process of an exec next to the container's
 /// config.json (from which it takes the container's process). `confined`:
 /// the exec loads a seccomp filter itself and needs the setup capabilities.
 fn write_exec_process(
