@@ -507,3 +507,221 @@ async fn containers_in_a_real_guest() {
     client.shutdown().await.unwrap();
     drop(vm);
 }
+
+/// Boots a VM with the test rootfs and connects to its agent.
+async fn boot_and_connect(dir: &Path) -> (Vm, AgentClient) {
+    let initramfs = build_initramfs(dir);
+    let vm = boot(dir, &initramfs);
+    match AgentClient::connect(&dir.join("vsock.sock"), AGENT_VSOCK_PORT, Duration::from_secs(120))
+        .await
+    {
+        Ok(c) => (vm, c.with_call_timeout(Duration::from_secs(120))),
+        Err(e) => panic!("agent: {e}\n{}", vm.serial()),
+    }
+}
+
+fn runtime_default() -> Option<pb::Seccomp> {
+    Some(pb::Seccomp {
+        kind: pb::seccomp::Kind::RuntimeDefault as i32,
+        profile_json: String::new(),
+    })
+}
+
+/// The `Name:\tvalue` line of a /proc/<pid>/status text.
+fn status_field<'a>(status: &'a str, name: &str) -> &'a str {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(':')))
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("no {name} in {status:?}"))
+}
+
+/// What critest checks, agent side: pod sysctls, drop ALL capabilities (init and exec),
+/// RuntimeDefault seccomp in init and exec (plain, terminal, no_new_privs), StopContainer of
+/// `sh -c top` ending by SIGTERM, and a holder process as PID 1 of the pod's PID namespace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a KVM that boots Linux guests: run in the test host (see the file's docs)"]
+async fn critest_semantics_in_a_real_guest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (vm, client) = boot_and_connect(tmp.path()).await;
+    let mut g = client.grpc();
+    let step = |s: &str| eprintln!("== {s}");
+
+    step("a non-namespaced sysctl is refused");
+    let mut bad = container("bad-sysctl", &["true"]);
+    bad.pod_sysctls = [("kernel.core_pattern".to_string(), "|/bin/sh".to_string())].into();
+    let e = g.create_container(bad).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    let mut bad = container("bad-sysctl", &["true"]);
+    bad.pod_sysctls = [("net.ipv4/../../kernel/core_pattern".to_string(), "x".to_string())].into();
+    let e = g.create_container(bad).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+
+    step("pod sysctls are set in the pod's namespaces (the first container makes them)");
+    let mut sys = container(
+        "sysctl",
+        &["cat", "/proc/sys/kernel/shm_rmid_forced", "/proc/sys/fs/mqueue/msg_max"],
+    );
+    sys.pod_sysctls = [
+        ("kernel.shm_rmid_forced".to_string(), "1".to_string()),
+        ("fs.mqueue.msg_max".to_string(), "100".to_string()),
+    ]
+    .into();
+    let (o, w) = run_to_end(&mut g, sys).await;
+    assert_eq!((o.out.as_str(), w.exit_code), ("1\n100\n", 0), "{o:?}\n{}", vm.serial());
+    // The guest's own namespaces keep their values.
+    let host_rmid = std::fs::read_to_string("/proc/sys/kernel/shm_rmid_forced").ok();
+    eprintln!("(test host's shm_rmid_forced: {host_rmid:?})");
+
+    step("drop ALL: no capability in any set, in init and in an exec");
+    let mut none = container("nocaps", &["sh", "-c", "grep ^Cap /proc/self/status; sleep 1000"]);
+    none.security = Some(pb::Security { capabilities_exact: true, ..Default::default() });
+    let none_out = launch(&mut g, none).await;
+    let (o, w) = exec(&mut g, "nocaps", &["cat", "/proc/self/status"]).await.unwrap();
+    assert_eq!(w.exit_code, 0, "{o:?}");
+    for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(status_field(&o.out, set), "0000000000000000", "exec {set}: {}", o.out);
+    }
+    g.remove_container(pb::RemoveContainerRequest { id: "nocaps".into(), force: true })
+        .await
+        .unwrap();
+    let o = tokio::time::timeout(Duration::from_secs(30), none_out).await.unwrap().unwrap();
+    for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(status_field(&o.out, set), "0000000000000000", "init {set}: {}", o.out);
+    }
+
+    step("RuntimeDefault seccomp: filter mode in init, in an exec, in a terminal exec");
+    let mut sc = container("sc", &["sleep", "1000"]);
+    sc.security = Some(pb::Security { seccomp: runtime_default(), ..Default::default() });
+    let _sc_out = launch(&mut g, sc).await;
+    let (o, _) = exec(&mut g, "sc", &["cat", "/proc/1/status"]).await.unwrap();
+    let init_status = o.out;
+    assert_eq!(status_field(&init_status, "Seccomp"), "2", "init: {init_status}");
+    let (o, w) = exec(&mut g, "sc", &["cat", "/proc/self/status"]).await.unwrap();
+    assert_eq!(w.exit_code, 0, "{o:?}\n{}", vm.serial());
+    assert_eq!(status_field(&o.out, "Seccomp"), "2", "exec: {}", o.out);
+    // The exec holds the container's capabilities, not the ones it loaded the filter with.
+    for set in ["CapPrm", "CapEff", "CapBnd", "CapAmb", "CapInh"] {
+        assert_eq!(
+            status_field(&o.out, set),
+            status_field(&init_status, set),
+            "exec {set} differs from init's"
+        );
+    }
+    eprintln!(
+        "NoNewPrivs: init {}, exec {}",
+        status_field(&init_status, "NoNewPrivs"),
+        status_field(&o.out, "NoNewPrivs")
+    );
+    assert_eq!(status_field(&o.out, "NoNewPrivs"), status_field(&init_status, "NoNewPrivs"));
+    // The filter works: unshare(2) is refused with EPERM.
+    let (o, _) =
+        exec(&mut g, "sc", &["sh", "-c", "unshare -n true 2>&1; echo rc=$?"]).await.unwrap();
+    assert!(o.out.contains("rc=1") || o.out.contains("not permitted"), "{o:?}");
+    let mut tp = process(&["grep", "-E", "^(Seccomp|CapEff)", "/proc/self/status"]);
+    tp.tty = true;
+    let r = g
+        .exec_process(pb::ExecProcessRequest {
+            container_id: "sc".into(),
+            exec_id: "tty1".into(),
+            process: Some(tp),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let out = collect(g.clone(), "sc", &r.exec_id);
+    let w = g
+        .wait_process(pb::WaitProcessRequest { container_id: "sc".into(), exec_id: r.exec_id })
+        .await
+        .unwrap()
+        .into_inner();
+    let o = tokio::time::timeout(Duration::from_secs(30), out).await.unwrap().unwrap();
+    let text = o.out.replace('\r', "");
+    assert_eq!(w.exit_code, 0, "{text:?}");
+    assert_eq!(status_field(&text, "Seccomp"), "2", "terminal exec: {text}");
+    assert_eq!(status_field(&text, "CapEff"), status_field(&init_status, "CapEff"));
+    g.remove_container(pb::RemoveContainerRequest { id: "sc".into(), force: true }).await.unwrap();
+    let mut nnp = container("nnp", &["sleep", "1000"]);
+    nnp.security =
+        Some(pb::Security { seccomp: runtime_default(), no_new_privs: true, ..Default::default() });
+    let _nnp_out = launch(&mut g, nnp).await;
+    let (o, w) = exec(&mut g, "nnp", &["cat", "/proc/self/status"]).await.unwrap();
+    assert_eq!(w.exit_code, 0, "{o:?}");
+    assert_eq!(
+        (status_field(&o.out, "Seccomp"), status_field(&o.out, "NoNewPrivs")),
+        ("2", "1"),
+        "{}",
+        o.out
+    );
+    let (o1, _) = exec(&mut g, "nnp", &["cat", "/proc/1/status"]).await.unwrap();
+    assert_eq!(status_field(&o.out, "CapBnd"), status_field(&o1.out, "CapBnd"));
+    g.remove_container(pb::RemoveContainerRequest { id: "nnp".into(), force: true }).await.unwrap();
+
+    step("StopContainer of `sh -c top` ends it by SIGTERM, within the grace period");
+    let _top_out = launch(&mut g, container("top", &["sh", "-c", "top"])).await;
+    let mut ready = String::new();
+    for _ in 0..50 {
+        let (o, _) = exec(&mut g, "top", &["cat", "/proc/1/status"]).await.unwrap();
+        ready = o.out;
+        if status_field(&ready, "Name") == "top"
+            && status_field(&ready, "SigCgt") != "0000000000000000"
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "top as PID 1: Name {} SigBlk {} SigIgn {} SigCgt {}",
+        status_field(&ready, "Name"),
+        status_field(&ready, "SigBlk"),
+        status_field(&ready, "SigIgn"),
+        status_field(&ready, "SigCgt")
+    );
+    let w = g
+        .stop_container(pb::StopContainerRequest {
+            id: "top".into(),
+            signal: 0,
+            timeout_ms: 60_000,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(w.exit_reason(), pb::ExitReason::Killed, "SIGKILLed after the grace period: {w:?}");
+    assert!(
+        w.exit_code == 143 || w.signal == libc::SIGTERM,
+        "not ended by SIGTERM: {w:?}\n{}",
+        vm.serial()
+    );
+    g.remove_container(pb::RemoveContainerRequest { id: "top".into(), force: false })
+        .await
+        .unwrap();
+
+    step("POD PID namespace: PID 1 is the pod's holder, not the container; it outlives containers");
+    let pod_pid = |id: &str, args: &[&str]| {
+        let mut c = container(id, args);
+        c.namespaces =
+            Some(pb::Namespaces { pid: pb::NamespaceMode::Pod as i32, ..Default::default() });
+        c
+    };
+    let _pp1 = launch(&mut g, pod_pid("pp1", &["sleep", "1000"])).await;
+    let (o, _) = exec(&mut g, "pp1", &["cat", "/proc/1/cmdline"]).await.unwrap();
+    assert!(!o.out.contains("sleep"), "PID 1 is the container: {o:?}");
+    let (o, _) = exec(&mut g, "pp1", &["cat", "/proc/1/comm"]).await.unwrap();
+    assert_eq!(o.out, "pod-pid-holder\n");
+    let (o, _) = exec(&mut g, "pp1", &["sh", "-c", "kill -9 1; echo rc=$?"]).await.unwrap();
+    eprintln!("kill -9 1 from a container: {o:?}");
+    g.remove_container(pb::RemoveContainerRequest { id: "pp1".into(), force: true }).await.unwrap();
+    let (o, w) =
+        run_to_end(&mut g, pod_pid("pp2", &["sh", "-c", "cat /proc/1/comm; echo $$"])).await;
+    assert_eq!(w.exit_code, 0, "{o:?}");
+    let mut lines = o.out.lines();
+    assert_eq!(lines.next(), Some("pod-pid-holder"), "{o:?}");
+    assert_ne!(lines.next(), Some("1"), "the container is PID 1: {o:?}");
+    // A container with its own PID namespace is its PID 1.
+    let (o, _) = run_to_end(&mut g, container("own", &["sh", "-c", "echo $$"])).await;
+    assert_eq!(o.out, "1\n");
+
+    client.health().await.unwrap();
+    client.shutdown().await.unwrap();
+    drop(vm);
+}

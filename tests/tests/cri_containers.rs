@@ -669,3 +669,128 @@ fn each_test_image_runs_with_its_entrypoint_env_workdir_and_user() {
     });
     with_log(&d, r);
 }
+
+/// The `Name:\tvalue` field of a /proc/<pid>/status text.
+fn status_field(status: &str, name: &str) -> Option<String> {
+    status.lines().find_map(|l| {
+        l.strip_prefix(name).and_then(|r| r.strip_prefix(':')).map(|v| v.trim().to_string())
+    })
+}
+
+/// What critest checks, through the daemon: pod sysctls (and RunPodSandbox refusing a
+/// non-namespaced one), drop ALL capabilities, RuntimeDefault seccomp in an ExecSync process,
+/// StopContainer of `sh -c top` ending it by SIGTERM, and PID 1 of a POD-mode PID namespace.
+#[test]
+#[ignore = "needs a KVM that boots Linux guests: run by `make test-e2e`"]
+fn critest_security_semantics_through_the_daemon() {
+    let reg = start_registry().expect("test registry");
+    let d = start_daemon(&reg).expect("daemon");
+    let r = runtime().block_on(async {
+        let mut c = d.client().await?;
+        let mut images = d.image_client().await?;
+        let busybox = reg.image("test/busybox:latest");
+        pull_image(&mut images, &busybox).await?;
+
+        let mut bad = pod_config(&d, "badsysctl");
+        bad.linux = Some(cri::LinuxPodSandboxConfig {
+            sysctls: [("kernel.core_pattern".to_string(), "|/bin/sh".to_string())].into(),
+            ..Default::default()
+        });
+        let e = c
+            .run_pod_sandbox(carapace_tests::cri::run_pod_request(bad))
+            .await
+            .expect_err("a non-namespaced sysctl");
+        ensure!(
+            e.code() == tonic::Code::InvalidArgument
+                && e.message().contains("config.linux.sysctls"),
+            "{e:?}"
+        );
+
+        let mut pod_cfg = pod_config(&d, "crit");
+        pod_cfg.linux = Some(cri::LinuxPodSandboxConfig {
+            sysctls: [
+                ("kernel.shm_rmid_forced".to_string(), "1".to_string()),
+                ("fs.mqueue.msg_max".to_string(), "100".to_string()),
+            ]
+            .into(),
+            security_context: Some(cri::LinuxSandboxSecurityContext {
+                namespace_options: Some(cri::NamespaceOption {
+                    pid: cri::NamespaceMode::Pod as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let pod = run_pod(&mut c, &pod_cfg).await?;
+        let exec = |id: &str, cmd: &[&str]| cri::ExecSyncRequest {
+            container_id: id.to_string(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout: 60,
+        };
+
+        // Drop ALL + RuntimeDefault seccomp + the pod's PID namespace; sysctls seen inside.
+        let mut cfg = container("confined", &busybox, &["sleep", "1000"]);
+        cfg.linux = Some(cri::LinuxContainerConfig {
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                capabilities: Some(cri::Capability {
+                    drop_capabilities: vec!["ALL".into()],
+                    ..Default::default()
+                }),
+                seccomp: Some(cri::SecurityProfile::default()),
+                namespace_options: Some(cri::NamespaceOption {
+                    pid: cri::NamespaceMode::Pod as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let confined = create(&mut c, &pod, &pod_cfg, cfg).await.context("create confined")?;
+        c.start_container(cri::StartContainerRequest { container_id: confined.clone() }).await?;
+        let r = c.exec_sync(exec(&confined, &["cat", "/proc/self/status"])).await?.into_inner();
+        let st = String::from_utf8_lossy(&r.stdout).into_owned();
+        ensure!(r.exit_code == 0, "{r:?}");
+        for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+            ensure!(
+                status_field(&st, set).as_deref() == Some("0000000000000000"),
+                "drop ALL: {set} in {st}"
+            );
+        }
+        ensure!(status_field(&st, "Seccomp").as_deref() == Some("2"), "exec seccomp: {st}");
+        let r = c.exec_sync(exec(&confined, &["cat", "/proc/1/cmdline"])).await?.into_inner();
+        ensure!(!String::from_utf8_lossy(&r.stdout).contains("sleep"), "PID 1: {r:?}");
+        let r = c
+            .exec_sync(exec(
+                &confined,
+                &["cat", "/proc/sys/kernel/shm_rmid_forced", "/proc/sys/fs/mqueue/msg_max"],
+            ))
+            .await?
+            .into_inner();
+        ensure!(r.stdout == b"1\n100\n", "sysctls: {r:?}");
+
+        // `sh -c top` (critest's default container) stops on the SIGTERM.
+        let top = create(&mut c, &pod, &pod_cfg, container("top", &busybox, &["sh", "-c", "top"]))
+            .await
+            .context("create top")?;
+        c.start_container(cri::StartContainerRequest { container_id: top.clone() }).await?;
+        for _ in 0..50 {
+            let r = c.exec_sync(exec(&top, &["cat", "/proc/1/status"])).await?.into_inner();
+            let st = String::from_utf8_lossy(&r.stdout).into_owned();
+            if status_field(&st, "Name").as_deref() == Some("top") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        c.stop_container(cri::StopContainerRequest { container_id: top.clone(), timeout: 60 })
+            .await
+            .context("StopContainer top")?;
+        let st = status(&mut c, &top).await?;
+        ensure!(st.state == EXITED && st.exit_code == 143, "top did not end by SIGTERM: {st:?}");
+
+        c.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await?;
+        c.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod.clone() }).await?;
+        Ok(())
+    });
+    with_log(&d, r);
+}

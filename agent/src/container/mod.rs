@@ -72,7 +72,6 @@ impl Default for Config {
 struct Entry {
     id: String,
     created_at_ms: u64,
-    pid_ns_pod: bool,
     cgroup_dir: PathBuf,
     bundle: PathBuf,
     container: Mutex<Container>,
@@ -107,6 +106,8 @@ struct Inner {
     /// Ids being created (not in `map` yet).
     reserved: Mutex<HashSet<String>>,
     pod: Mutex<Option<podns::PodNamespaces>>,
+    /// PID 1 of the pod's PID namespace, made by the first POD-mode container.
+    pod_pid: Mutex<Option<podns::PidHolder>>,
     exec_seq: AtomicU64,
 }
 
@@ -155,6 +156,7 @@ impl Containers {
                 map: Mutex::new(HashMap::new()),
                 reserved: Mutex::new(HashSet::new()),
                 pod: Mutex::new(None),
+                pod_pid: Mutex::new(None),
                 exec_seq: AtomicU64::new(1),
             }),
         }
@@ -223,7 +225,11 @@ impl Containers {
         out
     }
 
-    fn pod_namespaces(&self, hostname: &str) -> Result<podns::PodNamespaces, ContainerError> {
+    fn pod_namespaces(
+        &self,
+        hostname: &str,
+        sysctls: &HashMap<String, String>,
+    ) -> Result<podns::PodNamespaces, ContainerError> {
         let mut pod = lock(&self.inner.pod);
         match &*pod {
             Some(ns) => {
@@ -233,19 +239,25 @@ impl Containers {
                 Ok(ns.clone())
             }
             None => {
-                let ns = podns::PodNamespaces::create(&self.inner.cfg.pod_ns_dir, hostname)?;
+                let ns =
+                    podns::PodNamespaces::create(&self.inner.cfg.pod_ns_dir, hostname, sysctls)?;
                 *pod = Some(ns.clone());
                 Ok(ns)
             }
         }
     }
 
-    /// The PID namespace of a running container that shares the pod's.
-    fn pod_pid_ns(&self) -> Option<PathBuf> {
-        lock(&self.inner.map).values().find_map(|e| {
-            (e.pid_ns_pod && e.init.exited().is_none())
-                .then(|| PathBuf::from(format!("/proc/{}/ns/pid", e.init.pid)))
-        })
+    /// The pod's PID namespace, created with its holder process on first use
+    /// (again if the holder died).
+    fn pod_pid_ns(&self) -> Result<PathBuf, ContainerError> {
+        let mut holder = lock(&self.inner.pod_pid);
+        if let Some(h) = holder.as_ref().filter(|h| h.alive()) {
+            return Ok(h.ns_path());
+        }
+        let h = podns::PidHolder::spawn(&self.inner.reaper)?;
+        let path = h.ns_path();
+        *holder = Some(h);
+        Ok(path)
     }
 
     fn create_blocking(
@@ -264,25 +276,26 @@ impl Containers {
             hostname_file: None,
         };
         spec::build_spec(req, &check_ctx)?;
+        podns::check_sysctls(&req.pod_sysctls)?;
         let shared = |m: i32| !matches!(NamespaceMode::try_from(m), Ok(NamespaceMode::Container));
         let any_shared = shared(ns_req.network) || shared(ns_req.ipc) || shared(ns_req.uts);
         let mut plan = NamespacePlan::default();
         if any_shared {
-            let pod = self.pod_namespaces(&req.hostname)?;
+            let pod = self.pod_namespaces(&req.hostname, &req.pod_sysctls)?;
             plan.network = shared(ns_req.network).then(|| pod.net.clone());
             plan.ipc = shared(ns_req.ipc).then(|| pod.ipc.clone());
             plan.uts = shared(ns_req.uts).then(|| pod.uts.clone());
         }
         let pid_ns_pod = matches!(NamespaceMode::try_from(ns_req.pid), Ok(NamespaceMode::Pod));
         if pid_ns_pod {
-            plan.pid = self.pod_pid_ns();
+            plan.pid = Some(self.pod_pid_ns()?);
         }
 
         let bundle = cfg.bundle_root.join(&req.id);
         let _ = std::fs::remove_dir_all(&bundle);
         std::fs::create_dir_all(&bundle)
             .map_err(|e| ContainerError::io(format!("mkdir {}", bundle.display()), e))?;
-        let r = self.create_in_bundle(req, rootfs, plan, cgroup_path, &bundle, pid_ns_pod);
+        let r = self.create_in_bundle(req, rootfs, plan, cgroup_path, &bundle);
         if r.is_err() {
             runtime::cleanup_failed(&req.id, &cfg.state_root);
             let _ = std::fs::remove_dir_all(&bundle);
@@ -297,7 +310,6 @@ impl Containers {
         plan: NamespacePlan,
         cgroup_path: String,
         bundle: &Path,
-        pid_ns_pod: bool,
     ) -> Result<Arc<Entry>, ContainerError> {
         let cfg = &self.inner.cfg;
         let hostname_file = if req.hostname.is_empty() {
@@ -341,7 +353,6 @@ impl Containers {
         Ok(Arc::new(Entry {
             id: req.id.clone(),
             created_at_ms: now_unix_ms(),
-            pid_ns_pod,
             cgroup_dir: cgroup::dir(&cfg.cgroup_root, &req.id),
             bundle: bundle.to_path_buf(),
             container: Mutex::new(container),
@@ -389,19 +400,6 @@ impl Containers {
         if e.execs().contains_key(&exec_id) {
             return Err(ContainerError::AlreadyExists(format!("exec {exec_id:?}")));
         }
-        let mut env = HashMap::new();
-        for kv in &p.env {
-            if let Some((k, v)) = kv.split_once('=') {
-                env.insert(k.to_owned(), v.to_owned());
-            }
-        }
-        let mut opts = runtime::ExecOptions {
-            args: p.args.clone(),
-            env,
-            cwd: (!p.cwd.is_empty()).then(|| PathBuf::from(&p.cwd)),
-            user: p.user.as_ref().map(|u| (u.uid, u.gid, u.additional_gids.clone())),
-            process_file: None,
-        };
         let reaper = self.inner.reaper.clone();
         let state_root = self.inner.cfg.state_root.clone();
         let cid = e.id.clone();
@@ -410,17 +408,20 @@ impl Containers {
         let tty = p.tty;
         let eid = exec_id.clone();
         let (pid, io) = tokio::task::spawn_blocking(move || {
-            let (child, agent) = if tty {
-                opts.process_file = Some(write_exec_process(&bundle, &eid, &p)?);
-                stdio::create_tty(&bundle.join(format!("exec-{eid}.sock")), with_stdin)?
+            let spec = read_spec(&bundle)?;
+            let seccomp = seccomp::ExecSeccomp::from_spec(&spec)?;
+            let process_file = write_exec_process(&bundle, &spec, &eid, &p, seccomp.is_some())?;
+            let opts = runtime::ExecOptions { process_file: process_file.clone(), seccomp };
+            let res = if tty {
+                stdio::create_tty(&bundle.join(format!("exec-{eid}.sock")), with_stdin)
             } else {
-                stdio::create(with_stdin)?
-            };
-            let res = runtime::exec(&reaper, &cid, &state_root, opts, child);
-            if let Some(f) = tty.then(|| bundle.join(format!("exec-{eid}.process.json"))) {
-                let _ = std::fs::remove_file(f);
+                stdio::create(with_stdin)
             }
-            let pid = res.inspect_err(|_| {
+            .and_then(|(child, agent)| {
+                runtime::exec(&reaper, &cid, &state_root, opts, child).map(|pid| (pid, agent))
+            });
+            let _ = std::fs::remove_file(&process_file);
+            let (pid, agent) = res.inspect_err(|_| {
                 let _ = std::fs::remove_file(bundle.join(format!("exec-{eid}.sock")));
             })?;
             match agent.start(&format!("x-{pid}")) {
@@ -600,19 +601,29 @@ impl Containers {
     }
 }
 
-/// Writes the OCI process of a terminal exec next to the container's
-/// config.json (from which it takes the container's process).
-fn write_exec_process(
-    bundle: &Path,
-    exec_id: &str,
-    p: &pb::Process,
-) -> Result<PathBuf, ContainerError> {
+/// The container's config.json (the agent wrote it).
+fn read_spec(bundle: &Path) -> Result<serde_json::Value, ContainerError> {
     let cfg = bundle.join("config.json");
     let text = std::fs::read(&cfg)
         .map_err(|e| ContainerError::io(format!("read {}", cfg.display()), e))?;
-    let spec: serde_json::Value = serde_json::from_slice(&text)
-        .map_err(|e| ContainerError::Runtime(format!("parse {}: {e}", cfg.display())))?;
-    let process = spec::exec_process_json(&spec["process"], p);
+    serde_json::from_slice(&text)
+        .map_err(|e| ContainerError::Runtime(format!("parse {}: {e}", cfg.display())))
+}
+
+/// Writes the OCI process of an exec next to the container's
+/// config.json (from which it takes the container's process). `confined`:
+/// the exec loads a seccomp filter itself and needs the setup capabilities.
+fn write_exec_process(
+    bundle: &Path,
+    spec: &serde_json::Value,
+    exec_id: &str,
+    p: &pb::Process,
+    confined: bool,
+) -> Result<PathBuf, ContainerError> {
+    let mut process = spec::exec_process_json(&spec["process"], p);
+    if confined {
+        seccomp::with_setup_capabilities(&mut process);
+    }
     let file = bundle.join(format!("exec-{exec_id}.process.json"));
     let body = serde_json::to_vec(&process)
         .map_err(|e| ContainerError::Runtime(format!("serialize process: {e}")))?;

@@ -6,14 +6,24 @@
 //! bind-mounts its namespace files to `<dir>/{net,ipc,uts}`, which keeps
 //! the namespaces alive with no process in them. Containers join them by
 //! path (OCI `linux.namespaces[].path`). The agent itself stays in the
-//! guest's initial namespaces.
+//! guest's initial namespaces. The pod's sysctls are written in the same
+//! thread right after the unshare, so they land in the pod's IPC and network
+//! namespaces.
+//!
+//! The pod's PID namespace (containers in NAMESPACE_MODE_POD) gets its own
+//! PID 1, a holder process (the agent forked after `unshare(CLONE_NEWPID)`,
+//! the role of Kubernetes' pause process): it only reaps the orphans of the
+//! namespace, and keeps the namespace alive when containers come and go.
+//! Containers join it through `/proc/<holder>/ns/pid`.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, MsFlags};
 use nix::sched::{setns, unshare, CloneFlags};
 
 use super::error::ContainerError;
+use crate::reaper::Reaper;
 
 /// Where the namespace files are bind-mounted.
 pub const POD_NS_DIR: &str = "/run/carapace/pod/ns";
@@ -26,19 +36,37 @@ pub struct PodNamespaces {
 }
 
 impl PodNamespaces {
-    /// Creates the namespaces under `dir` (idempotent: reuses mounted ones).
-    pub fn create(dir: &Path, hostname: &str) -> Result<PodNamespaces, ContainerError> {
+    /// Creates the namespaces under `dir` (idempotent: reuses mounted ones)
+    /// and sets the pod's `sysctls` in them (checked with [`check_sysctls`]).
+    pub fn create(
+        dir: &Path,
+        hostname: &str,
+        sysctls: &HashMap<String, String>,
+    ) -> Result<PodNamespaces, ContainerError> {
+        check_sysctls(sysctls)?;
         let ns = PodNamespaces { net: dir.join("net"), ipc: dir.join("ipc"), uts: dir.join("uts") };
         std::fs::create_dir_all(dir)
             .map_err(|e| ContainerError::io(format!("mkdir {}", dir.display()), e))?;
         let ns2 = ns.clone();
         let hostname = hostname.to_owned();
+        let sysctls = sysctls.clone();
         run_in_thread(move || {
             unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS)
                 .map_err(|e| ContainerError::io("unshare pod namespaces", e.into()))?;
             if !hostname.is_empty() {
                 nix::unistd::sethostname(&hostname)
                     .map_err(|e| ContainerError::io("sethostname", e.into()))?;
+            }
+            // /proc/sys/net, kernel.shm*, fs.mqueue: the namespaces of the
+            // task that opens the file, i.e. this thread's.
+            let mut names: Vec<&String> = sysctls.keys().collect();
+            names.sort();
+            for name in names {
+                let path = sysctl_path(name)?;
+                std::fs::write(&path, &sysctls[name]).map_err(|e| {
+                    ContainerError::io(format!("sysctl {name} (write {})", path.display()), e)
+                })?;
+                tracing::info!(name = %name, value = %sysctls[name], "pod sysctl set");
             }
             if let Err(e) = loopback_up() {
                 tracing::warn!(error = %e, "cannot bring up lo in the pod network namespace");
@@ -80,6 +108,119 @@ impl PodNamespaces {
     }
 }
 
+/// Longest sysctl list a pod may set.
+pub const MAX_SYSCTLS: usize = 64;
+
+/// Checks the pod's sysctls: few, namespaced names, sane values.
+pub fn check_sysctls(sysctls: &HashMap<String, String>) -> Result<(), ContainerError> {
+    if sysctls.len() > MAX_SYSCTLS {
+        return Err(ContainerError::invalid(format!("pod_sysctls: more than {MAX_SYSCTLS}")));
+    }
+    for (name, value) in sysctls {
+        if !carapace_agent_client::namespaced_sysctl(name) {
+            return Err(ContainerError::invalid(format!(
+                "pod_sysctls: {name:?} is not a namespaced sysctl (kernel.shm*, kernel.msg*, \
+                 kernel.sem, fs.mqueue.*, net.*)"
+            )));
+        }
+        if !carapace_agent_client::valid_sysctl_value(value) {
+            return Err(ContainerError::invalid(format!(
+                "pod_sysctls: value of {name}: malformed"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `/proc/sys/<name with '.' as '/'>` for a checked name.
+fn sysctl_path(name: &str) -> Result<PathBuf, ContainerError> {
+    if !carapace_agent_client::namespaced_sysctl(name) {
+        return Err(ContainerError::invalid(format!("sysctl {name:?}: not allowed")));
+    }
+    Ok(Path::new("/proc/sys").join(name.replace('.', "/")))
+}
+
+/// The PID 1 of the pod's PID namespace.
+#[derive(Debug, Clone)]
+pub struct PidHolder {
+    pub pid: i32,
+    alive: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl PidHolder {
+    /// Forks the holder into a new PID namespace (from a fresh thread that
+    /// unshares CLONE_NEWPID; the agent stays in its own). Its exit is
+    /// watched: [`PidHolder::alive`] turns false when the reaper collects it.
+    /// Call from within the tokio runtime.
+    pub fn spawn(reaper: &Reaper) -> Result<PidHolder, ContainerError> {
+        let r = reaper.clone();
+        let pid = std::thread::spawn(move || -> Result<i32, ContainerError> {
+            unshare(CloneFlags::CLONE_NEWPID)
+                .map_err(|e| ContainerError::io("unshare pid namespace", e.into()))?;
+            let mut guard = r.lock();
+            // SAFETY: fork in a multi-threaded process; the child only makes
+            // async-signal-safe system calls on its stack (holder_main) and
+            // never returns.
+            let pid = unsafe { libc::fork() };
+            if pid == 0 {
+                holder_main();
+            }
+            if pid < 0 {
+                return Err(ContainerError::io("fork pid holder", std::io::Error::last_os_error()));
+            }
+            guard.watch(pid);
+            Ok(pid)
+        })
+        .join()
+        .unwrap_or_else(|_| Err(ContainerError::Runtime("namespace thread panicked".into())))?;
+        let alive = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (a, r) = (alive.clone(), reaper.clone());
+        tokio::runtime::Handle::current().spawn(async move {
+            let status = r.wait(pid).await;
+            a.store(false, std::sync::atomic::Ordering::SeqCst);
+            tracing::warn!(pid, ?status, "the pod's PID namespace holder exited");
+        });
+        tracing::info!(pid, "pod PID namespace created");
+        Ok(PidHolder { pid, alive })
+    }
+
+    pub fn alive(&self) -> bool {
+        self.alive.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The namespace file containers join.
+    pub fn ns_path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/ns/pid", self.pid))
+    }
+}
+
+/// The holder's life: PID 1 of the pod's PID namespace, reaping whatever is
+/// re-parented to it. Only async-signal-safe calls (it runs right after a
+/// fork of a multi-threaded process).
+fn holder_main() -> ! {
+    // SAFETY: plain system calls on local, initialized values.
+    unsafe {
+        // Nothing of the agent's: no fds but stdio, default signal handlers.
+        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+        for sig in 1..libc::SIGRTMIN() {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
+        let name = b"pod-pid-holder\0";
+        libc::prctl(libc::PR_SET_NAME, name.as_ptr() as libc::c_ulong, 0, 0, 0);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGCHLD);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+        loop {
+            while libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) > 0 {}
+            let mut sig: libc::c_int = 0;
+            libc::sigwait(&set, &mut sig);
+        }
+    }
+}
+
 /// Runs `f` on a fresh thread (namespace changes stay on that thread and
 /// die with it).
 fn run_in_thread<F>(f: F) -> Result<(), ContainerError>
@@ -117,4 +258,37 @@ fn loopback_up() -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sysctls_are_checked_and_become_paths_under_proc_sys() {
+        let m = |kv: &[(&str, &str)]| -> HashMap<String, String> {
+            kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        };
+        assert!(check_sysctls(&m(&[
+            ("kernel.shm_rmid_forced", "1"),
+            ("fs.mqueue.msg_max", "100")
+        ]))
+        .is_ok());
+        for bad in [
+            m(&[("kernel.core_pattern", "|/bin/sh")]),
+            m(&[("net.ipv4/../../kernel/core_pattern", "x")]),
+            m(&[("net..ipv4", "1")]),
+            m(&[("net.ipv4.ip_forward", "1\n2")]),
+        ] {
+            assert!(matches!(check_sysctls(&bad), Err(ContainerError::Invalid(_))), "{bad:?}");
+        }
+        let many: HashMap<String, String> =
+            (0..=MAX_SYSCTLS).map(|i| (format!("net.ipv4.x{i}"), "1".to_string())).collect();
+        assert!(check_sysctls(&many).is_err());
+        assert_eq!(
+            sysctl_path("fs.mqueue.msg_max").unwrap(),
+            Path::new("/proc/sys/fs/mqueue/msg_max")
+        );
+        assert!(sysctl_path("vm.swappiness").is_err());
+    }
 }

@@ -9,7 +9,6 @@
 //! the intermediate's status from libcontainer, and the new pid is watched
 //! before the reaper may collect it.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use libcontainer::container::builder::ContainerBuilder;
@@ -17,6 +16,7 @@ use libcontainer::container::Container;
 use libcontainer::syscall::syscall::SyscallType;
 
 use super::error::ContainerError;
+use super::seccomp::ExecSeccomp;
 use super::stdio::ChildStdio;
 use crate::reaper::Reaper;
 
@@ -120,16 +120,19 @@ pub fn start(container: &mut Container) -> Result<(), ContainerError> {
     container.start().map_err(|e| runtime_err("start", e))
 }
 
-/// What an exec may override.
-#[derive(Debug, Clone, Default)]
+/// What an exec runs.
+#[derive(Debug, Clone)]
 pub struct ExecOptions {
-    pub args: Vec<String>,
-    pub env: HashMap<String, String>,
-    pub cwd: Option<PathBuf>,
-    pub user: Option<(u32, u32, Vec<u32>)>,
-    /// A whole OCI process (JSON file) instead of the fields above: used
-    /// for terminals, which the builder cannot ask for otherwise.
-    pub process_file: Option<PathBuf>,
+    /// The whole OCI process (a JSON file): the container's own process
+    /// with the exec's args, env, cwd, user and terminal. Always a file:
+    /// libcontainer 0.7 builds the process of an exec without one from
+    /// oci-spec's defaults, which turn no_new_privileges on and set
+    /// RLIMIT_NOFILE. With `seccomp`, its capabilities must include
+    /// [`EXEC_SETUP_CAPABILITIES`](super::seccomp::EXEC_SETUP_CAPABILITIES).
+    pub process_file: PathBuf,
+    /// The container's seccomp filter, loaded by the exec process itself
+    /// (libcontainer's exec path drops the spec's).
+    pub seccomp: Option<ExecSeccomp>,
 }
 
 /// Runs one more process in a running container. Returns its pid (watched).
@@ -140,15 +143,11 @@ pub fn exec(
     opts: ExecOptions,
     stdio: ChildStdio,
 ) -> Result<i32, ContainerError> {
-    let mut t = builder(id, state_root, stdio)?.as_tenant().with_detach(true);
-    if let Some(file) = opts.process_file {
-        t = t.with_process(Some(file));
-    } else {
-        t = t.with_container_args(opts.args).with_env(opts.env).with_cwd(opts.cwd);
-        if let Some((uid, gid, gids)) = opts.user {
-            t = t.with_user(Some(uid)).with_group(Some(gid)).with_additional_gids(gids);
-        }
+    let mut b = builder(id, state_root, stdio)?;
+    if let Some(x) = opts.seccomp {
+        b = b.with_executor(x);
     }
+    let t = b.as_tenant().with_detach(true).with_process(Some(opts.process_file));
     let mut guard = reaper.lock();
     let pid = t.build().map_err(|e| runtime_err("exec", e))?.as_raw();
     guard.watch(pid);

@@ -132,12 +132,14 @@ pub fn exec_process_json(init: &Value, p: &pb::Process) -> Value {
     v
 }
 
-/// Capability set of a container from its security settings.
+/// Capability set of a container from its security settings: all when
+/// privileged, the list when given (or when `capabilities_exact`, even if it
+/// is empty), else the default set.
 pub fn capabilities(sec: &pb::Security) -> Result<Vec<String>, ContainerError> {
     if sec.privileged {
         return Ok(ALL_CAPABILITIES.iter().map(|s| s.to_string()).collect());
     }
-    if sec.capabilities.is_empty() {
+    if sec.capabilities.is_empty() && !sec.capabilities_exact {
         return Ok(DEFAULT_CAPABILITIES.iter().map(|s| s.to_string()).collect());
     }
     let mut out = Vec::new();
@@ -522,6 +524,41 @@ mod tests {
         assert!(check_rootfs("/nonexistent/rootfs").is_err());
         assert!(check_rootfs(&format!("{}/../x", t.path().display())).is_err());
         assert!(check_rootfs(&t.path().display().to_string()).is_ok());
+    }
+
+    #[test]
+    fn an_exact_empty_capability_list_means_none_an_unflagged_one_the_default_set() {
+        let t = rootfs();
+        let c = ctx(t.path());
+        let mut r = req(t.path());
+        r.security = Some(pb::Security { capabilities_exact: true, ..Default::default() });
+        let spec = build_spec(&r, &c).unwrap();
+        let caps = &spec["process"]["capabilities"];
+        for set in ["bounding", "effective", "permitted"] {
+            assert_eq!(caps[set], json!([]), "{set}: {caps}");
+        }
+        // Inheritable and ambient stay absent: the container inherits the
+        // agent's, which are empty.
+        assert!(caps.get("inheritable").is_none() && caps.get("ambient").is_none(), "{caps}");
+        let parsed: oci_spec::runtime::Spec = serde_json::from_value(spec).unwrap();
+        let p = parsed.process().as_ref().unwrap().capabilities().as_ref().unwrap();
+        assert!(p.bounding().as_ref().unwrap().is_empty());
+        r.security = Some(pb::Security::default());
+        let spec = build_spec(&r, &c).unwrap();
+        let n = spec["process"]["capabilities"]["bounding"].as_array().unwrap().len();
+        assert_eq!(n, DEFAULT_CAPABILITIES.len());
+        r.security = Some(pb::Security {
+            capabilities: vec!["CAP_KILL".into()],
+            capabilities_exact: true,
+            ..Default::default()
+        });
+        let spec = build_spec(&r, &c).unwrap();
+        assert_eq!(spec["process"]["capabilities"]["effective"], json!(["CAP_KILL"]));
+        // Privileged wins over an exact empty list.
+        r.security =
+            Some(pb::Security { privileged: true, capabilities_exact: true, ..Default::default() });
+        let spec = build_spec(&r, &c).unwrap();
+        assert!(spec["process"]["capabilities"]["bounding"].as_array().unwrap().len() > 30);
     }
 
     #[test]

@@ -25,7 +25,8 @@ pub use error::AgentClientError;
 pub use handshake::HandshakeError;
 
 pub use carapace_guest_contract::{
-    AGENT_VSOCK_PORT, ALL_CAPABILITIES, DEFAULT_CAPABILITIES, GUEST_SHARED_DIR, SHARED_FS_TAG,
+    namespaced_sysctl, valid_sysctl_value, AGENT_VSOCK_PORT, ALL_CAPABILITIES,
+    DEFAULT_CAPABILITIES, GUEST_SHARED_DIR, MAX_SYSCTL_VALUE, SHARED_FS_TAG,
 };
 
 /// The API version string the agent reports in `HealthResponse.api_version`.

@@ -71,6 +71,36 @@ pub(crate) fn metadata_of(rec: &SandboxRecord) -> cri::PodSandboxMetadata {
     }
 }
 
+/// Longest sysctl list a pod may set (the agent's bound too).
+const MAX_SYSCTLS: usize = 64;
+
+/// The pod's sysctls: only namespaced ones (the agent writes them in the pod's IPC and network
+/// namespaces), well-formed values; InvalidArgument naming the field otherwise.
+fn check_sysctls(linux: Option<&cri::LinuxPodSandboxConfig>) -> Result<(), CriError> {
+    let Some(linux) = linux else { return Ok(()) };
+    if linux.sysctls.len() > MAX_SYSCTLS {
+        return Err(CriError::InvalidArgument(format!(
+            "config.linux.sysctls: more than {MAX_SYSCTLS} entries"
+        )));
+    }
+    for (name, value) in &linux.sysctls {
+        if !carapace_agent_client::namespaced_sysctl(name) {
+            return Err(CriError::InvalidArgument(format!(
+                "config.linux.sysctls: {name:?} is not a namespaced sysctl carapace can set in \
+                 the pod (kernel.shm*, kernel.msg*, kernel.sem, fs.mqueue.*, net.*)"
+            )));
+        }
+        if !carapace_agent_client::valid_sysctl_value(value) {
+            return Err(CriError::InvalidArgument(format!(
+                "config.linux.sysctls: the value of {name} is malformed (printable ASCII, at \
+                 most {} bytes)",
+                carapace_agent_client::MAX_SYSCTL_VALUE
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn security_of(linux: Option<&cri::LinuxPodSandboxConfig>) -> SecuritySummary {
     let Some(linux) = linux else { return SecuritySummary::default() };
     let sc = linux.security_context.as_ref();
@@ -216,6 +246,7 @@ impl SandboxTable {
         if let Some(d) = &config.dns_config {
             validate::dns(d)?;
         }
+        check_sysctls(config.linux.as_ref())?;
         let (profile_name, profile) =
             self.cfg.profile_for_handler(&req.runtime_handler).ok_or_else(|| {
                 let known: Vec<String> =
@@ -468,5 +499,34 @@ impl SandboxTable {
             })
             .map(stats_of)
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_namespaced_sysctls_pass_run_pod_sandbox() {
+        let linux = |kv: &[(&str, &str)]| cri::LinuxPodSandboxConfig {
+            sysctls: kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            ..Default::default()
+        };
+        assert!(check_sysctls(None).is_ok());
+        let ok = linux(&[("kernel.shm_rmid_forced", "1"), ("fs.mqueue.msg_max", "100")]);
+        assert!(check_sysctls(Some(&ok)).is_ok());
+        for bad in [
+            linux(&[("kernel.core_pattern", "|/x")]),
+            linux(&[("vm.overcommit_memory", "1")]),
+            linux(&[("net.ipv4/../../../kernel/core_pattern", "x")]),
+            linux(&[("net.ipv4.ip_forward", "1\n")]),
+        ] {
+            match check_sysctls(Some(&bad)) {
+                Err(CriError::InvalidArgument(m)) => {
+                    assert!(m.contains("config.linux.sysctls"), "{m}")
+                }
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
     }
 }

@@ -85,9 +85,84 @@ pub const ALL_CAPABILITIES: &[&str] = &[
     "CAP_CHECKPOINT_RESTORE",
 ];
 
+/// Longest sysctl name and value a pod may set.
+pub const MAX_SYSCTL_NAME: usize = 256;
+pub const MAX_SYSCTL_VALUE: usize = 4096;
+
+/// Whether a pod may set this sysctl: a name in the dotted form whose kernel setting belongs to
+/// the pod's own IPC or network namespace (`kernel.shm*`, `kernel.msg*`, `kernel.sem`,
+/// `fs.mqueue.*`, `net.*`), and safe to turn into a path under /proc/sys (dots to slashes):
+/// components of `[A-Za-z0-9_-]`, never empty, so no '/', no '..' and no leading or trailing
+/// dot. The daemon checks it at RunPodSandbox, the agent again before writing.
+pub fn namespaced_sysctl(name: &str) -> bool {
+    let well_formed = !name.is_empty()
+        && name.len() <= MAX_SYSCTL_NAME
+        && name.split('.').all(|c| {
+            !c.is_empty() && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        });
+    if !well_formed {
+        return false;
+    }
+    let component = |prefix: &str| name.strip_prefix(prefix).is_some_and(|r| !r.is_empty());
+    name == "kernel.sem"
+        || (name.starts_with("kernel.shm") && !name["kernel.".len()..].contains('.'))
+        || (name.starts_with("kernel.msg") && !name["kernel.".len()..].contains('.'))
+        || component("fs.mqueue.")
+        || component("net.")
+}
+
+/// Whether a sysctl value is acceptable: at most [`MAX_SYSCTL_VALUE`] bytes of printable ASCII
+/// (spaces and tabs allowed: `kernel.sem` takes four numbers).
+pub fn valid_sysctl_value(value: &str) -> bool {
+    value.len() <= MAX_SYSCTL_VALUE
+        && value.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_well_formed_namespaced_sysctls_are_allowed() {
+        for ok in [
+            "kernel.shm_rmid_forced",
+            "kernel.shmmax",
+            "kernel.msgmax",
+            "kernel.sem",
+            "fs.mqueue.msg_max",
+            "net.ipv4.ip_forward",
+            "net.ipv4.conf.eth-0.forwarding",
+            "net.core.somaxconn",
+        ] {
+            assert!(namespaced_sysctl(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "kernel.hostname",
+            "kernel.pid_max",
+            "kernel.semx",
+            "kernel.shm.x",
+            "vm.overcommit_memory",
+            "fs.mqueue.",
+            "fs.mqueue",
+            "net.",
+            "net",
+            "net..ipv4",
+            "net.ipv4/../../kernel/core_pattern",
+            "net.ipv4.conf.all/forwarding",
+            ".net.ipv4",
+            "net.ipv4.",
+            "net.ipv4.ip forward",
+            "net.ipv4.\0",
+            "kernel/shm_rmid_forced",
+        ] {
+            assert!(!namespaced_sysctl(bad), "{bad:?}");
+        }
+        assert!(!namespaced_sysctl(&format!("net.{}", "a".repeat(MAX_SYSCTL_NAME))));
+        assert!(valid_sysctl_value("1") && valid_sysctl_value("250 32000\t100 128"));
+        assert!(!valid_sysctl_value("1\n2") && !valid_sysctl_value("\0"));
+        assert!(!valid_sysctl_value(&"1".repeat(MAX_SYSCTL_VALUE + 1)));
+    }
 
     #[test]
     fn the_default_set_is_a_subset_of_all_and_names_are_unique() {

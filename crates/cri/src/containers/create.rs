@@ -208,9 +208,10 @@ impl ContainerSpec {
 pub fn agent_request(
     rec: &ContainerRecord,
     spec: &ContainerSpec,
-    hostname: &str,
+    sb: &SandboxRecord,
     mounts: Vec<pb::Mount>,
 ) -> pb::CreateContainerRequest {
+    let hostname = sb.hostname.as_str();
     pb::CreateContainerRequest {
         id: rec.id.clone(),
         process: Some(pb::Process {
@@ -233,6 +234,8 @@ pub fn agent_request(
         resources: rec.resources.as_ref().map(convert::agent_resources),
         security: Some(spec.security.clone()),
         annotations: rec.annotations.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        // Checked at RunPodSandbox; the agent applies them when it makes the pod's namespaces.
+        pod_sysctls: sb.security.sysctls.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
     }
 }
 
@@ -411,7 +414,7 @@ impl ContainerTable {
         }
         mounts.extend(write_etc_files(sb, &rec, &staged)?);
         staged.expose().map_err(|source| CriError::Prepare { id: rec.id.clone(), source })?;
-        let areq = agent_request(&rec, spec, &sb.hostname, mounts);
+        let areq = agent_request(&rec, spec, sb, mounts);
         let agent = agent_of(sb).await?;
         call("agent CreateContainer", agent.grpc().create_container(areq)).await?;
         if let Err(e) = self.store.save(&rec) {
@@ -512,12 +515,17 @@ mod tests {
         assert_eq!(spec.log_path, "/var/log/pods/x/c/0.log");
         let mut rec = crate::store::tests::container(&"a".repeat(64), &sb.id, "c");
         rec.process.args = vec!["sh".into()];
-        let req = agent_request(&rec, &spec, &sb.hostname, Vec::new());
+        let req = agent_request(&rec, &spec, &sb, Vec::new());
         assert_eq!(req.rootfs_path, format!("/run/carapace/shared/{}/rootfs", rec.id));
         assert!(req.rootfs_readonly);
         assert!(req.process.as_ref().unwrap().tty);
         assert_eq!(req.namespaces.unwrap().pid, pb::NamespaceMode::Container as i32);
         assert_eq!(req.hostname, "web");
+        assert!(req.pod_sysctls.is_empty());
+        let mut sb2 = sb.clone();
+        sb2.security.sysctls.insert("kernel.shm_rmid_forced".into(), "1".into());
+        let req = agent_request(&rec, &spec, &sb2, Vec::new());
+        assert_eq!(req.pod_sysctls.get("kernel.shm_rmid_forced").map(String::as_str), Some("1"));
         // Devices and a missing image are refused while parsing.
         let devices = cri::ContainerConfig {
             image: Some(cri::ImageSpec { image: "busybox".into(), ..Default::default() }),

@@ -22,6 +22,8 @@ pub fn agent_security(
         });
     };
     let mut caps: Vec<String> = Vec::new();
+    // Set once the set is computed here: then an empty list means "none" to the agent.
+    let mut caps_exact = false;
     if let Some(c) = &sc.capabilities {
         let norm = |s: &String| {
             let s = s.to_uppercase();
@@ -55,6 +57,7 @@ pub fn agent_security(
                 set.retain(|s| !drop.contains(s));
             }
             caps = set;
+            caps_exact = true;
         }
     }
     let seccomp = super::seccomp::agent_seccomp(sc)?;
@@ -65,6 +68,7 @@ pub fn agent_security(
         masked_paths: sc.masked_paths.clone(),
         readonly_paths: sc.readonly_paths.clone(),
         seccomp: Some(seccomp),
+        capabilities_exact: caps_exact,
     })
 }
 
@@ -109,5 +113,32 @@ mod tests {
             agent_security(Some(&drop_all)).unwrap().capabilities,
             vec!["CAP_CHOWN".to_string()]
         );
+    }
+
+    #[test]
+    fn drop_all_is_an_exact_empty_set_no_change_is_the_default_set() {
+        let ctx = |add: &[&str], drop: &[&str]| cri::LinuxContainerSecurityContext {
+            capabilities: Some(cri::Capability {
+                add_capabilities: add.iter().map(|s| s.to_string()).collect(),
+                drop_capabilities: drop.iter().map(|s| s.to_string()).collect(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let s = agent_security(Some(&ctx(&[], &["ALL"]))).unwrap();
+        assert!(s.capabilities.is_empty() && s.capabilities_exact, "{s:?}");
+        let s = agent_security(Some(&ctx(&[], &["all"]))).unwrap();
+        assert!(s.capabilities.is_empty() && s.capabilities_exact, "{s:?}");
+        // Dropping every default capability one by one is an empty set too.
+        let defaults: Vec<&str> = DEFAULT_CAPABILITIES.to_vec();
+        let s = agent_security(Some(&ctx(&[], &defaults))).unwrap();
+        assert!(s.capabilities.is_empty() && s.capabilities_exact, "{s:?}");
+        // Nothing added or dropped: the agent's default set (an empty, inexact list).
+        let s = agent_security(Some(&ctx(&[], &[]))).unwrap();
+        assert!(s.capabilities.is_empty() && !s.capabilities_exact, "{s:?}");
+        let s = agent_security(Some(&cri::LinuxContainerSecurityContext::default())).unwrap();
+        assert!(!s.capabilities_exact, "{s:?}");
+        let s = agent_security(Some(&ctx(&["ALL"], &[]))).unwrap();
+        assert!(s.capabilities_exact && s.capabilities.len() == ALL_CAPABILITIES.len(), "{s:?}");
     }
 }
