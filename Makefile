@@ -46,11 +46,13 @@ run: build guest-image
 	$(BIN)/carapace check || true
 	exec $(BIN)/carapace serve
 
-test: build guest-image lint test-unit test-testhost test-vm
+test: build guest-image lint test-unit test-testhost test-e2e
 
 # The two suites that boot real VMs, side by side in two single-CPU test hosts (or directly where
 # this KVM boots guests): the end-to-end test binaries, and critest. critest's output is printed
-# after the end-to-end tests' (it is kept in a temp file while both run).
+# after the end-to-end tests' (it is kept in a temp file while both run). Not in `make test` yet:
+# on this 2-core machine, critest beside them starved cri_pods' 10 concurrent boots (none came up
+# in 120 s), and one after the other they exceed the warm CI budget.
 test-vm: build guest-image agent
 	@log=$$(mktemp /tmp/carapace-critest.XXXXXX); \
 	$(MAKE) --no-print-directory critest >"$$log" 2>&1 & cpid=$$!; \
