@@ -15,7 +15,7 @@ BIN := $(CARGO_TARGET_DIR)/release
 AGENT := $(CARGO_TARGET_DIR)/$(HOST_TRIPLE)/release/carapace-agent
 CARGO := cargo
 
-.PHONY: run test lint deps build agent guest-image test-unit test-testhost test-vm test-e2e critest bench-boot bench-pull bench-container bench-cri bench-vsock clean-guest
+.PHONY: run test lint deps build agent guest-image test-unit test-testhost test-vm test-e2e critest critest-busybox bench-boot bench-pull bench-container bench-cri bench-vsock clean-guest
 
 DEB_PACKAGES := qemu-system-x86 linux-source-6.1 bison flex bc libelf-dev libssl-dev busybox-static cpio \
 	protobuf-compiler xz-utils kmod jq file libseccomp-dev docker-registry apache2-utils zstd curl skopeo runc containerd \
@@ -92,14 +92,25 @@ test-e2e: build guest-image agent
 # this KVM boots a guest, otherwise in the test host. Reports in tests/critest/results (or
 # CRITEST_RESULTS); CRITEST_ARGS go to critest (e.g. --ginkgo.focus=REGEX). Fails on a failed
 # spec that is on neither tests/critest/skip.list nor tests/critest/known-failures.list.
-critest: build guest-image agent
-	@export CARAPACE_BIN=$(BIN)/carapace CARAPACE_GUEST_DIR=$(GUEST_DIR); \
+critest: build guest-image agent critest-busybox
+	@export CARAPACE_BIN=$(BIN)/carapace CARAPACE_GUEST_DIR=$(GUEST_DIR) BUSYBOX=$(CRITEST_BUSYBOX); \
 	if $(BIN)/carapace check >/dev/null 2>&1; then runner=(); else \
 	  echo "critest: this host's KVM cannot boot a Linux guest; running critest in the test host"; \
-	  pass=(); for v in CRITEST CRITEST_RESULTS CRITEST_PARALLEL CRITEST_TIMEOUT CRITEST_LOG; do \
+	  pass=(); for v in CRITEST CRITEST_RESULTS CRITEST_PARALLEL CRITEST_TIMEOUT CRITEST_LOG BUSYBOX; do \
 	    [ -z "$${!v:-}" ] || pass+=("$$v=$${!v}"); done; \
 	  runner=(tests/testhost/run --smp 1 --timeout 4500 -- env CARAPACE_VMM_KICK_MS=100 "$${pass[@]}"); fi; \
 	"$${runner[@]}" tests/critest/run $${CRITEST_ARGS:-}
+
+# The busybox of critest's test images: Debian's dynamically linked one (package `busybox`,
+# which conflicts with the busybox-static the guest image uses, so it is extracted, not
+# installed), whose sh execs applets by path as the upstream image's does.
+CRITEST_BUSYBOX := $(CARAPACE_CACHE)/critest-busybox/bin/busybox
+critest-busybox: deps
+	@[ -x $(CRITEST_BUSYBOX) ] || { d=$$(mktemp -d); \
+	  (cd $$d && { apt-get download -qq busybox 2>/dev/null || { apt-get update -qq && apt-get download -qq busybox; }; }) && \
+	  dpkg-deb -x $$d/busybox_*.deb $$d/x && mkdir -p $(dir $(CRITEST_BUSYBOX)) && \
+	  cp $$d/x/bin/busybox $(CRITEST_BUSYBOX).tmp && mv $(CRITEST_BUSYBOX).tmp $(CRITEST_BUSYBOX); \
+	  rc=$$?; rm -rf $$d; exit $$rc; }
 
 bench-boot: build guest-image
 	$(CARGO) build --release --locked -p carapace-tests --bin bench-boot

@@ -5,9 +5,12 @@
 #
 #   tests/images/critest-images.sh HOST:PORT
 #
-# Every image is linux/amd64, Docker schema2, one gzip layer on a rootfs of Debian's static
-# busybox (every applet hard-linked in /bin, a busybox-sh pgrep, /etc/passwd with root, www-data = 33,
-# nobody):
+# Every image is linux/amd64, Docker schema2, one gzip layer on a rootfs of Debian's busybox
+# (every applet hard-linked in /bin, a busybox-sh pgrep, /etc/passwd with root, www-data = 33,
+# nobody). It is the dynamically linked one of Debian's `busybox` package (with its libraries),
+# not busybox-static: that one's sh runs applets in-process instead of exec'ing /bin/<applet>
+# (FEATURE_SH_STANDALONE), so a masked /bin/ls would never be consulted, unlike in the upstream
+# image. BUSYBOX names it (`make critest-busybox` extracts it under $CARAPACE_CACHE):
 #   e2e-test-images/busybox:1.29-2     the rootfs + util-linux's ipcs (with its libc), CMD ["sh"]
 #   e2e-test-images/nginx:1.14-2       + /usr/sbin/nginx (critest/nginx.c, gcc -static): PID file
 #                                      /var/run/nginx.pid, title "nginx: master process ...",
@@ -28,9 +31,9 @@
 set -euo pipefail
 REG=${1:?usage: critest-images.sh HOST:PORT}
 here=$(cd "$(dirname "$0")" && pwd)
-BUSYBOX=${BUSYBOX:-/bin/busybox}
+BUSYBOX=${BUSYBOX:-${CARAPACE_CACHE:-/var/cache/carapace}/critest-busybox/bin/busybox}
 CC=${CC:-gcc}
-[ -x "$BUSYBOX" ] || { echo "need a static busybox at $BUSYBOX (Debian busybox-static)" >&2; exit 1; }
+[ -x "$BUSYBOX" ] || { echo "need Debian's busybox at $BUSYBOX (make critest-busybox)" >&2; exit 1; }
 for t in curl gzip tar sha256sum "$CC"; do
   command -v "$t" >/dev/null || { echo "missing tool: $t" >&2; exit 1; }
 done
@@ -89,6 +92,9 @@ B=$WORK/base
 mkdir -p $B/bin $B/etc $B/tmp $B/root $B/var/run $B/var/www $B/home $B/usr/bin $B/usr/sbin \
   $B/proc $B/sys $B/dev
 cp "$BUSYBOX" $B/bin/busybox
+for lib in $(ldd "$BUSYBOX" | grep -o '/[^ ]*'); do
+  mkdir -p "$B$(dirname "$lib")"; cp -L "$lib" "$B$lib"
+done
 for a in $("$BUSYBOX" --list); do
   # Hard links, as in the upstream busybox image: masking /bin/ls (a bind mount over it) must
   # hide only ls, not busybox behind a symlink.

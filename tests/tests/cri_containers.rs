@@ -263,6 +263,11 @@ fn containers_run_exec_log_stop_and_remove() {
         short.timeout = 1;
         let e = c.exec_sync(short).await.expect_err("exec timeout");
         ensure!(e.code() == tonic::Code::DeadlineExceeded, "{e:?}");
+        // critest's next step: the timed-out command was killed and the next exec answers.
+        let mut after = exec(&["sh", "-c", "ps -o args | grep -xF 'sleep 100' || true"]);
+        after.timeout = 30;
+        let r = c.exec_sync(after).await.context("ExecSync after a timed-out one")?.into_inner();
+        ensure!(r.exit_code == 0 && r.stdout.is_empty(), "the timed-out sleep lives on: {r:?}");
 
         // Stats of the running container (also inside the pod's stats).
         let s = c

@@ -62,7 +62,8 @@ pub fn validate_metadata(name: &str, namespace: &str, uid: &str) -> Result<(), S
         }
         if value.chars().any(|c| c.is_control() || c == '/' || c == '_') {
             return Err(format!(
-                "sandbox config metadata.{field} = {value:?} contains '/', '_' or a control character"
+                "sandbox config metadata.{field} = {value:?} contains '/', '_' or a control \
+                 character"
             ));
         }
     }

@@ -62,7 +62,8 @@ pub fn bind_socket(path: &Path) -> Result<UnixListener, ServeError> {
     Ok(listener)
 }
 
-/// A running daemon's parts: the runtime (sandboxes and containers), the image service, the bound socket.
+/// A running daemon's parts: the runtime (sandboxes and containers), the image service, the
+/// bound socket.
 pub struct Daemon {
     pub runtime: Arc<Runtime>,
     pub images: ImageServiceImpl,
@@ -116,7 +117,10 @@ impl Daemon {
         let result = tokio::select! {
             r = server => r,
             () = stop_then_grace => {
-                tracing::info!(grace_s = GRACE.as_secs(), "clients still connected: closing anyway");
+                tracing::info!(
+                    grace_s = GRACE.as_secs(),
+                    "clients still connected: closing anyway",
+                );
                 Ok(())
             }
         };

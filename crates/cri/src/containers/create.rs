@@ -51,7 +51,8 @@ impl ContainerName {
         }
         if md.name.len() > MAX_NAME || md.name.chars().any(|c| c.is_control() || c == '/') {
             return Err(CriError::InvalidArgument(format!(
-                "container name {:?} must be at most {MAX_NAME} bytes without '/' or control characters",
+                "container name {:?} must be at most {MAX_NAME} bytes without '/' or control \
+                 characters",
                 md.name
             )));
         }
@@ -153,7 +154,10 @@ impl ContainerSpec {
             ));
         }
         if config.stdin {
-            tracing::info!(name = %name.name, "stdin is kept open for attach, which carapace does not serve yet");
+            tracing::info!(
+                name = %name.name,
+                "stdin is kept open for attach, which carapace does not serve yet",
+            );
         }
         let volumes = config
             .mounts
@@ -252,7 +256,11 @@ fn bind(destination: String, source: String, readonly: bool) -> pb::Mount {
 /// Undoes a half-made container: its bind mounts and files.
 fn discard(dir: &Path) {
     if let Err(e) = volumes::remove_tree(dir) {
-        tracing::error!(dir = %dir.display(), error = %e, "cannot remove a failed container's files");
+        tracing::error!(
+            dir = %dir.display(),
+            error = %e,
+            "cannot remove a failed container's files",
+        );
     }
 }
 
@@ -320,8 +328,8 @@ impl ContainerTable {
             let mut index = self.index();
             if let Some(other) = index.names.get(&name_key) {
                 return Err(CriError::AlreadyExists(format!(
-                    "a container named {:?} (attempt {}) already exists in pod sandbox {} with ID {other}; \
-                     remove it first or use another attempt number",
+                    "a container named {:?} (attempt {}) already exists in pod sandbox {} with \
+                     ID {other}; remove it first or use another attempt number",
                     spec.name.name, spec.name.attempt, sb.id
                 )));
             }
@@ -342,7 +350,13 @@ impl ContainerTable {
             Ok(rec) => {
                 self.index().by_id.insert(id.clone(), Container::new(rec.clone()));
                 self.emit(&rec, cri::ContainerEventType::ContainerCreatedEvent);
-                tracing::info!(%id, name = %spec.name.name, pod = %sb.id, image = %spec.image, "container created");
+                tracing::info!(
+                    %id,
+                    name = %spec.name.name,
+                    pod = %sb.id,
+                    image = %spec.image,
+                    "container created",
+                );
                 Ok(id)
             }
             Err(err) => {

@@ -88,7 +88,11 @@ impl ContainerTable {
         let agent = agent_of(sb).await?;
         let timeout_ms = u64::try_from(timeout_s.max(0)).unwrap_or(0).saturating_mul(1000);
         let signal = convert::stop_signal(&rec.stop_signal).unwrap_or_else(|| {
-            tracing::warn!(id = %rec.id, signal = %rec.stop_signal, "unknown stop signal of the image; using SIGTERM");
+            tracing::warn!(
+                id = %rec.id,
+                signal = %rec.stop_signal,
+                "unknown stop signal of the image; using SIGTERM",
+            );
             0
         });
         let req = pb::StopContainerRequest { id: rec.id.clone(), signal, timeout_ms };
@@ -173,7 +177,11 @@ impl ContainerTable {
         for c in self.of_pod(&sb.id) {
             let _op = c.op.lock().await;
             if let Err(err) = self.stop_locked(&c, sb, 0).await {
-                tracing::warn!(id = %c.rec().id, error = %err, "cannot stop a container of the stopping pod");
+                tracing::warn!(
+                    id = %c.rec().id,
+                    error = %err,
+                    "cannot stop a container of the stopping pod",
+                );
                 self.record_exit(&c, 137, "Error", "killed with its pod sandbox", now_nanos());
             }
         }

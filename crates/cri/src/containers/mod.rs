@@ -7,7 +7,8 @@
 //! * [`exec`]: ExecSync; [`stats`]: ContainerStats; [`monitor`]: output into the CRI log and
 //!   the exit of a running container;
 //! * [`convert`]: record → CRI messages and agent replies → records; [`security`]: the CRI
-//!   security context → the agent's, [`seccomp`]: its seccomp profile; [`agent`]: reaching the pod's agent and bounding calls.
+//!   security context → the agent's, [`seccomp`]: its seccomp profile; [`agent`]: reaching the
+//!   pod's agent and bounding calls.
 //!
 //! A container's files live in the pod's shared dir (`<run_dir>/pods/<pod>/shared/<id>`), which
 //! the guest sees live through virtio-fs (see [`create::guest_path`]): the rootfs (`rootfs/`,
@@ -99,16 +100,28 @@ impl ContainerTable {
         let store: Store<ContainerRecord> = Store::open(state_dir)?;
         let (records, bad) = store.load_all()?;
         for b in bad {
-            tracing::error!(path = %b.path.display(), reason = %b.reason, "ignoring unreadable container record");
+            tracing::error!(
+                path = %b.path.display(),
+                reason = %b.reason,
+                "ignoring unreadable container record",
+            );
         }
         let pods: HashMap<&str, &SandboxRecord> =
             sandboxes.iter().map(|s| (s.id.as_str(), s)).collect();
         let mut index = Index::default();
         for mut rec in records {
             let Some(sb) = pods.get(rec.sandbox_id.as_str()) else {
-                tracing::warn!(id = %rec.id, pod = %rec.sandbox_id, "container of a removed pod sandbox: removing it");
+                tracing::warn!(
+                    id = %rec.id,
+                    pod = %rec.sandbox_id,
+                    "container of a removed pod sandbox: removing it",
+                );
                 if let Err(e) = volumes::remove_tree(&rec.dir) {
-                    tracing::error!(id = %rec.id, error = %e, "cannot remove the container's files");
+                    tracing::error!(
+                        id = %rec.id,
+                        error = %e,
+                        "cannot remove the container's files",
+                    );
                     continue;
                 }
                 store.remove(&rec.id)?;
@@ -117,7 +130,10 @@ impl ContainerTable {
             if rec.phase == ContainerPhase::Running
                 && sandbox_state(sb) != cri::PodSandboxState::SandboxReady
             {
-                tracing::warn!(id = %rec.id, "the pod VM of this running container ended while the daemon was down");
+                tracing::warn!(
+                    id = %rec.id,
+                    "the pod VM of this running container ended while the daemon was down",
+                );
                 rec.phase = ContainerPhase::Exited;
                 rec.finished_at = now_nanos();
                 rec.exit_code = 255;

@@ -41,7 +41,12 @@ impl ContainerTable {
             match LogWriter::open(Path::new(&log_path)) {
                 Ok(w) => *lock(&c.log) = Some(w),
                 Err(err) => {
-                    tracing::warn!(%id, path = %log_path, error = %err, "cannot open the container log")
+                    tracing::warn!(
+                        %id,
+                        path = %log_path,
+                        error = %err,
+                        "cannot open the container log",
+                    )
                 }
             }
         }
@@ -56,7 +61,12 @@ impl ContainerTable {
                         break;
                     }
                     attempts += 1;
-                    tracing::warn!(%id, error = %err, attempts, "cannot reach the agent to follow the container");
+                    tracing::warn!(
+                        %id,
+                        error = %err,
+                        attempts,
+                        "cannot reach the agent to follow the container",
+                    );
                     if attempts >= ATTEMPTS {
                         break;
                     }
@@ -74,7 +84,9 @@ impl ContainerTable {
                     let _ = tokio::time::timeout(OUTPUT_DRAIN, &mut logs).await;
                     w
                 }
-                () = &mut logs => grpc.wait_container(pb::WaitContainerRequest { id: id.clone() }).await,
+                () = &mut logs => {
+                    grpc.wait_container(pb::WaitContainerRequest { id: id.clone() }).await
+                }
             };
             if let Some(w) = lock(&c.log).as_mut() {
                 let _ = w.finish(now_nanos());
@@ -95,7 +107,12 @@ impl ContainerTable {
                         break;
                     }
                     attempts += 1;
-                    tracing::warn!(%id, error = %s, attempts, "waiting for the container failed; retrying");
+                    tracing::warn!(
+                        %id,
+                        error = %s,
+                        attempts,
+                        "waiting for the container failed; retrying",
+                    );
                     if attempts >= ATTEMPTS {
                         break;
                     }
@@ -114,7 +131,11 @@ async fn forward_output(c: &Container, agent: &AgentClient, id: &str) {
     let mut stream = match grpc.read_stdio(req).await {
         Ok(s) => s.into_inner(),
         Err(s) => {
-            tracing::warn!(%id, error = %s.message(), "cannot read the container's output; its log will miss it");
+            tracing::warn!(
+                %id,
+                error = %s.message(),
+                "cannot read the container's output; its log will miss it",
+            );
             return std::future::pending().await;
         }
     };
