@@ -274,11 +274,8 @@ impl Containers {
         if let Some(st) = &*pod {
             return Ok(st.ns.net.clone());
         }
-        let ns = podns::PodNamespaces::create(
-            &self.inner.cfg.pod_ns_dir,
-            hostname,
-            &HashMap::new(),
-        )?;
+        let ns =
+            podns::PodNamespaces::create(&self.inner.cfg.pod_ns_dir, hostname, &HashMap::new())?;
         let net = ns.net.clone();
         *pod = Some(PodState { ns, sysctls_set: false });
         Ok(net)

@@ -94,7 +94,8 @@ impl PodNamespaces {
         let (net, ipc) = (self.net.clone(), self.ipc.clone());
         let sysctls = sysctls.clone();
         run_in_thread(move || {
-            for (path, flag) in [(&net, CloneFlags::CLONE_NEWNET), (&ipc, CloneFlags::CLONE_NEWIPC)] {
+            for (path, flag) in [(&net, CloneFlags::CLONE_NEWNET), (&ipc, CloneFlags::CLONE_NEWIPC)]
+            {
                 let f = std::fs::File::open(path)
                     .map_err(|e| ContainerError::io(format!("open {}", path.display()), e))?;
                 setns(&f, flag).map_err(|e| {

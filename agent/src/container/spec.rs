@@ -61,7 +61,9 @@ pub struct SpecContext {
 /// Whether the request mounts something at `dest` (compared by path
 /// components: "/etc//hosts/" is "/etc/hosts").
 pub fn mounts_at(req: &pb::CreateContainerRequest, dest: &str) -> bool {
-    req.mounts.iter().any(|m| Path::new(&m.destination).components().eq(Path::new(dest).components()))
+    req.mounts
+        .iter()
+        .any(|m| Path::new(&m.destination).components().eq(Path::new(dest).components()))
 }
 
 /// Checks the rootfs field: absolute, no `..`, an existing directory.

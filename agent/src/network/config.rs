@@ -196,7 +196,10 @@ impl NetConfig {
                     return Err(invalid("route: a default route needs a gateway"));
                 }
                 (Some(d), Some(g)) if d.addr.is_ipv4() != g.is_ipv4() => {
-                    return Err(invalid(format!("route {}/{} via {g}: mixed families", d.addr, d.prefix)));
+                    return Err(invalid(format!(
+                        "route {}/{} via {g}: mixed families",
+                        d.addr, d.prefix
+                    )));
                 }
                 _ => {}
             }

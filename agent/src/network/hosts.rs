@@ -37,7 +37,8 @@ pub fn hosts_text(cfg: &NetConfig) -> String {
 /// Writes the file atomically (temp file + rename in the same directory).
 pub fn write_hosts(path: &Path, cfg: &NetConfig) -> Result<(), NetError> {
     let dir = path.parent().unwrap_or(Path::new("/"));
-    std::fs::create_dir_all(dir).map_err(|e| NetError::io(format!("mkdir {}", dir.display()), e))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| NetError::io(format!("mkdir {}", dir.display()), e))?;
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, hosts_text(cfg))
         .map_err(|e| NetError::io(format!("write {}", tmp.display()), e))?;

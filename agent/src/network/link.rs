@@ -143,7 +143,8 @@ pub fn add_route(
 ) -> io::Result<()> {
     let v6 = destination.map(|d| d.addr.is_ipv6()).or(gateway.map(|g| g.is_ipv6()));
     let mut m = RouteMessage::default();
-    m.header.address_family = if v6 == Some(true) { AddressFamily::Inet6 } else { AddressFamily::Inet };
+    m.header.address_family =
+        if v6 == Some(true) { AddressFamily::Inet6 } else { AddressFamily::Inet };
     m.header.table = RouteHeader::RT_TABLE_MAIN;
     m.header.protocol = RouteProtocol::Boot;
     m.header.kind = RouteType::Unicast;

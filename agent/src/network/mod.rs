@@ -31,7 +31,7 @@ use tonic::Status;
 pub use config::NetConfig;
 use netlink::Netlink;
 
-use crate::container::{Containers, ContainerError};
+use crate::container::{ContainerError, Containers};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
@@ -139,7 +139,8 @@ fn apply_here(cfg: &NetConfig, pod_netns: &Path) -> Result<(), NetError> {
     }
     for r in &cfg.routes {
         let ifindex = index[r.interface];
-        let dst = r.destination.map_or("default".to_owned(), |d| format!("{}/{}", d.addr, d.prefix));
+        let dst =
+            r.destination.map_or("default".to_owned(), |d| format!("{}/{}", d.addr, d.prefix));
         let via = r.gateway.map_or("on-link".to_owned(), |g| format!("via {g}"));
         link::add_route(&mut pod, ifindex, r.destination, r.gateway).map_err(NetError::nl(
             format!("add route {dst} {via} dev {}", cfg.interfaces[r.interface].name),
