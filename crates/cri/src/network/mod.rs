@@ -49,7 +49,9 @@ pub struct TapAttachment {
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
-    #[error("interface name {0:?}: not a Linux interface name (1..15 bytes, no '/', ':' or space)")]
+    #[error(
+        "interface name {0:?}: not a Linux interface name (1..15 bytes, no '/', ':' or space)"
+    )]
     InvalidName(String),
     #[error("network namespace {}: {source}", path.display())]
     Netns { path: PathBuf, source: std::io::Error },
@@ -117,7 +119,9 @@ fn attach_here(netns: &Path, cni_ifname: &str) -> Result<TapAttachment, NetError
         .map_err(nl(format!("set {TAP_NAME} up with mtu {}", cni.mtu)))?;
     // The tap's qdisc and filter go with the tap (dropping `tap` on error);
     // eth0's are removed here when a later step fails.
-    tc::add_ingress_qdisc(&mut nl_, cni.index)
+    // A stale qdisc (of a tap whose VMM exited) is replaced: the tap above
+    // could only be created because no other one of that name is open.
+    tc::replace_ingress_qdisc(&mut nl_, cni.index)
         .map_err(nl(format!("add an ingress qdisc to {cni_ifname}")))?;
     let wired = (|| {
         tc::redirect_all(&mut nl_, cni.index, tap_link.index)

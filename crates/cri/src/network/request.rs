@@ -38,17 +38,14 @@ pub fn configure_network_request(
 ) -> pb::ConfigureNetworkRequest {
     let mut addresses: Vec<pb::IpAddress> = Vec::new();
     for ip in ips {
-        let a = pb::IpAddress {
-            address: ip.address.to_string(),
-            prefix_len: u32::from(ip.prefix_len),
-        };
+        let a =
+            pb::IpAddress { address: ip.address.to_string(), prefix_len: u32::from(ip.prefix_len) };
         if !addresses.contains(&a) {
             addresses.push(a);
         }
     }
-    let family_gw = |v6: bool| {
-        ips.iter().filter(|i| i.address.is_ipv6() == v6).find_map(|i| i.gateway)
-    };
+    let family_gw =
+        |v6: bool| ips.iter().filter(|i| i.address.is_ipv6() == v6).find_map(|i| i.gateway);
     let routes = routes
         .iter()
         .map(|r| {
@@ -105,7 +102,10 @@ mod tests {
         let r = configure_network_request(&ips, &routes, "02:42:0a:58:00:04", 1450, "web-0");
         assert_eq!(r.hostname, "web-0");
         let nic = &r.interfaces[0];
-        assert_eq!((nic.name.as_str(), nic.mac.as_str(), nic.mtu), ("eth0", "02:42:0a:58:00:04", 1450));
+        assert_eq!(
+            (nic.name.as_str(), nic.mac.as_str(), nic.mtu),
+            ("eth0", "02:42:0a:58:00:04", 1450)
+        );
         let addrs: Vec<(&str, u32)> =
             nic.addresses.iter().map(|a| (a.address.as_str(), a.prefix_len)).collect();
         assert_eq!(addrs, [("10.88.0.4", 16), ("fd00::4", 64)]);

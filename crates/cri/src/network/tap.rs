@@ -26,7 +26,8 @@ pub fn create_tap(name: &str) -> io::Result<OwnedFd> {
     for (i, b) in name.bytes().enumerate() {
         ifr.ifr_name[i] = b as libc::c_char;
     }
-    ifr.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
+    ifr.ifr_ifru.ifru_flags =
+        (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
     // SAFETY: TUNSETIFF reads and writes the ifreq we own.
     if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut ifr) } < 0 {
         return Err(io::Error::last_os_error());

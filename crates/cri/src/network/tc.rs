@@ -40,6 +40,18 @@ pub fn add_ingress_qdisc(nl: &mut Netlink, ifindex: u32) -> io::Result<()> {
     nl.request(RouteNetlinkMessage::NewQueueDiscipline(m), NLM_F_CREATE | NLM_F_EXCL)
 }
 
+/// [`add_ingress_qdisc`], first removing one that is there already (with
+/// its filters: a tap that went away left them redirecting to nothing).
+pub fn replace_ingress_qdisc(nl: &mut Netlink, ifindex: u32) -> io::Result<()> {
+    match add_ingress_qdisc(nl, ifindex) {
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+            del_ingress_qdisc(nl, ifindex)?;
+            add_ingress_qdisc(nl, ifindex)
+        }
+        r => r,
+    }
+}
+
 /// `tc qdisc del dev <ifindex> ingress` (its filters go with it).
 pub fn del_ingress_qdisc(nl: &mut Netlink, ifindex: u32) -> io::Result<()> {
     let mut m = TcMessage::default();
