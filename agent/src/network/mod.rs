@@ -138,13 +138,18 @@ fn apply_here(cfg: &NetConfig, pod_netns: &Path) -> Result<(), NetError> {
         index.push(l.index);
     }
     for r in &cfg.routes {
-        let ifindex = index[r.interface];
+        // `interface` indexes `interfaces` (NetConfig::parse), each of which
+        // pushed its ifindex above.
+        let (Some(&ifindex), Some(iface)) =
+            (index.get(r.interface), cfg.interfaces.get(r.interface))
+        else {
+            return Err(NetError::Invalid("route: unknown interface".into()));
+        };
         let dst =
             r.destination.map_or("default".to_owned(), |d| format!("{}/{}", d.addr, d.prefix));
         let via = r.gateway.map_or("on-link".to_owned(), |g| format!("via {g}"));
-        link::add_route(&mut pod, ifindex, r.destination, r.gateway).map_err(NetError::nl(
-            format!("add route {dst} {via} dev {}", cfg.interfaces[r.interface].name),
-        ))?;
+        link::add_route(&mut pod, ifindex, r.destination, r.gateway)
+            .map_err(NetError::nl(format!("add route {dst} {via} dev {}", iface.name)))?;
     }
     Ok(())
 }

@@ -46,7 +46,7 @@ impl TestNetns {
     fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
         let p = self.path.clone();
         std::thread::spawn(move || {
-            setns(&File::open(&p).unwrap(), CloneFlags::CLONE_NEWNET).unwrap();
+            setns(File::open(&p).unwrap(), CloneFlags::CLONE_NEWNET).unwrap();
             f()
         })
         .join()
