@@ -291,11 +291,6 @@ impl Containers {
         *lock(&self.inner.pod_hosts) = Some(path);
     }
 
-    /// Whether containers are disabled (outside a guest).
-    pub fn check_enabled(&self) -> Result<(), ContainerError> {
-        self.enabled()
-    }
-
     /// The pod's PID namespace, created with its holder process on first use
     /// (again if the holder died).
     fn pod_pid_ns(&self) -> Result<PathBuf, ContainerError> {
