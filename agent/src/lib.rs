@@ -6,6 +6,7 @@ pub mod args;
 pub mod console;
 pub mod container;
 pub mod mounts;
+pub mod network;
 pub mod power;
 pub mod reaper;
 pub mod serve;

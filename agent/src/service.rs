@@ -104,6 +104,20 @@ impl Agent for AgentService {
         Ok(Response::new(ShutdownResponse {}))
     }
 
+    async fn configure_network(
+        &self,
+        r: Request<pb::ConfigureNetworkRequest>,
+    ) -> Result<Response<pb::ConfigureNetworkResponse>, Status> {
+        let hosts = std::path::Path::new(crate::network::hosts::POD_HOSTS_FILE);
+        match crate::network::configure(&self.containers, r.get_ref(), hosts).await {
+            Ok(()) => Ok(Response::new(pb::ConfigureNetworkResponse {})),
+            Err(e) => {
+                tracing::warn!(error = %e, "configure network failed");
+                Err(e.into())
+            }
+        }
+    }
+
     // Containers: see crate::container::rpc.
     type ReadStdioStream = rpc::StdioStream;
 

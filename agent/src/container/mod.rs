@@ -105,10 +105,22 @@ struct Inner {
     map: Mutex<HashMap<String, Arc<Entry>>>,
     /// Ids being created (not in `map` yet).
     reserved: Mutex<HashSet<String>>,
-    pod: Mutex<Option<podns::PodNamespaces>>,
+    pod: Mutex<Option<PodState>>,
+    /// The pod's /etc/hosts (written by ConfigureNetwork), bind-mounted
+    /// into containers that do not mount their own.
+    pod_hosts: Mutex<Option<PathBuf>>,
+    /// Serializes ConfigureNetwork; true once one succeeded.
+    network_done: tokio::sync::Mutex<bool>,
     /// PID 1 of the pod's PID namespace, made by the first POD-mode container.
     pod_pid: Mutex<Option<podns::PidHolder>>,
     exec_seq: AtomicU64,
+}
+
+/// The pod's namespaces and whether its sysctls were set in them (not yet
+/// when ConfigureNetwork made them before the first container).
+struct PodState {
+    ns: podns::PodNamespaces,
+    sysctls_set: bool,
 }
 
 /// The containers of this guest. Cheap to clone.
@@ -156,6 +168,8 @@ impl Containers {
                 map: Mutex::new(HashMap::new()),
                 reserved: Mutex::new(HashSet::new()),
                 pod: Mutex::new(None),
+                pod_hosts: Mutex::new(None),
+                network_done: tokio::sync::Mutex::new(false),
                 pod_pid: Mutex::new(None),
                 exec_seq: AtomicU64::new(1),
             }),
@@ -231,20 +245,50 @@ impl Containers {
         sysctls: &HashMap<String, String>,
     ) -> Result<podns::PodNamespaces, ContainerError> {
         let mut pod = lock(&self.inner.pod);
-        match &*pod {
-            Some(ns) => {
+        match &mut *pod {
+            Some(st) => {
                 if !hostname.is_empty() {
-                    ns.set_hostname(hostname)?;
+                    st.ns.set_hostname(hostname)?;
                 }
-                Ok(ns.clone())
+                if !st.sysctls_set {
+                    st.ns.apply_sysctls(sysctls)?;
+                    st.sysctls_set = true;
+                }
+                Ok(st.ns.clone())
             }
             None => {
                 let ns =
                     podns::PodNamespaces::create(&self.inner.cfg.pod_ns_dir, hostname, sysctls)?;
-                *pod = Some(ns.clone());
+                *pod = Some(PodState { ns: ns.clone(), sysctls_set: true });
                 Ok(ns)
             }
         }
+    }
+
+    /// The pod's network namespace file for ConfigureNetwork, made (with
+    /// the IPC and UTS ones, `hostname` set) when no container made it yet;
+    /// the first container's sysctls are set in it later.
+    pub fn pod_net_ns(&self, hostname: &str) -> Result<PathBuf, ContainerError> {
+        self.enabled()?;
+        let mut pod = lock(&self.inner.pod);
+        if let Some(st) = &*pod {
+            return Ok(st.ns.net.clone());
+        }
+        let ns =
+            podns::PodNamespaces::create(&self.inner.cfg.pod_ns_dir, hostname, &HashMap::new())?;
+        let net = ns.net.clone();
+        *pod = Some(PodState { ns, sysctls_set: false });
+        Ok(net)
+    }
+
+    /// Holds ConfigureNetwork's lock; the flag says whether one succeeded.
+    pub async fn network_lock(&self) -> tokio::sync::MutexGuard<'_, bool> {
+        self.inner.network_done.lock().await
+    }
+
+    /// Makes containers created from now on get `path` at /etc/hosts.
+    pub fn set_pod_hosts(&self, path: PathBuf) {
+        *lock(&self.inner.pod_hosts) = Some(path);
     }
 
     /// The pod's PID namespace, created with its holder process on first use
@@ -274,6 +318,7 @@ impl Containers {
             namespaces: NamespacePlan::default(),
             cgroup_path: cgroup_path.clone(),
             hostname_file: None,
+            hosts_file: None,
         };
         spec::build_spec(req, &check_ctx)?;
         podns::check_sysctls(&req.pod_sysctls)?;
@@ -320,7 +365,8 @@ impl Containers {
                 .map_err(|e| ContainerError::io(format!("write {}", f.display()), e))?;
             Some(f)
         };
-        let ctx = SpecContext { rootfs, namespaces: plan, cgroup_path, hostname_file };
+        let hosts_file = lock(&self.inner.pod_hosts).clone();
+        let ctx = SpecContext { rootfs, namespaces: plan, cgroup_path, hostname_file, hosts_file };
         let spec = spec::build_spec(req, &ctx)?;
         let cfg_json = bundle.join("config.json");
         let text = serde_json::to_vec_pretty(&spec)

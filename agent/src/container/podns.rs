@@ -57,17 +57,7 @@ impl PodNamespaces {
                 nix::unistd::sethostname(&hostname)
                     .map_err(|e| ContainerError::io("sethostname", e.into()))?;
             }
-            // /proc/sys/net, kernel.shm*, fs.mqueue: the namespaces of the
-            // task that opens the file, i.e. this thread's.
-            let mut names: Vec<&String> = sysctls.keys().collect();
-            names.sort();
-            for name in names {
-                let path = sysctl_path(name)?;
-                std::fs::write(&path, &sysctls[name]).map_err(|e| {
-                    ContainerError::io(format!("sysctl {name} (write {})", path.display()), e)
-                })?;
-                tracing::info!(name = %name, value = %sysctls[name], "pod sysctl set");
-            }
+            write_sysctls(&sysctls)?;
             if let Err(e) = loopback_up() {
                 tracing::warn!(error = %e, "cannot bring up lo in the pod network namespace");
             }
@@ -91,6 +81,29 @@ impl PodNamespaces {
         })?;
         tracing::info!(dir = %dir.display(), "pod namespaces created");
         Ok(ns)
+    }
+
+    /// Sets the pod's `sysctls` (checked with [`check_sysctls`]) in the
+    /// existing namespaces: for a pod whose namespaces were made before its
+    /// first container (ConfigureNetwork).
+    pub fn apply_sysctls(&self, sysctls: &HashMap<String, String>) -> Result<(), ContainerError> {
+        check_sysctls(sysctls)?;
+        if sysctls.is_empty() {
+            return Ok(());
+        }
+        let (net, ipc) = (self.net.clone(), self.ipc.clone());
+        let sysctls = sysctls.clone();
+        run_in_thread(move || {
+            for (path, flag) in [(&net, CloneFlags::CLONE_NEWNET), (&ipc, CloneFlags::CLONE_NEWIPC)]
+            {
+                let f = std::fs::File::open(path)
+                    .map_err(|e| ContainerError::io(format!("open {}", path.display()), e))?;
+                setns(&f, flag).map_err(|e| {
+                    ContainerError::io(format!("setns {}", path.display()), e.into())
+                })?;
+            }
+            write_sysctls(&sysctls)
+        })
     }
 
     /// Sets the pod hostname (UTS is shared: the last one set wins).
@@ -128,6 +141,21 @@ pub fn check_sysctls(sysctls: &HashMap<String, String>) -> Result<(), ContainerE
                 "pod_sysctls: value of {name}: malformed"
             )));
         }
+    }
+    Ok(())
+}
+
+/// Writes checked sysctls. /proc/sys/net, kernel.shm*, fs.mqueue: the
+/// namespaces of the task that opens the file, i.e. the calling thread's.
+fn write_sysctls(sysctls: &HashMap<String, String>) -> Result<(), ContainerError> {
+    let mut names: Vec<&String> = sysctls.keys().collect();
+    names.sort();
+    for name in names {
+        let path = sysctl_path(name)?;
+        std::fs::write(&path, &sysctls[name]).map_err(|e| {
+            ContainerError::io(format!("sysctl {name} (write {})", path.display()), e)
+        })?;
+        tracing::info!(name = %name, value = %sysctls[name], "pod sysctl set");
     }
     Ok(())
 }

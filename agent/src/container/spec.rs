@@ -53,6 +53,17 @@ pub struct SpecContext {
     pub cgroup_path: String,
     /// A file holding the pod hostname, bind-mounted to /etc/hostname.
     pub hostname_file: Option<PathBuf>,
+    /// The pod's hosts file (ConfigureNetwork), bind-mounted read-only to
+    /// /etc/hosts unless the request mounts something there itself.
+    pub hosts_file: Option<PathBuf>,
+}
+
+/// Whether the request mounts something at `dest` (compared by path
+/// components: "/etc//hosts/" is "/etc/hosts").
+pub fn mounts_at(req: &pb::CreateContainerRequest, dest: &str) -> bool {
+    req.mounts
+        .iter()
+        .any(|m| Path::new(&m.destination).components().eq(Path::new(dest).components()))
 }
 
 /// Checks the rootfs field: absolute, no `..`, an existing directory.
@@ -294,6 +305,12 @@ pub fn build_spec(
             "options": ["rbind", "rprivate", "ro"],
         }));
     }
+    if let Some(h) = ctx.hosts_file.as_ref().filter(|_| !mounts_at(req, "/etc/hosts")) {
+        mounts.push(json!({
+            "destination": "/etc/hosts", "type": "bind", "source": h,
+            "options": ["rbind", "rprivate", "ro"],
+        }));
+    }
     for m in &req.mounts {
         mounts.push(mount_json(&ctx.rootfs, m)?);
     }
@@ -384,6 +401,7 @@ mod tests {
             },
             cgroup_path: "/carapace/c1".into(),
             hostname_file: Some("/run/carapace/containers/c1/hostname".into()),
+            hosts_file: None,
         }
     }
 
@@ -616,5 +634,39 @@ mod tests {
             (plain["cwd"].clone(), plain["user"].clone()),
             (init["cwd"].clone(), init["user"].clone())
         );
+    }
+
+    #[test]
+    fn the_pod_hosts_file_is_mounted_unless_the_request_mounts_etc_hosts() {
+        let t = rootfs();
+        let src = t.path().join("hosts-src");
+        std::fs::write(&src, "x").unwrap();
+        let mut c = ctx(t.path());
+        let hosts_mounts = |spec: &Value| -> Vec<Value> {
+            spec["mounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|m| m["destination"] == "/etc/hosts")
+                .cloned()
+                .collect()
+        };
+        let rq = req(t.path());
+        assert!(hosts_mounts(&build_spec(&rq, &c).unwrap()).is_empty());
+        c.hosts_file = Some("/run/carapace/pod/hosts".into());
+        let m = hosts_mounts(&build_spec(&rq, &c).unwrap());
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0]["source"], "/run/carapace/pod/hosts");
+        assert!(m[0]["options"].as_array().unwrap().contains(&json!("ro")));
+        // kubelet's own etc-hosts wins (any spelling of the path).
+        let mut own = req(t.path());
+        own.mounts.push(pb::Mount {
+            destination: "/etc//hosts/".into(),
+            source: src.display().to_string(),
+            ..Default::default()
+        });
+        let m = hosts_mounts(&build_spec(&own, &c).unwrap());
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0]["source"], src.display().to_string());
     }
 }

@@ -130,4 +130,22 @@ impl AgentClient {
             }
         }
     }
+
+    /// `ConfigureNetwork`: the pod's NICs, routes and /etc/hosts in the
+    /// guest (once, before the first container).
+    pub async fn configure_network(
+        &self,
+        req: pb::ConfigureNetworkRequest,
+    ) -> Result<(), AgentClientError> {
+        let mut grpc = self.grpc.clone();
+        let call = grpc.configure_network(req);
+        match tokio::time::timeout(self.call_timeout, call).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(status)) => Err(AgentClientError::rpc("ConfigureNetwork", status)),
+            Err(_) => Err(AgentClientError::CallTimeout {
+                call: "ConfigureNetwork",
+                timeout: self.call_timeout,
+            }),
+        }
+    }
 }

@@ -10,6 +10,8 @@
 //! * [`merge`]: image config + CRI config → process; [`crilog`]: CRI log files; [`volumes`]:
 //!   host volumes into the VM; [`filters`]: List* filters; [`util`]: shared small helpers;
 //!   [`validate`]: checks of path-like and line-like request fields.
+//! * [`network`]: the pod's tap in its netns, wired to the CNI interface by tc redirects; the
+//!   agent's ConfigureNetworkRequest from the CNI result.
 //! * [`runtime_service`]: the gRPC service; [`server`]: socket, signals, serving.
 
 pub mod client;
@@ -22,6 +24,7 @@ pub mod hostcheck;
 pub mod ids;
 pub mod merge;
 pub mod metrics;
+pub mod network;
 pub mod procfs;
 pub mod record;
 pub mod runtime;
