@@ -108,7 +108,8 @@ impl PluginRunner {
             .iter()
             .map(|d| d.join(plugin_type))
             .find(|p| {
-                std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                std::fs::metadata(p)
+                    .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
             })
             .ok_or_else(not_found)
     }

@@ -149,7 +149,9 @@ impl ConfLoader {
         }
         let loaded = self.scan(&fp);
         match &loaded {
-            Ok(l) => tracing::info!(dir = %self.dir.display(), network = %l.name, "CNI network config loaded"),
+            Ok(l) => {
+                tracing::info!(dir = %self.dir.display(), network = %l.name, "CNI network config loaded")
+            }
             Err(e) => tracing::info!(dir = %self.dir.display(), "CNI not ready: {e}"),
         }
         self.last = Some((fp, loaded.clone()));
@@ -219,8 +221,11 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(20));
         fs::write(&f, list("secnd")).unwrap();
         assert_eq!(l.current().unwrap().name, "secnd");
-        fs::write(d.path().join("05-new.conf"), r#"{"cniVersion":"1.0.0","name":"new","type":"x"}"#)
-            .unwrap();
+        fs::write(
+            d.path().join("05-new.conf"),
+            r#"{"cniVersion":"1.0.0","name":"new","type":"x"}"#,
+        )
+        .unwrap();
         assert_eq!(l.current().unwrap().name, "new");
         fs::write(&f, "garbage").unwrap();
         assert_eq!(l.current().unwrap().name, "new");

@@ -254,7 +254,8 @@ impl CniManager {
         let mut prev: Option<CniResult> = None;
         for i in 0..list.plugins.len() {
             let plugin = list.plugin_type(i);
-            let stdin = plugin_conf(list, i, prev.as_ref().map(CniResult::raw), &entry.runtime_config);
+            let stdin =
+                plugin_conf(list, i, prev.as_ref().map(CniResult::raw), &entry.runtime_config);
             let out = self.runner.run(plugin, &inv, &stdin)?;
             if out.iter().all(u8::is_ascii_whitespace) {
                 continue; // no result: the previous one stands
@@ -316,8 +317,8 @@ impl CniManager {
         let Some(entry) = self.cache.load(sandbox_id)? else { return Ok(None) };
         let Some(raw) = entry.result else { return Ok(None) };
         let path = self.cache.path_of(sandbox_id);
-        let result = CniResult::from_value(raw)
-            .map_err(|message| CniError::Cache { path, message })?;
+        let result =
+            CniResult::from_value(raw).map_err(|message| CniError::Cache { path, message })?;
         Ok(Some(PodNetwork {
             netns: entry.netns,
             network_name: entry.network_name,

@@ -185,7 +185,8 @@ mod tests {
 
     #[test]
     fn a_single_conf_is_wrapped_into_a_list() {
-        let conf = r#"{"cniVersion":"0.4.0","name":"one","type":"bridge","ipam":{"type":"host-local"}}"#;
+        let conf =
+            r#"{"cniVersion":"0.4.0","name":"one","type":"bridge","ipam":{"type":"host-local"}}"#;
         let l = NetworkConfigList::from_conf(conf.as_bytes(), "a.conf").unwrap();
         assert_eq!((l.name.as_str(), l.plugins.len()), ("one", 1));
         assert_eq!(l.plugin_type(0), "bridge");

@@ -23,8 +23,7 @@ fn ensure_dir(dir: &Path) -> Result<(), CniError> {
         .mode(0o700)
         .create(dir)
         .map_err(CniError::io("create", dir))?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-        .map_err(CniError::io("chmod", dir))
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(CniError::io("chmod", dir))
 }
 
 /// Whether `path` is a mounted network namespace (its file system is nsfs).
@@ -49,7 +48,8 @@ pub fn create(dir: &Path, sandbox_id: &str) -> Result<PathBuf, CniError> {
     let bound = std::thread::Builder::new()
         .name("cni-netns".into())
         .spawn(move || -> Result<(), CniError> {
-            let err = |op: &'static str, source| CniError::Netns { op, path: target.clone(), source };
+            let err =
+                |op: &'static str, source| CniError::Netns { op, path: target.clone(), source };
             unshare(CloneFlags::CLONE_NEWNET).map_err(|e| err("unshare(CLONE_NEWNET)", e))?;
             mount(
                 Some("/proc/thread-self/ns/net"),

@@ -127,7 +127,10 @@ impl CniResult {
             return Err("the result is not a JSON object".into());
         }
         if raw.get("ip4").is_some() || raw.get("ip6").is_some() {
-            return Err("a CNI 0.1/0.2 result (ip4/ip6) is not supported: use cniVersion 0.3.0 or later".into());
+            return Err(
+                "a CNI 0.1/0.2 result (ip4/ip6) is not supported: use cniVersion 0.3.0 or later"
+                    .into(),
+            );
         }
         let w: Wire = serde_json::from_value(raw.clone()).map_err(|e| e.to_string())?;
         for (i, ip) in w.ips.iter().enumerate() {
@@ -141,7 +144,10 @@ impl CniResult {
             }
             if let Some(gw) = ip.gateway {
                 if gw.is_ipv4() != ip.address.addr.is_ipv4() {
-                    return Err(format!("ips[{i}]: gateway {gw} is not of {}'s family", ip.address));
+                    return Err(format!(
+                        "ips[{i}]: gateway {gw} is not of {}'s family",
+                        ip.address
+                    ));
                 }
             }
         }

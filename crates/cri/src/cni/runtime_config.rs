@@ -99,7 +99,10 @@ pub fn port_mappings(ports: &[cri::PortMapping]) -> Result<Vec<PortMapping>, Cni
     Ok(out)
 }
 
-fn bandwidth_value(annotations: &BTreeMap<String, String>, key: &str) -> Result<Option<u64>, CniError> {
+fn bandwidth_value(
+    annotations: &BTreeMap<String, String>,
+    key: &str,
+) -> Result<Option<u64>, CniError> {
     let Some(v) = annotations.get(key) else { return Ok(None) };
     let bits = parse_quantity(v.trim())
         .map_err(|e| CniError::InvalidArgument(format!("annotation {key}: {e}")))?;
@@ -228,9 +231,12 @@ mod tests {
         )
         .unwrap();
         let dns = cri::DnsConfig { servers: vec!["10.0.0.10".into()], ..Default::default() };
-        let rc =
-            RuntimeConfig::build(&[pm(80, 8080, cri::Protocol::Tcp, "")], Some(&dns), &BTreeMap::new())
-                .unwrap();
+        let rc = RuntimeConfig::build(
+            &[pm(80, 8080, cri::Protocol::Tcp, "")],
+            Some(&dns),
+            &BTreeMap::new(),
+        )
+        .unwrap();
         assert_eq!(rc.for_plugin(&list, 0), None);
         let p = Value::Object(rc.for_plugin(&list, 1).unwrap());
         assert_eq!(p["portMappings"][0]["hostPort"], 80);
