@@ -197,7 +197,7 @@ impl CniManager {
             network_name: list.name.clone(),
             ifname: DEFAULT_IFNAME.into(),
             config: list.text.clone(),
-            config_source: self.cfg.conf_dir.display().to_string(),
+            config_source: list.source.clone(),
             netns: netns.clone(),
             result: None,
             runtime_config,
@@ -207,7 +207,8 @@ impl CniManager {
             let _ = netns::remove(&netns);
             return Err(e);
         }
-        let added = self.add_chain(&list, &entry, &args).and_then(|r| {
+        let mut partial = None;
+        let added = self.add_chain(&list, &entry, &args, &mut partial).and_then(|r| {
             entry.result = Some(r.raw().clone());
             self.cache.save(&entry)?;
             Ok(r)
@@ -224,6 +225,8 @@ impl CniManager {
             }
             Err(e) => {
                 tracing::warn!(sandbox = %pod.sandbox_id, "CNI ADD failed ({e}): tearing down");
+                // DEL gets what the chain had produced before the failure.
+                entry.result = partial.map(|r: CniResult| r.raw().clone());
                 if let Err(del) = self.del_chain(&list, &entry, &args, Some(&netns), true) {
                     tracing::warn!(sandbox = %pod.sandbox_id, "CNI DEL after a failed ADD: {del}");
                 }
@@ -243,6 +246,7 @@ impl CniManager {
         list: &NetworkConfigList,
         entry: &CacheEntry,
         args: &str,
+        prev: &mut Option<CniResult>,
     ) -> Result<CniResult, CniError> {
         let inv = Invocation {
             command: CniCommand::Add,
@@ -251,7 +255,6 @@ impl CniManager {
             ifname: &entry.ifname,
             args,
         };
-        let mut prev: Option<CniResult> = None;
         for i in 0..list.plugins.len() {
             let plugin = list.plugin_type(i);
             let stdin =
@@ -265,9 +268,9 @@ impl CniManager {
                 command: "ADD",
                 message,
             })?;
-            prev = Some(r);
+            *prev = Some(r);
         }
-        prev.ok_or_else(|| CniError::InvalidResult {
+        prev.clone().ok_or_else(|| CniError::InvalidResult {
             plugin: list.plugin_type(list.plugins.len().saturating_sub(1)).to_string(),
             command: "ADD",
             message: "no plugin of the chain returned a result".into(),
@@ -308,6 +311,30 @@ impl CniManager {
             Some(e) if !ignore_errors => Err(e),
             _ => Ok(()),
         }
+    }
+
+    /// CHECK of the chain (CNI 0.4.0 and later, unless the list sets `disableCheck`): whether
+    /// the pod's network is still as ADD left it. Ok(()) when there is nothing to check.
+    pub fn check(&self, sandbox_id: &str) -> Result<(), CniError> {
+        check_sandbox_id(sandbox_id)?;
+        let Some(entry) = self.cache.load(sandbox_id)? else { return Ok(()) };
+        let list = NetworkConfigList::from_cached(&entry.config)?;
+        if list.is_pre_0_4() || list.disable_check || entry.result.is_none() {
+            return Ok(());
+        }
+        let args = cni_args(&entry.pod)?;
+        let inv = Invocation {
+            command: CniCommand::Check,
+            container_id: &entry.pod.sandbox_id,
+            netns: Some(&entry.netns),
+            ifname: &entry.ifname,
+            args: &args,
+        };
+        for i in 0..list.plugins.len() {
+            let stdin = plugin_conf(&list, i, entry.result.as_ref(), &entry.runtime_config);
+            self.runner.run(list.plugin_type(i), &inv, &stdin)?;
+        }
+        Ok(())
     }
 
     /// The network of a pod that was set up (from the cache: also after a daemon restart).

@@ -19,6 +19,10 @@ pub struct NetworkConfigList {
     /// The list as JSON text: the file's exact bytes for a `.conflist`, the wrapped list for a
     /// single-plugin config. This is what the cache keeps for DEL.
     pub text: String,
+    /// Where it was read from (a file path, or "(cached)").
+    pub source: String,
+    /// `disableCheck`: the administrator turned CHECK off for this network.
+    pub disable_check: bool,
 }
 
 /// Whether `t` may name a plugin binary (one path component, nothing that walks).
@@ -116,7 +120,9 @@ impl NetworkConfigList {
             .collect::<Result<Vec<_>, _>>()?;
         let text = String::from_utf8(bytes.to_vec())
             .map_err(|_| invalid(source_name, "not UTF-8 text"))?;
-        Ok(NetworkConfigList { name, cni_version, plugins, text })
+        let disable_check = obj.get("disableCheck").and_then(Value::as_bool).unwrap_or(false);
+        let source = source_name.to_string();
+        Ok(NetworkConfigList { name, cni_version, plugins, text, source, disable_check })
     }
 
     /// A single plugin's config (`.conf`/`.json`), wrapped into a list of one.
@@ -134,7 +140,9 @@ impl NetworkConfigList {
             "plugins": [plugin],
         });
         let text = list.to_string();
-        Ok(NetworkConfigList { name, cni_version, plugins: vec![plugin], text })
+        let source = source_name.to_string();
+        let plugins = vec![plugin];
+        Ok(NetworkConfigList { name, cni_version, plugins, text, source, disable_check: false })
     }
 
     /// A list read back from the cache (always list form).
@@ -180,7 +188,10 @@ mod tests {
         assert!(l.has_capability(1, "portMappings"));
         assert!(!l.has_capability(0, "portMappings"));
         assert_eq!(l.text, LIST);
-        assert_eq!(NetworkConfigList::from_cached(&l.text).unwrap(), l);
+        assert_eq!(l.source, "a.conflist");
+        assert!(!l.disable_check);
+        let cached = NetworkConfigList::from_cached(&l.text).unwrap();
+        assert_eq!((cached.plugins, cached.text), (l.plugins, l.text));
     }
 
     #[test]

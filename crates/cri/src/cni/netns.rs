@@ -28,8 +28,8 @@ fn ensure_dir(dir: &Path) -> Result<(), CniError> {
 
 /// Whether `path` is a mounted network namespace (its file system is nsfs).
 pub fn is_netns(path: &Path) -> bool {
-    const NSFS_MAGIC: i64 = 0x6e73_6673;
-    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 as i64 == NSFS_MAGIC)
+    use nix::sys::statfs::{statfs, NSFS_MAGIC};
+    statfs(path).is_ok_and(|s| s.filesystem_type() == NSFS_MAGIC)
 }
 
 /// Creates a new network namespace bound at `<dir>/<sandbox_id>`; an existing name is an error.

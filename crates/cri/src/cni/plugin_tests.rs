@@ -45,8 +45,12 @@ impl Env {
 
     /// bridge (+ host-local) then the given plugins.
     fn write_conflist(&self, extra: &str) {
+        self.write_conflist_version("1.0.0", extra)
+    }
+
+    fn write_conflist_version(&self, version: &str, extra: &str) {
         let text = format!(
-            r#"{{"cniVersion":"1.0.0","name":"testnet","plugins":[
+            r#"{{"cniVersion":"{version}","name":"testnet","plugins":[
               {{"type":"bridge","bridge":"cnitest0","isGateway":true,"ipMasq":false,
                 "ipam":{{"type":"host-local","ranges":[[{{"subnet":"10.99.0.0/24"}}]],
                          "routes":[{{"dst":"0.0.0.0/0"}}],"dataDir":"{ipam}"}}}}{extra}]}}"#,
@@ -168,6 +172,11 @@ fn add_gives_pods_distinct_ips_and_del_releases_them_idempotently() {
         // After a "restart": a new manager finds the network in the cache.
         let again = env.manager().attached("aaa").unwrap().unwrap();
         assert_eq!(again, a);
+        // CHECK passes while the network is intact and fails once eth0 is gone.
+        m.check("bbb").unwrap();
+        sh(&format!("nsenter --net={} ip link del eth0", b.netns.display()));
+        let e = m.check("bbb").unwrap_err();
+        assert!(e.to_string().contains("CHECK"), "{e}");
 
         m.teardown("aaa").unwrap();
         assert_eq!(env.allocations(), vec![ip_b.to_string()]);
@@ -254,4 +263,26 @@ fn setup_without_a_config_or_with_a_missing_plugin_is_refused_before_anything_is
     let e = m.setup(&pod("eee"), &[], None, &BTreeMap::new()).unwrap_err();
     assert!(e.to_string().contains("no-such-plugin"), "{e}");
     assert!(env.netns_files().is_empty());
+}
+
+#[test]
+fn older_cni_versions_of_the_plugins_give_the_same_network() {
+    if skip_without_plugins() {
+        return;
+    }
+    for version in ["0.4.0", "0.3.1"] {
+        let env = Env::new(false);
+        env.write_conflist_version(version, r#",{"type":"loopback"}"#);
+        in_test_netns(|| {
+            let m = env.manager();
+            let n = m.setup(&pod("fff"), &[], None, &BTreeMap::new()).unwrap();
+            assert_eq!(n.result.cni_version, version);
+            let ip = n.primary_ip().unwrap().to_string();
+            assert!(ip.starts_with(SUBNET_PREFIX), "{version}: {ip}");
+            assert!(n.mac().is_some(), "{version}");
+            m.check("fff").unwrap();
+            m.teardown("fff").unwrap();
+            assert!(env.allocations().is_empty(), "{version}: {:?}", env.allocations());
+        });
+    }
 }
