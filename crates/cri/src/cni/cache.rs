@@ -30,6 +30,17 @@ pub struct PodIdentity {
     pub uid: String,
 }
 
+impl From<&crate::record::SandboxRecord> for PodIdentity {
+    fn from(rec: &crate::record::SandboxRecord) -> PodIdentity {
+        PodIdentity {
+            sandbox_id: rec.id.clone(),
+            name: rec.metadata.name.clone(),
+            namespace: rec.metadata.namespace.clone(),
+            uid: rec.metadata.uid.clone(),
+        }
+    }
+}
+
 /// One pod's cached network attachment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CacheEntry {

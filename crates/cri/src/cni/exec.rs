@@ -79,6 +79,18 @@ fn read_bounded(mut r: impl Read, max: u64) -> (Vec<u8>, bool) {
     (buf, over)
 }
 
+/// How much of a plugin's error `msg` and `details` is kept (they end up in a gRPC status).
+const MAX_ERROR_TEXT: usize = 4096;
+
+/// `s` cut to at most `max` bytes (at a character boundary), marked when cut.
+fn clip(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let end = (0..=max).rev().find(|i| s.is_char_boundary(*i)).unwrap_or(0);
+    format!("{}...", &s[..end])
+}
+
 fn text_tail(bytes: &[u8], max: usize) -> String {
     let s = String::from_utf8_lossy(bytes);
     let s = s.trim();
@@ -218,7 +230,11 @@ impl PluginRunner {
         }
         if let Ok(w) = serde_json::from_slice::<WireError>(&stdout) {
             if !w.msg.is_empty() || w.code != 0 {
-                let error = PluginError { code: w.code, msg: w.msg, details: w.details };
+                let error = PluginError {
+                    code: w.code,
+                    msg: clip(&w.msg, MAX_ERROR_TEXT),
+                    details: clip(&w.details, MAX_ERROR_TEXT),
+                };
                 return Err(CniError::Plugin { plugin, command, error });
             }
         }
@@ -319,6 +335,13 @@ mod tests {
         let t = Instant::now();
         let _ = r.run("leave", &inv(None), b"");
         assert!(t.elapsed() < Duration::from_secs(6), "{:?}", t.elapsed());
+    }
+
+    #[test]
+    fn long_error_texts_are_clipped() {
+        assert_eq!(clip("abc", 5), "abc");
+        assert_eq!(clip("abcdef", 3), "abc...");
+        assert_eq!(clip("ééé", 3), "é...");
     }
 
     #[test]
