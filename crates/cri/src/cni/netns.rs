@@ -90,11 +90,20 @@ mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
 
+    /// Unmounts what a failed assertion left, so no test leaves a netns mount behind.
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = remove(&self.0);
+        }
+    }
+
     #[test]
     fn a_named_netns_is_created_private_and_removed_idempotently() {
         let d = tempfile::tempdir().unwrap();
         let dir = d.path().join("netns");
         let p = create(&dir, "abc").unwrap();
+        let _guard = Unmount(p.clone());
         assert!(is_netns(&p));
         assert_eq!(fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
         // (The file itself, made 0600, now shows the nsfs inode mounted over it.)

@@ -286,3 +286,26 @@ fn older_cni_versions_of_the_plugins_give_the_same_network() {
         });
     }
 }
+
+#[test]
+fn bandwidth_annotations_reach_the_bandwidth_plugin() {
+    if skip_without_plugins() {
+        return;
+    }
+    let env = Env::new(false);
+    env.write_conflist(r#",{"type":"bandwidth","capabilities":{"bandwidth":true}}"#);
+    in_test_netns(|| {
+        let m = env.manager();
+        let annotations = BTreeMap::from([
+            (runtime_config::INGRESS_ANNOTATION.to_string(), "10M".to_string()),
+            (runtime_config::EGRESS_ANNOTATION.to_string(), "20M".to_string()),
+        ]);
+        m.setup(&pod("ggg"), &[], None, &annotations).unwrap();
+        // The plugin shaped the host side of the pod's veth with the annotations' rates.
+        let qdiscs = sh("tc qdisc show");
+        assert!(qdiscs.contains("tbf") && qdiscs.contains("10Mbit"), "{qdiscs}");
+        assert!(qdiscs.contains("20Mbit"), "{qdiscs}");
+        m.teardown("ggg").unwrap();
+        assert!(!sh("tc qdisc show").contains("tbf"), "{}", sh("tc qdisc show"));
+    });
+}
