@@ -28,6 +28,11 @@
 //! "registry.k8s.io" = ["http://127.0.0.1:5000"]
 //! [images.registries]
 //! insecure = ["127.0.0.1:5000"]
+//!
+//! [cni]                                     # pod networking (see `cni::settings`)
+//! conf_dir = "/etc/cni/net.d"
+//! bin_dirs = ["/opt/cni/bin", "/usr/lib/cni"]
+//! # netns_dir = "<run_dir>/netns"
 //! ```
 
 use std::collections::BTreeMap;
@@ -36,6 +41,8 @@ use std::time::Duration;
 
 use carapace_image::ImageServiceConfig;
 use serde::{Deserialize, Serialize};
+
+use crate::cni::settings::{CniConfig, RawCniConfig};
 
 /// Where the daemon reads its configuration unless told otherwise.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/carapace/config.toml";
@@ -150,6 +157,8 @@ struct RawConfig {
     runtime_handlers: BTreeMap<String, String>,
     #[serde(default)]
     images: ImageServiceConfig,
+    #[serde(default)]
+    cni: RawCniConfig,
 }
 
 /// The validated configuration the daemon runs with.
@@ -173,6 +182,8 @@ pub struct Config {
     pub runtime_handlers: BTreeMap<String, String>,
     /// The ImageService: store root, registry mirrors and plain-HTTP registries.
     pub images: ImageServiceConfig,
+    /// Pod networking: CNI config dir, plugin dirs, the pods' netns files.
+    pub cni: CniConfig,
 }
 
 impl Config {
@@ -288,7 +299,9 @@ impl Config {
                 "agent_timeout_s and stop_timeout_s must be at least 1".into(),
             ));
         }
+        let cni = CniConfig::from_raw(raw.cni, &run_dir).map_err(ConfigError::Invalid)?;
         Ok(Config {
+            cni,
             socket,
             state_dir,
             run_dir,
@@ -330,6 +343,7 @@ fn unreachable_defaults() -> Config {
         profiles: BTreeMap::from([(DEFAULT_PROFILE.to_string(), VmProfile::default())]),
         runtime_handlers: BTreeMap::from([(String::new(), DEFAULT_PROFILE.to_string())]),
         images: ImageServiceConfig::default(),
+        cni: CniConfig::defaults(Path::new(DEFAULT_RUN_DIR)),
     }
 }
 
@@ -374,6 +388,16 @@ mod tests {
         assert!(c.profile_for_handler("nope").is_none());
         assert_eq!(c.images.root, PathBuf::from("/var/lib/carapace/images"));
         assert!(c.images.registries.mirrors.is_empty());
+        assert_eq!(c.cni.conf_dir, PathBuf::from("/etc/cni/net.d"));
+        assert_eq!(c.cni.netns_dir, PathBuf::from("/run/carapace/netns"));
+    }
+
+    #[test]
+    fn cni_section_sets_dirs_and_netns_follows_run_dir() {
+        let c = parse("run_dir = \"/r\"\n[cni]\nconf_dir = \"/c\"\nbin_dirs = [\"/b\"]").unwrap();
+        assert_eq!(c.cni.conf_dir, PathBuf::from("/c"));
+        assert_eq!(c.cni.bin_dirs, vec![PathBuf::from("/b")]);
+        assert_eq!(c.cni.netns_dir, PathBuf::from("/r/netns"));
     }
 
     #[test]
@@ -442,6 +466,8 @@ mod tests {
             ("vmm_kick_interval_ms = 0", "vmm_kick_interval_ms"),
             ("[images]\nroot = \"rel\"", "images.root"),
             ("[images]\nmirrors = 1", "unknown field"),
+            ("[cni]\nconf_dir = \"net.d\"", "cni.conf_dir"),
+            ("[cni]\nplugins = 1", "unknown field"),
         ];
         for (text, want) in cases {
             let err = parse(text).expect_err(text).to_string();

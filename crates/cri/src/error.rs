@@ -55,6 +55,10 @@ pub enum CriError {
     Prepare { id: String, source: carapace_podfs::Error },
     #[error("the operation's task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// The pod's network (CNI) could not be set up or torn down; a plugin's own message is in
+    /// the text.
+    #[error("pod network: {0}")]
+    Network(#[from] crate::cni::CniError),
 }
 
 impl CriError {
@@ -90,6 +94,8 @@ impl From<CriError> for Status {
                 Code::DeadlineExceeded
             }
             CriError::Agent { source, .. } => agent_code(source.code()),
+            CriError::Network(crate::cni::CniError::InvalidArgument(_)) => Code::InvalidArgument,
+            CriError::Network(crate::cni::CniError::NotReady(_)) => Code::FailedPrecondition,
             CriError::Io { .. }
             | CriError::NewId(_)
             | CriError::Store(_)
@@ -99,7 +105,8 @@ impl From<CriError> for Status {
             | CriError::Rootfs { .. }
             | CriError::Remove { .. }
             | CriError::Prepare { .. }
-            | CriError::Task(_) => Code::Internal,
+            | CriError::Task(_)
+            | CriError::Network(_) => Code::Internal,
         };
         Status::new(code, e.to_string())
     }
@@ -150,5 +157,22 @@ mod tests {
         );
         let s: Status = agent(Code::Unknown).into();
         assert_eq!(s.code(), Code::Internal);
+    }
+
+    #[test]
+    fn network_errors_keep_the_plugins_words() {
+        use crate::cni::{CniError, PluginError};
+        let plugin = CniError::Plugin {
+            plugin: "bridge".into(),
+            command: "ADD",
+            error: PluginError { code: 11, msg: "no IP left".into(), details: String::new() },
+        };
+        let s: Status = CriError::from(plugin).into();
+        assert_eq!(s.code(), Code::Internal);
+        assert!(s.message().starts_with("pod network: ") && s.message().contains("no IP left"));
+        let s: Status = CriError::from(CniError::NotReady("no config".into())).into();
+        assert_eq!(s.code(), Code::FailedPrecondition);
+        let s: Status = CriError::from(CniError::InvalidArgument("bad port".into())).into();
+        assert_eq!(s.code(), Code::InvalidArgument);
     }
 }

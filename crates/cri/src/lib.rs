@@ -10,11 +10,13 @@
 //! * [`merge`]: image config + CRI config → process; [`crilog`]: CRI log files; [`volumes`]:
 //!   host volumes into the VM; [`filters`]: List* filters; [`util`]: shared small helpers;
 //!   [`validate`]: checks of path-like and line-like request fields.
+//! * [`cni`]: pod networking (CNI config, netns, plugin ADD/DEL, cache).
 //! * [`network`]: the pod's tap in its netns, wired to the CNI interface by tc redirects; the
 //!   agent's ConfigureNetworkRequest from the CNI result.
 //! * [`runtime_service`]: the gRPC service; [`server`]: socket, signals, serving.
 
 pub mod client;
+pub mod cni;
 pub mod config;
 pub mod containers;
 pub mod crilog;

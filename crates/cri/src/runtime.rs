@@ -10,6 +10,7 @@ use std::sync::Arc;
 use k8s_cri::v1 as cri;
 use tokio::sync::broadcast;
 
+use crate::cni::CniManager;
 use crate::config::Config;
 use crate::containers::{ContainerTable, Pods};
 use crate::error::CriError;
@@ -54,6 +55,8 @@ pub struct Runtime {
     cfg: Arc<Config>,
     sandboxes: SandboxTable,
     containers: Arc<ContainerTable>,
+    /// Pod networking (CNI); its cache lives in `<state_dir>/cni`.
+    cni: Arc<CniManager>,
     _lock: fs::File,
 }
 
@@ -68,7 +71,8 @@ impl Runtime {
         let lock = lock_state_dir(&cfg.state_dir)?;
         let sandboxes = SandboxTable::open(cfg.clone())?;
         let containers = ContainerTable::open(&cfg.state_dir, &sandboxes.snapshot())?;
-        Ok(Runtime { cfg, sandboxes, containers, _lock: lock })
+        let cni = Arc::new(CniManager::new(&cfg.cni, &cfg.state_dir));
+        Ok(Runtime { cfg, sandboxes, containers, cni, _lock: lock })
     }
 
     /// The image store CreateContainer takes images from (set once by the daemon).
@@ -78,6 +82,11 @@ impl Runtime {
 
     pub fn config(&self) -> &Config {
         &self.cfg
+    }
+
+    /// Pod networking: NetworkReady, and (once wired into the pod lifecycle) setup/teardown.
+    pub fn cni(&self) -> &Arc<CniManager> {
+        &self.cni
     }
 
     /// RunPodSandbox: boots the pod's VM and waits for its agent.

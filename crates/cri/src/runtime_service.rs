@@ -22,9 +22,6 @@ pub const RUNTIME_API_VERSION: &str = "v1";
 pub const STREAMING_LATER: &str =
     "exec/attach/port-forward streaming is not implemented yet: it belongs to a later issue \
      (the streaming server)";
-/// Why NetworkReady is false.
-pub const NETWORK_LATER: &str =
-    "carapace has no pod networking (CNI) yet: pods get no network interface";
 
 /// The RuntimeService implementation.
 pub struct RuntimeServiceImpl {
@@ -107,6 +104,35 @@ impl RuntimeServiceImpl {
                 format!("this host cannot boot pod VMs ({problem}); see `carapace check`"),
             ),
         }
+    }
+}
+
+impl RuntimeServiceImpl {
+    /// NetworkReady: a valid CNI network config is loaded (the conf dir is re-checked on every
+    /// call, so a config written later turns it true without a restart).
+    async fn network_condition(&self) -> cri::RuntimeCondition {
+        let cni = self.runtime.cni().clone();
+        let status = tokio::task::spawn_blocking(move || cni.status()).await.unwrap_or_else(|e| {
+            crate::cni::NetworkStatus { ready: false, message: format!("CNI status check: {e}") }
+        });
+        network_condition_of(status)
+    }
+}
+
+/// The CRI condition of a CNI status (containerd's reason when not ready).
+pub fn network_condition_of(status: crate::cni::NetworkStatus) -> cri::RuntimeCondition {
+    if status.ready {
+        return cri::RuntimeCondition {
+            r#type: "NetworkReady".into(),
+            status: true,
+            ..Default::default()
+        };
+    }
+    cri::RuntimeCondition {
+        r#type: "NetworkReady".into(),
+        status: false,
+        reason: crate::cni::NOT_READY_REASON.into(),
+        message: status.message,
     }
 }
 
@@ -356,7 +382,9 @@ impl RuntimeService for RuntimeServiceImpl {
             .map(|n| n.pod_cidr)
             .unwrap_or_default();
         if !cidr.is_empty() {
-            tracing::info!(pod_cidr = %cidr, "pod CIDR updated (used once pod networking exists)");
+            // Kept and reported (Status verbose); the CNI config's IPAM decides pod addresses,
+            // as with containerd when its config has no template.
+            tracing::info!(pod_cidr = %cidr, "pod CIDR updated");
             if let Ok(mut c) = self.pod_cidr.lock() {
                 *c = cidr;
             }
@@ -368,12 +396,7 @@ impl RuntimeService for RuntimeServiceImpl {
         &self,
         request: Request<cri::StatusRequest>,
     ) -> Result<Response<cri::StatusResponse>, Status> {
-        let network = cri::RuntimeCondition {
-            r#type: "NetworkReady".into(),
-            status: false,
-            reason: "NetworkPluginNotReady".into(),
-            message: NETWORK_LATER.into(),
-        };
+        let network = self.network_condition().await;
         let mut info = HashMap::new();
         if request.into_inner().verbose {
             let cfg = self.runtime.config();
@@ -385,6 +408,11 @@ impl RuntimeService for RuntimeServiceImpl {
                 "runtimeHandlers": handlers,
                 "profiles": cfg.profiles,
                 "podCIDR": self.pod_cidr(),
+                "cni": {
+                    "confDir": cfg.cni.conf_dir,
+                    "binDirs": cfg.cni.bin_dirs,
+                    "netnsDir": cfg.cni.netns_dir,
+                },
             });
             info.insert("config".to_string(), v.to_string());
         }

@@ -101,6 +101,22 @@ fn check_sysctls(linux: Option<&cri::LinuxPodSandboxConfig>) -> Result<(), CriEr
     Ok(())
 }
 
+/// Why a hostNetwork pod is refused.
+pub const HOST_NETWORK_REFUSED: &str = "a VM pod cannot share the node's network namespace; use \
+     a runc RuntimeClass for hostNetwork pods";
+
+/// hostNetwork (NamespaceMode NODE for the network) cannot be had from inside a VM.
+fn check_network_mode(linux: Option<&cri::LinuxPodSandboxConfig>) -> Result<(), CriError> {
+    let network = linux
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.as_ref())
+        .map_or(0, |n| n.network);
+    if network == cri::NamespaceMode::Node as i32 {
+        return Err(CriError::InvalidArgument(HOST_NETWORK_REFUSED.into()));
+    }
+    Ok(())
+}
+
 fn security_of(linux: Option<&cri::LinuxPodSandboxConfig>) -> SecuritySummary {
     let Some(linux) = linux else { return SecuritySummary::default() };
     let sc = linux.security_context.as_ref();
@@ -247,6 +263,7 @@ impl SandboxTable {
             validate::dns(d)?;
         }
         check_sysctls(config.linux.as_ref())?;
+        check_network_mode(config.linux.as_ref())?;
         let (profile_name, profile) =
             self.cfg.profile_for_handler(&req.runtime_handler).ok_or_else(|| {
                 let known: Vec<String> =
@@ -505,6 +522,26 @@ impl SandboxTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_network_pods_are_refused_with_the_way_out() {
+        let with = |mode: cri::NamespaceMode| cri::LinuxPodSandboxConfig {
+            security_context: Some(cri::LinuxSandboxSecurityContext {
+                namespace_options: Some(cri::NamespaceOption {
+                    network: mode as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(check_network_mode(None).is_ok());
+        assert!(check_network_mode(Some(&with(cri::NamespaceMode::Pod))).is_ok());
+        match check_network_mode(Some(&with(cri::NamespaceMode::Node))) {
+            Err(CriError::InvalidArgument(m)) => assert!(m.contains("runc RuntimeClass"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn only_namespaced_sysctls_pass_run_pod_sandbox() {

@@ -46,6 +46,8 @@ async fn start(vmm_body: &str) -> Env {
         initramfs = "{d}/initramfs"
         [runtime_handlers]
         fake = "fake"
+        [cni]
+        conf_dir = "{d}/net.d"
         "#,
         sock = d.join("cri.sock").display(),
         d = d.display()
@@ -117,6 +119,8 @@ async fn version_status_and_runtime_config() {
     let net = conds.iter().find(|c| c.r#type == "NetworkReady").unwrap();
     assert!(!net.status);
     assert_eq!(net.reason, "NetworkPluginNotReady");
+    assert!(net.message.contains("no network config found"), "{}", net.message);
+    assert!(net.message.contains("net.d"), "{}", net.message);
     assert!(s.info["config"].contains("\"fake\""));
     let handlers: Vec<&str> = s.runtime_handlers.iter().map(|h| h.name.as_str()).collect();
     assert_eq!(handlers, vec!["", "fake"]);
@@ -132,6 +136,31 @@ async fn version_status_and_runtime_config() {
     .unwrap();
     let s = c.status(cri::StatusRequest { verbose: true }).await.unwrap().into_inner();
     assert!(s.info["config"].contains("10.88.0.0/16"));
+    assert!(s.info["config"].contains("net.d"));
+
+    // NetworkReady follows the CNI conf dir without a restart: an invalid file says why, a
+    // valid one makes it true, removing it makes it false again.
+    let net_ready = |s: cri::StatusResponse| {
+        s.status.unwrap().conditions.into_iter().find(|c| c.r#type == "NetworkReady").unwrap()
+    };
+    let net_d = env.dir.path().join("net.d");
+    std::fs::create_dir(&net_d).unwrap();
+    std::fs::write(net_d.join("10-bad.conflist"), "{").unwrap();
+    let s = c.status(cri::StatusRequest::default()).await.unwrap().into_inner();
+    let net = net_ready(s);
+    assert!(!net.status && net.message.contains("10-bad.conflist"), "{net:?}");
+    std::fs::write(
+        net_d.join("20-ok.conflist"),
+        r#"{"cniVersion":"1.0.0","name":"pods","plugins":[{"type":"bridge"}]}"#,
+    )
+    .unwrap();
+    let s = c.status(cri::StatusRequest::default()).await.unwrap().into_inner();
+    let net = net_ready(s);
+    assert!(net.status, "{net:?}");
+    assert!(net.reason.is_empty() && net.message.is_empty(), "{net:?}");
+    std::fs::remove_file(net_d.join("20-ok.conflist")).unwrap();
+    let s = c.status(cri::StatusRequest::default()).await.unwrap().into_inner();
+    assert!(!net_ready(s).status);
     let list =
         c.list_pod_sandbox(cri::ListPodSandboxRequest::default()).await.unwrap().into_inner();
     assert!(list.items.is_empty());
@@ -182,6 +211,20 @@ async fn unknown_ids_and_bad_configs_get_the_right_codes() {
     let mut bad_host = run_req("web", "fake");
     bad_host.config.as_mut().unwrap().hostname = "bad_host".into();
     assert_eq!(c.run_pod_sandbox(bad_host).await.unwrap_err().code(), Code::InvalidArgument);
+    let mut host_net = run_req("web", "fake");
+    host_net.config.as_mut().unwrap().linux = Some(cri::LinuxPodSandboxConfig {
+        security_context: Some(cri::LinuxSandboxSecurityContext {
+            namespace_options: Some(cri::NamespaceOption {
+                network: cri::NamespaceMode::Node as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let e = c.run_pod_sandbox(host_net).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("use a runc RuntimeClass"), "{}", e.message());
     // Default handler: its kernel is missing.
     let e = c.run_pod_sandbox(run_req("web", "")).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
