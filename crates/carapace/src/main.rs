@@ -24,7 +24,7 @@ enum Command {
     /// Serve the CRI v1 API kubelet and crictl use (every pod a microVM).
     Serve(serve_cmd::ServeArgs),
     /// Run one microVM in this process (started by the daemon, usable by hand).
-    Vmm(vmm_cmd::VmmArgs),
+    Vmm(Box<vmm_cmd::VmmArgs>),
     /// Say whether this host can run pods: KVM usable and able to boot Linux, cgroups, guest image.
     Check(check::CheckArgs),
 }
@@ -41,7 +41,7 @@ fn main() -> ExitCode {
     init_logging();
     match cli.command {
         Command::Serve(args) => serve_cmd::run(args),
-        Command::Vmm(args) => vmm_cmd::run(args),
+        Command::Vmm(args) => vmm_cmd::run(*args),
         Command::Check(args) => check::run(args),
     }
 }

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use carapace_vmm::{build_vm, ExitReason, VmConfig, VmHandle, VsockConfig};
+use carapace_vmm::{build_vm, ExitReason, NetConfig, VmConfig, VmHandle, VsockConfig};
 
 /// Arguments of `carapace vmm`.
 #[derive(clap::Args, Debug, Clone)]
@@ -22,6 +22,7 @@ pub struct VmmArgs {
         "kernel", "initramfs", "vcpus", "mem_mib", "cmdline_extra", "serial_log",
         "serial_log_max_bytes", "vsock_uds",
         "vsock_cid", "no_rng", "shared_dir", "kick_interval_ms", "kvm_device", "stop_timeout_ms",
+        "net_tap_fd", "net_mac",
     ])]
     pub config: Option<PathBuf>,
     /// Uncompressed guest kernel (vmlinux ELF).
@@ -58,6 +59,13 @@ pub struct VmmArgs {
     /// agent mounts it at /run/carapace/shared). No virtio-fs device when absent.
     #[arg(long)]
     pub shared_dir: Option<PathBuf>,
+    /// Inherited descriptor of a tap (IFF_TAP | IFF_NO_PI | IFF_VNET_HDR) for a virtio-net NIC
+    /// (no NIC when absent).
+    #[arg(long, requires = "net_mac")]
+    pub net_tap_fd: Option<i32>,
+    /// MAC address of the NIC ("aa:bb:cc:dd:ee:ff", unicast).
+    #[arg(long, requires = "net_tap_fd")]
+    pub net_mac: Option<String>,
     /// Interrupt every vCPU this often (for hosts whose timer interrupts do not force exits).
     #[arg(long)]
     pub kick_interval_ms: Option<u64>,
@@ -97,6 +105,10 @@ impl VmmArgs {
                 .map(|uds_path| VsockConfig { guest_cid: self.vsock_cid, uds_path }),
             rng: !self.no_rng,
             shared_dir: self.shared_dir.clone(),
+            net: match (self.net_tap_fd, &self.net_mac) {
+                (Some(tap_fd), Some(mac)) => Some(NetConfig { tap_fd, mac: mac.clone() }),
+                _ => None,
+            },
             kick_interval: self.kick_interval_ms.map(Duration::from_millis),
             kvm_path: self.kvm_device.clone(),
             stop_timeout: Duration::from_millis(self.stop_timeout_ms),
@@ -250,6 +262,28 @@ mod tests {
         assert!(cfg.vsock.is_none());
         assert!(cfg.kick_interval.is_none());
         assert!(cfg.shared_dir.is_none());
+        assert!(cfg.net.is_none());
+    }
+
+    #[test]
+    fn the_nic_flags_come_together() {
+        let c = Cli::parse_from([
+            "vmm",
+            "--kernel",
+            "/k",
+            "--net-tap-fd",
+            "3",
+            "--net-mac",
+            "02:00:00:00:00:01",
+        ]);
+        assert_eq!(
+            c.args.to_config().net,
+            Some(NetConfig { tap_fd: 3, mac: "02:00:00:00:00:01".into() })
+        );
+        assert!(Cli::try_parse_from(["vmm", "--kernel", "/k", "--net-tap-fd", "3"]).is_err());
+        assert!(Cli::try_parse_from(["vmm", "--kernel", "/k", "--net-mac", "02:00:00:00:00:01"])
+            .is_err());
+        assert!(Cli::try_parse_from(["vmm", "--config", "/c", "--net-tap-fd", "3"]).is_err());
     }
 
     #[test]

@@ -378,7 +378,7 @@ impl SandboxTable {
             vmm_log: &log,
             shared_dir: &shared,
         };
-        let p = vmm::spawn(&self.cfg, &rec.profile, &files)
+        let p = vmm::spawn(&self.cfg, &rec.profile, &files, None)
             .map_err(|source| CriError::Vmm { context: "pod sandbox VM".into(), source })?;
         rec.vmm = Some(p);
         *sandbox.rec() = rec.clone();

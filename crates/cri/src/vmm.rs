@@ -3,12 +3,13 @@
 //! The VMM runs in its own session (setsid): signals to the daemon's process group or terminal
 //! do not reach it and the daemon can exit or restart without touching running pods.
 
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
 use carapace_agent_client::{AgentClient, AGENT_VSOCK_PORT};
-use carapace_vmm::{VmConfig, VsockConfig};
+use carapace_vmm::{NetConfig, VmConfig, VsockConfig};
 
 use crate::config::{Config, VmProfile};
 use crate::procfs;
@@ -48,15 +49,33 @@ pub struct VmFiles<'a> {
     pub shared_dir: &'a Path,
 }
 
+/// The pod's NIC: a tap opened in the pod's network namespace (IFF_TAP | IFF_NO_PI |
+/// IFF_VNET_HDR) and the MAC the guest's interface gets. The VMM inherits the tap as
+/// [`VMM_TAP_FD`]; it never enters the namespace.
+#[derive(Debug)]
+pub struct VmNet {
+    pub tap: OwnedFd,
+    pub mac: String,
+}
+
+/// The descriptor number the VMM finds the pod's tap at.
+pub const VMM_TAP_FD: i32 = 3;
+
 /// The guest's vsock CID (each VM has its own vsock device, so every guest can use the first).
 const GUEST_CID: u64 = carapace_vmm::MIN_GUEST_CID;
 
-/// The VM of `profile` with these files.
-pub fn vm_config(cfg: &Config, profile: &VmProfile, files: &VmFiles<'_>) -> VmConfig {
+/// The VM of `profile` with these files (and a NIC on [`VMM_TAP_FD`] when `net` is given).
+pub fn vm_config(
+    cfg: &Config,
+    profile: &VmProfile,
+    files: &VmFiles<'_>,
+    net: Option<&VmNet>,
+) -> VmConfig {
     VmConfig {
         serial_log: Some(files.serial_log.to_path_buf()),
         vsock: Some(VsockConfig { guest_cid: GUEST_CID, uds_path: files.vsock.to_path_buf() }),
         shared_dir: Some(files.shared_dir.to_path_buf()),
+        net: net.map(|n| NetConfig { tap_fd: VMM_TAP_FD, mac: n.mac.clone() }),
         kick_interval: cfg.vmm_kick_interval_ms.map(Duration::from_millis),
         stop_timeout: cfg.stop_timeout,
         ..profile.vm_shape()
@@ -64,13 +83,15 @@ pub fn vm_config(cfg: &Config, profile: &VmProfile, files: &VmFiles<'_>) -> VmCo
 }
 
 /// Starts the VMM detached; returns its identity. The child is reaped by a background task
-/// when it exits while this daemon runs (after a daemon restart, by init).
+/// when it exits while this daemon runs (after a daemon restart, by init). With `net`, the
+/// VMM inherits the tap as fd [`VMM_TAP_FD`] (the caller may close its own copy afterwards).
 pub fn spawn(
     cfg: &Config,
     profile: &VmProfile,
     files: &VmFiles<'_>,
+    net: Option<&VmNet>,
 ) -> Result<VmmProcess, VmmProcessError> {
-    let config = vm_config(cfg, profile, files);
+    let config = vm_config(cfg, profile, files, net);
     std::fs::write(files.vm_config, config.to_json()).map_err(|source| {
         VmmProcessError::WriteConfig { path: files.vm_config.to_path_buf(), source }
     })?;
@@ -78,6 +99,13 @@ pub fn spawn(
     let spawn_err = |source| VmmProcessError::Spawn { binary: binary.clone(), source };
     let log = std::fs::File::create(files.vmm_log).map_err(spawn_err)?;
     let log2 = log.try_clone().map_err(spawn_err)?;
+    // A close-on-exec copy numbered above the target, so the child's dup2 always moves it
+    // (and clears close-on-exec on the copy at VMM_TAP_FD only).
+    let tap = match net {
+        Some(n) => Some(dup_above(&n.tap, VMM_TAP_FD + 1).map_err(spawn_err)?),
+        None => None,
+    };
+    let tap_raw = tap.as_ref().map(|t| t.as_raw_fd());
     let mut cmd = tokio::process::Command::new(&cfg.vmm_binary);
     cmd.arg("vmm")
         .arg("--config")
@@ -86,16 +114,23 @@ pub fn spawn(
         .stdout(log)
         .stderr(log2)
         .kill_on_drop(false);
-    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    // SAFETY: setsid and dup2 are async-signal-safe and touch no memory of the parent.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            if let Some(fd) = tap_raw {
+                if libc::dup2(fd, VMM_TAP_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             Ok(())
         });
     }
-    let mut child = cmd.spawn().map_err(spawn_err)?;
+    let spawned = cmd.spawn();
+    drop(tap);
+    let mut child = spawned.map_err(spawn_err)?;
     let pid = child.id().map(|p| p as i32).ok_or(VmmProcessError::Vanished { pid: -1 })?;
     // A just-forked child is visible in /proc at once; only a failed exec can end it this fast.
     let start_time = procfs::read_stat(pid).map(|st| st.start_time);
@@ -109,6 +144,18 @@ pub fn spawn(
         Some(start_time) => Ok(VmmProcess { pid, start_time }),
         None => Err(VmmProcessError::Vanished { pid }),
     }
+}
+
+/// A close-on-exec duplicate of `fd` numbered `min` or above.
+fn dup_above(fd: &OwnedFd, min: i32) -> std::io::Result<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: F_DUPFD_CLOEXEC creates a new descriptor and touches no memory.
+    let new = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, min) };
+    if new < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `new` was just created and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
 }
 
 /// The VMM processes of the VM whose config file is `vm_config` (`carapace vmm --config
@@ -278,7 +325,8 @@ mod tests {
             vmm_log: Path::new("/r/l"),
             shared_dir: Path::new("/r/shared"),
         };
-        let v = vm_config(&c, &VmProfile::default(), &files);
+        let v = vm_config(&c, &VmProfile::default(), &files, None);
+        assert_eq!(v.net, None);
         assert_eq!(v.kernel, PathBuf::from("/var/lib/carapace/guest/vmlinux"));
         assert_eq!(v.vsock.as_ref().unwrap().uds_path, PathBuf::from("/r/v"));
         assert_eq!(v.serial_log, Some(PathBuf::from("/r/s")));
@@ -305,13 +353,47 @@ mod tests {
             vmm_log: &log,
             shared_dir: dir.path(),
         };
-        let p = match spawn(&c, &VmProfile::default(), &files) {
+        let p = match spawn(&c, &VmProfile::default(), &files, None) {
             Ok(p) => p,
             Err(VmmProcessError::Vanished { .. }) => return, // exited before /proc was read: also fine
             Err(e) => panic!("{e}"),
         };
         let err = wait_agent(&p, &files, Duration::from_secs(20)).await.unwrap_err().to_string();
         assert!(err.contains("kernel is not an ELF"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn the_tap_is_inherited_as_fd_3_and_named_in_the_vm_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let seen = dir.path().join("fd3");
+        let bin = script(dir.path(), &format!("readlink /proc/$$/fd/3 > {}", seen.display()));
+        let c = cfg(dir.path(), &bin);
+        let tap_file = dir.path().join("not-really-a-tap");
+        let tap = OwnedFd::from(std::fs::File::create(&tap_file).unwrap());
+        let net = VmNet { tap, mac: "02:00:00:00:00:07".into() };
+        let config = dir.path().join("vm.json");
+        let files = VmFiles {
+            vm_config: &config,
+            vsock: &dir.path().join("v"),
+            serial_log: &dir.path().join("s"),
+            vmm_log: &dir.path().join("vmm.log"),
+            shared_dir: dir.path(),
+        };
+        match spawn(&c, &VmProfile::default(), &files, Some(&net)) {
+            Ok(_) | Err(VmmProcessError::Vanished { .. }) => {}
+            Err(e) => panic!("{e}"),
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::fs::read_to_string(&seen).map(|s| s.is_empty()).unwrap_or(true) {
+            assert!(std::time::Instant::now() < deadline, "fake VMM never ran");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let target = std::fs::read_to_string(&seen).unwrap();
+        assert_eq!(target.trim(), tap_file.to_str().unwrap());
+        let v = VmConfig::from_json_file(&config).unwrap();
+        assert_eq!(v.net, Some(NetConfig { tap_fd: 3, mac: "02:00:00:00:00:07".into() }));
+        // The daemon's own descriptor is untouched.
+        assert!(std::fs::metadata(format!("/proc/self/fd/{}", net.tap.as_raw_fd())).is_ok());
     }
 
     #[tokio::test]
@@ -328,7 +410,7 @@ mod tests {
             vmm_log: &log,
             shared_dir: dir.path(),
         };
-        let p = spawn(&c, &VmProfile::default(), &files).unwrap();
+        let p = spawn(&c, &VmProfile::default(), &files, None).unwrap();
         assert!(procfs::is_alive(&p));
         // SAFETY: getsid has no memory effects.
         let (sid, mine) = unsafe { (libc::getsid(p.pid), libc::getsid(0)) };

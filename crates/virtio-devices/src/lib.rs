@@ -1,4 +1,4 @@
-//! Virtio devices of the carapace VMM (vsock, rng, virtio-fs) and the virtio-mmio transport that
+//! Virtio devices of the carapace VMM (vsock, rng, virtio-fs, net) and the virtio-mmio transport that
 //! exposes them. Each activated device works on its own thread (see [`worker`]).
 //!
 //! Everything in a queue comes from the guest, which is untrusted: malformed descriptor chains
@@ -10,6 +10,7 @@ pub mod fs;
 mod interrupt;
 pub mod log_limit;
 pub mod mmio;
+pub mod net;
 pub mod rng;
 pub mod sync;
 pub mod vsock;
@@ -26,6 +27,7 @@ pub use device::{
 };
 pub use fs::{Fs, FsError};
 pub use mmio::{MmioTransport, QUEUE_NOTIFY_OFFSET};
+pub use net::{MacAddr, Net, TapError};
 pub use rng::Rng;
 pub use sync::lock;
 pub use vsock::{Vsock, VsockError};

@@ -62,6 +62,12 @@ pub enum ConfigError {
     ZeroKickInterval,
     #[error("serial log cap must be at least {min} bytes, got {got}")]
     SerialLogCapTooSmall { got: u64, min: u64 },
+    #[error("net: invalid mac: {0}")]
+    NetMac(#[source] carapace_virtio_devices::net::MacError),
+    #[error("net: tap fd must be 3 or above (0-2 are stdin, stdout, stderr), got {got}")]
+    NetFdReserved { got: i32 },
+    #[error("net: {0}")]
+    NetTap(#[source] carapace_virtio_devices::TapError),
     #[error("cannot read VM config file {}: {source}", path.display())]
     Read { path: PathBuf, source: std::io::Error },
     #[error("VM config file {}: {source}", path.display())]
@@ -83,6 +89,9 @@ impl ConfigError {
             ConfigError::CmdlineNul => "cmdline_extra",
             ConfigError::ZeroKickInterval => "kick_interval_ms",
             ConfigError::SerialLogCapTooSmall { .. } => "serial_log_max_bytes",
+            ConfigError::NetMac(_) | ConfigError::NetFdReserved { .. } | ConfigError::NetTap(_) => {
+                "net"
+            }
             ConfigError::Read { .. } | ConfigError::Parse { .. } => "file",
         }
     }
@@ -94,6 +103,24 @@ impl ConfigError {
 pub struct VsockConfig {
     pub guest_cid: u64,
     pub uds_path: PathBuf,
+}
+
+/// virtio-net device: a tap descriptor this process inherited and the guest NIC's MAC.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    /// Open descriptor of a tap (IFF_TAP | IFF_NO_PI | IFF_VNET_HDR), 3 or above; the VMM
+    /// neither names nor configures the interface.
+    pub tap_fd: i32,
+    /// Unicast MAC address, "aa:bb:cc:dd:ee:ff".
+    pub mac: String,
+}
+
+impl NetConfig {
+    /// The MAC address, checked.
+    pub fn mac_addr(&self) -> Result<carapace_virtio_devices::MacAddr, ConfigError> {
+        self.mac.parse().map_err(ConfigError::NetMac)
+    }
 }
 
 /// Everything needed to build a microVM (and, for `carapace vmm`, how long a stop may take).
@@ -132,6 +159,9 @@ pub struct VmConfig {
     /// [`carapace_guest_contract::SHARED_FS_TAG`] (read-write, passthrough); no virtio-fs device when None.
     #[serde(default)]
     pub shared_dir: Option<PathBuf>,
+    /// virtio-net NIC on an inherited tap; no NIC when None.
+    #[serde(default)]
+    pub net: Option<NetConfig>,
     /// Interrupt every vCPU's KVM_RUN this often (hosts whose timer interrupts do not force exits).
     #[serde(default, rename = "kick_interval_ms", with = "opt_millis")]
     pub kick_interval: Option<Duration>,
@@ -205,6 +235,7 @@ impl VmConfig {
             vsock: None,
             rng: true,
             shared_dir: None,
+            net: None,
             kick_interval: None,
             kvm_path: PathBuf::from(DEFAULT_KVM_PATH),
             stop_timeout: DEFAULT_STOP_TIMEOUT,
@@ -231,6 +262,12 @@ impl VmConfig {
                 return Err(ConfigError::VsockPathEmpty);
             }
         }
+        if let Some(net) = &self.net {
+            net.mac_addr()?;
+            if net.tap_fd < 3 {
+                return Err(ConfigError::NetFdReserved { got: net.tap_fd });
+            }
+        }
         if self.cmdline_extra.contains('\0') {
             return Err(ConfigError::CmdlineNul);
         }
@@ -247,7 +284,8 @@ impl VmConfig {
     }
 
     /// Checks the configuration: the limits, then the KVM device, the kernel and initramfs
-    /// files and the shared directory; the error says what is wrong and what is accepted.
+    /// files, the shared directory and the NIC's tap descriptor; the error says what is wrong
+    /// and what is accepted.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_limits()?;
         if let Err(source) = std::fs::metadata(&self.kvm_path) {
@@ -267,6 +305,9 @@ impl VmConfig {
             if dir.to_str().is_none() {
                 return Err(ConfigError::SharedDirNotUtf8 { path: dir.clone() });
             }
+        }
+        if let Some(net) = &self.net {
+            carapace_virtio_devices::net::check_tap_fd(net.tap_fd).map_err(ConfigError::NetTap)?;
         }
         Ok(())
     }
@@ -422,6 +463,81 @@ mod tests {
         assert!(e.contains("memory"), "{e}");
         let e = VmConfig::from_json_file(&dir.path().join("none")).unwrap_err().to_string();
         assert!(e.contains("cannot read VM config file"), "{e}");
+    }
+
+    /// A tap (IFF_TAP | IFF_NO_PI | IFF_VNET_HDR) made in a network namespace of its own,
+    /// which goes away with the descriptor.
+    fn test_tap() -> std::os::fd::OwnedFd {
+        use std::os::fd::FromRawFd;
+        std::thread::spawn(|| {
+            // SAFETY: unshare affects only this short-lived thread; open/ioctl get valid
+            // arguments and the new descriptor is owned once.
+            unsafe {
+                assert_eq!(libc::unshare(libc::CLONE_NEWNET), 0, "unshare");
+                let fd = libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
+                assert!(fd >= 0, "open /dev/net/tun");
+                let fd = std::os::fd::OwnedFd::from_raw_fd(fd);
+                let mut ifr: libc::ifreq = std::mem::zeroed();
+                ifr.ifr_ifru.ifru_flags =
+                    (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
+                use std::os::fd::AsRawFd;
+                assert_eq!(libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut ifr), 0);
+                fd
+            }
+        })
+        .join()
+        .unwrap()
+    }
+
+    #[test]
+    fn the_nic_needs_a_unicast_mac_and_an_open_tap() {
+        use std::os::fd::AsRawFd;
+        let (_k, mut cfg) = config_with_kernel();
+        let tap = test_tap();
+        let net = |fd: i32, mac: &str| Some(NetConfig { tap_fd: fd, mac: mac.into() });
+        cfg.net = net(tap.as_raw_fd(), "02:00:00:aa:bb:cc");
+        cfg.validate().unwrap();
+        for bad in ["02:00:00:aa:bb", "zz:00:00:aa:bb:cc", "03:00:00:aa:bb:cc", ""] {
+            cfg.net = net(tap.as_raw_fd(), bad);
+            let e = cfg.validate_limits().unwrap_err();
+            assert_eq!(e.field(), "net");
+            assert!(e.to_string().contains("mac"), "{e}");
+        }
+        cfg.net = net(2, "02:00:00:aa:bb:cc");
+        assert!(cfg.validate_limits().unwrap_err().to_string().contains("3 or above"));
+        let mut fds = [0i32; 2];
+        // SAFETY: pipe2 writes two descriptors into the array, owned once below.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: both descriptors were just created and are owned nowhere else.
+        let (r, _w) = unsafe {
+            use std::os::fd::{FromRawFd, OwnedFd};
+            (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1]))
+        };
+        cfg.net = net(r.as_raw_fd(), "02:00:00:aa:bb:cc");
+        cfg.validate_limits().unwrap();
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("file descriptor {} is not an attached tun/tap", r.as_raw_fd())),
+            "{e}"
+        );
+        drop(tap);
+        cfg.net = net(999_999, "02:00:00:aa:bb:cc");
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains("is not open"), "{e}");
+        assert!(!e.contains('\n'));
+    }
+
+    #[test]
+    fn the_nic_round_trips_through_json_and_defaults_to_none() {
+        let mut cfg = VmConfig::new("/k");
+        cfg.net = Some(NetConfig { tap_fd: 3, mac: "02:00:00:00:00:01".into() });
+        let json = cfg.to_json();
+        assert!(json.contains("\"tap_fd\": 3"), "{json}");
+        assert_eq!(serde_json::from_str::<VmConfig>(&json).unwrap(), cfg);
+        let old: VmConfig = serde_json::from_str(r#"{"kernel": "/k"}"#).unwrap();
+        assert_eq!(old.net, None);
+        let bad = r#"{"kernel": "/k", "net": {"tap_fd": 3, "mac": "02:00:00:00:00:01", "x": 1}}"#;
+        assert!(serde_json::from_str::<VmConfig>(bad).is_err());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use carapace_virtio_devices::{FsError, VsockError};
+use carapace_virtio_devices::{FsError, TapError, VsockError};
 
 use crate::devices::pio_bus::PioOverlap;
 
@@ -55,6 +55,8 @@ pub enum VmmError {
     Vsock(#[source] VsockError),
     #[error("cannot create the virtio-fs device: {0}")]
     Fs(#[source] FsError),
+    #[error("cannot create the virtio-net device: {0}")]
+    Net(#[source] TapError),
     #[error("cannot create device {device}: no free virtio-mmio slot")]
     NoMmioSlot { device: &'static str },
     #[error("cannot create the virtio-mmio transport of {device}: {source}")]

@@ -1,6 +1,6 @@
 //! carapace VMM: a KVM microVM that boots an uncompressed Linux vmlinux directly in 64-bit mode,
 //! with a serial console, an i8042 (reset, Ctrl+Alt+Del) and virtio-mmio devices (vsock, rng,
-//! virtio-fs).
+//! virtio-fs, virtio-net).
 //!
 //! ```no_run
 //! use carapace_vmm::{build_vm, VmConfig};
@@ -31,8 +31,8 @@ mod vm;
 
 pub use builder::build_vm;
 pub use config::{
-    ConfigError, VmConfig, VsockConfig, DEFAULT_KVM_PATH, DEFAULT_MEM_MIB, DEFAULT_VCPUS,
-    MAX_MEM_MIB, MAX_VCPUS, MIN_GUEST_CID, MIN_MEM_MIB,
+    ConfigError, NetConfig, VmConfig, VsockConfig, DEFAULT_KVM_PATH, DEFAULT_MEM_MIB,
+    DEFAULT_VCPUS, MAX_MEM_MIB, MAX_VCPUS, MIN_GUEST_CID, MIN_MEM_MIB,
 };
 pub use config::{DEFAULT_SERIAL_LOG_MAX_BYTES, MIN_SERIAL_LOG_MAX_BYTES};
 pub use error::{CmdlineError, MpTableError, VmmError};

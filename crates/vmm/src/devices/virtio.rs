@@ -1,9 +1,11 @@
-//! The virtio-mmio devices of a VM (from carapace-virtio-devices), in slot order: vsock, rng, fs
-//! (new devices go last, so the slots and IRQs of the existing ones never move).
+//! The virtio-mmio devices of a VM (from carapace-virtio-devices), in slot order: vsock, rng, fs,
+//! net (new devices go last, so the slots and IRQs of the existing ones never move).
 
 use std::sync::{Arc, Mutex};
 
-use carapace_virtio_devices::{Fs, MmioTransport, Rng, VirtioDevice, Vsock, QUEUE_NOTIFY_OFFSET};
+use carapace_virtio_devices::{
+    Fs, MmioTransport, Net, Rng, VirtioDevice, Vsock, QUEUE_NOTIFY_OFFSET,
+};
 use kvm_ioctls::{IoEventAddress, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -43,6 +45,12 @@ pub fn attach_virtio_devices(
     if let Some(dir) = &config.shared_dir {
         let dev = Fs::new(carapace_guest_contract::SHARED_FS_TAG, dir).map_err(VmmError::Fs)?;
         devices.push(("virtio-fs", Box::new(dev)));
+    }
+    if let Some(net) = &config.net {
+        // The inherited descriptor stays as it is; the device owns a close-on-exec copy.
+        let tap = carapace_virtio_devices::net::dup_fd(net.tap_fd).map_err(VmmError::Net)?;
+        let dev = Net::new(tap, net.mac_addr()?).map_err(VmmError::Net)?;
+        devices.push(("virtio-net", Box::new(dev)));
     }
 
     let mut params = Vec::new();
