@@ -10,6 +10,7 @@
 //! # vmm_kick_interval_ms = 100              # env CARAPACE_VMM_KICK_MS overrides
 //! agent_timeout_s = 120
 //! stop_timeout_s = 10
+//! # max_concurrent_boots = 2               # default: the host's CPU count
 //!
 //! [profiles.default]
 //! vcpus = 1
@@ -151,6 +152,7 @@ struct RawConfig {
     vmm_kick_interval_ms: Option<u64>,
     agent_timeout_s: Option<u64>,
     stop_timeout_s: Option<u64>,
+    max_concurrent_boots: Option<usize>,
     #[serde(default)]
     profiles: BTreeMap<String, VmProfile>,
     #[serde(default)]
@@ -177,6 +179,9 @@ pub struct Config {
     pub agent_timeout: Duration,
     /// How long each stop step (agent shutdown, SIGTERM) may take before the next one.
     pub stop_timeout: Duration,
+    /// At most this many pod VMs boot at once (the rest of the RunPodSandbox calls wait their
+    /// turn): a burst of boots shares the host's CPUs instead of starving every guest at once.
+    pub max_concurrent_boots: usize,
     pub profiles: BTreeMap<String, VmProfile>,
     /// Runtime handler (RuntimeClass handler) → profile name; "" is the default handler.
     pub runtime_handlers: BTreeMap<String, String>,
@@ -299,6 +304,13 @@ impl Config {
                 "agent_timeout_s and stop_timeout_s must be at least 1".into(),
             ));
         }
+        let max_concurrent_boots = match raw.max_concurrent_boots {
+            Some(0) => {
+                return Err(ConfigError::Invalid("max_concurrent_boots must be at least 1".into()))
+            }
+            Some(n) => n,
+            None => default_concurrent_boots(),
+        };
         let cni = CniConfig::from_raw(raw.cni, &run_dir).map_err(ConfigError::Invalid)?;
         Ok(Config {
             cni,
@@ -310,6 +322,7 @@ impl Config {
             vmm_kick_interval_ms: kick,
             agent_timeout: Duration::from_secs(agent_timeout_s),
             stop_timeout: Duration::from_secs(stop_timeout_s),
+            max_concurrent_boots,
             profiles,
             runtime_handlers,
             images: raw.images,
@@ -328,6 +341,11 @@ impl Config {
     }
 }
 
+/// One boot per host CPU.
+fn default_concurrent_boots() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 #[cold]
 fn unreachable_defaults() -> Config {
     // Only reached if current_exe() fails; fall back to a name the PATH can resolve.
@@ -340,6 +358,7 @@ fn unreachable_defaults() -> Config {
         vmm_kick_interval_ms: None,
         agent_timeout: Duration::from_secs(120),
         stop_timeout: Duration::from_secs(10),
+        max_concurrent_boots: default_concurrent_boots(),
         profiles: BTreeMap::from([(DEFAULT_PROFILE.to_string(), VmProfile::default())]),
         runtime_handlers: BTreeMap::from([(String::new(), DEFAULT_PROFILE.to_string())]),
         images: ImageServiceConfig::default(),
@@ -390,6 +409,9 @@ mod tests {
         assert!(c.images.registries.mirrors.is_empty());
         assert_eq!(c.cni.conf_dir, PathBuf::from("/etc/cni/net.d"));
         assert_eq!(c.cni.netns_dir, PathBuf::from("/run/carapace/netns"));
+        let cpus = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(c.max_concurrent_boots, cpus);
+        assert_eq!(parse("max_concurrent_boots = 3").unwrap().max_concurrent_boots, 3);
     }
 
     #[test]
@@ -464,6 +486,7 @@ mod tests {
             ("cgroup_driver = \"cgroupv3\"", "cgroup_driver"),
             ("listen = ", "test.toml"),
             ("vmm_kick_interval_ms = 0", "vmm_kick_interval_ms"),
+            ("max_concurrent_boots = 0", "max_concurrent_boots"),
             ("[images]\nroot = \"rel\"", "images.root"),
             ("[images]\nmirrors = 1", "unknown field"),
             ("[cni]\nconf_dir = \"net.d\"", "cni.conf_dir"),

@@ -170,7 +170,16 @@ mod tests {
             .args(["-c", "sleep 30; :", "sh", "find-me", "--token", "procfs-test-7f3a"])
             .spawn()
             .unwrap();
-        let found = find_by_args(&[b"find-me", b"--token", b"procfs-test-7f3a"]);
+        // vfork-style spawn returns once the child's exec has switched its memory, which can be
+        // before the kernel has filled in its argument area (an empty cmdline for a moment).
+        let mut found = Vec::new();
+        for _ in 0..500 {
+            found = find_by_args(&[b"find-me", b"--token", b"procfs-test-7f3a"]);
+            if !found.is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         let _ = child.kill();
         let _ = child.wait();
         assert_eq!(found.iter().map(|p| p.pid).collect::<Vec<_>>(), vec![child.id() as i32]);

@@ -60,6 +60,8 @@ pub struct SandboxTable {
     cfg: Arc<Config>,
     store: Store,
     index: Mutex<Index>,
+    /// `max_concurrent_boots` permits: held from the VMM's start to the agent's answer.
+    boots: tokio::sync::Semaphore,
 }
 
 pub(crate) fn metadata_of(rec: &SandboxRecord) -> cri::PodSandboxMetadata {
@@ -200,7 +202,8 @@ impl SandboxTable {
             index.names.insert(rec.sandbox_name(), rec.id.clone());
             index.pods.insert(rec.id.clone(), Sandbox::new(rec));
         }
-        Ok(SandboxTable { cfg, store, index: Mutex::new(index) })
+        let boots = tokio::sync::Semaphore::new(cfg.max_concurrent_boots);
+        Ok(SandboxTable { cfg, store, index: Mutex::new(index), boots })
     }
 
     fn index(&self) -> MutexGuard<'_, Index> {
@@ -334,7 +337,11 @@ impl SandboxTable {
             index.names.insert(name.clone(), id.clone());
             index.pods.insert(id.clone(), sandbox.clone());
         }
-        match self.boot(&sandbox, rec).await {
+        let booted = match self.boots.acquire().await {
+            Ok(_permit) => self.boot(&sandbox, rec).await,
+            Err(_) => Err(CriError::FailedPrecondition("the daemon is shutting down".into())),
+        };
+        match booted {
             Ok(()) => {
                 tracing::info!(%id, name = %md.name, namespace = %md.namespace, "pod sandbox ready");
                 Ok(id)
