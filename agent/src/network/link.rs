@@ -16,48 +16,8 @@ use netlink_packet_route::route::{
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
 use super::config::Cidr;
-use super::netlink::Netlink;
-
-/// A link of the socket's namespace.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Link {
-    pub index: u32,
-    pub name: String,
-    pub mac: Option<[u8; 6]>,
-    pub mtu: u32,
-    pub up: bool,
-}
-
-fn link_of(m: &LinkMessage) -> Link {
-    let mut l = Link {
-        index: m.header.index,
-        name: String::new(),
-        mac: None,
-        mtu: 0,
-        up: m.header.flags.contains(LinkFlags::Up),
-    };
-    for a in &m.attributes {
-        match a {
-            LinkAttribute::IfName(n) => l.name = n.clone(),
-            LinkAttribute::Mtu(v) => l.mtu = *v,
-            LinkAttribute::Address(b) => l.mac = <[u8; 6]>::try_from(b.as_slice()).ok(),
-            _ => {}
-        }
-    }
-    l
-}
-
-/// Every link of the namespace.
-pub fn links(nl: &mut Netlink) -> io::Result<Vec<Link>> {
-    let msgs = nl.dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))?;
-    Ok(msgs
-        .iter()
-        .filter_map(|m| match m {
-            RouteNetlinkMessage::NewLink(l) => Some(link_of(l)),
-            _ => None,
-        })
-        .collect())
-}
+use carapace_netlink::Netlink;
+pub use carapace_netlink::{links, Link};
 
 /// The link with this MAC, if any.
 pub fn find_by_mac(nl: &mut Netlink, mac: [u8; 6]) -> io::Result<Option<Link>> {

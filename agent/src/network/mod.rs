@@ -18,7 +18,6 @@
 pub mod config;
 pub mod hosts;
 pub mod link;
-pub mod netlink;
 
 use std::fs::File;
 use std::os::fd::AsFd;
@@ -28,8 +27,8 @@ use carapace_agent_client::pb;
 use nix::sched::{setns, CloneFlags};
 use tonic::Status;
 
+use carapace_netlink::{mac_text, Netlink};
 pub use config::NetConfig;
-use netlink::Netlink;
 
 use crate::container::{ContainerError, Containers};
 
@@ -80,10 +79,6 @@ impl From<NetError> for Status {
             _ => Status::internal(e.to_string()),
         }
     }
-}
-
-fn mac_text(m: [u8; 6]) -> String {
-    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
 /// Applies `cfg`: NICs from the calling thread's network namespace into

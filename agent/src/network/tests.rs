@@ -15,8 +15,8 @@ use nix::sched::{setns, unshare, CloneFlags};
 
 use super::config::tests::request;
 use super::link::{self, Link};
-use super::netlink::Netlink;
 use super::*;
+use carapace_netlink::Netlink;
 
 fn is_root() -> bool {
     nix::unistd::geteuid().is_root()

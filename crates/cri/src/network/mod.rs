@@ -16,7 +16,6 @@
 //! drops; CNI DEL removes eth0 with its qdisc).
 
 pub mod link;
-pub mod netlink;
 pub mod request;
 pub mod tap;
 pub mod tc;
@@ -27,7 +26,7 @@ use std::path::{Path, PathBuf};
 
 use nix::sched::{setns, CloneFlags};
 
-use netlink::Netlink;
+use carapace_netlink::Netlink;
 pub use request::{configure_network_request, PodIp, PodRoute, POD_IFNAME};
 
 /// The tap's name inside the pod's network namespace.

@@ -14,7 +14,7 @@ use netlink_packet_route::tc::{
 };
 use netlink_packet_route::RouteNetlinkMessage;
 
-use super::netlink::Netlink;
+use carapace_netlink::Netlink;
 
 /// The ingress qdisc's handle, `ffff:`.
 const INGRESS_HANDLE: TcHandle = TcHandle { major: 0xffff, minor: 0 };
