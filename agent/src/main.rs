@@ -135,6 +135,14 @@ fn run(pid1: bool, args: &Args) -> Result<Option<ShutdownReason>, AgentError> {
 
 fn main() {
     let pid1 = std::process::id() == 1;
+    // The agent's own child that runs one libcontainer call (never PID 1:
+    // the kernel's words for init cannot make it one).
+    if !pid1
+        && std::env::args_os().nth(1).as_deref()
+            == Some(std::ffi::OsStr::new(carapace_agent::container::helper::HELPER_ARG))
+    {
+        std::process::exit(carapace_agent::container::helper::helper_main());
+    }
     if pid1 {
         install_pid1_panic_hook();
     }

@@ -8,6 +8,10 @@
 //! * spawn the child while holding [`Reaper::lock`], then [`ReaperGuard::watch`]
 //!   its pid before dropping the guard — the reaper takes the same lock
 //!   before calling waitpid, so it cannot reap the child in between;
+//! * that spawn lock is not the lock of the recorded statuses: a slow spawn
+//!   (up to the container runtime helper's timeout) delays reaping, never
+//!   [`Reaper::wait`] or [`Reaper::take_exit`], and the SIGCHLD loop waits
+//!   for it on a blocking thread, not on an async worker;
 //! * the exit status of a watched pid is kept until [`Reaper::wait`] or
 //!   [`Reaper::take_exit`] collects it, and is also broadcast to
 //!   [`Reaper::subscribe`]rs;
@@ -47,19 +51,23 @@ struct State {
 /// The shared reaper. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Reaper {
+    /// Held by whoever spawns children and by [`Reaper::reap_now`].
+    spawn: Arc<Mutex<()>>,
+    /// Held only for map updates, never across a system call that blocks.
     state: Arc<Mutex<State>>,
     events: broadcast::Sender<ExitEvent>,
 }
 
 /// Held while spawning a child; see the module docs.
 pub struct ReaperGuard<'a> {
-    state: MutexGuard<'a, State>,
+    _spawn: MutexGuard<'a, ()>,
+    reaper: &'a Reaper,
 }
 
 impl ReaperGuard<'_> {
     /// Keep the exit status of `pid` for [`Reaper::wait`].
     pub fn watch(&mut self, pid: i32) {
-        self.state.watched.insert(pid, None);
+        self.reaper.state().watched.insert(pid, None);
     }
 }
 
@@ -72,7 +80,11 @@ impl Default for Reaper {
 impl Reaper {
     pub fn new() -> Reaper {
         let (events, _) = broadcast::channel(256);
-        Reaper { state: Arc::new(Mutex::new(State::default())), events }
+        Reaper {
+            spawn: Arc::new(Mutex::new(())),
+            state: Arc::new(Mutex::new(State::default())),
+            events,
+        }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -83,7 +95,8 @@ impl Reaper {
 
     /// Lock out the reaper while spawning a child.
     pub fn lock(&self) -> ReaperGuard<'_> {
-        ReaperGuard { state: self.state() }
+        let spawn = self.spawn.lock().unwrap_or_else(|p| p.into_inner());
+        ReaperGuard { _spawn: spawn, reaper: self }
     }
 
     /// Exit events of watched pids, as they are reaped.
@@ -131,9 +144,10 @@ impl Reaper {
         }
     }
 
-    /// Reaps every exited child now. Returns how many were reaped.
+    /// Reaps every exited child now. Returns how many were reaped. Blocks
+    /// while a child is being spawned ([`Reaper::lock`]).
     pub fn reap_now(&self) -> usize {
-        let mut st = self.state();
+        let _spawn = self.spawn.lock().unwrap_or_else(|p| p.into_inner());
         let mut reaped = 0;
         loop {
             let (pid, status) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
@@ -151,6 +165,7 @@ impl Reaper {
                 }
             };
             reaped += 1;
+            let mut st = self.state();
             match st.watched.get_mut(&pid) {
                 Some(slot) => {
                     *slot = Some(status);
@@ -170,14 +185,26 @@ impl Reaper {
         let mut sigchld = signal(SignalKind::child())?;
         let reaper = self.clone();
         Ok(tokio::spawn(async move {
-            // Children that exited before the handler existed.
-            reaper.reap_now();
-            while sigchld.recv().await.is_some() {
-                reaper.reap_now();
+            // Children that exited before the handler existed, then one
+            // round per SIGCHLD (signals that arrive during a round are
+            // merged into the next one).
+            loop {
+                let r = reaper.clone();
+                if let Err(e) = tokio::task::spawn_blocking(move || r.reap_now()).await {
+                    tracing::error!(error = %e, "reaper round failed");
+                }
+                if sigchld.recv().await.is_none() {
+                    break;
+                }
             }
         }))
     }
 }
+
+/// Tests that wait for children take this: the reaper's test reaps with
+/// waitpid(-1) and would steal their statuses.
+#[cfg(test)]
+pub(crate) static CHILD_TESTS: Mutex<()> = Mutex::new(());
 
 #[cfg(test)]
 mod tests {
@@ -198,8 +225,14 @@ mod tests {
 
     // One test only: waitpid(-1) in parallel tests would steal each other's
     // children.
-    #[tokio::test]
-    async fn reaps_and_reports_watched_children() {
+    #[test]
+    fn reaps_and_reports_watched_children() {
+        let _one = CHILD_TESTS.lock().unwrap_or_else(|p| p.into_inner());
+        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+        rt.block_on(reaps_and_reports());
+    }
+
+    async fn reaps_and_reports() {
         let reaper = Reaper::new();
         let task = reaper.start().unwrap();
         let mut events = reaper.subscribe();
@@ -239,5 +272,31 @@ mod tests {
         };
         tokio::time::timeout(Duration::from_secs(10), gone).await.unwrap();
         task.abort();
+    }
+
+    #[test]
+    fn a_slow_spawn_holds_back_reaping_but_not_the_recorded_statuses() {
+        let reaper = Reaper::new();
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let r = reaper.clone();
+        let spawner = std::thread::spawn(move || {
+            let mut g = r.lock();
+            g.watch(4242);
+            held_tx.send(()).unwrap();
+            let _ = release_rx.recv();
+        });
+        held_rx.recv().unwrap();
+        // With the spawn lock held elsewhere, status lookups still answer.
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let r = reaper.clone();
+        std::thread::spawn(move || {
+            done_tx.send((r.take_exit(4242), r.take_exit(1))).unwrap();
+        });
+        let got = done_rx.recv_timeout(Duration::from_secs(10));
+        release_tx.send(()).unwrap();
+        spawner.join().unwrap();
+        assert_eq!(got.expect("take_exit blocked behind a spawn"), (None, None));
+        reaper.unwatch(4242);
     }
 }

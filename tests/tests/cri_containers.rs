@@ -779,13 +779,25 @@ fn critest_security_semantics_through_the_daemon() {
             .await
             .context("create top")?;
         c.start_container(cri::StartContainerRequest { container_id: top.clone() }).await?;
+        let running = exec(&top, &["sh", "-c", "ps -o comm | grep -qx top"]);
+        let mut seen = false;
         for _ in 0..50 {
-            let r = c.exec_sync(exec(&top, &["cat", "/proc/1/status"])).await?.into_inner();
-            let st = String::from_utf8_lossy(&r.stdout).into_owned();
-            if status_field(&st, "Name").as_deref() == Some("top") {
+            if c.exec_sync(running.clone()).await?.into_inner().exit_code == 0 {
+                seen = true;
                 break;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        ensure!(seen, "top never ran in its container");
+        // Execs while a container writes without pause (top redraws): each one is created by
+        // the agent's runtime helper; none may hang the agent (issue 11's execSync wedge).
+        for i in 0..20 {
+            let r = c
+                .exec_sync(exec(&top, &["echo", &format!("exec {i}")]))
+                .await
+                .with_context(|| format!("exec {i} beside a chatty container"))?
+                .into_inner();
+            ensure!(r.exit_code == 0 && r.stdout == format!("exec {i}\n").as_bytes(), "{r:?}");
         }
         c.stop_container(cri::StopContainerRequest { container_id: top.clone(), timeout: 60 })
             .await

@@ -10,6 +10,7 @@
 
 pub mod cgroup;
 pub mod error;
+pub mod helper;
 pub mod path;
 pub mod podns;
 pub mod process;

@@ -1,13 +1,10 @@
 //! The calls into youki's `libcontainer` (all blocking: run them on a
 //! blocking thread).
 //!
-//! libcontainer clones an intermediate process (a child of the agent, which
-//! it waits for itself) and the container's process as the intermediate's
-//! sibling, so every container and exec process is a direct child of the
-//! agent. Both calls that create processes therefore run under
-//! [`Reaper::lock`](crate::reaper::Reaper::lock): the reaper cannot steal
-//! the intermediate's status from libcontainer, and the new pid is watched
-//! before the reaper may collect it.
+//! The two calls that create processes (create, exec) run in a
+//! single-threaded runtime helper process ([`helper`](super::helper)): the
+//! container's process ends up a child of the agent, watched by its reaper.
+//! Start and delete create no process and run in the agent.
 
 use std::path::{Path, PathBuf};
 
@@ -16,6 +13,7 @@ use libcontainer::container::Container;
 use libcontainer::syscall::syscall::SyscallType;
 
 use super::error::ContainerError;
+use super::helper::{self, BuildOp, BuildRequest};
 use super::seccomp::ExecSeccomp;
 use super::stdio::ChildStdio;
 use crate::reaper::Reaper;
@@ -65,8 +63,9 @@ fn builder(
     })
 }
 
-/// Creates the container from `bundle/config.json`; its process waits for
-/// [`start`]. Returns the container and its init pid (watched).
+/// Creates the container from `bundle/config.json` (in a runtime helper
+/// process); its process waits for [`start`]. Returns the container and
+/// its init pid (watched).
 pub fn create(
     reaper: &Reaper,
     id: &str,
@@ -74,22 +73,49 @@ pub fn create(
     bundle: &Path,
     stdio: ChildStdio,
 ) -> Result<(Container, i32), ContainerError> {
-    let b = builder(id, state_root, stdio)?;
-    let mut guard = reaper.lock();
+    let req = BuildRequest {
+        id: id.to_owned(),
+        state_root: state_root.to_owned(),
+        console_socket: console_socket(&stdio),
+        op: BuildOp::Create { bundle: bundle.to_owned() },
+    };
+    let pid = helper::run(reaper, &req, stdio)?;
+    match Container::load(state_root.join(id)) {
+        Ok(c) => Ok((c, pid)),
+        Err(e) => {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            Err(runtime_err("load the created container", e))
+        }
+    }
+}
+
+fn console_socket(stdio: &ChildStdio) -> Option<PathBuf> {
+    match stdio {
+        ChildStdio::Console { socket } => Some(socket.clone()),
+        ChildStdio::Pipes { .. } => None,
+    }
+}
+
+/// [`create`]'s libcontainer call, in the helper process. Returns the init
+/// pid or the error with its sources.
+pub fn create_here(
+    id: &str,
+    state_root: &Path,
+    bundle: &Path,
+    stdio: ChildStdio,
+) -> Result<i32, String> {
+    let b = builder(id, state_root, stdio).map_err(|e| e.to_string())?;
     let container = b
         .as_init(bundle)
         .with_systemd(false)
         .with_detach(true)
         .with_no_pivot(root_is_initramfs())
         .build()
-        .map_err(|e| runtime_err("create", e))?;
-    let pid = container
-        .pid()
-        .ok_or_else(|| ContainerError::Runtime("create: libcontainer reported no pid".into()))?
-        .as_raw();
-    guard.watch(pid);
-    drop(guard);
-    Ok((container, pid))
+        .map_err(|e| chain(&e))?;
+    container.pid().map(|p| p.as_raw()).ok_or_else(|| "libcontainer reported no pid".to_owned())
 }
 
 /// Whether the guest's `/` is the initial ramfs: pivot_root(2) refuses to
@@ -135,7 +161,8 @@ pub struct ExecOptions {
     pub seccomp: Option<ExecSeccomp>,
 }
 
-/// Runs one more process in a running container. Returns its pid (watched).
+/// Runs one more process in a running container (in a runtime helper
+/// process). Returns its pid (watched).
 pub fn exec(
     reaper: &Reaper,
     id: &str,
@@ -143,16 +170,29 @@ pub fn exec(
     opts: ExecOptions,
     stdio: ChildStdio,
 ) -> Result<i32, ContainerError> {
-    let mut b = builder(id, state_root, stdio)?;
-    if let Some(x) = opts.seccomp {
+    let req = BuildRequest {
+        id: id.to_owned(),
+        state_root: state_root.to_owned(),
+        console_socket: console_socket(&stdio),
+        op: BuildOp::Exec { process_file: opts.process_file, seccomp: opts.seccomp.map(Box::new) },
+    };
+    helper::run(reaper, &req, stdio)
+}
+
+/// [`exec`]'s libcontainer call, in the helper process.
+pub fn exec_here(
+    id: &str,
+    state_root: &Path,
+    process_file: PathBuf,
+    seccomp: Option<ExecSeccomp>,
+    stdio: ChildStdio,
+) -> Result<i32, String> {
+    let mut b = builder(id, state_root, stdio).map_err(|e| e.to_string())?;
+    if let Some(x) = seccomp {
         b = b.with_executor(x);
     }
-    let t = b.as_tenant().with_detach(true).with_process(Some(opts.process_file));
-    let mut guard = reaper.lock();
-    let pid = t.build().map_err(|e| runtime_err("exec", e))?.as_raw();
-    guard.watch(pid);
-    drop(guard);
-    Ok(pid)
+    let t = b.as_tenant().with_detach(true).with_process(Some(process_file));
+    t.build().map(|p| p.as_raw()).map_err(|e| chain(&e))
 }
 
 /// Deletes the container's state and cgroup (it must have stopped, or

@@ -119,7 +119,7 @@ pub const EXEC_SETUP_CAPABILITIES: &[&str] = &["CAP_SYS_ADMIN", "CAP_SETPCAP"];
 /// execve: it loads the container's filter and drops the process to the container's
 /// capabilities (the order of runc's `setns` init: filter first, then the capability drop,
 /// unless no_new_privileges is set, which lets an unprivileged process load it last).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ExecSeccomp {
     profile: LinuxSeccomp,
     caps: LinuxCapabilities,
