@@ -396,7 +396,8 @@ fn cri_network_two_pods_get_ips_and_talk_over_tcp() {
 
     // A daemon killed with running pods: they keep their IPs and connectivity after a restart.
     d.kill9();
-    with_log(&d, d.restart());
+    let restarted = d.restart();
+    with_log(&d, restarted);
     let r = runtime().block_on(async {
         let mut c = d.client().await?;
         ensure!(pod_network(&mut c, &a).await?.ip == ip_a, "pod A's IP changed");
