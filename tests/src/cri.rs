@@ -42,6 +42,14 @@ pub fn carapace_has_serve() -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// The daemon's `[cni]` directories: network configs, plugin binaries, the pods' netns files.
+#[derive(Debug, Clone)]
+pub struct CniDirs {
+    pub conf_dir: PathBuf,
+    pub bin_dirs: Vec<PathBuf>,
+    pub netns_dir: PathBuf,
+}
+
 /// How to start a [`Daemon`].
 #[derive(Debug, Clone)]
 pub struct DaemonOptions {
@@ -55,6 +63,8 @@ pub struct DaemonOptions {
     pub fallback_env: Option<&'static str>,
     /// `CARAPACE_LOG` of the daemon.
     pub log_level: &'static str,
+    /// Pod networking with these dirs; None: `[cni] enabled = false` (pods get loopback only).
+    pub cni: Option<CniDirs>,
 }
 
 impl Default for DaemonOptions {
@@ -64,26 +74,42 @@ impl Default for DaemonOptions {
             insecure_registry: None,
             fallback_env: None,
             log_level: "info",
+            cni: None,
         }
     }
 }
 
 /// The daemon config: state, run and image dirs under `dir`, listening on `socket`, VMMs from
-/// the `carapace` binary under test booting `image`; pulls from `insecure_registry` over HTTP.
+/// the `carapace` binary under test booting `image`; pulls from `insecure_registry` over HTTP;
+/// pod networking with `cni`'s dirs, or disabled.
 pub fn config_toml(
     dir: &Path,
     socket: &Path,
     image: &GuestImage,
     insecure_registry: Option<&str>,
+    cni: Option<&CniDirs>,
 ) -> String {
     let registries = match insecure_registry {
         Some(r) => format!("[images.registries]\ninsecure = [\"{r}\"]\n"),
         None => String::new(),
     };
+    let cni = match cni {
+        Some(c) => {
+            let bins: Vec<String> =
+                c.bin_dirs.iter().map(|b| format!("{:?}", b.display().to_string())).collect();
+            format!(
+                "[cni]\nenabled = true\nconf_dir = {:?}\nbin_dirs = [{}]\nnetns_dir = {:?}\n",
+                c.conf_dir.display().to_string(),
+                bins.join(", "),
+                c.netns_dir.display().to_string()
+            )
+        }
+        None => "[cni]\nenabled = false\n".to_string(),
+    };
     format!(
         "listen = \"unix://{sock}\"\nstate_dir = \"{d}/state\"\nrun_dir = \"{d}/run\"\n\
          vmm_binary = \"{bin}\"\nagent_timeout_s = 120\nstop_timeout_s = 10\n\
-         [images]\nroot = \"{d}/images\"\n{registries}\
+         [images]\nroot = \"{d}/images\"\n{registries}{cni}\
          [profiles.default]\nkernel = \"{k}\"\ninitramfs = \"{i}\"\n",
         sock = socket.display(),
         d = dir.display(),
@@ -114,7 +140,7 @@ impl Daemon {
         let config = d.join("config.toml");
         std::fs::write(
             &config,
-            config_toml(d, &socket, &image, opts.insecure_registry.as_deref()),
+            config_toml(d, &socket, &image, opts.insecure_registry.as_deref(), opts.cni.as_ref()),
         )?;
         let mut daemon = Daemon { dir, config, socket, opts, child: None };
         daemon.restart()?;
@@ -402,8 +428,13 @@ mod tests {
         let image =
             GuestImage { kernel: "/g/vmlinux".into(), initramfs: "/g/initramfs.cpio".into() };
         let d = Path::new("/tmp/cri123");
-        for registry in [None, Some("127.0.0.1:5000")] {
-            let text = config_toml(d, &d.join("cri.sock"), &image, registry);
+        let dirs = CniDirs {
+            conf_dir: d.join("net.d"),
+            bin_dirs: vec![d.join("bin"), "/usr/lib/cni".into()],
+            netns_dir: d.join("netns"),
+        };
+        for (registry, cni) in [(None, None), (Some("127.0.0.1:5000"), Some(&dirs))] {
+            let text = config_toml(d, &d.join("cri.sock"), &image, registry, cni);
             let cfg =
                 carapace_cri::Config::from_toml_str(&text, Path::new("t"), None).expect(&text);
             assert_eq!(cfg.socket, d.join("cri.sock"));
@@ -412,6 +443,13 @@ mod tests {
             assert_eq!(cfg.profiles["default"].kernel, image.kernel);
             let insecure: Vec<String> = registry.into_iter().map(String::from).collect();
             assert_eq!(cfg.images.registries.insecure, insecure);
+            assert_eq!(cfg.cni.enabled, cni.is_some());
+            if let Some(c) = cni {
+                assert_eq!(
+                    (&cfg.cni.conf_dir, &cfg.cni.bin_dirs, &cfg.cni.netns_dir),
+                    (&c.conf_dir, &c.bin_dirs, &c.netns_dir)
+                );
+            }
         }
     }
 

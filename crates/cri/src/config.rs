@@ -31,6 +31,7 @@
 //! insecure = ["127.0.0.1:5000"]
 //!
 //! [cni]                                     # pod networking (see `cni::settings`)
+//! enabled = true                            # false: pods get loopback only
 //! conf_dir = "/etc/cni/net.d"
 //! bin_dirs = ["/opt/cni/bin", "/usr/lib/cni"]
 //! # netns_dir = "<run_dir>/netns"

@@ -59,6 +59,9 @@ pub enum CriError {
     /// the text.
     #[error("pod network: {0}")]
     Network(#[from] crate::cni::CniError),
+    /// The pod's tap could not be made or wired to its CNI interface.
+    #[error("pod network of sandbox {id}: {source}")]
+    PodNic { id: String, source: crate::network::NetError },
 }
 
 impl CriError {
@@ -106,7 +109,8 @@ impl From<CriError> for Status {
             | CriError::Remove { .. }
             | CriError::Prepare { .. }
             | CriError::Task(_)
-            | CriError::Network(_) => Code::Internal,
+            | CriError::Network(_)
+            | CriError::PodNic { .. } => Code::Internal,
         };
         Status::new(code, e.to_string())
     }

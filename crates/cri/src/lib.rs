@@ -13,6 +13,8 @@
 //! * [`cni`]: pod networking (CNI config, netns, plugin ADD/DEL, cache).
 //! * [`network`]: the pod's tap in its netns, wired to the CNI interface by tc redirects; the
 //!   agent's ConfigureNetworkRequest from the CNI result.
+//! * [`podnet`]: a pod's network for its lifetime (CNI, tap, the agent's ConfigureNetwork,
+//!   teardown), as the sandbox table drives it.
 //! * [`runtime_service`]: the gRPC service; [`server`]: socket, signals, serving.
 
 pub mod client;
@@ -27,6 +29,7 @@ pub mod ids;
 pub mod merge;
 pub mod metrics;
 pub mod network;
+pub mod podnet;
 pub mod procfs;
 pub mod record;
 pub mod runtime;

@@ -74,6 +74,25 @@ pub struct SecuritySummary {
     pub ipc_ns: i32,
 }
 
+/// The pod's network as RunPodSandbox set it up (CNI ADD, the tap, the guest NIC): what
+/// PodSandboxStatus reports and what the restarted daemon knows without re-running anything.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkSummary {
+    /// The CNI network's name.
+    pub network_name: String,
+    /// The pod's named network namespace (bind mount) on the host.
+    pub netns: PathBuf,
+    /// The CNI interface in that namespace (`eth0`).
+    pub ifname: String,
+    /// The tap wired to it, which the VMM holds.
+    pub tap_name: String,
+    /// The guest NIC's MAC (the CNI interface's).
+    pub mac: String,
+    pub mtu: u32,
+    /// The pod's IPs: the first is `network.ip` (IPv4 preferred), the rest `additional_ips`.
+    pub ips: Vec<String>,
+}
+
 /// Everything the daemon knows about one sandbox; enough to rebuild its state after a restart.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SandboxRecord {
@@ -99,6 +118,10 @@ pub struct SandboxRecord {
     pub vmm: Option<VmmProcess>,
     /// Guest facts from the agent's Health answer (kernel version, CPUs, memory).
     pub guest: BTreeMap<String, String>,
+    /// The pod's network; None without one (`[cni] enabled = false`, or a record of a daemon
+    /// from before pod networking).
+    #[serde(default)]
+    pub network: Option<NetworkSummary>,
 }
 
 impl SandboxRecord {

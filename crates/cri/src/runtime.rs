@@ -69,9 +69,9 @@ impl Runtime {
                 .map_err(|source| OpenError::Dir { path: dir.clone(), source })?;
         }
         let lock = lock_state_dir(&cfg.state_dir)?;
-        let sandboxes = SandboxTable::open(cfg.clone())?;
-        let containers = ContainerTable::open(&cfg.state_dir, &sandboxes.snapshot())?;
         let cni = Arc::new(CniManager::new(&cfg.cni, &cfg.state_dir));
+        let sandboxes = SandboxTable::open(cfg.clone(), cni.clone())?;
+        let containers = ContainerTable::open(&cfg.state_dir, &sandboxes.snapshot())?;
         Ok(Runtime { cfg, sandboxes, containers, cni, _lock: lock })
     }
 
@@ -84,7 +84,7 @@ impl Runtime {
         &self.cfg
     }
 
-    /// Pod networking: NetworkReady, and (once wired into the pod lifecycle) setup/teardown.
+    /// Pod networking: NetworkReady (setup and teardown are the sandbox table's, `podnet.rs`).
     pub fn cni(&self) -> &Arc<CniManager> {
         &self.cni
     }

@@ -409,6 +409,7 @@ impl RuntimeService for RuntimeServiceImpl {
                 "profiles": cfg.profiles,
                 "podCIDR": self.pod_cidr(),
                 "cni": {
+                    "enabled": cfg.cni.enabled,
                     "confDir": cfg.cni.conf_dir,
                     "binDirs": cfg.cni.bin_dirs,
                     "netnsDir": cfg.cni.netns_dir,

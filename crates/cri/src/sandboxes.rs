@@ -8,10 +8,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use k8s_cri::v1 as cri;
 
+use crate::cni::CniManager;
 use crate::config::Config;
 use crate::error::CriError;
 use crate::filters::SandboxFilter;
 use crate::ids;
+use crate::podnet::{self, PodNetSetup};
 use crate::procfs;
 use crate::record::{
     resolv_conf, Dns, Metadata, SandboxPhase, SandboxRecord, SecuritySummary, RECORD_VERSION,
@@ -62,6 +64,8 @@ pub struct SandboxTable {
     index: Mutex<Index>,
     /// `max_concurrent_boots` permits: held from the VMM's start to the agent's answer.
     boots: tokio::sync::Semaphore,
+    /// Pod networking: set up before a pod's VM starts, torn down when it stops.
+    cni: Arc<CniManager>,
 }
 
 pub(crate) fn metadata_of(rec: &SandboxRecord) -> cri::PodSandboxMetadata {
@@ -172,8 +176,10 @@ impl SandboxTable {
     /// belongs to a RunPodSandbox that ended with the previous daemon: nobody waits for its VM
     /// any more, so its VMM is killed (the recorded one, or the one the daemon spawned but
     /// died before recording, found by its config path) and it is recorded as stopped
-    /// (NotReady; kubelet removes it and tries again).
-    pub fn open(cfg: Arc<Config>) -> Result<SandboxTable, StoreError> {
+    /// (NotReady; kubelet removes it and tries again). Running pods keep their network as it
+    /// is (nothing is re-run); a cached CNI attachment of a sandbox that no longer exists (its
+    /// RunPodSandbox or removal died with the previous daemon) is torn down (DEL, netns gone).
+    pub fn open(cfg: Arc<Config>, cni: Arc<CniManager>) -> Result<SandboxTable, StoreError> {
         let store: Store = Store::open(&cfg.state_dir)?;
         let (records, bad) = store.load_all()?;
         for b in bad {
@@ -202,8 +208,17 @@ impl SandboxTable {
             index.names.insert(rec.sandbox_name(), rec.id.clone());
             index.pods.insert(rec.id.clone(), Sandbox::new(rec));
         }
+        for id in cni.cached_sandboxes() {
+            if index.pods.contains_key(&id) {
+                continue;
+            }
+            tracing::warn!(%id, "tearing down the network of a sandbox that no longer exists");
+            if let Err(e) = cni.teardown(&id) {
+                tracing::error!(%id, error = %e, "cannot tear down the network of a gone sandbox");
+            }
+        }
         let boots = tokio::sync::Semaphore::new(cfg.max_concurrent_boots);
-        Ok(SandboxTable { cfg, store, index: Mutex::new(index), boots })
+        Ok(SandboxTable { cfg, store, index: Mutex::new(index), boots, cni })
     }
 
     fn index(&self) -> MutexGuard<'_, Index> {
@@ -246,7 +261,8 @@ impl SandboxTable {
         all.iter().map(|s| s.record()).collect()
     }
 
-    /// RunPodSandbox: boots the pod's VM and waits for its agent.
+    /// RunPodSandbox: sets up the pod's network (CNI ADD, tap), boots the pod's VM with it,
+    /// waits for its agent and has it configure the guest NIC. Any failure undoes everything.
     pub async fn run(&self, req: cri::RunPodSandboxRequest) -> Result<String, CriError> {
         let config = req
             .config
@@ -322,6 +338,7 @@ impl SandboxTable {
             run_dir: run_dir.clone(),
             vmm: None,
             guest: BTreeMap::new(),
+            network: None,
         };
         let sandbox = Sandbox::new(rec.clone());
         let _op = sandbox.lock_op().await;
@@ -337,9 +354,27 @@ impl SandboxTable {
             index.names.insert(name.clone(), id.clone());
             index.pods.insert(id.clone(), sandbox.clone());
         }
-        let booted = match self.boots.acquire().await {
-            Ok(_permit) => self.boot(&sandbox, rec).await,
-            Err(_) => Err(CriError::FailedPrecondition("the daemon is shutting down".into())),
+        // CNI ADD outside the boot permit: plugins do not load the CPUs a boot needs.
+        let booted = match podnet::setup(
+            self.cni.clone(),
+            rec.clone(),
+            config.port_mappings.clone(),
+            config.dns_config.clone(),
+        )
+        .await
+        {
+            Ok(net) => {
+                let mut rec = rec;
+                rec.network = net.as_ref().map(|n| n.summary.clone());
+                *sandbox.rec() = rec.clone();
+                match self.boots.acquire().await {
+                    Ok(_permit) => self.boot(&sandbox, rec, net).await,
+                    Err(_) => {
+                        Err(CriError::FailedPrecondition("the daemon is shutting down".into()))
+                    }
+                }
+            }
+            Err(e) => Err(e),
         };
         match booted {
             Ok(()) => {
@@ -356,8 +391,14 @@ impl SandboxTable {
         }
     }
 
-    /// Writes the pod's files, starts the VMM and waits for the agent (record saved each step).
-    async fn boot(&self, sandbox: &Sandbox, mut rec: SandboxRecord) -> Result<(), CriError> {
+    /// Writes the pod's files, starts the VMM (with the pod's tap when it has a network), waits
+    /// for the agent and sends it the network config (record saved each step).
+    async fn boot(
+        &self,
+        sandbox: &Sandbox,
+        mut rec: SandboxRecord,
+        net: Option<PodNetSetup>,
+    ) -> Result<(), CriError> {
         let io = |op: &str, path: &std::path::Path, e| CriError::io(op, path, e);
         std::os::unix::fs::DirBuilderExt::mode(fs::DirBuilder::new().recursive(true), 0o700)
             .create(&rec.run_dir)
@@ -385,8 +426,16 @@ impl SandboxTable {
             vmm_log: &log,
             shared_dir: &shared,
         };
-        let p = vmm::spawn(&self.cfg, &rec.profile, &files, None)
-            .map_err(|source| CriError::Vmm { context: "pod sandbox VM".into(), source })?;
+        let (vm_net, request) = match net {
+            Some(n) => (Some(n.net), Some(n.request)),
+            None => (None, None),
+        };
+        let spawned = vmm::spawn(&self.cfg, &rec.profile, &files, vm_net.as_ref());
+        // The VMM has its own copy of the tap now: with ours closed, the tap lives as long as
+        // the VMM does.
+        drop(vm_net);
+        let p =
+            spawned.map_err(|source| CriError::Vmm { context: "pod sandbox VM".into(), source })?;
         rec.vmm = Some(p);
         *sandbox.rec() = rec.clone();
         self.store.save(&rec)?;
@@ -394,6 +443,9 @@ impl SandboxTable {
             vmm::wait_agent(&p, &files, self.cfg.agent_timeout).await.map_err(|source| {
                 CriError::Vmm { context: "pod sandbox VM did not come up".into(), source }
             })?;
+        if let Some(request) = request {
+            podnet::configure_guest(&rec, request).await?;
+        }
         rec.phase = SandboxPhase::Ready;
         rec.guest = BTreeMap::from([
             ("kernel_version".to_string(), health.kernel_version),
@@ -406,9 +458,11 @@ impl SandboxTable {
         Ok(())
     }
 
-    /// Stops the VM of `sandbox` (idempotent) and records it as stopped.
+    /// Stops the VM of `sandbox` (idempotent), records it as stopped and tears down its network
+    /// (CNI DEL, netns removed; idempotent too: a failed DEL fails the call, to be retried).
     pub async fn stop_vm(&self, sandbox: &Sandbox) -> Result<(), CriError> {
         let rec = sandbox.record();
+        let id = rec.id.clone();
         if let Some(p) = rec.vmm {
             let outcome = vmm::stop(&p, &rec.vsock_path(), self.cfg.stop_timeout).await.map_err(
                 |source| CriError::Vmm {
@@ -425,7 +479,7 @@ impl SandboxTable {
             self.store.save(&rec)?;
             *sandbox.rec() = rec;
         }
-        Ok(())
+        podnet::teardown(self.cni.clone(), id).await
     }
 
     /// Stops the VM, deletes the pod's files and record, forgets it (the name becomes free).
@@ -459,8 +513,7 @@ impl SandboxTable {
             metadata: Some(metadata_of(rec)),
             state: sandbox_state(rec) as i32,
             created_at: rec.created_at,
-            // No pod networking yet: an empty IP (kubelet then reports none).
-            network: Some(cri::PodSandboxNetworkStatus::default()),
+            network: Some(podnet::status_of(rec)),
             linux: Some(cri::LinuxPodSandboxStatus {
                 namespaces: Some(cri::Namespace {
                     options: Some(cri::NamespaceOption {

@@ -208,6 +208,7 @@ pub(crate) mod tests {
             run_dir: PathBuf::from("/run/carapace/pods").join(id),
             vmm: Some(VmmProcess { pid: 42, start_time: 7 }),
             guest: Default::default(),
+            network: None,
         }
     }
 

@@ -24,6 +24,11 @@ fn script(path: &Path, body: &str) {
 
 /// Starts a daemon whose `fake` handler uses existing (fake) guest files and the given fake VMM.
 async fn start(vmm_body: &str) -> Env {
+    start_with(vmm_body, true).await
+}
+
+/// [`start`], with pod networking on (a conf dir `net.d` the test may fill) or off.
+async fn start_with(vmm_body: &str, cni: bool) -> Env {
     let dir = tempfile::Builder::new().prefix("cri").tempdir_in("/tmp").unwrap();
     let d = dir.path();
     std::fs::write(d.join("vmlinux"), b"not an ELF").unwrap();
@@ -47,6 +52,7 @@ async fn start(vmm_body: &str) -> Env {
         [runtime_handlers]
         fake = "fake"
         [cni]
+        enabled = {cni}
         conf_dir = "{d}/net.d"
         "#,
         sock = d.join("cri.sock").display(),
@@ -287,7 +293,8 @@ async fn failed_starts_leave_nothing_behind() {
         ),
         ("trap '' TERM; while :; do sleep 0.1; done", Code::DeadlineExceeded, "did not answer"),
     ] {
-        let env = start(body).await;
+        // Without pod networking: the VMM's failure is what the test is about.
+        let env = start_with(body, false).await;
         let mut c = carapace_cri::client::connect(&env.socket).await.unwrap();
         let e = tokio::time::timeout(
             Duration::from_secs(30),
@@ -319,4 +326,21 @@ async fn failed_starts_leave_nothing_behind() {
         );
         env.shutdown().await;
     }
+}
+
+#[tokio::test]
+async fn networking_without_a_cni_config_fails_the_pod_before_its_vm_and_leaves_nothing() {
+    let env = start("echo started >> \"$0.ran\"; exit 1").await;
+    let mut c = carapace_cri::client::connect(&env.socket).await.unwrap();
+    let e = c.run_pod_sandbox(run_req("web", "fake")).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    let net_d = env.dir.path().join("net.d").display().to_string();
+    assert!(e.message().contains(&net_d) && e.message().contains("enabled = false"), "{e:?}");
+    assert!(!env.dir.path().join("vmm.ran").exists(), "the VMM was started");
+    assert_eq!(count_entries(&env.dir.path().join("run/pods")), 0, "pod run dir left behind");
+    assert_eq!(count_entries(&env.dir.path().join("state/sandboxes")), 0, "record left behind");
+    let list =
+        c.list_pod_sandbox(cri::ListPodSandboxRequest::default()).await.unwrap().into_inner();
+    assert!(list.items.is_empty(), "{:?}", list.items);
+    env.shutdown().await;
 }

@@ -62,6 +62,7 @@ fn main() -> Result<()> {
             insecure_registry: Some(reg.addr.clone()),
             fallback_env: None,
             log_level: "warn",
+            cni: None,
         })?;
         let res = rt.block_on(lifecycles(
             "carapace",

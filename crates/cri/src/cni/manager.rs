@@ -40,6 +40,10 @@ pub struct NetworkStatus {
 /// The reason Status gives when the network is not ready (containerd's).
 pub const NOT_READY_REASON: &str = "NetworkPluginNotReady";
 
+/// The NetworkReady message of a daemon whose config turns pod networking off.
+pub const DISABLED_MESSAGE: &str =
+    "pod networking is disabled in config ([cni] enabled = false): pods get loopback only";
+
 /// A pod's network once set up.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PodNetwork {
@@ -165,8 +169,16 @@ impl CniManager {
         lock(&self.loader).current().map_err(CniError::NotReady)
     }
 
-    /// NetworkReady: a valid network config is loaded.
+    /// Whether pods get a network at all (`[cni] enabled`).
+    pub fn enabled(&self) -> bool {
+        self.cfg.enabled
+    }
+
+    /// NetworkReady: networking is enabled and a valid network config is loaded.
     pub fn status(&self) -> NetworkStatus {
+        if !self.cfg.enabled {
+            return NetworkStatus { ready: false, message: DISABLED_MESSAGE.into() };
+        }
         match self.current_network() {
             Ok(_) => NetworkStatus { ready: true, message: String::new() },
             Err(CniError::NotReady(m)) => NetworkStatus { ready: false, message: m },

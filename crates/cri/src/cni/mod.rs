@@ -20,6 +20,8 @@ mod plugin_tests;
 
 pub use cache::PodIdentity;
 pub use error::{CniError, PluginError};
-pub use manager::{CniManager, NetworkStatus, PodNetwork, DEFAULT_IFNAME, NOT_READY_REASON};
+pub use manager::{
+    CniManager, NetworkStatus, PodNetwork, DEFAULT_IFNAME, DISABLED_MESSAGE, NOT_READY_REASON,
+};
 pub use result::{CniResult, Interface, IpConfig, IpNet};
 pub use settings::CniConfig;

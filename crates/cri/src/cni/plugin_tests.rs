@@ -31,7 +31,12 @@ impl Env {
         if extra_bin {
             bin_dirs.insert(0, d.join("bin"));
         }
-        let cfg = CniConfig { conf_dir: d.join("net.d"), bin_dirs, netns_dir: d.join("netns") };
+        let cfg = CniConfig {
+            enabled: true,
+            conf_dir: d.join("net.d"),
+            bin_dirs,
+            netns_dir: d.join("netns"),
+        };
         Env { dir, cfg }
     }
 

@@ -3,6 +3,7 @@
 //!
 //! ```toml
 //! [cni]
+//! enabled = true                               # false: pods get loopback only (no CNI, no NIC)
 //! conf_dir = "/etc/cni/net.d"                  # the first valid .conflist/.conf/.json by name
 //! bin_dirs = ["/opt/cni/bin", "/usr/lib/cni"]  # searched in order for a plugin's `type`
 //! # netns_dir = "<run_dir>/netns"              # one bind-mounted netns file per pod
@@ -21,6 +22,7 @@ pub const DEFAULT_BIN_DIRS: [&str; 2] = ["/opt/cni/bin", "/usr/lib/cni"];
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawCniConfig {
+    pub enabled: Option<bool>,
     pub conf_dir: Option<PathBuf>,
     pub bin_dirs: Option<Vec<PathBuf>>,
     pub netns_dir: Option<PathBuf>,
@@ -29,6 +31,8 @@ pub struct RawCniConfig {
 /// The validated `[cni]` settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CniConfig {
+    /// false: no pod gets a network (NetworkReady false, "disabled in config").
+    pub enabled: bool,
     pub conf_dir: PathBuf,
     pub bin_dirs: Vec<PathBuf>,
     pub netns_dir: PathBuf,
@@ -38,6 +42,7 @@ impl CniConfig {
     /// The defaults for a daemon whose run dir is `run_dir`.
     pub fn defaults(run_dir: &Path) -> CniConfig {
         CniConfig {
+            enabled: true,
             conf_dir: PathBuf::from(DEFAULT_CONF_DIR),
             bin_dirs: DEFAULT_BIN_DIRS.iter().map(PathBuf::from).collect(),
             netns_dir: run_dir.join("netns"),
@@ -48,6 +53,7 @@ impl CniConfig {
     pub fn from_raw(raw: RawCniConfig, run_dir: &Path) -> Result<CniConfig, String> {
         let d = CniConfig::defaults(run_dir);
         let c = CniConfig {
+            enabled: raw.enabled.unwrap_or(d.enabled),
             conf_dir: raw.conf_dir.unwrap_or(d.conf_dir),
             bin_dirs: raw.bin_dirs.unwrap_or(d.bin_dirs),
             netns_dir: raw.netns_dir.unwrap_or(d.netns_dir),
@@ -88,6 +94,9 @@ mod tests {
         assert_eq!(c.conf_dir, PathBuf::from("/etc/cni/net.d"));
         assert_eq!(c.cni_path(), "/opt/cni/bin:/usr/lib/cni");
         assert_eq!(c.netns_dir, PathBuf::from("/run/x/netns"));
+        assert!(c.enabled);
+        let off = RawCniConfig { enabled: Some(false), ..Default::default() };
+        assert!(!CniConfig::from_raw(off, Path::new("/run/x")).unwrap().enabled);
     }
 
     #[test]

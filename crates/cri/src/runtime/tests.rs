@@ -253,3 +253,63 @@ fn reload_kills_the_vmm_of_a_sandbox_that_was_still_starting() {
     let _ = ready.kill();
     let _ = ready.wait();
 }
+
+/// A CNI cache entry whose sandbox has no record (its RunPodSandbox or removal died with the
+/// previous daemon) gets DEL at start; a known sandbox's network is left alone.
+#[test]
+fn reload_tears_down_the_network_of_sandboxes_that_no_longer_exist() {
+    use std::os::unix::fs::PermissionsExt;
+
+    use crate::cni::cache::{Cache, CacheEntry, PodIdentity, CACHE_VERSION};
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let bin = d.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let log = d.join("plugin.log");
+    let plugin = bin.join("rec");
+    std::fs::write(
+        &plugin,
+        format!("#!/bin/sh\ncat >/dev/null\necho \"$CNI_COMMAND $CNI_CONTAINERID\" >>{log:?}\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let text = format!(
+        "run_dir = {:?}\nstate_dir = {:?}\n[cni]\nconf_dir = {:?}\nbin_dirs = [{:?}]",
+        d.join("r"),
+        d.join("s"),
+        d.join("net.d"),
+        bin
+    );
+    let c = Arc::new(Config::from_toml_str(&text, Path::new("t"), None).unwrap());
+    let me = std::process::id() as i32;
+    let mut known = sample(&"a".repeat(64), "known");
+    known.vmm = Some(VmmProcess { pid: me, start_time: procfs::read_stat(me).unwrap().start_time });
+    let store: Store = Store::open(&c.state_dir).unwrap();
+    store.save(&known).unwrap();
+    let cache = Cache::new(c.state_dir.join("cni"));
+    let gone = "f".repeat(64);
+    for id in [&known.id, &gone] {
+        cache
+            .save(&CacheEntry {
+                version: CACHE_VERSION,
+                network_name: "n".into(),
+                ifname: "eth0".into(),
+                config: r#"{"cniVersion":"1.0.0","name":"n","plugins":[{"type":"rec"}]}"#.into(),
+                config_source: "test".into(),
+                netns: c.cni.netns_dir.join(id),
+                result: Some(serde_json::json!({"cniVersion":"1.0.0"})),
+                runtime_config: Default::default(),
+                pod: PodIdentity {
+                    sandbox_id: id.clone(),
+                    name: "p".into(),
+                    namespace: "ns".into(),
+                    uid: "u".into(),
+                },
+            })
+            .unwrap();
+    }
+    let _m = Runtime::open(c.clone()).unwrap();
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), format!("DEL {gone}\n"));
+    assert_eq!(cache.sandbox_ids(), vec![known.id.clone()]);
+}
