@@ -35,6 +35,10 @@
 //! conf_dir = "/etc/cni/net.d"
 //! bin_dirs = ["/opt/cni/bin", "/usr/lib/cni"]
 //! # netns_dir = "<run_dir>/netns"
+//!
+//! [streaming]                               # exec/attach URLs (see `streaming`)
+//! address = "127.0.0.1"
+//! port = 0                                  # any free port
 //! ```
 
 use std::collections::BTreeMap;
@@ -45,6 +49,7 @@ use carapace_image::ImageServiceConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::cni::settings::{CniConfig, RawCniConfig};
+use crate::streaming::StreamingConfig;
 
 /// Where the daemon reads its configuration unless told otherwise.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/carapace/config.toml";
@@ -162,6 +167,8 @@ struct RawConfig {
     images: ImageServiceConfig,
     #[serde(default)]
     cni: RawCniConfig,
+    #[serde(default)]
+    streaming: StreamingConfig,
 }
 
 /// The validated configuration the daemon runs with.
@@ -190,6 +197,8 @@ pub struct Config {
     pub images: ImageServiceConfig,
     /// Pod networking: CNI config dir, plugin dirs, the pods' netns files.
     pub cni: CniConfig,
+    /// The streaming server (Exec, Attach): where it listens.
+    pub streaming: StreamingConfig,
 }
 
 impl Config {
@@ -327,6 +336,7 @@ impl Config {
             profiles,
             runtime_handlers,
             images: raw.images,
+            streaming: raw.streaming,
         })
     }
 
@@ -364,6 +374,7 @@ fn unreachable_defaults() -> Config {
         runtime_handlers: BTreeMap::from([(String::new(), DEFAULT_PROFILE.to_string())]),
         images: ImageServiceConfig::default(),
         cni: CniConfig::defaults(Path::new(DEFAULT_RUN_DIR)),
+        streaming: StreamingConfig::default(),
     }
 }
 

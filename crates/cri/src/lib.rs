@@ -15,6 +15,7 @@
 //!   agent's ConfigureNetworkRequest from the CNI result.
 //! * [`podnet`]: a pod's network for its lifetime (CNI, tap, the agent's ConfigureNetwork,
 //!   teardown), as the sandbox table drives it.
+//! * [`streaming`]: the streaming server (Exec, Attach over SPDY and WebSocket).
 //! * [`runtime_service`]: the gRPC service; [`server`]: socket, signals, serving.
 
 pub mod client;
@@ -37,6 +38,7 @@ pub mod runtime_service;
 pub mod sandboxes;
 pub mod server;
 pub mod store;
+pub mod streaming;
 pub mod util;
 pub mod validate;
 pub mod vmm;

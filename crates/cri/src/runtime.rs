@@ -5,18 +5,20 @@
 use std::fs;
 use std::os::fd::AsRawFd;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use k8s_cri::v1 as cri;
 use tokio::sync::broadcast;
 
 use crate::cni::CniManager;
 use crate::config::Config;
+use crate::containers::stream::StreamTarget;
 use crate::containers::{ContainerTable, Pods};
 use crate::error::CriError;
 use crate::filters::{ContainerFilter, SandboxFilter};
 use crate::record::SandboxRecord;
 use crate::sandboxes::SandboxTable;
+use crate::streaming::{check_stdio, StreamRequest, Streaming};
 
 /// Why the daemon could not open its state.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +59,8 @@ pub struct Runtime {
     containers: Arc<ContainerTable>,
     /// Pod networking (CNI); its cache lives in `<state_dir>/cni`.
     cni: Arc<CniManager>,
+    /// The streaming server's URLs and tokens (set once by the daemon after it bound it).
+    streaming: OnceLock<Arc<Streaming>>,
     _lock: fs::File,
 }
 
@@ -72,7 +76,7 @@ impl Runtime {
         let cni = Arc::new(CniManager::new(&cfg.cni, &cfg.state_dir));
         let sandboxes = SandboxTable::open(cfg.clone(), cni.clone())?;
         let containers = ContainerTable::open(&cfg.state_dir, &sandboxes.snapshot())?;
-        Ok(Runtime { cfg, sandboxes, containers, cni, _lock: lock })
+        Ok(Runtime { cfg, sandboxes, containers, cni, streaming: OnceLock::new(), _lock: lock })
     }
 
     /// The image store CreateContainer takes images from (set once by the daemon).
@@ -222,6 +226,47 @@ impl Runtime {
         timeout_s: i64,
     ) -> Result<cri::ExecSyncResponse, CriError> {
         self.containers.exec_sync(&self.sandboxes, id, cmd, timeout_s).await
+    }
+
+    /// The streaming server Exec and Attach hand out URLs of (set once by the daemon).
+    pub fn set_streaming(&self, streaming: Arc<Streaming>) {
+        if self.streaming.set(streaming).is_err() {
+            tracing::warn!("the streaming server was set twice; keeping the first");
+        }
+    }
+
+    /// The streaming server, once set.
+    pub fn streaming(&self) -> Option<Arc<Streaming>> {
+        self.streaming.get().cloned()
+    }
+
+    fn stream_url(&self, req: StreamRequest) -> Result<String, CriError> {
+        let s = self.streaming.get().ok_or_else(|| {
+            CriError::FailedPrecondition("this daemon runs no streaming server".into())
+        })?;
+        s.url_for(req)
+    }
+
+    /// The running container a streaming session works on.
+    pub fn stream_target(&self, id: &str) -> Result<StreamTarget, CriError> {
+        self.containers.stream_target(&self.sandboxes, id)
+    }
+
+    /// Exec: checks the request and returns the URL the client streams it through.
+    pub fn exec_url(&self, mut req: cri::ExecRequest) -> Result<String, CriError> {
+        if req.cmd.is_empty() {
+            return Err(CriError::InvalidArgument("Exec: cmd must not be empty".into()));
+        }
+        check_stdio(req.stdin, req.stdout, req.stderr, req.tty)?;
+        req.container_id = self.stream_target(&req.container_id)?.container_id;
+        self.stream_url(StreamRequest::Exec(req))
+    }
+
+    /// Attach: checks the request and returns the URL the client streams it through.
+    pub fn attach_url(&self, mut req: cri::AttachRequest) -> Result<String, CriError> {
+        check_stdio(req.stdin, req.stdout, req.stderr, req.tty)?;
+        req.container_id = self.stream_target(&req.container_id)?.container_id;
+        self.stream_url(StreamRequest::Attach(req))
     }
 
     /// ContainerStats.

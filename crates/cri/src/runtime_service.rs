@@ -18,10 +18,9 @@ use crate::runtime::Runtime;
 pub const RUNTIME_NAME: &str = "carapace";
 /// The CRI API version served.
 pub const RUNTIME_API_VERSION: &str = "v1";
-/// Why streaming is not served yet.
+/// Why port forwarding is not served yet.
 pub const STREAMING_LATER: &str =
-    "exec/attach/port-forward streaming is not implemented yet: it belongs to a later issue \
-     (the streaming server)";
+    "port-forward streaming is not implemented yet (issue 13: exec and attach are served)";
 
 /// The RuntimeService implementation.
 pub struct RuntimeServiceImpl {
@@ -39,14 +38,6 @@ impl RuntimeServiceImpl {
     /// The pod CIDR last set by UpdateRuntimeConfig.
     pub fn pod_cidr(&self) -> String {
         self.pod_cidr.lock().map(|c| c.clone()).unwrap_or_default()
-    }
-
-    /// Streaming calls: InvalidArgument for an empty container ID, else Unimplemented.
-    fn no_container(&self, id: &str) -> Status {
-        if id.is_empty() {
-            return CriError::InvalidArgument("container_id must not be empty".into()).into();
-        }
-        CriError::Unimplemented(STREAMING_LATER.into()).into()
     }
 
     /// Fills the container part of a pod's stats.
@@ -307,14 +298,16 @@ impl RuntimeService for RuntimeServiceImpl {
         &self,
         request: Request<cri::ExecRequest>,
     ) -> Result<Response<cri::ExecResponse>, Status> {
-        Err(self.no_container(&request.into_inner().container_id))
+        let url = self.runtime.exec_url(request.into_inner())?;
+        Ok(Response::new(cri::ExecResponse { url }))
     }
 
     async fn attach(
         &self,
         request: Request<cri::AttachRequest>,
     ) -> Result<Response<cri::AttachResponse>, Status> {
-        Err(self.no_container(&request.into_inner().container_id))
+        let url = self.runtime.attach_url(request.into_inner())?;
+        Ok(Response::new(cri::AttachResponse { url }))
     }
 
     async fn port_forward(

@@ -14,6 +14,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 use crate::config::Config;
 use crate::runtime::{OpenError, Runtime};
 use crate::runtime_service::RuntimeServiceImpl;
+use crate::streaming::{Backend, Streaming};
 
 /// How long clients may keep their connections after a stop was requested.
 const GRACE: std::time::Duration = std::time::Duration::from_secs(5);
@@ -35,6 +36,10 @@ pub enum ServeError {
     Stale { path: PathBuf, source: std::io::Error },
     #[error("cannot listen on {path}: {source}")]
     Bind { path: PathBuf, source: std::io::Error },
+    #[error(
+        "cannot listen on {addr} for streaming (exec/attach): {source}; set [streaming] address/port"
+    )]
+    StreamingBind { addr: std::net::SocketAddr, source: std::io::Error },
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
     #[error("gRPC server failed: {0}")]
@@ -69,6 +74,8 @@ pub struct Daemon {
     pub images: ImageServiceImpl,
     pub listener: UnixListener,
     pub socket: PathBuf,
+    /// The streaming server's socket (Exec/Attach URLs point here).
+    pub streaming_listener: tokio::net::TcpListener,
 }
 
 impl Daemon {
@@ -79,8 +86,17 @@ impl Daemon {
         let runtime = Arc::new(Runtime::open(Arc::new(cfg))?);
         // CreateContainer takes its images from the store the ImageService pulls into.
         runtime.set_image_store(images.store());
+        let addr = runtime.config().streaming.socket_addr();
+        let streaming_listener = std::net::TcpListener::bind(addr)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .and_then(tokio::net::TcpListener::from_std)
+            .map_err(|source| ServeError::StreamingBind { addr, source })?;
+        let bound = streaming_listener
+            .local_addr()
+            .map_err(|source| ServeError::StreamingBind { addr, source })?;
+        runtime.set_streaming(Arc::new(Streaming::new(bound)));
         let listener = bind_socket(&socket)?;
-        Ok(Daemon { runtime, images, listener, socket })
+        Ok(Daemon { runtime, images, listener, socket, streaming_listener })
     }
 
     /// The RuntimeService of this daemon, ready to add to a tonic router.
@@ -102,6 +118,17 @@ impl Daemon {
         // After `shutdown`, clients get GRACE to finish their calls and close their connections;
         // a client that keeps its connection open (or is not reading) does not hold the daemon.
         let (tx, mut rx) = tokio::sync::watch::channel(false);
+        if let Some(streaming) = self.runtime.streaming() {
+            let addr = self.streaming_listener.local_addr().ok();
+            tracing::info!(address = ?addr, "streaming server (exec/attach) serving");
+            let backend: Arc<dyn Backend> = self.runtime.clone();
+            tokio::spawn(crate::streaming::server::serve(
+                self.streaming_listener,
+                streaming,
+                backend,
+                rx.clone(),
+            ));
+        }
         let server = tonic::transport::Server::builder()
             .add_service(service)
             .add_service(images)

@@ -4,7 +4,8 @@
 //! * this file: [`ContainerTable`] (records in memory and on disk, names, events);
 //! * [`create`]: CreateContainer (parse the request once, then build files and the agent call);
 //! * [`lifecycle`]: start, stop, remove, update resources, reopen the log;
-//! * [`exec`]: ExecSync; [`stats`]: ContainerStats; [`monitor`]: output into the CRI log and
+//! * [`exec`]: ExecSync; [`stream`]: the container a streaming session works on;
+//!   [`stats`]: ContainerStats; [`monitor`]: output into the CRI log and
 //!   the exit of a running container;
 //! * [`convert`]: record → CRI messages and agent replies → records; [`security`]: the CRI
 //!   security context → the agent's, [`seccomp`]: its seccomp profile; [`agent`]: reaching the
@@ -24,6 +25,7 @@ pub mod monitor;
 pub mod seccomp;
 pub mod security;
 pub mod stats;
+pub mod stream;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;

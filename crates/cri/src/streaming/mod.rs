@@ -1,0 +1,170 @@
+//! The streaming server: Exec, Attach (and later PortForward) as kubelet's CRI streaming
+//! library serves them for containerd. The CRI call validates the request and answers with a
+//! URL on this server holding a random single-use token ([`token`]); the client (kubectl via
+//! the API server, crictl) then connects there and upgrades the HTTP/1.1 connection
+//! ([`server`]) to SPDY/3.1 ([`spdy`], [`remotecommand`]) or WebSocket, over which the
+//! process's stdin, stdout, stderr, terminal resizes and exit status travel. The process
+//! itself runs through the pod's agent ([`backend`]).
+
+pub mod backend;
+pub mod remotecommand;
+pub mod server;
+pub mod spdy;
+pub mod token;
+#[cfg(test)]
+mod testutil;
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use k8s_cri::v1 as cri;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::error::CriError;
+pub use token::{StreamRequest, TokenStore};
+
+/// How long a URL handed out by Exec/Attach/PortForward stays valid unused (kubelet: 1 min).
+pub const TOKEN_TTL: Duration = Duration::from_secs(60);
+
+/// `[streaming]` in the daemon's config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamingConfig {
+    /// The address the streaming server listens on (default 127.0.0.1: only local clients,
+    /// as kubelet reaches it; set the node's address for an API server elsewhere).
+    #[serde(default = "default_address")]
+    pub address: IpAddr,
+    /// TCP port; 0 = any free port (as containerd's default).
+    #[serde(default)]
+    pub port: u16,
+}
+
+fn default_address() -> IpAddr {
+    IpAddr::from([127, 0, 0, 1])
+}
+
+impl Default for StreamingConfig {
+    fn default() -> Self {
+        StreamingConfig { address: default_address(), port: 0 }
+    }
+}
+
+impl StreamingConfig {
+    pub fn socket_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.address, self.port)
+    }
+}
+
+/// The URLs of one streaming server and its pending tokens.
+pub struct Streaming {
+    /// `http://<addr>:<port>` as clients reach it.
+    base: String,
+    tokens: TokenStore,
+}
+
+impl Streaming {
+    /// For a server listening on `addr`.
+    pub fn new(addr: SocketAddr) -> Streaming {
+        Streaming { base: format!("http://{addr}"), tokens: TokenStore::new(TOKEN_TTL) }
+    }
+
+    pub fn tokens(&self) -> &TokenStore {
+        &self.tokens
+    }
+
+    /// A URL for `req` (already validated), valid once within [`TOKEN_TTL`].
+    pub fn url_for(&self, req: StreamRequest) -> Result<String, CriError> {
+        let kind = req.kind();
+        let token = self.tokens.insert(req)?;
+        Ok(format!("{}/{kind}/{token}", self.base))
+    }
+}
+
+/// The flags common to Exec and Attach, checked as kubelet does.
+pub fn check_stdio(stdin: bool, stdout: bool, stderr: bool, tty: bool) -> Result<(), CriError> {
+    if !stdin && !stdout && !stderr {
+        return Err(CriError::InvalidArgument(
+            "one of stdin, stdout or stderr must be set".into(),
+        ));
+    }
+    if tty && stderr {
+        return Err(CriError::InvalidArgument(
+            "tty and stderr cannot both be set (a terminal has one output stream)".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// A terminal size as the resize stream sends it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct TermSize {
+    #[serde(rename = "Width")]
+    pub width: u16,
+    #[serde(rename = "Height")]
+    pub height: u16,
+}
+
+/// The process's side of one streaming session; `None` for a stream the client did not ask for.
+/// `stdin` ends (all senders dropped) when the client closes stdin.
+pub struct Stdio {
+    pub stdin: Option<mpsc::Receiver<Vec<u8>>>,
+    pub stdout: Option<mpsc::Sender<Vec<u8>>>,
+    pub stderr: Option<mpsc::Sender<Vec<u8>>>,
+    pub resize: Option<mpsc::Receiver<TermSize>>,
+}
+
+/// How a streamed process ended, as the error stream reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Exited(i32),
+    /// The process could not be run or followed (the message says why).
+    Failed(String),
+}
+
+/// What runs the processes of streaming sessions (the daemon: through the pod's agent).
+/// Dropping the future of a call (the client went away) must stop what it started.
+#[tonic::async_trait]
+pub trait Backend: Send + Sync + 'static {
+    async fn exec(&self, req: cri::ExecRequest, io: Stdio) -> Outcome;
+    async fn attach(&self, req: cri::AttachRequest, io: Stdio) -> Outcome;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stdio_flags_are_checked_as_kubelet_does() {
+        assert!(check_stdio(false, false, false, false).is_err());
+        assert!(check_stdio(true, true, true, true).is_err());
+        check_stdio(true, true, false, true).unwrap();
+        check_stdio(false, true, true, false).unwrap();
+        check_stdio(true, false, false, false).unwrap();
+    }
+
+    #[test]
+    fn config_defaults_to_loopback_any_port() {
+        let c: StreamingConfig = toml::from_str("").unwrap();
+        assert_eq!(c, StreamingConfig::default());
+        assert_eq!(c.socket_addr().to_string(), "127.0.0.1:0");
+        let c: StreamingConfig = toml::from_str("address = \"::1\"\nport = 10010").unwrap();
+        assert_eq!(c.socket_addr().to_string(), "[::1]:10010");
+        assert!(toml::from_str::<StreamingConfig>("adress = \"::1\"").is_err());
+    }
+
+    #[test]
+    fn urls_carry_the_kind_and_a_token() {
+        let s = Streaming::new("127.0.0.1:4242".parse().unwrap());
+        let url = s
+            .url_for(StreamRequest::Exec(cri::ExecRequest {
+                container_id: "c".into(),
+                cmd: vec!["true".into()],
+                stdout: true,
+                ..Default::default()
+            }))
+            .unwrap();
+        let token = url.strip_prefix("http://127.0.0.1:4242/exec/").unwrap();
+        assert!(s.tokens().take("exec", token).is_ok());
+    }
+}
