@@ -16,7 +16,7 @@ use crate::containers::stream::StreamTarget;
 use crate::containers::{ContainerTable, Pods};
 use crate::error::CriError;
 use crate::filters::{ContainerFilter, SandboxFilter};
-use crate::record::SandboxRecord;
+use crate::record::{SandboxPhase, SandboxRecord};
 use crate::sandboxes::SandboxTable;
 use crate::streaming::{check_stdio, StreamRequest, Streaming};
 
@@ -267,6 +267,24 @@ impl Runtime {
         check_stdio(req.stdin, req.stdout, req.stderr, req.tty)?;
         req.container_id = self.stream_target(&req.container_id)?.container_id;
         self.stream_url(StreamRequest::Attach(req))
+    }
+
+    /// PortForward: the pod must be ready; returns the URL the client streams through.
+    pub fn port_forward_url(&self, mut req: cri::PortForwardRequest) -> Result<String, CriError> {
+        let rec = self.sandboxes.record(&req.pod_sandbox_id)?;
+        if rec.phase != SandboxPhase::Ready {
+            return Err(CriError::FailedPrecondition(format!(
+                "pod sandbox {} is not ready: port forwarding needs a running pod",
+                rec.id
+            )));
+        }
+        if let Some(bad) = req.port.iter().find(|p| !(1..=65535).contains(*p)) {
+            return Err(CriError::InvalidArgument(format!(
+                "PortForward: port {bad} is not a TCP port (1..65535)"
+            )));
+        }
+        req.pod_sandbox_id = rec.id;
+        self.stream_url(StreamRequest::PortForward(req))
     }
 
     /// ContainerStats.

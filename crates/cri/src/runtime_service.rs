@@ -18,10 +18,6 @@ use crate::runtime::Runtime;
 pub const RUNTIME_NAME: &str = "carapace";
 /// The CRI API version served.
 pub const RUNTIME_API_VERSION: &str = "v1";
-/// Why port forwarding is not served yet.
-pub const STREAMING_LATER: &str =
-    "port-forward streaming is not implemented yet (issue 13: exec and attach are served)";
-
 /// The RuntimeService implementation.
 pub struct RuntimeServiceImpl {
     runtime: Arc<Runtime>,
@@ -314,8 +310,8 @@ impl RuntimeService for RuntimeServiceImpl {
         &self,
         request: Request<cri::PortForwardRequest>,
     ) -> Result<Response<cri::PortForwardResponse>, Status> {
-        self.runtime.pod_status(&request.into_inner().pod_sandbox_id, false)?;
-        Err(CriError::Unimplemented(STREAMING_LATER.into()).into())
+        let url = self.runtime.port_forward_url(request.into_inner())?;
+        Ok(Response::new(cri::PortForwardResponse { url }))
     }
 
     async fn container_stats(

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
-use super::{Backend, Outcome, Stdio};
+use super::{Backend, Outcome, PortStream, Stdio};
 use crate::containers::agent::{agent_of, call};
 use crate::containers::monitor::OUTPUT_DRAIN;
 use crate::error::CriError;
@@ -28,6 +28,10 @@ impl Backend for Runtime {
 
     async fn attach(&self, _req: cri::AttachRequest, _io: Stdio) -> Outcome {
         Outcome::Failed("attach is not implemented yet".into())
+    }
+
+    async fn port_forward(&self, _pod: &str, _port: u16) -> Result<Box<dyn PortStream>, String> {
+        Err("port forwarding is not implemented yet".into())
     }
 }
 
@@ -149,8 +153,7 @@ async fn follow(
                 close,
             };
             while let Some(data) = rx.recv().await {
-                if let Err(e) = call("agent WriteStdin", g.write_stdin(write(data, false))).await
-                {
+                if let Err(e) = call("agent WriteStdin", g.write_stdin(write(data, false))).await {
                     tracing::debug!(error = %e, "stdin of an exec no longer taken");
                     return;
                 }

@@ -10,15 +10,16 @@ pub mod backend;
 pub mod remotecommand;
 pub mod server;
 pub mod spdy;
-pub mod token;
 #[cfg(test)]
 mod testutil;
+pub mod token;
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use k8s_cri::v1 as cri;
 use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
 use crate::error::CriError;
@@ -84,9 +85,7 @@ impl Streaming {
 /// The flags common to Exec and Attach, checked as kubelet does.
 pub fn check_stdio(stdin: bool, stdout: bool, stderr: bool, tty: bool) -> Result<(), CriError> {
     if !stdin && !stdout && !stderr {
-        return Err(CriError::InvalidArgument(
-            "one of stdin, stdout or stderr must be set".into(),
-        ));
+        return Err(CriError::InvalidArgument("one of stdin, stdout or stderr must be set".into()));
     }
     if tty && stderr {
         return Err(CriError::InvalidArgument(
@@ -122,12 +121,24 @@ pub enum Outcome {
     Failed(String),
 }
 
+/// A byte stream to a TCP port inside a pod (port forwarding): reads are what the pod's
+/// server sent, writes go to it, shutting down the write side is the client's FIN.
+pub trait PortStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> PortStream for T {}
+
 /// What runs the processes of streaming sessions (the daemon: through the pod's agent).
 /// Dropping the future of a call (the client went away) must stop what it started.
 #[tonic::async_trait]
 pub trait Backend: Send + Sync + 'static {
     async fn exec(&self, req: cri::ExecRequest, io: Stdio) -> Outcome;
     async fn attach(&self, req: cri::AttachRequest, io: Stdio) -> Outcome;
+    /// A new connection to `localhost:<port>` in the pod's network namespace; the error is a
+    /// message for the client's error stream (e.g. connection refused, pod not running).
+    async fn port_forward(
+        &self,
+        pod_sandbox_id: &str,
+        port: u16,
+    ) -> Result<Box<dyn PortStream>, String>;
 }
 
 #[cfg(test)]

@@ -174,9 +174,8 @@ mod tests {
         let rest = url.strip_prefix("http://").unwrap();
         let (addr, path) = rest.split_once('/').unwrap();
         let mut tcp = TcpStream::connect(addr).await.unwrap();
-        let req = format!(
-            "POST /{path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\n{headers}\r\n"
-        );
+        let req =
+            format!("POST /{path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\n{headers}\r\n");
         tcp.write_all(req.as_bytes()).await.unwrap();
         let mut got = Vec::new();
         let mut b = [0u8; 4096];
@@ -235,17 +234,15 @@ mod tests {
         let (head, _, _) = request(&format!("{root}/attach/{token}"), SPDY).await;
         assert!(head.starts_with("HTTP/1.1 400"), "{head}");
         // No common protocol.
-        let url = streaming
-            .url_for(StreamRequest::Exec(exec(&["cat"], true, false, false)))
-            .unwrap();
+        let url =
+            streaming.url_for(StreamRequest::Exec(exec(&["cat"], true, false, false))).unwrap();
         let old = "Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: v1\r\n";
         let (head, _, _) = request(&url, old).await;
         assert!(head.starts_with("HTTP/1.1 403"), "{head}");
         assert!(head.to_ascii_lowercase().contains("x-accepted-stream-protocol-versions"));
         // No upgrade at all.
-        let url = streaming
-            .url_for(StreamRequest::Exec(exec(&["cat"], true, false, false)))
-            .unwrap();
+        let url =
+            streaming.url_for(StreamRequest::Exec(exec(&["cat"], true, false, false))).unwrap();
         let (head, _, _) = request(&url, "").await;
         assert!(head.starts_with("HTTP/1.1 400"), "{head}");
     }

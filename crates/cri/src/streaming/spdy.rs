@@ -41,18 +41,52 @@ pub type Headers = Vec<(String, String)>;
 /// One SPDY frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
-    SynStream { stream_id: u32, associated_to: u32, priority: u8, flags: u8, headers: Headers },
-    SynReply { stream_id: u32, flags: u8, headers: Headers },
-    RstStream { stream_id: u32, status: u32 },
+    SynStream {
+        stream_id: u32,
+        associated_to: u32,
+        priority: u8,
+        flags: u8,
+        headers: Headers,
+    },
+    SynReply {
+        stream_id: u32,
+        flags: u8,
+        headers: Headers,
+    },
+    RstStream {
+        stream_id: u32,
+        status: u32,
+    },
     /// `(flags, id, value)` entries.
-    Settings { flags: u8, entries: Vec<(u8, u32, u32)> },
-    Ping { id: u32 },
-    GoAway { last_good_stream_id: u32, status: u32 },
-    Headers { stream_id: u32, flags: u8, headers: Headers },
-    WindowUpdate { stream_id: u32, delta: u32 },
-    Data { stream_id: u32, flags: u8, data: Vec<u8> },
+    Settings {
+        flags: u8,
+        entries: Vec<(u8, u32, u32)>,
+    },
+    Ping {
+        id: u32,
+    },
+    GoAway {
+        last_good_stream_id: u32,
+        status: u32,
+    },
+    Headers {
+        stream_id: u32,
+        flags: u8,
+        headers: Headers,
+    },
+    WindowUpdate {
+        stream_id: u32,
+        delta: u32,
+    },
+    Data {
+        stream_id: u32,
+        flags: u8,
+        data: Vec<u8>,
+    },
     /// A control frame of a type this side does not know (SPDY says: ignore it).
-    Unknown { frame_type: u16 },
+    Unknown {
+        frame_type: u16,
+    },
 }
 
 impl Frame {
@@ -337,7 +371,9 @@ impl Encoder {
                 control(out, TYPE_SETTINGS, *flags);
                 out.extend_from_slice(&(entries.len() as u32).to_be_bytes());
                 for (f, id, value) in entries {
-                    out.extend_from_slice(&(((*f as u32) << 24) | (id & 0x00ff_ffff)).to_be_bytes());
+                    out.extend_from_slice(
+                        &(((*f as u32) << 24) | (id & 0x00ff_ffff)).to_be_bytes(),
+                    );
                     out.extend_from_slice(&value.to_be_bytes());
                 }
             }
@@ -539,7 +575,13 @@ fn tmp_dump_for_go() {
     for f in [
         Frame::SynReply { stream_id: 1, flags: 0, headers: vec![] },
         Frame::SynReply { stream_id: 3, flags: 0, headers: vec![("a".into(), "b".into())] },
-        Frame::SynStream { stream_id: 2, associated_to: 0, priority: 0, flags: 0, headers: vec![("streamtype".into(), "data".into())] },
+        Frame::SynStream {
+            stream_id: 2,
+            associated_to: 0,
+            priority: 0,
+            flags: 0,
+            headers: vec![("streamtype".into(), "data".into())],
+        },
         Frame::Data { stream_id: 5, flags: 0, data: b"hi".to_vec() },
         Frame::Data { stream_id: 5, flags: FLAG_FIN, data: vec![] },
         Frame::Ping { id: 1 },

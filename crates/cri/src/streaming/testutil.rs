@@ -9,7 +9,7 @@ use k8s_cri::v1 as cri;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::spdy::{Decoder, Encoder, Frame, FLAG_FIN};
-use super::{Backend, Outcome, Stdio};
+use super::{Backend, Outcome, PortStream, Stdio};
 
 /// Commands: `cat` (stdin to stdout), `exit N` (writes "out"/"err", exits N), `hang` (never
 /// ends; counts its drops), `resize` (writes the first size it gets as "WxH").
@@ -78,6 +78,20 @@ impl Backend for FakeBackend {
     async fn attach(&self, _req: cri::AttachRequest, io: Stdio) -> Outcome {
         self.run(&["cat".to_string()], io).await
     }
+    /// Port 7 echoes what it gets (until the client's FIN, then closes); any other port is
+    /// refused.
+    async fn port_forward(&self, _pod: &str, port: u16) -> Result<Box<dyn PortStream>, String> {
+        if port != 7 {
+            return Err(format!("connection refused: nothing listens on port {port}"));
+        }
+        let (ours, theirs) = tokio::io::duplex(64 << 10);
+        tokio::spawn(async move {
+            let (mut r, mut w) = tokio::io::split(theirs);
+            let _ = tokio::io::copy(&mut r, &mut w).await;
+            let _ = w.shutdown().await;
+        });
+        Ok(Box::new(ours))
+    }
 }
 
 pub fn exec(cmd: &[&str], stdin: bool, stderr: bool, tty: bool) -> cri::ExecRequest {
@@ -112,8 +126,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SpdyClient<S> {
 
     pub async fn open(&mut self, id: u32, kind: &str) {
         let headers = vec![("streamtype".to_string(), kind.to_string())];
-        self.send(Frame::SynStream { stream_id: id, associated_to: 0, priority: 0, flags: 0, headers })
-            .await;
+        self.send(Frame::SynStream {
+            stream_id: id,
+            associated_to: 0,
+            priority: 0,
+            flags: 0,
+            headers,
+        })
+        .await;
     }
 
     pub async fn data(&mut self, id: u32, data: &[u8], fin: bool) {

@@ -55,12 +55,14 @@ async fn non_zero_exit_is_reported_with_its_code() {
 #[tokio::test]
 async fn v3_and_v2_report_errors_as_text() {
     for p in [Protocol::V3, Protocol::V2] {
-        let (mut c, _task) = start(p, exec(&["exit", "3"], false, false, false), Default::default());
+        let (mut c, _task) =
+            start(p, exec(&["exit", "3"], false, false, false), Default::default());
         c.open(1, "error").await;
         c.open(3, "stdout").await;
         let t = c.until_status(1).await;
         assert_eq!(t.text(1), "command terminated with non-zero exit code: exit status 3");
-        let (mut c, _task) = start(p, exec(&["exit", "0"], false, false, false), Default::default());
+        let (mut c, _task) =
+            start(p, exec(&["exit", "0"], false, false, false), Default::default());
         c.open(1, "error").await;
         c.open(3, "stdout").await;
         assert_eq!(c.until_status(1).await.text(1), "");
@@ -69,7 +71,8 @@ async fn v3_and_v2_report_errors_as_text() {
 
 #[tokio::test]
 async fn a_failure_to_run_is_an_internal_error() {
-    let (mut c, _task) = start(Protocol::V4, exec(&["nope"], false, false, false), Default::default());
+    let (mut c, _task) =
+        start(Protocol::V4, exec(&["nope"], false, false, false), Default::default());
     c.open(1, "error").await;
     c.open(3, "stdout").await;
     let s = json(&c.until_status(1).await.text(1));
@@ -79,7 +82,8 @@ async fn a_failure_to_run_is_an_internal_error() {
 
 #[tokio::test]
 async fn tty_sessions_get_resize_events() {
-    let (mut c, _task) = start(Protocol::V4, exec(&["resize"], false, false, true), Default::default());
+    let (mut c, _task) =
+        start(Protocol::V4, exec(&["resize"], false, false, true), Default::default());
     c.open(1, "error").await;
     c.open(3, "stdout").await;
     c.open(5, "resize").await;
@@ -109,7 +113,8 @@ async fn a_client_that_disconnects_stops_the_process() {
 
 #[tokio::test]
 async fn unknown_or_repeated_streams_are_reset() {
-    let (mut c, _task) = start(Protocol::V4, exec(&["exit", "0"], false, false, false), Default::default());
+    let (mut c, _task) =
+        start(Protocol::V4, exec(&["exit", "0"], false, false, false), Default::default());
     c.open(1, "error").await;
     c.open(3, "bogus").await;
     c.open(5, "error").await;
