@@ -7,6 +7,7 @@ pub mod console;
 pub mod container;
 pub mod mounts;
 pub mod network;
+pub mod portforward;
 pub mod power;
 pub mod reaper;
 pub mod serve;

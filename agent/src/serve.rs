@@ -139,10 +139,16 @@ pub async fn serve(
                 ServeError::Bind { what: format!("vsock port {port}"), source }
             })?;
             tracing::info!(port, "serving the agent API on vsock");
+            let forward = crate::portforward::spawn_vsock_listener(service.containers.clone())
+                .map_err(|source| ServeError::Bind {
+                    what: format!("vsock port {}", carapace_agent_client::PORT_FORWARD_VSOCK_PORT),
+                    source,
+                })?;
             let (incoming, task) = spawn_accept_loop(listener);
             print_ready();
             let r = run_server(incoming, service, shutdown).await;
             task.abort();
+            forward.abort();
             r?;
         }
         Listen::Unix(path) => {

@@ -419,6 +419,56 @@ pub async fn pull_image(images: &mut ImageServiceClient<Channel>, image: &str) -
     Ok(())
 }
 
+/// CreateContainer of `cfg` in `pod`; the container's ID.
+pub async fn create_container(
+    c: &mut RuntimeServiceClient<Channel>,
+    pod: &str,
+    pod_cfg: &cri::PodSandboxConfig,
+    cfg: cri::ContainerConfig,
+) -> std::result::Result<String, carapace_cri::tonic::Status> {
+    Ok(c.create_container(cri::CreateContainerRequest {
+        pod_sandbox_id: pod.into(),
+        config: Some(cfg),
+        sandbox_config: Some(pod_cfg.clone()),
+    })
+    .await?
+    .into_inner()
+    .container_id)
+}
+
+/// ContainerStatus of `id`.
+pub async fn container_status(
+    c: &mut RuntimeServiceClient<Channel>,
+    id: &str,
+) -> Result<cri::ContainerStatus> {
+    c.container_status(cri::ContainerStatusRequest { container_id: id.into(), verbose: false })
+        .await?
+        .into_inner()
+        .status
+        .context("no status")
+}
+
+/// Polls ContainerStatus until `id` is in `state` (2 min at most).
+pub async fn wait_container_state(
+    c: &mut RuntimeServiceClient<Channel>,
+    id: &str,
+    state: i32,
+) -> Result<cri::ContainerStatus> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let s = container_status(c, id).await?;
+        if s.state == state {
+            return Ok(s);
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "container {id} stayed in state {} (want {state})",
+            s.state
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

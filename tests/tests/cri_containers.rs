@@ -12,8 +12,9 @@ use carapace_cri::k8s_cri::v1 as cri;
 use carapace_cri::k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use carapace_cri::tonic;
 use carapace_tests::cri::{
-    container_config, e2e_dns, pod_config as base_pod_config, pull_image, run_pod, runtime,
-    with_log, Daemon, DaemonOptions,
+    container_config, container_status as status, create_container as create, e2e_dns,
+    pod_config as base_pod_config, pull_image, run_pod, runtime,
+    wait_container_state as wait_state, with_log, Daemon, DaemonOptions,
 };
 use carapace_tests::registry::Registry;
 use tonic::transport::Channel;
@@ -57,50 +58,6 @@ fn container(name: &str, image: &str, command: &[&str]) -> cri::ContainerConfig 
     cfg.envs = vec![cri::KeyValue { key: "GREETING".into(), value: "hi there".into() }];
     cfg.labels = [("role".to_string(), name.to_string())].into();
     cfg
-}
-
-async fn create(
-    c: &mut RuntimeServiceClient<Channel>,
-    pod: &str,
-    pod_cfg: &cri::PodSandboxConfig,
-    cfg: cri::ContainerConfig,
-) -> std::result::Result<String, tonic::Status> {
-    Ok(c.create_container(cri::CreateContainerRequest {
-        pod_sandbox_id: pod.into(),
-        config: Some(cfg),
-        sandbox_config: Some(pod_cfg.clone()),
-    })
-    .await?
-    .into_inner()
-    .container_id)
-}
-
-async fn status(c: &mut RuntimeServiceClient<Channel>, id: &str) -> Result<cri::ContainerStatus> {
-    c.container_status(cri::ContainerStatusRequest { container_id: id.into(), verbose: false })
-        .await?
-        .into_inner()
-        .status
-        .context("no status")
-}
-
-async fn wait_state(
-    c: &mut RuntimeServiceClient<Channel>,
-    id: &str,
-    state: i32,
-) -> Result<cri::ContainerStatus> {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let s = status(c, id).await?;
-        if s.state == state {
-            return Ok(s);
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "container {id} stayed in state {} (want {state})",
-            s.state
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 /// Waits until the file has a line containing all of `parts`; returns the file.

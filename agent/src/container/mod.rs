@@ -282,6 +282,13 @@ impl Containers {
         Ok(net)
     }
 
+    /// The pod's network namespace file once a container or ConfigureNetwork made it (port
+    /// forwarding connects there); `None` before: the pod's processes, if any, share the
+    /// agent's.
+    pub fn existing_pod_net_ns(&self) -> Option<PathBuf> {
+        lock(&self.inner.pod).as_ref().map(|st| st.ns.net.clone())
+    }
+
     /// Holds ConfigureNetwork's lock; the flag says whether one succeeded.
     pub async fn network_lock(&self) -> tokio::sync::MutexGuard<'_, bool> {
         self.inner.network_done.lock().await

@@ -26,7 +26,8 @@ pub use handshake::HandshakeError;
 
 pub use carapace_guest_contract::{
     namespaced_sysctl, valid_sysctl_value, AGENT_VSOCK_PORT, ALL_CAPABILITIES,
-    DEFAULT_CAPABILITIES, GUEST_SHARED_DIR, MAX_SYSCTL_VALUE, SHARED_FS_TAG,
+    DEFAULT_CAPABILITIES, GUEST_SHARED_DIR, MAX_SYSCTL_VALUE, PORT_FORWARD_MAX_LINE,
+    PORT_FORWARD_VSOCK_PORT, SHARED_FS_TAG,
 };
 
 /// The API version string the agent reports in `HealthResponse.api_version`.

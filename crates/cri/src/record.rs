@@ -177,6 +177,9 @@ pub struct ProcessSpec {
     pub additional_gids: Vec<u32>,
     pub tty: bool,
     pub stdin: bool,
+    /// CRI `stdin_once`: the first attacher's end of stdin closes the container's.
+    #[serde(default)]
+    pub stdin_once: bool,
 }
 
 /// One mount of a container.

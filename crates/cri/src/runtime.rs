@@ -12,8 +12,8 @@ use tokio::sync::broadcast;
 
 use crate::cni::CniManager;
 use crate::config::Config;
-use crate::containers::stream::StreamTarget;
-use crate::containers::{ContainerTable, Pods};
+use crate::containers::running::RunningContainer;
+use crate::containers::{ContainerTable, OutputEvent, Pods};
 use crate::error::CriError;
 use crate::filters::{ContainerFilter, SandboxFilter};
 use crate::record::{SandboxPhase, SandboxRecord};
@@ -248,8 +248,21 @@ impl Runtime {
     }
 
     /// The running container a streaming session works on.
-    pub fn stream_target(&self, id: &str) -> Result<StreamTarget, CriError> {
-        self.containers.stream_target(&self.sandboxes, id)
+    pub fn running_container(&self, id: &str, what: &str) -> Result<RunningContainer, CriError> {
+        self.containers.running(&self.sandboxes, id, what)
+    }
+
+    /// Attach: the running container and its output from now on.
+    pub fn subscribe_output(
+        &self,
+        id: &str,
+    ) -> Result<(RunningContainer, broadcast::Receiver<OutputEvent>), CriError> {
+        self.containers.subscribe_output(&self.sandboxes, id)
+    }
+
+    /// The record of the sandbox `id` names.
+    pub fn sandbox_record(&self, id: &str) -> Result<SandboxRecord, CriError> {
+        self.sandboxes.record(id)
     }
 
     /// Exec: checks the request and returns the URL the client streams it through.
@@ -258,14 +271,21 @@ impl Runtime {
             return Err(CriError::InvalidArgument("Exec: cmd must not be empty".into()));
         }
         check_stdio(req.stdin, req.stdout, req.stderr, req.tty)?;
-        req.container_id = self.stream_target(&req.container_id)?.container_id;
+        req.container_id = self.running_container(&req.container_id, "exec")?.container_id;
         self.stream_url(StreamRequest::Exec(req))
     }
 
     /// Attach: checks the request and returns the URL the client streams it through.
     pub fn attach_url(&self, mut req: cri::AttachRequest) -> Result<String, CriError> {
         check_stdio(req.stdin, req.stdout, req.stderr, req.tty)?;
-        req.container_id = self.stream_target(&req.container_id)?.container_id;
+        let rc = self.running_container(&req.container_id, "attach")?;
+        if req.stdin && !rc.process.stdin {
+            return Err(CriError::FailedPrecondition(format!(
+                "container {} was not created with stdin: attach without stdin (no -i)",
+                rc.container_id
+            )));
+        }
+        req.container_id = rc.container_id;
         self.stream_url(StreamRequest::Attach(req))
     }
 

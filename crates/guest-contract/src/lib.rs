@@ -11,6 +11,15 @@
 /// The guest vsock port the agent listens on.
 pub const AGENT_VSOCK_PORT: u32 = 1024;
 
+/// The guest vsock port of the agent's port forwarding: one vsock connection per forwarded TCP
+/// connection. The host writes `PORT <n>\n`; the agent connects to `localhost:<n>` in the pod's
+/// network namespace and answers `OK\n` (then the connection carries the TCP stream's bytes
+/// both ways) or `ERR <reason>\n` (then closes).
+pub const PORT_FORWARD_VSOCK_PORT: u32 = 1025;
+
+/// The longest request or answer line of the port forwarding handshake, newline included.
+pub const PORT_FORWARD_MAX_LINE: usize = 256;
+
 /// virtio-fs tag of the pod's shared directory (the VMM's `--shared-dir`), which the agent
 /// mounts at [`GUEST_SHARED_DIR`].
 pub const SHARED_FS_TAG: &str = "carapace";

@@ -123,6 +123,8 @@ pub struct ContainerSpec {
     pub working_dir: String,
     pub tty: bool,
     pub stdin: bool,
+    /// Close the container's stdin when the first attacher that wrote to it detaches.
+    pub stdin_once: bool,
     pub resources: Option<cri::LinuxContainerResources>,
     /// The security context the user is resolved from (with the image's USER and the
     /// rootfs's accounts once they exist).
@@ -152,12 +154,6 @@ impl ContainerSpec {
                 "devices are not supported by carapace (the pod runs in a VM without host devices)"
                     .into(),
             ));
-        }
-        if config.stdin {
-            tracing::info!(
-                name = %name.name,
-                "stdin is kept open for attach, which carapace does not serve yet",
-            );
         }
         let volumes = config
             .mounts
@@ -199,6 +195,7 @@ impl ContainerSpec {
             working_dir: config.working_dir,
             tty: config.tty,
             stdin: config.stdin,
+            stdin_once: config.stdin_once,
             resources: linux.resources,
             readonly_rootfs: sc.as_ref().is_some_and(|s| s.readonly_rootfs),
             pid_mode: ns.map_or(pb::NamespaceMode::Pod as i32, |n| convert::pid_mode(n.pid)),
@@ -416,6 +413,7 @@ impl ContainerTable {
             additional_gids: user.additional_gids,
             tty: spec.tty,
             stdin: spec.stdin,
+            stdin_once: spec.stdin_once,
         };
         let mut mounts = Vec::new();
         for m in &rec.mounts {

@@ -10,7 +10,6 @@ use super::agent::{agent_of, call};
 use super::monitor::OUTPUT_DRAIN;
 use super::{ContainerTable, Pods};
 use crate::error::CriError;
-use crate::record::ContainerPhase;
 
 /// The most of each of stdout and stderr ExecSync returns (kubelet's limit is 16 MiB).
 pub const MAX_EXEC_OUTPUT: usize = 16 << 20;
@@ -28,36 +27,13 @@ impl ContainerTable {
         if cmd.is_empty() {
             return Err(CriError::InvalidArgument("ExecSync: cmd must not be empty".into()));
         }
-        let (c, sb) = self.with_pod(pods, id)?;
-        let rec = c.rec().clone();
-        if rec.phase != ContainerPhase::Running {
-            return Err(CriError::FailedPrecondition(format!(
-                "container {} is not running: exec needs a running container",
-                rec.id
-            )));
-        }
-        let agent = agent_of(&sb).await?;
-        let p = &rec.process;
-        let req = pb::ExecProcessRequest {
-            container_id: rec.id.clone(),
-            exec_id: String::new(),
-            process: Some(pb::Process {
-                args: cmd.clone(),
-                env: p.env.clone(),
-                cwd: p.cwd.clone(),
-                user: Some(pb::User {
-                    uid: p.uid,
-                    gid: p.gid,
-                    additional_gids: p.additional_gids.clone(),
-                }),
-                tty: false,
-                stdin: false,
-            }),
-        };
+        let rc = self.running(pods, id, "exec")?;
+        let agent = agent_of(&rc.sandbox).await?;
+        let req = rc.exec_request(cmd.clone(), false, false);
+        let cid = &rc.container_id;
         let exec_id = call("agent ExecProcess", agent.grpc().exec_process(req)).await?.exec_id;
         let mut g = agent.grpc();
-        let read_req =
-            pb::ReadStdioRequest { container_id: rec.id.clone(), exec_id: exec_id.clone() };
+        let read_req = pb::ReadStdioRequest { container_id: cid.clone(), exec_id: exec_id.clone() };
         let reader = tokio::spawn(async move {
             let mut out = (Vec::new(), Vec::new());
             let Ok(s) = g.read_stdio(read_req).await else { return out };
@@ -75,7 +51,7 @@ impl ContainerTable {
         });
         let mut g = agent.grpc();
         let wait = g.wait_process(pb::WaitProcessRequest {
-            container_id: rec.id.clone(),
+            container_id: cid.clone(),
             exec_id: exec_id.clone(),
         });
         let waited = if timeout_s > 0 {
@@ -85,7 +61,7 @@ impl ContainerTable {
                     reader.abort();
                     let mut g = agent.grpc();
                     let kill = pb::SignalProcessRequest {
-                        container_id: rec.id.clone(),
+                        container_id: cid.clone(),
                         exec_id,
                         signal: libc::SIGKILL,
                         all: false,
@@ -93,7 +69,7 @@ impl ContainerTable {
                     let _ = call("agent SignalProcess", g.signal_process(kill)).await;
                     return Err(CriError::DeadlineExceeded(format!(
                         "command {cmd:?} in container {} timed out after {timeout_s}s",
-                        rec.id
+                        cid
                     )));
                 }
             }

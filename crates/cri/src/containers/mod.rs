@@ -4,7 +4,7 @@
 //! * this file: [`ContainerTable`] (records in memory and on disk, names, events);
 //! * [`create`]: CreateContainer (parse the request once, then build files and the agent call);
 //! * [`lifecycle`]: start, stop, remove, update resources, reopen the log;
-//! * [`exec`]: ExecSync; [`stream`]: the container a streaming session works on;
+//! * [`exec`]: ExecSync; [`running`]: a running container as exec and streaming use it;
 //!   [`stats`]: ContainerStats; [`monitor`]: output into the CRI log and
 //!   the exit of a running container;
 //! * [`convert`]: record → CRI messages and agent replies → records; [`security`]: the CRI
@@ -22,10 +22,10 @@ pub mod create;
 pub mod exec;
 pub mod lifecycle;
 pub mod monitor;
+pub mod running;
 pub mod seccomp;
 pub mod security;
 pub mod stats;
-pub mod stream;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -59,6 +59,20 @@ pub struct Container {
     /// The open log file while output is forwarded (ReopenContainerLog swaps it).
     log: Mutex<Option<LogWriter>>,
     monitor: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The output of the running container as the monitor forwards it, for attachers.
+    output: broadcast::Sender<OutputEvent>,
+}
+
+/// Output chunks an attacher may lag behind by before it is cut off.
+pub const ATTACH_BACKLOG: usize = 1024;
+
+/// What attachers of a container get from its monitor.
+#[derive(Debug, Clone)]
+pub enum OutputEvent {
+    /// A chunk of stdout or stderr, as it went into the CRI log.
+    Chunk { stderr: bool, data: Arc<[u8]> },
+    /// The container exited and its output ended.
+    End,
 }
 
 impl Container {
@@ -68,6 +82,7 @@ impl Container {
             rec: Mutex::new(rec),
             log: Mutex::new(None),
             monitor: Mutex::new(None),
+            output: broadcast::channel(ATTACH_BACKLOG).0,
         })
     }
 

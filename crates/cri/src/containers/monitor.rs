@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use carapace_agent_client::{pb, AgentClient};
 
-use super::{agent, convert, Container, ContainerTable};
+use super::{agent, convert, Container, ContainerTable, OutputEvent};
 use crate::crilog::{LogWriter, Stream};
 use crate::procfs;
 use crate::record::SandboxRecord;
@@ -121,6 +121,8 @@ impl ContainerTable {
             }
         }
         *lock(&c.log) = None;
+        // No receivers (nobody attached) is fine.
+        let _ = c.output.send(OutputEvent::End);
     }
 }
 
@@ -151,6 +153,10 @@ async fn forward_output(c: &Container, agent: &AgentClient, id: &str) {
                     if let Err(err) = w.write(now_nanos(), stream_kind, &chunk.data) {
                         tracing::warn!(%id, error = %err, "cannot write the container log");
                     }
+                }
+                if c.output.receiver_count() > 0 {
+                    let stderr = stream_kind == Stream::Stderr;
+                    let _ = c.output.send(OutputEvent::Chunk { stderr, data: chunk.data.into() });
                 }
             }
             Ok(None) => return,

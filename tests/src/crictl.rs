@@ -1,0 +1,87 @@
+//! The real CRI client, crictl (`../shared/bin/crictl`, or `$CRICTL`), pointed at a test
+//! daemon's socket, for the streaming tests and benchmarks.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use anyhow::{ensure, Context, Result};
+
+use crate::repo_root;
+
+/// The streaming transports crictl speaks (`--transport`).
+pub const TRANSPORTS: [&str; 2] = ["spdy", "websocket"];
+
+/// crictl for one daemon.
+#[derive(Debug, Clone)]
+pub struct Crictl {
+    pub bin: PathBuf,
+    pub endpoint: String,
+}
+
+impl Crictl {
+    /// crictl talking to the daemon listening on `socket`.
+    pub fn new(socket: &Path) -> Result<Crictl> {
+        let bin = std::env::var_os("CRICTL")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo_root().join("../shared/bin/crictl"));
+        ensure!(bin.is_file(), "crictl not found at {} (set CRICTL)", bin.display());
+        Ok(Crictl { bin, endpoint: format!("unix://{}", socket.display()) })
+    }
+
+    /// `crictl <global options> <sub> <args>` with stdio null/piped/piped.
+    pub fn command(&self, sub: &str, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.args(["--runtime-endpoint", &self.endpoint, "--timeout", "60", sub])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c
+    }
+
+    /// The command line as a shell would take it (for `script`, `tmux`, `sh -c` pipelines).
+    pub fn shell_line(&self, sub: &str, args: &[&str]) -> String {
+        let mut words = vec![self.bin.display().to_string()];
+        words.extend(["--runtime-endpoint".into(), self.endpoint.clone()]);
+        words.push(sub.into());
+        words.extend(args.iter().map(|a| a.to_string()));
+        words.iter().map(|w| shell_quote(w)).collect::<Vec<_>>().join(" ")
+    }
+
+    /// Runs `crictl <sub> <args>` to its end.
+    pub fn run(&self, sub: &str, args: &[&str]) -> Result<Output> {
+        self.command(sub, args).output().with_context(|| format!("run {}", self.bin.display()))
+    }
+}
+
+/// `s` single-quoted for sh.
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// stdout and stderr of an output, for messages.
+pub fn describe(o: &Output) -> String {
+    format!(
+        "{} | stdout: {:?} | stderr: {:?}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shell_quoting_survives_quotes() {
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!("printf %s {}", shell_quote("x'y z")))
+            .output()
+            .unwrap();
+        assert_eq!(out.stdout, b"x'y z");
+    }
+}
