@@ -11,6 +11,9 @@ use crate::repo_root;
 /// The streaming transports crictl speaks (`--transport`).
 pub const TRANSPORTS: [&str; 2] = ["spdy", "websocket"];
 
+/// crictl's `--timeout` (reaching the daemon).
+const CONNECT_TIMEOUT: &str = "60s";
+
 /// crictl for one daemon.
 #[derive(Debug, Clone)]
 pub struct Crictl {
@@ -31,7 +34,7 @@ impl Crictl {
     /// `crictl <global options> <sub> <args>` with stdio null/piped/piped.
     pub fn command(&self, sub: &str, args: &[&str]) -> Command {
         let mut c = Command::new(&self.bin);
-        c.args(["--runtime-endpoint", &self.endpoint, "--timeout", "60", sub])
+        c.args(["--runtime-endpoint", &self.endpoint, "--timeout", CONNECT_TIMEOUT, sub])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -43,6 +46,7 @@ impl Crictl {
     pub fn shell_line(&self, sub: &str, args: &[&str]) -> String {
         let mut words = vec![self.bin.display().to_string()];
         words.extend(["--runtime-endpoint".into(), self.endpoint.clone()]);
+        words.extend(["--timeout".into(), CONNECT_TIMEOUT.into()]);
         words.push(sub.into());
         words.extend(args.iter().map(|a| a.to_string()));
         words.iter().map(|w| shell_quote(w)).collect::<Vec<_>>().join(" ")

@@ -91,6 +91,21 @@ async fn exec_sync(c: &mut RuntimeServiceClient<Channel>, id: &str, sh: &str) ->
     Ok(String::from_utf8_lossy(&r.stdout).into_owned())
 }
 
+/// A deterministic stream of `bytes` bytes that busybox makes quickly in the guest (numbers,
+/// one per line: random data from the emulated guest's /dev/urandom is far too slow).
+fn seq_command(bytes: usize) -> String {
+    format!("seq 1 20000000 | head -c {bytes}")
+}
+
+/// The sha256 of [`seq_command`]'s output, made on the host.
+fn seq_sha256(bytes: usize) -> Result<String> {
+    let line = format!("{} | sha256sum", seq_command(bytes));
+    let o = Command::new("bash").arg("-c").arg(&line).output()?;
+    // head closing the pipe early makes seq fail with SIGPIPE: only sha256sum's output counts.
+    ensure!(!o.stdout.is_empty(), "{line}: {}", describe(&o));
+    Ok(first_word(&String::from_utf8_lossy(&o.stdout)))
+}
+
 /// The first word of `sha256sum` output.
 fn first_word(s: &str) -> String {
     s.split_whitespace().next().unwrap_or("").to_string()
@@ -248,14 +263,8 @@ fn exec_through_crictl_over_spdy_and_websocket() {
             .url;
         let asked = Instant::now();
 
-        let want = first_word(
-            &exec_sync(
-                &mut c,
-                &cid,
-                &format!("head -c {} /dev/urandom > /tmp/big && sha256sum /tmp/big", BIG_MIB << 20),
-            )
-            .await?,
-        );
+        let want = seq_sha256(BIG_MIB << 20)?;
+        let big = seq_command(BIG_MIB << 20);
         for tr in TRANSPORTS {
             let ctx = |what: &str| format!("{what} over {tr}");
             // Piped stdin comes back; EOF ends cat.
@@ -272,7 +281,7 @@ fn exec_through_crictl_over_spdy_and_websocket() {
                 describe(&o)
             );
             // 100 MiB of stdout, intact.
-            let got = piped_sha256(&k, "exec", &["--transport", tr, &cid, "cat", "/tmp/big"])
+            let got = piped_sha256(&k, "exec", &["--transport", tr, &cid, "sh", "-c", &big])
                 .with_context(|| ctx("100 MiB"))?;
             ensure!(got == want, "{}: sha256 {got} != {want}", ctx("100 MiB"));
             // Exit codes and a command that does not exist.
@@ -408,10 +417,20 @@ fn attach_and_port_forward_through_crictl_over_spdy_and_websocket() {
     let r = runtime().block_on(async {
         let mut c = s.d.client().await?;
         let echo: &[&str] = &["sh", "-c", "echo ready; while read l; do echo \"got $l\"; done"];
-        let httpd: &[&str] = &["sh", "-c", "mkdir -p /www && echo index-page > /www/index.html && exec /bin/busybox httpd -f -p 127.0.0.1:8080 -h /www"];
-        let (pod, ids) =
-            pod_with(&s, &mut c, "attach", &[("echo", echo, true, false), ("web", httpd, false, false)])
-                .await?;
+        // The pages live on the container's tmpfs (/dev/shm): quick to write in the guest.
+        let httpd: &[&str] = &[
+            "sh",
+            "-c",
+            "mkdir -p /dev/shm/www && echo index-page > /dev/shm/www/index.html && \
+             exec /bin/busybox httpd -f -p 127.0.0.1:8080 -h /dev/shm/www",
+        ];
+        let (pod, ids) = pod_with(
+            &s,
+            &mut c,
+            "attach",
+            &[("echo", echo, true, false), ("web", httpd, false, false)],
+        )
+        .await?;
         let (echo_id, web_id) = (ids[0].clone(), ids[1].clone());
         let k = Crictl::new(s.d.socket())?;
         let log = s.d.logs_dir("attach").join("echo/0.log");
@@ -459,14 +478,10 @@ fn attach_and_port_forward_through_crictl_over_spdy_and_websocket() {
 
             // Port forward to the pod's localhost-only HTTP server.
             if n == 0 {
-                exec_sync(
-                    &mut c,
-                    &web_id,
-                    &format!("head -c {} /dev/urandom > /www/big", DOWNLOAD_MIB << 20),
-                )
-                .await?;
+                let make = format!("{} > /dev/shm/www/big", seq_command(DOWNLOAD_MIB << 20));
+                exec_sync(&mut c, &web_id, &make).await?;
             }
-            let want = first_word(&exec_sync(&mut c, &web_id, "sha256sum /www/big").await?);
+            let want = seq_sha256(DOWNLOAD_MIB << 20)?;
             let port = 18090 + n as u16;
             let mut pf = Reap(
                 k.command("port-forward", &["--transport", tr, &pod, &format!("{port}:8080")])
@@ -478,7 +493,12 @@ fn attach_and_port_forward_through_crictl_over_spdy_and_websocket() {
                 .collect();
             for g in gets {
                 let body = g.await?.with_context(|| ctx("concurrent GET"))?;
-                ensure!(body == b"index-page\n", "{}: {:?}", ctx("GET"), String::from_utf8_lossy(&body));
+                ensure!(
+                    body == b"index-page\n",
+                    "{}: {:?}",
+                    ctx("GET"),
+                    String::from_utf8_lossy(&body)
+                );
             }
             let big = tokio::task::spawn_blocking(move || http_get(port, "/big")).await??;
             let o = Command::new("sha256sum")
