@@ -15,11 +15,11 @@ BIN := $(CARGO_TARGET_DIR)/release
 AGENT := $(CARGO_TARGET_DIR)/$(HOST_TRIPLE)/release/carapace-agent
 CARGO := cargo
 
-.PHONY: run test lint deps build agent guest-image test-unit test-testhost test-vm test-e2e critest critest-busybox bench-boot bench-pull bench-container bench-cri bench-vsock clean-guest
+.PHONY: run test lint deps build agent guest-image test-unit test-testhost test-vm test-e2e critest critest-busybox bench-boot bench-pull bench-container bench-cri bench-exec bench-vsock clean-guest
 
 DEB_PACKAGES := qemu-system-x86 linux-source-6.1 bison flex bc libelf-dev libssl-dev busybox-static cpio \
 	protobuf-compiler xz-utils kmod jq file libseccomp-dev docker-registry apache2-utils zstd curl skopeo runc containerd \
-	gcc libc6-dev containernetworking-plugins iptables
+	gcc libc6-dev containernetworking-plugins iptables tmux
 
 
 deps: ## Debian packages the build and the tests need (idempotent)
@@ -128,6 +128,13 @@ bench-container: build guest-image
 
 # The CRI lifecycle of N pods (BENCH_N, default 10) through `carapace serve`, per step, with a
 # local docker-registry serving the test images.
+# crictl exec round trip and exec stdout throughput, carapace against containerd + runc.
+bench-exec: build guest-image
+	$(CARGO) build --release --locked -p carapace-tests --bin bench-exec
+	export CARAPACE_BIN=$(BIN)/carapace CARAPACE_GUEST_DIR=$(GUEST_DIR); \
+	if $(BIN)/carapace check >/dev/null 2>&1; then $(BIN)/bench-exec; else \
+	  tests/testhost/run --smp 1 --timeout 3000 -- env CARAPACE_VMM_KICK_MS=100 $${BENCH_N:+BENCH_N=$$BENCH_N} $${BENCH_MIB:+BENCH_MIB=$$BENCH_MIB} $(BIN)/bench-exec; fi
+
 bench-cri: build guest-image
 	$(CARGO) build --release --locked -p carapace-tests --bin bench-cri
 	export CARAPACE_BIN=$(BIN)/carapace CARAPACE_GUEST_DIR=$(GUEST_DIR); \
