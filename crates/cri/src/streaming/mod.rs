@@ -7,12 +7,15 @@
 //! itself runs through the pod's agent ([`backend`]).
 
 pub mod backend;
+pub mod portforward;
 pub mod remotecommand;
 pub mod server;
 pub mod spdy;
+pub mod spdyio;
 #[cfg(test)]
 mod testutil;
 pub mod token;
+pub mod websocket;
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;

@@ -1,22 +1,27 @@
 //! The streaming server's HTTP/1.1 side (hyper): `/<kind>/<token>` consumes the token and
-//! upgrades the connection to the protocol the client asks for (`Upgrade: SPDY/3.1` with
-//! `X-Stream-Protocol-Version`; WebSocket with `Sec-WebSocket-Protocol`). An unknown, used or
-//! expired token is 404, a token of another kind 400 (as kubelet).
+//! upgrades the connection to the protocol the client asks for: `Upgrade: SPDY/3.1` with
+//! `X-Stream-Protocol-Version` (remote command v4/v3/v2, port forward `portforward.k8s.io`), or
+//! `Upgrade: websocket` with `Sec-WebSocket-Protocol` (remote command v5/v4/older channel
+//! protocols, port forward as client-go's SPDY-over-WebSocket tunnel). An unknown, used or
+//! expired token is 404, a token of another kind 400 (as kubelet); no common protocol 403.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
+use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use super::remotecommand::{self, negotiate, Protocol, Session};
+use super::remotecommand::{self, negotiate, Protocol, Session, WsProtocol};
 use super::token::TakeError;
-use super::{Backend, StreamRequest, Streaming};
+use super::websocket::{self, WsBytes};
+use super::{portforward, Backend, StreamRequest, Streaming};
 
 /// The remote command protocols served over SPDY, newest first.
 pub const SPDY_PROTOCOLS: &[Protocol] = &[Protocol::V4, Protocol::V3, Protocol::V2];
@@ -24,6 +29,7 @@ pub const SPDY_PROTOCOLS: &[Protocol] = &[Protocol::V4, Protocol::V3, Protocol::
 pub const STREAM_PROTOCOL_HEADER: &str = "x-stream-protocol-version";
 
 type Body = Full<Bytes>;
+type Io = TokioIo<Upgraded>;
 
 /// Accepts connections until `stop` turns true; sessions under way go on.
 pub async fn serve(
@@ -95,58 +101,178 @@ pub fn handle(
     let session = match request {
         StreamRequest::Exec(r) => Session::Exec(r),
         StreamRequest::Attach(r) => Session::Attach(r),
-        StreamRequest::PortForward(_) => {
-            return plain(StatusCode::NOT_IMPLEMENTED, "port forwarding is not implemented yet")
-        }
+        StreamRequest::PortForward(r) => return port_forward(&mut req, r.pod_sandbox_id, backend),
     };
-    let upgrade = req
-        .headers()
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    match upgrade.as_str() {
-        "spdy/3.1" => spdy_upgrade(&mut req, session, backend),
-        _ => plain(
-            StatusCode::BAD_REQUEST,
-            "this endpoint streams over an upgraded connection: Upgrade: SPDY/3.1",
-        ),
+    if websocket::is_websocket(req.headers()) {
+        return remote_command_ws(&mut req, session, backend);
     }
+    if !is_spdy(&req) {
+        return plain(
+            StatusCode::BAD_REQUEST,
+            "this endpoint streams over an upgraded connection: Upgrade: SPDY/3.1 or websocket",
+        );
+    }
+    let offered = req.headers().get_all(STREAM_PROTOCOL_HEADER);
+    let Some(protocol) = negotiate(offered.iter().filter_map(|v| v.to_str().ok()), SPDY_PROTOCOLS)
+    else {
+        let names: Vec<&str> = SPDY_PROTOCOLS.iter().map(|p| p.name()).collect();
+        return no_spdy_protocol(&names);
+    };
+    upgrade(&mut req, move |io| remotecommand::serve_spdy(io, protocol, session, backend));
+    spdy_switch(protocol.name())
 }
 
-fn spdy_upgrade(
+fn is_spdy(req: &Request<Incoming>) -> bool {
+    let upgrade = req.headers().get(header::UPGRADE).and_then(|v| v.to_str().ok());
+    upgrade.is_some_and(|u| u.trim().eq_ignore_ascii_case("spdy/3.1"))
+}
+
+fn port_forward(
+    req: &mut Request<Incoming>,
+    pod: String,
+    backend: Arc<dyn Backend>,
+) -> Response<Body> {
+    if websocket::is_websocket(req.headers()) {
+        let accept = match ws_accept(req) {
+            Ok(a) => a,
+            Err(r) => return r,
+        };
+        let offered = websocket::offered_protocols(req.headers());
+        if !offered.iter().any(|p| p == portforward::TUNNEL_PROTOCOL) {
+            return plain(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "no supported WebSocket sub-protocol offered (supported: {})",
+                    portforward::TUNNEL_PROTOCOL
+                ),
+            );
+        }
+        upgrade(req, move |io| async move {
+            let ws = WsBytes::new(websocket::server_stream(io).await);
+            portforward::serve_spdy(ws, pod, backend).await
+        });
+        return ws_switch(&accept, Some(portforward::TUNNEL_PROTOCOL));
+    }
+    if !is_spdy(req) {
+        return plain(
+            StatusCode::BAD_REQUEST,
+            "port forwarding is over an upgraded connection: Upgrade: SPDY/3.1 or websocket",
+        );
+    }
+    let offered = req.headers().get_all(STREAM_PROTOCOL_HEADER);
+    let ok = offered
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim() == portforward::PROTOCOL);
+    if !ok {
+        return no_spdy_protocol(&[portforward::PROTOCOL]);
+    }
+    upgrade(req, move |io| portforward::serve_spdy(io, pod, backend));
+    spdy_switch(portforward::PROTOCOL)
+}
+
+fn remote_command_ws(
     req: &mut Request<Incoming>,
     session: Session,
     backend: Arc<dyn Backend>,
 ) -> Response<Body> {
-    let offered = req.headers().get_all(STREAM_PROTOCOL_HEADER);
-    let Some(protocol) = negotiate(offered.iter().filter_map(|v| v.to_str().ok()), SPDY_PROTOCOLS)
-    else {
-        let accepted: Vec<&str> = SPDY_PROTOCOLS.iter().map(|p| p.name()).collect();
-        let mut r = plain(
-            StatusCode::FORBIDDEN,
-            format!("no supported stream protocol offered (supported: {})", accepted.join(", ")),
-        );
-        if let Ok(v) = HeaderValue::from_str(&accepted.join(", ")) {
-            r.headers_mut().insert("x-accepted-stream-protocol-versions", v);
-        }
-        return r;
+    let accept = match ws_accept(req) {
+        Ok(a) => a,
+        Err(r) => return r,
     };
+    let offered = websocket::offered_protocols(req.headers());
+    // A client offering nothing gets the plain channel protocol (as kubelet).
+    let (protocol, answer) = if offered.is_empty() {
+        (WsProtocol::V1, None)
+    } else {
+        match WsProtocol::negotiate(offered.iter().map(String::as_str)) {
+            Some(p) => (p, Some(p.name())),
+            None => {
+                let names: Vec<&str> = WsProtocol::ALL.iter().map(|p| p.name()).collect();
+                return plain(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "no supported WebSocket sub-protocol offered (supported: {})",
+                        names.join(", ")
+                    ),
+                );
+            }
+        }
+    };
+    upgrade(req, move |io| async move {
+        let ws = websocket::server_stream(io).await;
+        remotecommand::serve_ws(ws, protocol, session, backend).await
+    });
+    ws_switch(&accept, answer)
+}
+
+/// Checks a WebSocket handshake: the accept key, or the answer refusing it.
+fn ws_accept(req: &Request<Incoming>) -> Result<String, Response<Body>> {
+    if req.method() != Method::GET {
+        return Err(plain(StatusCode::BAD_REQUEST, "a WebSocket handshake is a GET request"));
+    }
+    websocket::accept_key(req.headers()).map_err(|e| {
+        let mut r = plain(StatusCode::BAD_REQUEST, e.to_string());
+        if matches!(e, websocket::HandshakeError::Version(_)) {
+            *r.status_mut() = StatusCode::UPGRADE_REQUIRED;
+            r.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        }
+        r
+    })
+}
+
+fn no_spdy_protocol(supported: &[&str]) -> Response<Body> {
+    let mut r = plain(
+        StatusCode::FORBIDDEN,
+        format!("no supported stream protocol offered (supported: {})", supported.join(", ")),
+    );
+    if let Ok(v) = HeaderValue::from_str(&supported.join(", ")) {
+        r.headers_mut().insert("x-accepted-stream-protocol-versions", v);
+    }
+    r
+}
+
+/// Runs `serve` on the connection once hyper hands it over (after the 101 is sent).
+fn upgrade<F, Fut>(req: &mut Request<Incoming>, serve: F)
+where
+    F: FnOnce(Io) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let on_upgrade = hyper::upgrade::on(req);
     tokio::spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => {
-                remotecommand::serve_spdy(TokioIo::new(upgraded), protocol, session, backend).await
-            }
+            Ok(upgraded) => serve(TokioIo::new(upgraded)).await,
             Err(e) => tracing::warn!(error = %e, "streaming upgrade failed"),
         }
     });
+}
+
+fn switching(upgrade: &'static str) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::new()));
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = r.headers_mut();
     h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    h.insert(header::UPGRADE, HeaderValue::from_static("SPDY/3.1"));
-    h.insert(STREAM_PROTOCOL_HEADER, HeaderValue::from_static(protocol.name()));
+    h.insert(header::UPGRADE, HeaderValue::from_static(upgrade));
+    r
+}
+
+fn spdy_switch(protocol: &'static str) -> Response<Body> {
+    let mut r = switching("SPDY/3.1");
+    r.headers_mut().insert(STREAM_PROTOCOL_HEADER, HeaderValue::from_static(protocol));
+    r
+}
+
+fn ws_switch(accept: &str, protocol: Option<&'static str>) -> Response<Body> {
+    let mut r = switching("websocket");
+    let h = r.headers_mut();
+    // The key is base64: always a valid header value.
+    if let Ok(v) = HeaderValue::from_str(accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    if let Some(p) = protocol {
+        h.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p));
+    }
     r
 }
 
@@ -155,9 +281,14 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
 
+    use k8s_cri::v1 as cri;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
     use super::*;
+    use crate::streaming::remotecommand::over_ws::{ERROR, STDOUT};
     use crate::streaming::spdy::Frame;
-    use crate::streaming::testutil::{exec, FakeBackend, SpdyClient};
+    use crate::streaming::testutil::{exec, FakeBackend, SpdyClient, WsClient};
 
     async fn server() -> (Arc<Streaming>, watch::Sender<bool>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -171,11 +302,16 @@ mod tests {
     /// Sends a request with `headers` to `url`; the status line and headers of the answer, the
     /// connection, and the bytes read past the headers.
     async fn request(url: &str, headers: &str) -> (String, TcpStream, Vec<u8>) {
+        request_with("POST", url, headers).await
+    }
+
+    async fn request_with(method: &str, url: &str, headers: &str) -> (String, TcpStream, Vec<u8>) {
         let rest = url.strip_prefix("http://").unwrap();
         let (addr, path) = rest.split_once('/').unwrap();
         let mut tcp = TcpStream::connect(addr).await.unwrap();
-        let req =
-            format!("POST /{path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\n{headers}\r\n");
+        let req = format!(
+            "{method} /{path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\n{headers}\r\n"
+        );
         tcp.write_all(req.as_bytes()).await.unwrap();
         let mut got = Vec::new();
         let mut b = [0u8; 4096];
@@ -245,5 +381,130 @@ mod tests {
             streaming.url_for(StreamRequest::Exec(exec(&["cat"], true, false, false))).unwrap();
         let (head, _, _) = request(&url, "").await;
         assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    }
+
+    /// A WebSocket handshake as client-go's (gorilla) makes it: GET, the sub-protocols in one
+    /// comma-separated header.
+    async fn ws(url: &str, protocols: &str) -> (WsClient<TcpStream>, Option<String>) {
+        let addr = url.strip_prefix("http://").unwrap().split_once('/').unwrap().0;
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let mut req = url.replace("http://", "ws://").into_client_request().unwrap();
+        req.headers_mut().insert("Sec-WebSocket-Protocol", protocols.parse().unwrap());
+        let (ws, resp) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
+        let p = resp.headers().get("sec-websocket-protocol").map(|v| v.to_str().unwrap().into());
+        (WsClient { ws }, p)
+    }
+
+    fn pf(streaming: &Streaming) -> String {
+        let req = cri::PortForwardRequest { pod_sandbox_id: "p1".into(), port: vec![] };
+        streaming.url_for(StreamRequest::PortForward(req)).unwrap()
+    }
+
+    /// One echo through port 7 on a port-forward connection.
+    async fn echo_through<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+        c: &mut SpdyClient<S>,
+    ) {
+        let h = |t: &'static str| [("streamtype", t), ("port", "7"), ("requestid", "0")];
+        c.open_with(1, &h("error")).await;
+        c.open_with(3, &h("data")).await;
+        c.data(3, b"through", true).await;
+        let t = c.until_status(1).await;
+        assert_eq!(t.replies, [1, 3]);
+        assert_eq!(t.text(3), "through");
+        assert_eq!(t.text(1), "");
+    }
+
+    #[tokio::test]
+    async fn exec_over_websocket_then_the_url_is_gone() {
+        let (streaming, _stop) = server().await;
+        let url = streaming
+            .url_for(StreamRequest::Exec(exec(&["exit", "7"], false, false, false)))
+            .unwrap();
+        // What crictl --transport websocket offers.
+        let (mut c, protocol) = ws(&url, "v5.channel.k8s.io").await;
+        assert_eq!(protocol.as_deref(), Some("v5.channel.k8s.io"));
+        let t = c.until_close().await;
+        assert_eq!(t.text(STDOUT), "out");
+        assert!(t.text(ERROR).contains("NonZeroExitCode"), "{}", t.text(ERROR));
+        assert_eq!(t.close.unwrap().code, CloseCode::Normal);
+        let (head, _, _) = request_with("GET", &url, WS_HEADERS).await;
+        assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+
+        // Older clients get v4.
+        let url = streaming
+            .url_for(StreamRequest::Exec(exec(&["exit", "0"], false, false, false)))
+            .unwrap();
+        let (mut c, protocol) = ws(&url, "v4.channel.k8s.io, channel.k8s.io").await;
+        assert_eq!(protocol.as_deref(), Some("v4.channel.k8s.io"));
+        assert!(c.until_close().await.text(ERROR).contains("Success"));
+    }
+
+    const WS_HEADERS: &str = "Connection: Upgrade\r\nUpgrade: websocket\r\n\
+        Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+
+    #[tokio::test]
+    async fn bad_websocket_handshakes_are_refused() {
+        let (streaming, _stop) = server().await;
+        let url =
+            || streaming.url_for(StreamRequest::Exec(exec(&["cat"], true, false, false))).unwrap();
+        let cases = [
+            ("GET", "Sec-WebSocket-Protocol: v9.channel.k8s.io\r\n", "403"),
+            ("POST", "Sec-WebSocket-Protocol: v5.channel.k8s.io\r\n", "400"),
+        ];
+        for (method, extra, status) in cases {
+            let (head, _, _) = request_with(method, &url(), &format!("{WS_HEADERS}{extra}")).await;
+            assert!(head.starts_with(&format!("HTTP/1.1 {status}")), "{head}");
+        }
+        let old = "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 8\r\n\
+            Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+        let (head, _, _) = request_with("GET", &url(), old).await;
+        assert!(head.starts_with("HTTP/1.1 426"), "{head}");
+        assert!(head.to_ascii_lowercase().contains("sec-websocket-version: 13"), "{head}");
+        let nokey = "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n";
+        let (head, _, _) = request_with("GET", &url(), nokey).await;
+        assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+        // The accept key answers the client's.
+        let (head, _, _) = request_with(
+            "GET",
+            &url(),
+            &format!("{WS_HEADERS}Sec-WebSocket-Protocol: v5.channel.k8s.io\r\n"),
+        )
+        .await;
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
+    }
+
+    #[tokio::test]
+    async fn port_forward_over_spdy() {
+        let (streaming, _stop) = server().await;
+        let spdy = "Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\n\
+            X-Stream-Protocol-Version: portforward.k8s.io\r\n";
+        let (head, tcp, rest) = request(&pf(&streaming), spdy).await;
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        assert!(head
+            .to_ascii_lowercase()
+            .contains("x-stream-protocol-version: portforward.k8s.io"));
+        echo_through(&mut SpdyClient::new(tcp, rest)).await;
+        // A remote command protocol is not port forwarding.
+        let (head, _, _) = request(&pf(&streaming), SPDY).await;
+        assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    }
+
+    #[tokio::test]
+    async fn port_forward_tunneled_over_websocket() {
+        let (streaming, _stop) = server().await;
+        // What crictl port-forward --transport websocket offers (client-go's tunneling dialer).
+        let (c, protocol) = ws(&pf(&streaming), "SPDY/3.1+portforward.k8s.io").await;
+        assert_eq!(protocol.as_deref(), Some("SPDY/3.1+portforward.k8s.io"));
+        let mut spdy = SpdyClient::new(WsBytes::new(c.ws), Vec::new());
+        echo_through(&mut spdy).await;
+        // The client's GOAWAY ends the session: the server closes.
+        spdy.send(Frame::GoAway { last_good_stream_id: 3, status: 0 }).await;
+        assert_eq!(spdy.recv().await, None);
+
+        let extra = "Sec-WebSocket-Protocol: v4.channel.k8s.io\r\n";
+        let (head, _, _) =
+            request_with("GET", &pf(&streaming), &format!("{WS_HEADERS}{extra}")).await;
+        assert!(head.starts_with("HTTP/1.1 403"), "{head}");
     }
 }

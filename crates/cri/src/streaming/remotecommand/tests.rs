@@ -1,6 +1,10 @@
+//! Remote command over SPDY, against frames as client-go sends them.
+
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use super::*;
+use crate::streaming::spdy::Frame;
 use crate::streaming::testutil::{exec, FakeBackend, SpdyClient};
 
 fn start(
