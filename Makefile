@@ -15,7 +15,7 @@ BIN := $(CARGO_TARGET_DIR)/release
 AGENT := $(CARGO_TARGET_DIR)/$(HOST_TRIPLE)/release/carapace-agent
 CARGO := cargo
 
-.PHONY: run test lint deps build agent guest-image test-unit test-testhost test-vm test-e2e critest critest-busybox bench-boot bench-pull bench-container bench-cri bench-exec bench-vsock clean-guest
+.PHONY: run test lint deps build agent guest-image test-unit test-testhost test-vm test-e2e critest critest-busybox bench-boot bench-pull bench-container bench-cri bench-exec bench-vsock bench-net clean-guest
 
 DEB_PACKAGES := qemu-system-x86 linux-source-6.1 bison flex bc libelf-dev libssl-dev busybox-static cpio \
 	protobuf-compiler xz-utils kmod jq file libseccomp-dev docker-registry apache2-utils zstd curl skopeo runc containerd \
@@ -148,6 +148,19 @@ bench-vsock: build guest-image
 	export CARAPACE_BIN=$(BIN)/carapace CARAPACE_GUEST_DIR=$(GUEST_DIR); \
 	if $(BIN)/carapace check >/dev/null 2>&1; then $(BIN)/bench-vsock; else \
 	  tests/testhost/run --smp 1 --timeout 600 -- env CARAPACE_VMM_KICK_MS=100 $${BENCH_VSOCK_MIB:+BENCH_VSOCK_MIB=$$BENCH_VSOCK_MIB} $(BIN)/bench-vsock; fi
+
+# TCP throughput (BENCH_NET_MIB MiB, default 64, BENCH_NET_RUNS runs, default 5) and 1-byte
+# request/response latency (BENCH_NET_RR round trips, default 1000) from the host to a server in a
+# carapace pod and in a containerd + runc pod on the same CNI conflist (bridge + host-local +
+# portmap + loopback, Debian's plugins), in one run; last line
+# `net: carapace <X> Mbit/s, runc <Y> Mbit/s, ratio <X/Y>; rr carapace <A> us, runc <B> us, ratio <A/B>`.
+bench-net: build guest-image
+	$(CARGO) build --release --locked -p carapace-tests --bin bench-net
+	export CARAPACE_BIN=$(BIN)/carapace CARAPACE_GUEST_DIR=$(GUEST_DIR); \
+	bench=(env $${BENCH_NET_MIB:+BENCH_NET_MIB=$$BENCH_NET_MIB} $${BENCH_NET_RUNS:+BENCH_NET_RUNS=$$BENCH_NET_RUNS} \
+	  $${BENCH_NET_RR:+BENCH_NET_RR=$$BENCH_NET_RR} $(BIN)/bench-net); \
+	if $(BIN)/carapace check >/dev/null 2>&1; then "$${bench[@]}"; else \
+	  tests/testhost/run --smp 1 --timeout 3000 -- env CARAPACE_VMM_KICK_MS=100 "$${bench[@]}"; fi
 
 # Pulls one image from a local registry with carapace's puller and with `skopeo copy` (no VM needed).
 bench-pull: deps

@@ -407,6 +407,62 @@ pub fn container_config(name: &str, image: &str, command: &[&str]) -> cri::Conta
     }
 }
 
+/// The network status (pod IP, additional IPs) PodSandboxStatus reports for pod `id`.
+pub async fn pod_network(
+    c: &mut RuntimeServiceClient<Channel>,
+    id: &str,
+) -> Result<cri::PodSandboxNetworkStatus> {
+    c.pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: id.into(), verbose: false })
+        .await
+        .context("PodSandboxStatus")?
+        .into_inner()
+        .status
+        .and_then(|s| s.network)
+        .context("no network status")
+}
+
+/// Creates and starts a container named `name` running `command` from `image` in pod `pod`
+/// (whose config is `pod_cfg`); waits up to a minute until it runs and returns its ID.
+pub async fn start_container(
+    c: &mut RuntimeServiceClient<Channel>,
+    pod: &str,
+    pod_cfg: &cri::PodSandboxConfig,
+    name: &str,
+    image: &str,
+    command: &[&str],
+) -> Result<String> {
+    let id = c
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.into(),
+            config: Some(container_config(name, image, command)),
+            sandbox_config: Some(pod_cfg.clone()),
+        })
+        .await
+        .with_context(|| format!("CreateContainer {name}"))?
+        .into_inner()
+        .container_id;
+    c.start_container(cri::StartContainerRequest { container_id: id.clone() })
+        .await
+        .with_context(|| format!("StartContainer {name}"))?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let st = c
+            .container_status(cri::ContainerStatusRequest {
+                container_id: id.clone(),
+                verbose: false,
+            })
+            .await?
+            .into_inner()
+            .status
+            .context("no container status")?;
+        if st.state == cri::ContainerState::ContainerRunning as i32 {
+            return Ok(id);
+        }
+        ensure!(Instant::now() < deadline, "container {name} not running: {st:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Pulls `image` through an ImageService.
 pub async fn pull_image(images: &mut ImageServiceClient<Channel>, image: &str) -> Result<()> {
     images

@@ -1,10 +1,14 @@
 //! Shared helpers for carapace's end-to-end tests and benchmarks: find the built binaries and the
 //! guest image, start a `carapace vmm` process in a private directory, and clean up after it.
 //! [`cri`] drives the CRI daemon, [`registry`] runs a local registry with the test images, [`vm`]
-//! boots a VM with a shared directory, [`crictl`] runs the real CRI client against a daemon.
+//! boots a VM with a shared directory, [`net`] sets up and counts pod networking (CNI),
+//! [`containerd`] runs the containerd + runc peer of the benchmarks, [`crictl`] runs the real
+//! CRI client against a daemon.
 
+pub mod containerd;
 pub mod cri;
 pub mod crictl;
+pub mod net;
 pub mod registry;
 pub mod vm;
 

@@ -8,7 +8,6 @@
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -16,16 +15,15 @@ use carapace_cri::k8s_cri::v1 as cri;
 use carapace_cri::k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use carapace_cri::tonic;
 use carapace_tests::cri::{
-    container_config, e2e_dns, pod_config, pull_image, run_pod, run_pod_request, runtime, with_log,
-    CniDirs, Daemon, DaemonOptions,
+    e2e_dns, pod_config, pod_network, pull_image, run_pod, run_pod_request, runtime,
+    start_container, with_log, Daemon, DaemonOptions,
 };
+use carapace_tests::net::{iptables_nat, links, CniEnv, PORTMAP_AND_LOOPBACK};
 use carapace_tests::registry::Registry;
 use tonic::transport::Channel;
 
 /// Set (to a config path) when this binary is re-executed to be the daemon.
 const DAEMON_ENV: &str = "CARAPACE_CRI_NETWORK_E2E_DAEMON";
-const DEBIAN_PLUGINS: &str = "/usr/lib/cni";
-const RUNNING: i32 = cri::ContainerState::ContainerRunning as i32;
 
 /// Not a test: the daemon process of the tests below (runs only when DAEMON_ENV is set).
 #[test]
@@ -34,108 +32,7 @@ fn daemon_process() {
     carapace_tests::cri::daemon_process(DAEMON_ENV);
 }
 
-/// The CNI side of one test: conf dir, an extra plugin dir, the netns dir, host-local's data.
-struct Net {
-    dir: tempfile::TempDir,
-}
-
-impl Net {
-    fn new() -> Result<Net> {
-        let dir = tempfile::Builder::new().prefix("cnie").tempdir_in("/tmp")?;
-        for d in ["net.d", "bin", "netns", "ipam"] {
-            std::fs::create_dir_all(dir.path().join(d))?;
-        }
-        Ok(Net { dir })
-    }
-
-    fn dirs(&self) -> CniDirs {
-        CniDirs {
-            conf_dir: self.dir.path().join("net.d"),
-            bin_dirs: vec![self.dir.path().join("bin"), DEBIAN_PLUGINS.into()],
-            netns_dir: self.dir.path().join("netns"),
-        }
-    }
-
-    fn ipam_dir(&self) -> PathBuf {
-        self.dir.path().join("ipam")
-    }
-
-    /// Writes the network `name` on `bridge`: the host-local ranges (one per family), then
-    /// `extra` plugins after bridge (JSON objects, each with a leading comma).
-    fn write_conflist(&self, name: &str, bridge: &str, ranges: &[&str], extra: &str) -> Result<()> {
-        let ranges: Vec<String> =
-            ranges.iter().map(|r| format!(r#"[{{"subnet":"{r}"}}]"#)).collect();
-        let routes = if ranges.len() > 1 {
-            r#"[{"dst":"0.0.0.0/0"},{"dst":"::/0"}]"#
-        } else {
-            r#"[{"dst":"0.0.0.0/0"}]"#
-        };
-        let text = format!(
-            r#"{{"cniVersion":"1.0.0","name":"{name}","plugins":[
-              {{"type":"bridge","bridge":"{bridge}","isGateway":true,"ipMasq":false,
-                "ipam":{{"type":"host-local","ranges":[{ranges}],"routes":{routes},
-                         "dataDir":"{ipam}"}}}}{extra}]}}"#,
-            ranges = ranges.join(","),
-            ipam = self.ipam_dir().display()
-        );
-        std::fs::write(self.dir.path().join("net.d/10-e2e.conflist"), text)?;
-        Ok(())
-    }
-
-    /// A plugin in the test's bin dir that fails every ADD with a CNI error (DEL succeeds).
-    fn write_failing_plugin(&self, name: &str, msg: &str) -> Result<()> {
-        use std::os::unix::fs::PermissionsExt;
-        let path = self.dir.path().join("bin").join(name);
-        let body = format!(
-            "#!/bin/sh\ncat >/dev/null\n[ \"$CNI_COMMAND\" = ADD ] || exit 0\n\
-             echo '{{\"cniVersion\":\"1.0.0\",\"code\":11,\"msg\":\"{msg}\"}}'\nexit 1\n"
-        );
-        std::fs::write(&path, body)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
-        Ok(())
-    }
-
-    /// host-local's allocation files of network `name` (one per IP, named by it).
-    fn allocations(&self, name: &str) -> Vec<String> {
-        let Ok(rd) = std::fs::read_dir(self.ipam_dir().join(name)) else { return Vec::new() };
-        let mut v: Vec<String> = rd
-            .flatten()
-            .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
-            .collect();
-        v.sort();
-        v
-    }
-
-    fn netns_files(&self) -> Vec<String> {
-        let Ok(rd) = std::fs::read_dir(self.dir.path().join("netns")) else { return Vec::new() };
-        rd.flatten().filter_map(|e| e.file_name().into_string().ok()).collect()
-    }
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        // A failed test's netns bind mounts must go before the temp dir can.
-        for n in self.netns_files() {
-            let p = self.dir.path().join("netns").join(n);
-            let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else { continue };
-            // SAFETY: umount2 of a path this test made, with a valid C string.
-            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-        }
-    }
-}
-
-/// The host's links whose names start with `prefix` (veths the bridge plugin made: "veth").
-fn links(prefix: &str) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir("/sys/class/net")
-        .map(|r| r.flatten().filter_map(|e| e.file_name().into_string().ok()).collect())
-        .unwrap_or_default();
-    v.retain(|n| n.starts_with(prefix));
-    v.sort();
-    v
-}
-
-fn start_daemon(reg: Option<&Registry>, net: &Net, prefix: &'static str) -> Result<Daemon> {
+fn start_daemon(reg: Option<&Registry>, net: &CniEnv, prefix: &'static str) -> Result<Daemon> {
     Daemon::start(DaemonOptions {
         dir_prefix: prefix,
         insecure_registry: reg.map(|r| r.addr.clone()),
@@ -156,59 +53,6 @@ fn pod_cfg(d: &Daemon, name: &str) -> cri::PodSandboxConfig {
     let mut cfg = pod_config("e2e", name, 0, &d.logs_dir(name));
     cfg.dns_config = Some(e2e_dns());
     cfg
-}
-
-async fn pod_network(
-    c: &mut RuntimeServiceClient<Channel>,
-    id: &str,
-) -> Result<cri::PodSandboxNetworkStatus> {
-    c.pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: id.into(), verbose: false })
-        .await?
-        .into_inner()
-        .status
-        .and_then(|s| s.network)
-        .context("no network status")
-}
-
-/// Creates and starts a container running `command` in `pod`; waits until it runs.
-async fn start_container(
-    c: &mut RuntimeServiceClient<Channel>,
-    pod: &str,
-    pod_cfg: &cri::PodSandboxConfig,
-    name: &str,
-    image: &str,
-    command: &[&str],
-) -> Result<String> {
-    let id = c
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.into(),
-            config: Some(container_config(name, image, command)),
-            sandbox_config: Some(pod_cfg.clone()),
-        })
-        .await
-        .with_context(|| format!("CreateContainer {name}"))?
-        .into_inner()
-        .container_id;
-    c.start_container(cri::StartContainerRequest { container_id: id.clone() })
-        .await
-        .with_context(|| format!("StartContainer {name}"))?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let st = c
-            .container_status(cri::ContainerStatusRequest {
-                container_id: id.clone(),
-                verbose: false,
-            })
-            .await?
-            .into_inner()
-            .status
-            .context("no container status")?;
-        if st.state == RUNNING {
-            return Ok(id);
-        }
-        ensure!(Instant::now() < deadline, "container {name} not running: {st:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 /// ExecSync of `cmd` in container `id`: its stdout, failing on a non-zero exit.
@@ -285,14 +129,6 @@ async fn stop_and_remove(c: &mut RuntimeServiceClient<Channel>, id: &str) -> Res
     Ok(())
 }
 
-fn iptables_nat() -> String {
-    std::process::Command::new("iptables-save")
-        .args(["-t", "nat"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default()
-}
-
 const NET_NAME: &str = "e2enet";
 const SUBNET: &str = "10.88.7.0/24";
 const GATEWAY: &str = "10.88.7.1";
@@ -302,7 +138,7 @@ const HOST_PORT: u16 = 18081;
 #[ignore = "needs a KVM that boots Linux guests: run by `make test-e2e`"]
 fn cri_network_two_pods_get_ips_and_talk_over_tcp() {
     let reg = Registry::start("regn", "info").expect("test registry");
-    let net = Net::new().expect("cni dirs");
+    let net = CniEnv::new("cnie").expect("cni dirs");
     let mut d = start_daemon(Some(&reg), &net, "crin").expect("daemon");
     let r = runtime().block_on(async {
         let mut c = d.client().await?;
@@ -310,12 +146,7 @@ fn cri_network_two_pods_get_ips_and_talk_over_tcp() {
         // a restart.
         let cond = network_ready(&mut c).await?;
         ensure!(!cond.status && cond.reason == "NetworkPluginNotReady", "{cond:?}");
-        net.write_conflist(
-            NET_NAME,
-            "cnie2e0",
-            &[SUBNET],
-            r#",{"type":"portmap","capabilities":{"portMappings":true}},{"type":"loopback"}"#,
-        )?;
+        net.write_conflist(NET_NAME, "cnie2e0", &[SUBNET], PORTMAP_AND_LOOPBACK)?;
         let cond = network_ready(&mut c).await?;
         ensure!(cond.status, "NetworkReady after writing a conflist: {cond:?}");
 
@@ -386,7 +217,7 @@ fn cri_network_two_pods_get_ips_and_talk_over_tcp() {
         tcp_read_until(a_addr, "hello-from-a").context("host -> pod A")?;
 
         // hostPort (portmap): the host reaches the container port through a host address.
-        let nat = iptables_nat();
+        let nat = iptables_nat()?;
         ensure!(nat.contains(&HOST_PORT.to_string()), "no portmap rule for {HOST_PORT}:\n{nat}");
         let host_port: SocketAddr = format!("{GATEWAY}:{HOST_PORT}").parse()?;
         tcp_read_until(host_port, "hello-from-a").context("host -> hostPort")?;
@@ -412,7 +243,7 @@ fn cri_network_two_pods_get_ips_and_talk_over_tcp() {
         ensure!(!alloc.contains(&ip_a) && !alloc.contains(&ip_b), "IPs not released: {alloc:?}");
         ensure!(net.netns_files().is_empty(), "netns left: {:?}", net.netns_files());
         ensure!(links("veth").is_empty(), "veths left: {:?}", links("veth"));
-        let nat = iptables_nat();
+        let nat = iptables_nat()?;
         ensure!(!nat.contains(&HOST_PORT.to_string()), "portmap rule left:\n{nat}");
         d.assert_clean()
     });
@@ -422,7 +253,7 @@ fn cri_network_two_pods_get_ips_and_talk_over_tcp() {
 #[test]
 #[ignore = "needs a KVM that boots Linux guests: run by `make test-e2e`"]
 fn cri_network_failed_add_fails_the_pod_and_leaves_nothing() {
-    let net = Net::new().expect("cni dirs");
+    let net = CniEnv::new("cnie").expect("cni dirs");
     let d = start_daemon(None, &net, "crif").expect("daemon");
     let r = runtime().block_on(async {
         let mut c = d.client().await?;
@@ -458,7 +289,7 @@ fn cri_network_failed_add_fails_the_pod_and_leaves_nothing() {
 #[ignore = "needs a KVM that boots Linux guests: run by `make test-e2e`"]
 fn cri_network_dual_stack_pod_gets_both_families() {
     let reg = Registry::start("regd", "info").expect("test registry");
-    let net = Net::new().expect("cni dirs");
+    let net = CniEnv::new("cnie").expect("cni dirs");
     let d = start_daemon(Some(&reg), &net, "crid").expect("daemon");
     let r = runtime().block_on(async {
         let mut c = d.client().await?;

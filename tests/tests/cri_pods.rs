@@ -15,6 +15,7 @@ use carapace_tests::cri::{
     container_config, e2e_dns, pod_config, pull_image, run_pod, run_pod_request, runtime, with_log,
     Daemon, DaemonOptions,
 };
+use carapace_tests::net::{is_per_pod_nat_line, CniEnv, Footprint, PORTMAP_AND_LOOPBACK};
 use carapace_tests::registry::Registry;
 use tonic::transport::Channel;
 
@@ -252,6 +253,27 @@ fn cri_daemon_killed_during_run_pod_sandbox_leaves_no_vmm() {
     with_log(&d, r);
 }
 
+/// The count sees a running pod's network: one netns file, one more bridge port and link (its
+/// veth), its IP allocated, portmap's DNAT chain for the hostPort.
+fn pod_network_is_counted(now: &Footprint, baseline: &Footprint, ip: &str) -> Result<()> {
+    ensure!(now.netns_files.len() == baseline.netns_files.len() + 1, "netns: {now:?}");
+    ensure!(now.bridge_ports.len() == baseline.bridge_ports.len() + 1, "bridge ports: {now:?}");
+    let new_veth = now.links.iter().any(|l| l.starts_with("veth") && !baseline.links.contains(l));
+    ensure!(new_veth, "no new veth: {now:?}");
+    ensure!(now.allocations.iter().any(|a| a == ip), "{ip} not allocated: {now:?}");
+    let dnat = now.nat.iter().any(|l| {
+        is_per_pod_nat_line(l) && l.contains(&CYCLE_HOST_PORT.to_string()) && l.contains("DNAT")
+    });
+    ensure!(dnat, "no DNAT rule for hostPort {CYCLE_HOST_PORT}: {:?}", now.nat);
+    Ok(())
+}
+
+/// The network of the run/remove cycles: its own bridge and subnet (no other test uses them).
+const CYCLE_NET: &str = "e2ecycles";
+const CYCLE_BRIDGE: &str = "cnie2e5";
+const CYCLE_SUBNET: &str = "10.88.5.0/24";
+const CYCLE_HOST_PORT: u16 = 18085;
+
 #[test]
 #[ignore = "needs a KVM that boots Linux guests: run by `make test-e2e`"]
 fn cri_run_remove_cycles_leave_nothing_behind() {
@@ -259,11 +281,20 @@ fn cri_run_remove_cycles_leave_nothing_behind() {
         std::env::var("CARAPACE_E2E_CRI_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
     // Every 5th cycle also runs a container with a host volume, so that the count covers the
     // container's records, its rootfs in the pod's shared dir and the volume's bind mount.
+    // Every pod is networked (bridge + host-local + portmap with a hostPort + loopback, Debian's
+    // plugins): while it runs the count sees its netns, veth, IP and DNAT chain, and after its
+    // removal nothing of them is left beyond what was there before the first pod (the bridge
+    // and portmap's shared chains may stay, as they do under containerd).
     let registry = Registry::start("reg", "warn").expect("registry");
+    let net = CniEnv::new("cnic").expect("cni dirs");
+    net.write_conflist(CYCLE_NET, CYCLE_BRIDGE, &[CYCLE_SUBNET], PORTMAP_AND_LOOPBACK)
+        .expect("conflist");
+    let baseline = net.footprint(CYCLE_NET, CYCLE_BRIDGE).expect("network baseline");
     let d = Daemon::start(DaemonOptions {
         dir_prefix: "cri",
         insecure_registry: Some(registry.addr.clone()),
         fallback_env: Some(DAEMON_ENV),
+        cni: Some(net.dirs()),
         ..Default::default()
     })
     .expect("daemon");
@@ -277,8 +308,19 @@ fn cri_run_remove_cycles_leave_nothing_behind() {
             let started = Instant::now();
             let mut cfg = pod_config("e2e", "cycle", i, &d.logs_dir("cycle"));
             cfg.dns_config = Some(e2e_dns());
+            cfg.port_mappings = vec![cri::PortMapping {
+                protocol: cri::Protocol::Tcp as i32,
+                container_port: 8080,
+                host_port: i32::from(CYCLE_HOST_PORT),
+                host_ip: String::new(),
+            }];
             let id = run_pod(&mut c, &cfg).await.with_context(|| format!("cycle {i}"))?;
-            ensure!(status_of(&mut c, &id).await?.status.context("status")?.state == READY);
+            let st = status_of(&mut c, &id).await?.status.context("status")?;
+            ensure!(st.state == READY);
+            let ip = st.network.map(|n| n.ip).unwrap_or_default();
+            ensure!(ip.starts_with("10.88.5."), "cycle {i}: pod IP {ip:?} not from {CYCLE_SUBNET}");
+            pod_network_is_counted(&net.footprint(CYCLE_NET, CYCLE_BRIDGE)?, &baseline, &ip)
+                .with_context(|| format!("cycle {i}: while the pod runs"))?;
             if i.is_multiple_of(5) {
                 let mut ctr = container_config(
                     "reader",
@@ -308,6 +350,9 @@ fn cri_run_remove_cycles_leave_nothing_behind() {
             c.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id.clone() })
                 .await?;
             d.assert_clean().with_context(|| format!("after cycle {i}"))?;
+            net.footprint(CYCLE_NET, CYCLE_BRIDGE)?
+                .ensure_nothing_beyond(&baseline, CYCLE_BRIDGE)
+                .with_context(|| format!("network after cycle {i}"))?;
             eprintln!("cycle {i}: {:?}", started.elapsed());
         }
         ensure!(

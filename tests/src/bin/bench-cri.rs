@@ -19,18 +19,18 @@
 //! then the carapace/containerd ratio of the median totals; the last line is
 //! `cri lifecycle: median total <X> ms over <N> pods` (carapace).
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
 use carapace_cri::k8s_cri::v1 as cri;
+use carapace_tests::containerd::{push_pause_image, Containerd, ContainerdOptions};
 use carapace_tests::cri::{
     container_config, pod_config as base_pod_config, pull_image, run_pod, use_host_network, Daemon,
     DaemonOptions,
 };
+use carapace_tests::median_ms;
 use carapace_tests::registry::Registry;
-use carapace_tests::{median_ms, repo_root, which};
 
 const STEPS: [&str; 8] = ["runp", "create", "start", "exec", "stop", "rm", "stopp", "rmp"];
 const STOP_TIMEOUT_S: i64 = 10;
@@ -217,109 +217,21 @@ async fn lifecycles(
     Ok(all)
 }
 
-/// A containerd process with a private root/state/socket under /tmp; killed (and its shims and
-/// containers with it, through runc) on drop.
-struct Containerd {
-    dir: tempfile::TempDir,
-    socket: PathBuf,
-    child: Child,
-}
-
-impl Containerd {
-    fn start(registry: &str, sandbox_image: &str) -> Result<Containerd> {
-        let dir = tempfile::Builder::new().prefix("bctd").tempdir_in("/tmp")?;
-        let d = dir.path();
-        let socket = d.join("containerd.sock");
-        for sub in ["cni/bin", "cni/conf"] {
-            std::fs::create_dir_all(d.join(sub))?;
-        }
-        let config = d.join("config.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
-                 [grpc]\n  address = \"{sock}\"\n\
-                 [ttrpc]\n  address = \"{d}/ttrpc.sock\"\n\
-                 [plugins.{cri}]\n  sandbox_image = \"{sandbox_image}\"\n\
-                 \x20 restrict_oom_score_adj = true\n\
-                 [plugins.{cri}.containerd]\n  snapshotter = \"overlayfs\"\n\
-                 \x20 default_runtime_name = \"runc\"\n\
-                 [plugins.{cri}.containerd.runtimes.runc]\n\
-                 \x20 runtime_type = \"io.containerd.runc.v2\"\n\
-                 [plugins.{cri}.cni]\n  bin_dir = \"{d}/cni/bin\"\n  conf_dir = \"{d}/cni/conf\"\n\
-                 [plugins.{cri}.registry.mirrors.\"{registry}\"]\n\
-                 \x20 endpoint = [\"http://{registry}\"]\n",
-                cri = "\"io.containerd.grpc.v1.cri\"",
-                d = d.display(),
-                sock = socket.display(),
-            ),
-        )?;
-        let log = std::fs::File::create(d.join("containerd.log"))?;
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("containerd (Debian package containerd)")?;
-        let mut c = Containerd { dir, socket, child };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while std::os::unix::net::UnixStream::connect(&c.socket).is_err() {
-            if let Some(st) = c.child.try_wait()? {
-                bail!("containerd exited ({st})\n{}", c.log());
-            }
-            if Instant::now() > deadline {
-                bail!("containerd did not listen within 60 s\n{}", c.log());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(c)
-    }
-
-    fn log(&self) -> String {
-        let s = std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default();
-        let start = s.len().saturating_sub(4000);
-        s.get(start..).unwrap_or("").to_string()
-    }
-}
-
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // Shims outlive containerd; every pod was removed already, so only their mounts remain.
-        let _ = Command::new("umount")
-            .arg("-R")
-            .arg(self.dir.path().join("root"))
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
 fn containerd_series(
     rt: &tokio::runtime::Runtime,
     registry: &str,
     n: usize,
 ) -> Result<Vec<[f64; 8]>> {
-    ensure!(
-        which("containerd").is_some(),
-        "containerd is not installed (Debian package containerd)"
-    );
-    let work = tempfile::Builder::new().prefix("bpause").tempdir_in("/tmp")?;
-    let out = Command::new(repo_root().join("tests/images/push-pause.sh"))
-        .arg(registry)
-        .arg(work.path())
-        .output()
-        .context("push the pause image")?;
-    ensure!(out.status.success(), "pushing test/pause: {}", String::from_utf8_lossy(&out.stderr));
-    let pause = format!("{registry}/test/pause:latest");
-    let ctd = Containerd::start(registry, &pause)?;
-    let logs = ctd.dir.path().join("logs");
+    let pause = push_pause_image(registry)?;
+    let ctd = Containerd::start(&ContainerdOptions {
+        registry: registry.into(),
+        sandbox_image: pause.clone(),
+        cni: None,
+    })?;
     let res = rt.block_on(lifecycles(
         "containerd+runc",
-        &ctd.socket,
-        &logs,
+        ctd.socket(),
+        &ctd.logs_root(),
         registry,
         std::slice::from_ref(&pause),
         n,
