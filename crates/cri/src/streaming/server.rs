@@ -135,7 +135,7 @@ fn port_forward(
     if websocket::is_websocket(req.headers()) {
         let accept = match ws_accept(req) {
             Ok(a) => a,
-            Err(r) => return r,
+            Err(r) => return *r,
         };
         let offered = websocket::offered_protocols(req.headers());
         if !offered.iter().any(|p| p == portforward::TUNNEL_PROTOCOL) {
@@ -179,7 +179,7 @@ fn remote_command_ws(
 ) -> Response<Body> {
     let accept = match ws_accept(req) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let offered = websocket::offered_protocols(req.headers());
     // A client offering nothing gets the plain channel protocol (as kubelet).
@@ -208,9 +208,12 @@ fn remote_command_ws(
 }
 
 /// Checks a WebSocket handshake: the accept key, or the answer refusing it.
-fn ws_accept(req: &Request<Incoming>) -> Result<String, Response<Body>> {
+fn ws_accept(req: &Request<Incoming>) -> Result<String, Box<Response<Body>>> {
     if req.method() != Method::GET {
-        return Err(plain(StatusCode::BAD_REQUEST, "a WebSocket handshake is a GET request"));
+        return Err(Box::new(plain(
+            StatusCode::BAD_REQUEST,
+            "a WebSocket handshake is a GET request",
+        )));
     }
     websocket::accept_key(req.headers()).map_err(|e| {
         let mut r = plain(StatusCode::BAD_REQUEST, e.to_string());
@@ -218,7 +221,7 @@ fn ws_accept(req: &Request<Incoming>) -> Result<String, Response<Body>> {
             *r.status_mut() = StatusCode::UPGRADE_REQUIRED;
             r.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
         }
-        r
+        Box::new(r)
     })
 }
 

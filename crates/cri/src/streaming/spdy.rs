@@ -567,28 +567,3 @@ mod tests {
         assert!(matches!(Decoder::new().decode(&mut out), Err(SpdyError::HeaderBlock(_))));
     }
 }
-#[cfg(test)]
-#[test]
-fn tmp_dump_for_go() {
-    let mut e = Encoder::new();
-    let mut out = Vec::new();
-    for f in [
-        Frame::SynReply { stream_id: 1, flags: 0, headers: vec![] },
-        Frame::SynReply { stream_id: 3, flags: 0, headers: vec![("a".into(), "b".into())] },
-        Frame::SynStream {
-            stream_id: 2,
-            associated_to: 0,
-            priority: 0,
-            flags: 0,
-            headers: vec![("streamtype".into(), "data".into())],
-        },
-        Frame::Data { stream_id: 5, flags: 0, data: b"hi".to_vec() },
-        Frame::Data { stream_id: 5, flags: FLAG_FIN, data: vec![] },
-        Frame::Ping { id: 1 },
-        Frame::RstStream { stream_id: 3, status: 1 },
-        Frame::GoAway { last_good_stream_id: 7, status: 0 },
-    ] {
-        e.encode(&f, &mut out).unwrap();
-    }
-    std::fs::write("/tmp/rust-frames.bin", out).unwrap();
-}

@@ -224,10 +224,8 @@ impl ReaderState {
             Frame::RstStream { stream_id, .. } if Some(stream_id) == self.streams.stdin => {
                 self.input.close_stdin();
             }
-            Frame::Ping { id } => {
-                if self.frames.send(Frame::Ping { id }).await.is_err() {
-                    return false;
-                }
+            Frame::Ping { id } if self.frames.send(Frame::Ping { id }).await.is_err() => {
+                return false;
             }
             Frame::GoAway { .. } => return false,
             _ => {}
