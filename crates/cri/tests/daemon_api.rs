@@ -271,12 +271,30 @@ async fn unknown_ids_and_bad_configs_get_the_right_codes() {
     c.stop_container(cri::StopContainerRequest { container_id: unknown.clone(), timeout: 1 })
         .await
         .unwrap();
+    // Streaming: the request is checked, then the container or pod must exist.
     let e = c
         .exec(cri::ExecRequest { container_id: unknown.clone(), ..Default::default() })
         .await
         .unwrap_err();
-    assert_eq!(e.code(), Code::Unimplemented);
-    assert!(e.message().contains("later issue"));
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("cmd"), "{e:?}");
+    let exec = cri::ExecRequest {
+        container_id: unknown.clone(),
+        cmd: vec!["true".into()],
+        stdout: true,
+        ..Default::default()
+    };
+    let e = c.exec(exec).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    let attach =
+        cri::AttachRequest { container_id: unknown.clone(), stdout: true, ..Default::default() };
+    let e = c.attach(attach).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    let e = c
+        .port_forward(cri::PortForwardRequest { pod_sandbox_id: unknown.clone(), port: vec![80] })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
     let list = c.list_containers(cri::ListContainersRequest::default()).await.unwrap().into_inner();
     assert!(list.containers.is_empty());
     env.shutdown().await;
