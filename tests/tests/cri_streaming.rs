@@ -91,6 +91,17 @@ async fn exec_sync(c: &mut RuntimeServiceClient<Channel>, id: &str, sh: &str) ->
     Ok(String::from_utf8_lossy(&r.stdout).into_owned())
 }
 
+/// The streaming URL of an Exec of `true` in `cid` (stdout only).
+async fn exec_url(c: &mut RuntimeServiceClient<Channel>, cid: &str) -> Result<String> {
+    let req = cri::ExecRequest {
+        container_id: cid.into(),
+        cmd: vec!["true".into()],
+        stdout: true,
+        ..Default::default()
+    };
+    Ok(c.exec(req).await?.into_inner().url)
+}
+
 /// A deterministic stream of `bytes` bytes that busybox makes quickly in the guest (numbers,
 /// one per line: random data from the emulated guest's /dev/urandom is far too slow).
 fn seq_command(bytes: usize) -> String {
@@ -251,16 +262,7 @@ fn exec_through_crictl_over_spdy_and_websocket() {
         let cid = ids[0].clone();
         let k = Crictl::new(s.d.socket())?;
         // A URL asked for now and never used must be gone after its minute.
-        let unused = c
-            .exec(cri::ExecRequest {
-                container_id: cid.clone(),
-                cmd: vec!["true".into()],
-                stdout: true,
-                ..Default::default()
-            })
-            .await?
-            .into_inner()
-            .url;
+        let unused = exec_url(&mut c, &cid).await?;
         let asked = Instant::now();
 
         let want = seq_sha256(BIG_MIB << 20)?;
@@ -352,16 +354,7 @@ fn exec_through_crictl_over_spdy_and_websocket() {
         }
 
         // A URL serves once.
-        let url = c
-            .exec(cri::ExecRequest {
-                container_id: cid.clone(),
-                cmd: vec!["true".into()],
-                stdout: true,
-                ..Default::default()
-            })
-            .await?
-            .into_inner()
-            .url;
+        let url = exec_url(&mut c, &cid).await?;
         let first = raw_status(&url, SPDY_UPGRADE)?;
         ensure!(first.contains(" 101 "), "first use of {url}: {first}");
         let again = raw_status(&url, SPDY_UPGRADE)?;
