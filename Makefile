@@ -74,18 +74,13 @@ test-testhost: deps
 	tests/testhost/selftest
 
 # End-to-end tests need a KVM that boots Linux: run them directly where `carapace check` says so,
-# otherwise inside the emulated test host (which also turns on the VMM's vCPU kick, see ENVIRONMENT.md).
-# The test host gets one CPU: with two, its own kernel has frozen in long boot series (text patching
-# while both emulated CPUs were busy, ENVIRONMENT.md).
+# otherwise inside emulated single-CPU test hosts, two at once (lanes, see tests/run-e2e), which
+# also turn on the VMM's vCPU kick (ENVIRONMENT.md).
 test-e2e: build guest-image agent
 	@bins=$$( { $(CARGO) test --release --locked -p carapace-tests --no-run --message-format=json; \
 	  $(CARGO) test --release --locked -p carapace-agent --test container_vm --no-run --message-format=json; } 2>/dev/null \
 	  | jq -r 'select(.profile.test == true and .target.kind == ["test"]) | .executable'); \
-	export CARAPACE_BIN=$(BIN)/carapace CARAPACE_GUEST_DIR=$(GUEST_DIR) CARAPACE_AGENT_BIN=$(AGENT); \
-	if $(BIN)/carapace check >/dev/null 2>&1; then runner=(); else \
-	  echo "test-e2e: this host's KVM cannot boot a Linux guest; running end-to-end tests in the test host"; \
-	  runner=(tests/testhost/run --smp 1 --timeout 1500 -- env CARAPACE_VMM_KICK_MS=100); fi; \
-	for b in $$bins; do echo "== $$(basename $$b)"; "$${runner[@]}" "$$b" --ignored --test-threads=1; done
+	CARAPACE_BIN=$(BIN)/carapace CARAPACE_GUEST_DIR=$(GUEST_DIR) CARAPACE_AGENT_BIN=$(AGENT) tests/run-e2e $$bins
 
 # critest, the CRI validation suite (${CRITEST:-../shared/bin/critest}), against `carapace serve`
 # with a local registry of its images (tests/critest/run): directly where `carapace check` says

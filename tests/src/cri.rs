@@ -65,6 +65,8 @@ pub struct DaemonOptions {
     pub log_level: &'static str,
     /// Pod networking with these dirs; None: `[cni] enabled = false` (pods get loopback only).
     pub cni: Option<CniDirs>,
+    /// More config (whole TOML tables, e.g. `[streaming]`), appended to the generated one.
+    pub extra_config: String,
 }
 
 impl Default for DaemonOptions {
@@ -75,6 +77,7 @@ impl Default for DaemonOptions {
             fallback_env: None,
             log_level: "info",
             cni: None,
+            extra_config: String::new(),
         }
     }
 }
@@ -138,10 +141,9 @@ impl Daemon {
         let d = dir.path();
         let socket = d.join("cri.sock");
         let config = d.join("config.toml");
-        std::fs::write(
-            &config,
-            config_toml(d, &socket, &image, opts.insecure_registry.as_deref(), opts.cni.as_ref()),
-        )?;
+        let base =
+            config_toml(d, &socket, &image, opts.insecure_registry.as_deref(), opts.cni.as_ref());
+        std::fs::write(&config, base + &opts.extra_config)?;
         let mut daemon = Daemon { dir, config, socket, opts, child: None };
         daemon.restart()?;
         Ok(daemon)
@@ -173,7 +175,9 @@ impl Daemon {
                 c
             }
         };
-        cmd.env("CARAPACE_LOG", self.opts.log_level)
+        // CARAPACE_E2E_DAEMON_LOG overrides the level of every test daemon (debugging a run).
+        let level = std::env::var("CARAPACE_E2E_DAEMON_LOG");
+        cmd.env("CARAPACE_LOG", level.as_deref().unwrap_or(self.opts.log_level))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);

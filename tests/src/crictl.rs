@@ -19,7 +19,12 @@ const CONNECT_TIMEOUT: &str = "60s";
 pub struct Crictl {
     pub bin: PathBuf,
     pub endpoint: String,
+    /// Options of the streaming subcommands (exec, attach, port-forward), e.g. `--tls-ca`.
+    pub stream_args: Vec<String>,
 }
+
+/// The subcommands that connect to the streaming server.
+const STREAMING: [&str; 3] = ["exec", "attach", "port-forward"];
 
 impl Crictl {
     /// crictl talking to the daemon listening on `socket`.
@@ -28,13 +33,28 @@ impl Crictl {
             .map(PathBuf::from)
             .unwrap_or_else(|| repo_root().join("../shared/bin/crictl"));
         ensure!(bin.is_file(), "crictl not found at {} (set CRICTL)", bin.display());
-        Ok(Crictl { bin, endpoint: format!("unix://{}", socket.display()) })
+        Ok(Crictl { bin, endpoint: format!("unix://{}", socket.display()), stream_args: vec![] })
+    }
+
+    /// The same crictl trusting `ca` for the streaming server's TLS (its name: `localhost`).
+    pub fn with_streaming_ca(mut self, ca: &Path) -> Crictl {
+        self.stream_args = vec!["--tls-ca".into(), ca.display().to_string()];
+        self
+    }
+
+    fn sub_args(&self, sub: &str) -> &[String] {
+        if STREAMING.contains(&sub) {
+            &self.stream_args
+        } else {
+            &[]
+        }
     }
 
     /// `crictl <global options> <sub> <args>` with stdio null/piped/piped.
     pub fn command(&self, sub: &str, args: &[&str]) -> Command {
         let mut c = Command::new(&self.bin);
         c.args(["--runtime-endpoint", &self.endpoint, "--timeout", CONNECT_TIMEOUT, sub])
+            .args(self.sub_args(sub))
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -48,6 +68,7 @@ impl Crictl {
         words.extend(["--runtime-endpoint".into(), self.endpoint.clone()]);
         words.extend(["--timeout".into(), CONNECT_TIMEOUT.into()]);
         words.push(sub.into());
+        words.extend(self.sub_args(sub).iter().cloned());
         words.extend(args.iter().map(|a| a.to_string()));
         words.iter().map(|w| shell_quote(w)).collect::<Vec<_>>().join(" ")
     }

@@ -36,9 +36,11 @@
 //! bin_dirs = ["/opt/cni/bin", "/usr/lib/cni"]
 //! # netns_dir = "<run_dir>/netns"
 //!
-//! [streaming]                               # exec/attach URLs (see `streaming`)
+//! [streaming]                               # exec/attach/port-forward URLs (see `streaming`)
 //! address = "127.0.0.1"
 //! port = 0                                  # any free port
+//! # tls_cert_file = "/etc/carapace/stream.crt"  # both or neither: https:// URLs
+//! # tls_key_file = "/etc/carapace/stream.key"   # PKCS#8 PEM
 //! ```
 
 use std::collections::BTreeMap;

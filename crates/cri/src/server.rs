@@ -40,6 +40,8 @@ pub enum ServeError {
         "cannot listen on {addr} for streaming (exec/attach): {source}; set [streaming] address/port"
     )]
     StreamingBind { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    StreamingTls(#[from] crate::streaming::tls::TlsError),
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
     #[error("gRPC server failed: {0}")]
@@ -76,6 +78,8 @@ pub struct Daemon {
     pub socket: PathBuf,
     /// The streaming server's socket (Exec/Attach URLs point here).
     pub streaming_listener: tokio::net::TcpListener,
+    /// The streaming server's TLS, when `[streaming]` names a certificate and key.
+    pub streaming_tls: Option<tokio_native_tls::TlsAcceptor>,
 }
 
 impl Daemon {
@@ -94,9 +98,14 @@ impl Daemon {
         let bound = streaming_listener
             .local_addr()
             .map_err(|source| ServeError::StreamingBind { addr, source })?;
-        runtime.set_streaming(Arc::new(Streaming::new(bound)));
+        let streaming_tls = crate::streaming::tls::acceptor(&runtime.config().streaming)?;
+        let streaming = match streaming_tls {
+            Some(_) => Streaming::new_tls(bound),
+            None => Streaming::new(bound),
+        };
+        runtime.set_streaming(Arc::new(streaming));
         let listener = bind_socket(&socket)?;
-        Ok(Daemon { runtime, images, listener, socket, streaming_listener })
+        Ok(Daemon { runtime, images, listener, socket, streaming_listener, streaming_tls })
     }
 
     /// The RuntimeService of this daemon, ready to add to a tonic router.
@@ -120,12 +129,14 @@ impl Daemon {
         let (tx, mut rx) = tokio::sync::watch::channel(false);
         if let Some(streaming) = self.runtime.streaming() {
             let addr = self.streaming_listener.local_addr().ok();
-            tracing::info!(address = ?addr, "streaming server (exec/attach) serving");
+            let tls = self.streaming_tls.is_some();
+            tracing::info!(address = ?addr, tls, "streaming server (exec/attach/port-forward) serving");
             let backend: Arc<dyn Backend> = self.runtime.clone();
             tokio::spawn(crate::streaming::server::serve(
                 self.streaming_listener,
                 streaming,
                 backend,
+                self.streaming_tls,
                 rx.clone(),
             ));
         }

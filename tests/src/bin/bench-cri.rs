@@ -60,9 +60,8 @@ fn main() -> Result<()> {
         let daemon = Daemon::start(DaemonOptions {
             dir_prefix: "bcri",
             insecure_registry: Some(reg.addr.clone()),
-            fallback_env: None,
             log_level: "warn",
-            cni: None,
+            ..Default::default()
         })?;
         let res = rt.block_on(lifecycles(
             "carapace",

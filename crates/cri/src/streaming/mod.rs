@@ -14,10 +14,12 @@ pub mod spdy;
 pub mod spdyio;
 #[cfg(test)]
 mod testutil;
+pub mod tls;
 pub mod token;
 pub mod websocket;
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use k8s_cri::v1 as cri;
@@ -42,6 +44,12 @@ pub struct StreamingConfig {
     /// TCP port; 0 = any free port (as containerd's default).
     #[serde(default)]
     pub port: u16,
+    /// TLS: the server's certificate chain (PEM) and its PKCS#8 key (PEM), both or neither
+    /// ([`tls`]); with them the URLs are `https://`.
+    #[serde(default)]
+    pub tls_cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key_file: Option<PathBuf>,
 }
 
 fn default_address() -> IpAddr {
@@ -50,7 +58,12 @@ fn default_address() -> IpAddr {
 
 impl Default for StreamingConfig {
     fn default() -> Self {
-        StreamingConfig { address: default_address(), port: 0 }
+        StreamingConfig {
+            address: default_address(),
+            port: 0,
+            tls_cert_file: None,
+            tls_key_file: None,
+        }
     }
 }
 
@@ -62,15 +75,24 @@ impl StreamingConfig {
 
 /// The URLs of one streaming server and its pending tokens.
 pub struct Streaming {
-    /// `http://<addr>:<port>` as clients reach it.
+    /// `http://<addr>:<port>` (`https://` with TLS) as clients reach it.
     base: String,
     tokens: TokenStore,
 }
 
 impl Streaming {
-    /// For a server listening on `addr`.
+    /// For a plain HTTP server listening on `addr`.
     pub fn new(addr: SocketAddr) -> Streaming {
-        Streaming { base: format!("http://{addr}"), tokens: TokenStore::new(TOKEN_TTL) }
+        Streaming::with_scheme("http", addr)
+    }
+
+    /// For a server listening on `addr` with TLS.
+    pub fn new_tls(addr: SocketAddr) -> Streaming {
+        Streaming::with_scheme("https", addr)
+    }
+
+    fn with_scheme(scheme: &str, addr: SocketAddr) -> Streaming {
+        Streaming { base: format!("{scheme}://{addr}"), tokens: TokenStore::new(TOKEN_TTL) }
     }
 
     pub fn tokens(&self) -> &TokenStore {
@@ -165,6 +187,11 @@ mod tests {
         let c: StreamingConfig = toml::from_str("address = \"::1\"\nport = 10010").unwrap();
         assert_eq!(c.socket_addr().to_string(), "[::1]:10010");
         assert!(toml::from_str::<StreamingConfig>("adress = \"::1\"").is_err());
+        let c: StreamingConfig =
+            toml::from_str("tls_cert_file = \"/c.pem\"\ntls_key_file = \"/k.pem\"").unwrap();
+        assert_eq!(c.tls_key_file, Some(PathBuf::from("/k.pem")));
+        let s = Streaming::new_tls("127.0.0.1:4242".parse().unwrap());
+        assert!(s.base.starts_with("https://127.0.0.1:4242"));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -15,10 +16,13 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_native_tls::TlsAcceptor;
 
 use super::remotecommand::{self, negotiate, Protocol, Session, WsProtocol};
+use super::tls::HANDSHAKE_TIMEOUT;
 use super::token::TakeError;
 use super::websocket::{self, WsBytes};
 use super::{portforward, Backend, StreamRequest, Streaming};
@@ -31,11 +35,13 @@ pub const STREAM_PROTOCOL_HEADER: &str = "x-stream-protocol-version";
 type Body = Full<Bytes>;
 type Io = TokioIo<Upgraded>;
 
-/// Accepts connections until `stop` turns true; sessions under way go on.
+/// Accepts connections until `stop` turns true; sessions under way go on. With `tls`, each
+/// connection completes a TLS handshake first.
 pub async fn serve(
     listener: TcpListener,
     streaming: Arc<Streaming>,
     backend: Arc<dyn Backend>,
+    tls: Option<TlsAcceptor>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -53,19 +59,38 @@ pub async fn serve(
             }
         };
         let _ = tcp.set_nodelay(true);
-        let (streaming, backend) = (streaming.clone(), backend.clone());
+        let (streaming, backend, tls) = (streaming.clone(), backend.clone(), tls.clone());
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let (streaming, backend) = (streaming.clone(), backend.clone());
-                async move { Ok::<_, Infallible>(handle(req, &streaming, backend)) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), svc)
-                .with_upgrades();
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "streaming connection ended with an error");
+            let Some(tls) = tls else {
+                return serve_connection(tcp, peer, streaming, backend).await;
+            };
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
+                Ok(Ok(io)) => serve_connection(io, peer, streaming, backend).await,
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "streaming TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "streaming TLS handshake timed out"),
             }
         });
+    }
+}
+
+/// HTTP/1.1 (with upgrades) on one accepted connection.
+async fn serve_connection<I>(
+    io: I,
+    peer: SocketAddr,
+    streaming: Arc<Streaming>,
+    backend: Arc<dyn Backend>,
+) where
+    I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let svc = hyper::service::service_fn(move |req| {
+        let (streaming, backend) = (streaming.clone(), backend.clone());
+        async move { Ok::<_, Infallible>(handle(req, &streaming, backend)) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades();
+    if let Err(e) = conn.await {
+        tracing::debug!(%peer, error = %e, "streaming connection ended with an error");
     }
 }
 
@@ -298,8 +323,67 @@ mod tests {
         let streaming = Arc::new(Streaming::new(listener.local_addr().unwrap()));
         let (tx, rx) = watch::channel(false);
         let backend: Arc<dyn Backend> = Arc::new(FakeBackend::default());
-        tokio::spawn(serve(listener, streaming.clone(), backend, rx));
+        tokio::spawn(serve(listener, streaming.clone(), backend, None, rx));
         (streaming, tx)
+    }
+
+    #[tokio::test]
+    async fn with_tls_the_urls_are_https_and_plain_clients_get_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let (cert, key) = crate::streaming::tls::test_identity(d.path());
+        let cfg = crate::streaming::StreamingConfig {
+            tls_cert_file: Some(cert.clone()),
+            tls_key_file: Some(key),
+            ..Default::default()
+        };
+        let acceptor = crate::streaming::tls::acceptor(&cfg).unwrap().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let streaming = Arc::new(Streaming::new_tls(addr));
+        let (_stop, rx) = watch::channel(false);
+        let backend: Arc<dyn Backend> = Arc::new(FakeBackend::default());
+        tokio::spawn(serve(listener, streaming.clone(), backend, Some(acceptor), rx));
+
+        // Plain HTTP to the TLS port: no HTTP answer, the connection is closed.
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(b"GET /exec/x HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+        let mut got = Vec::new();
+        let _ = tcp.read_to_end(&mut got).await;
+        assert!(!got.starts_with(b"HTTP/1.1"), "{:?}", String::from_utf8_lossy(&got));
+
+        // A client that trusts the certificate runs an exec through it.
+        let url = streaming
+            .url_for(StreamRequest::Exec(exec(&["exit", "7"], false, false, false)))
+            .unwrap();
+        let path = url.strip_prefix(&format!("https://{addr}")).unwrap().to_string();
+        let root = native_tls::Certificate::from_pem(&std::fs::read(&cert).unwrap()).unwrap();
+        let connector = native_tls::TlsConnector::builder()
+            .add_root_certificate(root)
+            .disable_built_in_roots(true)
+            .build()
+            .unwrap();
+        let connector = tokio_native_tls::TlsConnector::from(connector);
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let mut tls = connector.connect("localhost", tcp).await.unwrap();
+        let req = format!("POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n{SPDY}\r\n");
+        tls.write_all(req.as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        let mut b = [0u8; 4096];
+        let end = loop {
+            let n = tls.read(&mut b).await.unwrap();
+            assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&b[..n]);
+            if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end;
+            }
+        };
+        assert!(got.starts_with(b"HTTP/1.1 101"), "{:?}", String::from_utf8_lossy(&got));
+        let mut c = SpdyClient::new(tls, got[end + 4..].to_vec());
+        c.open(1, "error").await;
+        c.open(3, "stdout").await;
+        let t = c.until_status(1).await;
+        assert_eq!(t.text(3), "out");
+        assert!(t.text(1).contains("NonZeroExitCode"), "{}", t.text(1));
     }
 
     /// Sends a request with `headers` to `url`; the status line and headers of the answer, the
