@@ -365,7 +365,8 @@ mod tests {
         let connector = tokio_native_tls::TlsConnector::from(connector);
         let tcp = TcpStream::connect(addr).await.unwrap();
         let mut tls = connector.connect("localhost", tcp).await.unwrap();
-        let req = format!("POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n{SPDY}\r\n");
+        let req =
+            format!("POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n{SPDY}\r\n");
         tls.write_all(req.as_bytes()).await.unwrap();
         let mut got = Vec::new();
         let mut b = [0u8; 4096];

@@ -17,9 +17,7 @@ const MAX_PEM: u64 = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error(
-        "[streaming] needs both tls_cert_file and tls_key_file for TLS (only {given} is set)"
-    )]
+    #[error("[streaming] needs both tls_cert_file and tls_key_file for TLS (only {given} is set)")]
     Incomplete { given: &'static str },
     #[error("cannot read the streaming TLS {what} {path}: {source}")]
     Read { what: &'static str, path: PathBuf, source: std::io::Error },
@@ -49,13 +47,10 @@ pub fn acceptor(cfg: &StreamingConfig) -> Result<Option<TlsAcceptor>, TlsError> 
         (None, Some(_)) => return Err(TlsError::Incomplete { given: "tls_key_file" }),
         (Some(c), Some(k)) => (c, k),
     };
-    let identity_err =
-        |source| TlsError::Identity { cert: cert.clone(), key: key.clone(), source };
-    let identity = native_tls::Identity::from_pkcs8(
-        &read_pem("certificate", cert)?,
-        &read_pem("key", key)?,
-    )
-    .map_err(identity_err)?;
+    let identity_err = |source| TlsError::Identity { cert: cert.clone(), key: key.clone(), source };
+    let identity =
+        native_tls::Identity::from_pkcs8(&read_pem("certificate", cert)?, &read_pem("key", key)?)
+            .map_err(identity_err)?;
     let acceptor = native_tls::TlsAcceptor::builder(identity)
         .min_protocol_version(Some(native_tls::Protocol::Tlsv12))
         .build()
