@@ -87,7 +87,7 @@ pub fn stats(dir: &Path) -> Result<pb::ContainerStatsResponse, ContainerError> {
     let usage = read_u64(dir, "memory.current").unwrap_or(0);
     let inactive_file = read_keyed(dir, "memory.stat", "inactive_file").unwrap_or(0);
     Ok(pb::ContainerStatsResponse {
-        timestamp_unix_ms: super::now_unix_ms(),
+        timestamp_unix_ms: super::common::now_unix_ms(),
         cpu_usage_usec: read_keyed(dir, "cpu.stat", "usage_usec").unwrap_or(0),
         cpu_user_usec: read_keyed(dir, "cpu.stat", "user_usec").unwrap_or(0),
         cpu_system_usec: read_keyed(dir, "cpu.stat", "system_usec").unwrap_or(0),

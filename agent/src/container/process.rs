@@ -72,7 +72,7 @@ impl Proc {
                 signal,
                 exit_reason: reason as i32,
                 started_at_unix_ms: me.started_at_ms.load(Ordering::SeqCst),
-                finished_at_unix_ms: super::now_unix_ms(),
+                finished_at_unix_ms: super::common::now_unix_ms(),
             }));
         });
     }

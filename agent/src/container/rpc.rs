@@ -8,7 +8,7 @@ use carapace_agent_client::pb;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
-use super::Containers;
+use super::table::Containers;
 
 /// The stream ReadStdio answers with.
 pub type StdioStream = Pin<Box<dyn Stream<Item = Result<pb::StdioChunk, Status>> + Send + 'static>>;
@@ -132,7 +132,7 @@ pub async fn write_stdin(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::container::Config;
+    use crate::container::config::Config;
     use crate::reaper::Reaper;
 
     fn enabled_in(t: &tempfile::TempDir) -> Containers {

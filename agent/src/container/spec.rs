@@ -1,38 +1,15 @@
 //! Building the OCI runtime spec (config.json) of a container from a
-//! `CreateContainerRequest`. Every path from the request is checked here;
-//! mount destinations are resolved inside the rootfs (see [`super::path`]).
+//! [`ValidatedContainer`]: everything from the request was checked (and mount
+//! destinations resolved in the rootfs) when it was parsed; this only writes.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use carapace_agent_client::{pb, ALL_CAPABILITIES, DEFAULT_CAPABILITIES};
 use serde_json::{json, Value};
 
 use super::error::ContainerError;
-use super::path::{check_absolute, resolve_in_root};
-use super::seccomp;
-use super::validate::{check_process, check_resources, normalize_capability, MAX_MOUNTS};
+use super::validated::{ValidMount, ValidProcess, ValidatedContainer};
 
 pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-pub const DEFAULT_MASKED_PATHS: &[&str] = &[
-    "/proc/acpi",
-    "/proc/asound",
-    "/proc/kcore",
-    "/proc/keys",
-    "/proc/latency_stats",
-    "/proc/timer_list",
-    "/proc/timer_stats",
-    "/proc/sched_debug",
-    "/proc/scsi",
-    "/sys/firmware",
-    "/sys/devices/virtual/powercap",
-];
-
-pub const DEFAULT_READONLY_PATHS: &[&str] =
-    &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
-
-/// Mount types a request may ask for.
-const MOUNT_TYPES: &[&str] = &["bind", "tmpfs", "proc", "sysfs", "devpts", "mqueue"];
 
 /// Namespaces the container joins (`Some(path)`) or gets new (`None`).
 #[derive(Debug, Clone, Default)]
@@ -46,8 +23,6 @@ pub struct NamespacePlan {
 /// Everything besides the request that goes into the spec.
 #[derive(Debug, Clone)]
 pub struct SpecContext {
-    /// The checked rootfs directory (absolute, in the guest).
-    pub rootfs: PathBuf,
     pub namespaces: NamespacePlan,
     /// cgroup v2 path relative to /sys/fs/cgroup, e.g. "/carapace/<id>".
     pub cgroup_path: String,
@@ -58,38 +33,14 @@ pub struct SpecContext {
     pub hosts_file: Option<PathBuf>,
 }
 
-/// Whether the request mounts something at `dest` (compared by path
-/// components: "/etc//hosts/" is "/etc/hosts").
-pub fn mounts_at(req: &pb::CreateContainerRequest, dest: &str) -> bool {
-    req.mounts
-        .iter()
-        .any(|m| Path::new(&m.destination).components().eq(Path::new(dest).components()))
-}
-
-/// Checks the rootfs field: absolute, no `..`, an existing directory.
-/// Returns it canonicalized.
-pub fn check_rootfs(p: &str) -> Result<PathBuf, ContainerError> {
-    check_absolute("rootfs_path", p)?;
-    let canon = std::fs::canonicalize(p)
-        .map_err(|e| ContainerError::invalid(format!("rootfs_path {p:?}: {e}")))?;
-    if !canon.is_dir() {
-        return Err(ContainerError::invalid(format!("rootfs_path {p:?}: not a directory")));
-    }
-    if canon == Path::new("/") {
-        return Err(ContainerError::invalid(
-            "rootfs_path: the guest's / is not a container rootfs",
-        ));
-    }
-    Ok(canon)
-}
-
-fn user_json(u: Option<&pb::User>) -> Value {
+fn user_json(u: Option<&carapace_agent_client::pb::User>) -> Value {
     let u = u.cloned().unwrap_or_default();
     json!({ "uid": u.uid, "gid": u.gid, "additionalGids": u.additional_gids })
 }
 
-/// The process part of the spec (also used for checks of exec requests).
-pub fn process_json(p: &pb::Process, caps: &[String], no_new_privs: bool) -> Value {
+/// The process part of the spec.
+pub fn process_json(p: &ValidProcess, caps: &[String], no_new_privs: bool) -> Value {
+    let p = p.get();
     let mut env = p.env.clone();
     if !env.iter().any(|e| e.starts_with("PATH=")) {
         env.push(DEFAULT_PATH.to_owned());
@@ -120,7 +71,8 @@ pub fn process_json(p: &pb::Process, caps: &[String], no_new_privs: bool) -> Val
 /// container's own process (capabilities, no_new_privs, rlimits) with the
 /// exec's args, env (added to the container's, overriding by key), cwd,
 /// user and terminal.
-pub fn exec_process_json(init: &Value, p: &pb::Process) -> Value {
+pub fn exec_process_json(init: &Value, p: &ValidProcess) -> Value {
+    let p = p.get();
     let mut v = init.clone();
     let mut env: Vec<String> = init["env"]
         .as_array()
@@ -143,26 +95,6 @@ pub fn exec_process_json(init: &Value, p: &pb::Process) -> Value {
     v
 }
 
-/// Capability set of a container from its security settings: all when
-/// privileged, the list when given (or when `capabilities_exact`, even if it
-/// is empty), else the default set.
-pub fn capabilities(sec: &pb::Security) -> Result<Vec<String>, ContainerError> {
-    if sec.privileged {
-        return Ok(ALL_CAPABILITIES.iter().map(|s| s.to_string()).collect());
-    }
-    if sec.capabilities.is_empty() && !sec.capabilities_exact {
-        return Ok(DEFAULT_CAPABILITIES.iter().map(|s| s.to_string()).collect());
-    }
-    let mut out = Vec::new();
-    for c in &sec.capabilities {
-        let n = normalize_capability(c)?;
-        if !out.contains(&n) {
-            out.push(n);
-        }
-    }
-    Ok(out)
-}
-
 fn default_mounts() -> Vec<Value> {
     vec![
         json!({"destination": "/proc", "type": "proc", "source": "proc",
@@ -182,57 +114,13 @@ fn default_mounts() -> Vec<Value> {
     ]
 }
 
-/// One mount of the request, checked; the destination resolved in `rootfs`.
-pub fn mount_json(rootfs: &Path, m: &pb::Mount) -> Result<Value, ContainerError> {
-    check_absolute("mount.destination", &m.destination)?;
-    let dest = resolve_in_root(rootfs, &m.destination)?;
-    if dest == Path::new("/") {
-        return Err(ContainerError::invalid("mount.destination: cannot mount over /"));
-    }
-    let ty = if m.r#type.is_empty() { "bind" } else { m.r#type.as_str() };
-    if !MOUNT_TYPES.contains(&ty) {
-        return Err(ContainerError::invalid(format!(
-            "mount {}: type {ty:?} not allowed (one of {MOUNT_TYPES:?})",
-            m.destination
-        )));
-    }
-    if m.options.len() > 64 {
-        return Err(ContainerError::invalid("mount.options: too many"));
-    }
-    for o in &m.options {
-        if o.is_empty() || o.len() > 256 || o.contains('\0') || o.contains(',') {
-            return Err(ContainerError::invalid(format!("mount option {o:?}: malformed")));
-        }
-    }
-    let mut options = m.options.clone();
-    let source = if ty == "bind" {
-        check_absolute("mount.source", &m.source)?;
-        if std::fs::symlink_metadata(&m.source).is_err() {
-            return Err(ContainerError::invalid(format!(
-                "mount.source {:?}: does not exist in the guest",
-                m.source
-            )));
-        }
-        if !options.iter().any(|o| o == "bind" || o == "rbind") {
-            options.insert(0, "rbind".into());
-        }
-        m.source.clone()
-    } else {
-        if m.source.len() > 256 || m.source.contains('\0') {
-            return Err(ContainerError::invalid("mount.source: malformed"));
-        }
-        if m.source.is_empty() {
-            ty.to_owned()
-        } else {
-            m.source.clone()
-        }
-    };
-    Ok(json!({
-        "destination": dest,
-        "type": ty,
-        "source": source,
-        "options": options,
-    }))
+fn mount_json(m: &ValidMount) -> Value {
+    json!({
+        "destination": m.destination(),
+        "type": m.ty(),
+        "source": m.source(),
+        "options": m.options(),
+    })
 }
 
 fn ns_json(kind: &str, path: &Option<PathBuf>) -> Value {
@@ -242,7 +130,7 @@ fn ns_json(kind: &str, path: &Option<PathBuf>) -> Value {
     }
 }
 
-fn resources_json(r: &pb::Resources) -> Value {
+fn resources_json(r: &carapace_agent_client::pb::Resources) -> Value {
     let mut out = serde_json::Map::new();
     if r.memory_limit_bytes > 0 {
         out.insert("memory".into(), json!({"limit": r.memory_limit_bytes}));
@@ -267,37 +155,9 @@ fn resources_json(r: &pb::Resources) -> Value {
     Value::Object(out)
 }
 
-fn paths_or_default(
-    given: &[String],
-    default: &[&str],
-    what: &str,
-) -> Result<Vec<String>, ContainerError> {
-    if given.is_empty() {
-        return Ok(default.iter().map(|s| s.to_string()).collect());
-    }
-    for p in given {
-        check_absolute(what, p)?;
-    }
-    Ok(given.to_vec())
-}
-
 /// The whole config.json of a container.
-pub fn build_spec(
-    req: &pb::CreateContainerRequest,
-    ctx: &SpecContext,
-) -> Result<Value, ContainerError> {
-    let process = check_process(req.process.as_ref())?;
-    let sec = req.security.clone().unwrap_or_default();
-    let res = req.resources.unwrap_or_default();
-    check_resources(&res)?;
-    if req.mounts.len() > MAX_MOUNTS {
-        return Err(ContainerError::invalid("mounts: too many"));
-    }
-    if req.hostname.len() > 64 || req.hostname.contains(['\0', '/', '\n']) {
-        return Err(ContainerError::invalid("hostname: malformed"));
-    }
-    let caps = capabilities(&sec)?;
-
+pub fn build_spec(c: &ValidatedContainer, ctx: &SpecContext) -> Result<Value, ContainerError> {
+    let sec = c.security();
     let mut mounts = default_mounts();
     if let Some(h) = &ctx.hostname_file {
         mounts.push(json!({
@@ -305,15 +165,13 @@ pub fn build_spec(
             "options": ["rbind", "rprivate", "ro"],
         }));
     }
-    if let Some(h) = ctx.hosts_file.as_ref().filter(|_| !mounts_at(req, "/etc/hosts")) {
+    if let Some(h) = ctx.hosts_file.as_ref().filter(|_| !c.mounts_etc_hosts()) {
         mounts.push(json!({
             "destination": "/etc/hosts", "type": "bind", "source": h,
             "options": ["rbind", "rprivate", "ro"],
         }));
     }
-    for m in &req.mounts {
-        mounts.push(mount_json(&ctx.rootfs, m)?);
-    }
+    mounts.extend(c.mounts().iter().map(mount_json));
 
     let ns = &ctx.namespaces;
     let mut namespaces = vec![json!({"type": "mount"})];
@@ -322,34 +180,31 @@ pub fn build_spec(
     namespaces.push(ns_json("ipc", &ns.ipc));
     namespaces.push(ns_json("uts", &ns.uts));
 
-    let masked = paths_or_default(&sec.masked_paths, DEFAULT_MASKED_PATHS, "masked_paths")?;
-    let readonly = paths_or_default(&sec.readonly_paths, DEFAULT_READONLY_PATHS, "readonly_paths")?;
-
     let mut linux = json!({
         "namespaces": namespaces,
         "cgroupsPath": ctx.cgroup_path,
-        "resources": resources_json(&res),
+        "resources": resources_json(c.resources()),
     });
-    if !sec.privileged {
-        linux["maskedPaths"] = json!(masked);
-        linux["readonlyPaths"] = json!(readonly);
+    if !sec.privileged() {
+        linux["maskedPaths"] = json!(sec.masked_paths());
+        linux["readonlyPaths"] = json!(sec.readonly_paths());
     }
-    if let Some(s) = seccomp::profile(sec.seccomp.as_ref())? {
-        linux["seccomp"] = s;
+    if let Some(s) = sec.seccomp() {
+        linux["seccomp"] = s.clone();
     }
 
     let mut spec = json!({
         "ociVersion": "1.0.2",
-        "process": process_json(process, &caps, sec.no_new_privs),
-        "root": { "path": ctx.rootfs, "readonly": req.rootfs_readonly },
+        "process": process_json(c.process(), sec.capabilities(), sec.no_new_privs()),
+        "root": { "path": c.rootfs(), "readonly": c.rootfs_readonly() },
         "mounts": mounts,
         "linux": linux,
-        "annotations": req.annotations,
+        "annotations": c.annotations(),
     });
     // A hostname only in a private UTS namespace: the pod's is set by the
     // agent itself (see podns).
-    if ns.uts.is_none() && !req.hostname.is_empty() {
-        spec["hostname"] = json!(req.hostname);
+    if ns.uts.is_none() && !c.hostname().is_empty() {
+        spec["hostname"] = json!(c.hostname());
     }
     // Round-trip through the spec crate: what libcontainer will read.
     serde_json::from_value::<oci_spec::runtime::Spec>(spec.clone())
@@ -360,6 +215,17 @@ pub fn build_spec(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::container::validated::check_rootfs;
+    use carapace_agent_client::{pb, DEFAULT_CAPABILITIES};
+    use std::path::Path;
+
+    fn build(r: &pb::CreateContainerRequest, c: &SpecContext) -> Result<Value, ContainerError> {
+        build_spec(&ValidatedContainer::parse(r)?, c)
+    }
+
+    fn vp(p: pb::Process) -> ValidProcess {
+        ValidProcess::parse(Some(&p)).unwrap()
+    }
 
     fn rootfs() -> tempfile::TempDir {
         let t = tempfile::tempdir().unwrap();
@@ -390,9 +256,8 @@ mod tests {
         }
     }
 
-    fn ctx(root: &Path) -> SpecContext {
+    fn ctx(_root: &Path) -> SpecContext {
         SpecContext {
-            rootfs: root.to_path_buf(),
             namespaces: NamespacePlan {
                 network: Some("/run/carapace/pod/ns/net".into()),
                 ipc: Some("/run/carapace/pod/ns/ipc".into()),
@@ -409,7 +274,7 @@ mod tests {
     fn builds_a_spec_libcontainer_can_read() {
         let t = rootfs();
         let rq = req(t.path());
-        let spec = build_spec(&rq, &ctx(t.path())).unwrap();
+        let spec = build(&rq, &ctx(t.path())).unwrap();
         let parsed: oci_spec::runtime::Spec = serde_json::from_value(spec.clone()).unwrap();
         assert_eq!(parsed.root().as_ref().unwrap().readonly(), Some(true));
         let p = parsed.process().as_ref().unwrap();
@@ -434,7 +299,7 @@ mod tests {
             .iter()
             .any(|m| m["destination"] == "/etc/hostname"));
         assert!(spec["process"].get("noNewPrivileges").is_none());
-        let nnp = process_json(rq.process.as_ref().unwrap(), &[], true);
+        let nnp = process_json(&vp(rq.process.clone().unwrap()), &[], true);
         assert_eq!(nnp["noNewPrivileges"], true);
     }
 
@@ -454,7 +319,7 @@ mod tests {
                 ..Default::default()
             },
         ];
-        let spec = build_spec(&r, &ctx(t.path())).unwrap();
+        let spec = build(&r, &ctx(t.path())).unwrap();
         let dests: Vec<String> = spec["mounts"]
             .as_array()
             .unwrap()
@@ -479,7 +344,7 @@ mod tests {
         let bad = |f: &dyn Fn(&mut pb::CreateContainerRequest)| {
             let mut r = req(t.path());
             f(&mut r);
-            let e = build_spec(&r, &c).unwrap_err();
+            let e = build(&r, &c).unwrap_err();
             assert!(matches!(e, ContainerError::Invalid(_)), "{e}");
         };
         bad(&|r| {
@@ -550,7 +415,7 @@ mod tests {
         let c = ctx(t.path());
         let mut r = req(t.path());
         r.security = Some(pb::Security { capabilities_exact: true, ..Default::default() });
-        let spec = build_spec(&r, &c).unwrap();
+        let spec = build(&r, &c).unwrap();
         let caps = &spec["process"]["capabilities"];
         for set in ["bounding", "effective", "permitted"] {
             assert_eq!(caps[set], json!([]), "{set}: {caps}");
@@ -562,7 +427,7 @@ mod tests {
         let p = parsed.process().as_ref().unwrap().capabilities().as_ref().unwrap();
         assert!(p.bounding().as_ref().unwrap().is_empty());
         r.security = Some(pb::Security::default());
-        let spec = build_spec(&r, &c).unwrap();
+        let spec = build(&r, &c).unwrap();
         let n = spec["process"]["capabilities"]["bounding"].as_array().unwrap().len();
         assert_eq!(n, DEFAULT_CAPABILITIES.len());
         r.security = Some(pb::Security {
@@ -570,12 +435,12 @@ mod tests {
             capabilities_exact: true,
             ..Default::default()
         });
-        let spec = build_spec(&r, &c).unwrap();
+        let spec = build(&r, &c).unwrap();
         assert_eq!(spec["process"]["capabilities"]["effective"], json!(["CAP_KILL"]));
         // Privileged wins over an exact empty list.
         r.security =
             Some(pb::Security { privileged: true, capabilities_exact: true, ..Default::default() });
-        let spec = build_spec(&r, &c).unwrap();
+        let spec = build(&r, &c).unwrap();
         assert!(spec["process"]["capabilities"]["bounding"].as_array().unwrap().len() > 30);
     }
 
@@ -586,7 +451,7 @@ mod tests {
         c.namespaces.uts = None;
         let mut r = req(t.path());
         r.security = Some(pb::Security { privileged: true, ..Default::default() });
-        let spec = build_spec(&r, &c).unwrap();
+        let spec = build(&r, &c).unwrap();
         assert_eq!(spec["hostname"], "pod");
         assert!(spec["linux"].get("maskedPaths").is_none());
         assert!(spec["process"]["capabilities"]["bounding"].as_array().unwrap().len() > 30);
@@ -595,11 +460,11 @@ mod tests {
     #[test]
     fn a_terminal_exec_keeps_the_container_process_and_overrides_its_own_fields() {
         let init = process_json(
-            &pb::Process {
+            &vp(pb::Process {
                 args: vec!["sleep".into()],
                 env: vec!["A=1".into(), "B=2".into()],
                 ..Default::default()
-            },
+            }),
             &["CAP_KILL".to_owned()],
             true,
         );
@@ -611,7 +476,7 @@ mod tests {
             tty: true,
             stdin: true,
         };
-        let v = exec_process_json(&init, &p);
+        let v = exec_process_json(&init, &vp(p));
         assert_eq!(v["args"], json!(["sh"]));
         let env: Vec<&str> =
             v["env"].as_array().unwrap().iter().map(|e| e.as_str().unwrap()).collect();
@@ -628,7 +493,7 @@ mod tests {
         assert_eq!(v["noNewPrivileges"], json!(true));
         let plain = exec_process_json(
             &init,
-            &pb::Process { args: vec!["id".into()], ..Default::default() },
+            &vp(pb::Process { args: vec!["id".into()], ..Default::default() }),
         );
         assert_eq!(
             (plain["cwd"].clone(), plain["user"].clone()),
@@ -652,9 +517,9 @@ mod tests {
                 .collect()
         };
         let rq = req(t.path());
-        assert!(hosts_mounts(&build_spec(&rq, &c).unwrap()).is_empty());
+        assert!(hosts_mounts(&build(&rq, &c).unwrap()).is_empty());
         c.hosts_file = Some("/run/carapace/pod/hosts".into());
-        let m = hosts_mounts(&build_spec(&rq, &c).unwrap());
+        let m = hosts_mounts(&build(&rq, &c).unwrap());
         assert_eq!(m.len(), 1);
         assert_eq!(m[0]["source"], "/run/carapace/pod/hosts");
         assert!(m[0]["options"].as_array().unwrap().contains(&json!("ro")));
@@ -665,7 +530,7 @@ mod tests {
             source: src.display().to_string(),
             ..Default::default()
         });
-        let m = hosts_mounts(&build_spec(&own, &c).unwrap());
+        let m = hosts_mounts(&build(&own, &c).unwrap());
         assert_eq!(m.len(), 1);
         assert_eq!(m[0]["source"], src.display().to_string());
     }
