@@ -30,3 +30,16 @@ impl Default for Config {
         }
     }
 }
+
+impl Config {
+    /// Every directory under `dir` (tests: a private tree instead of the guest's /run).
+    #[cfg(test)]
+    pub fn under(dir: &std::path::Path) -> Config {
+        Config {
+            state_root: dir.join("state"),
+            bundle_root: dir.join("bundles"),
+            cgroup_root: dir.join("cgroup"),
+            pod_ns_dir: dir.join("ns"),
+        }
+    }
+}

@@ -136,13 +136,7 @@ mod tests {
     use crate::reaper::Reaper;
 
     fn enabled_in(t: &tempfile::TempDir) -> Containers {
-        let cfg = Config {
-            state_root: t.path().join("state"),
-            bundle_root: t.path().join("bundles"),
-            cgroup_root: t.path().join("cgroup"),
-            pod_ns_dir: t.path().join("ns"),
-        };
-        Containers::build(Reaper::new(), cfg, None)
+        Containers::build(Reaper::new(), Config::under(t.path()), None)
     }
 
     #[tokio::test]

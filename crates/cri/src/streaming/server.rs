@@ -368,18 +368,9 @@ mod tests {
         let req =
             format!("POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n{SPDY}\r\n");
         tls.write_all(req.as_bytes()).await.unwrap();
-        let mut got = Vec::new();
-        let mut b = [0u8; 4096];
-        let end = loop {
-            let n = tls.read(&mut b).await.unwrap();
-            assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
-            got.extend_from_slice(&b[..n]);
-            if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-                break end;
-            }
-        };
-        assert!(got.starts_with(b"HTTP/1.1 101"), "{:?}", String::from_utf8_lossy(&got));
-        let mut c = SpdyClient::new(tls, got[end + 4..].to_vec());
+        let (head, rest) = read_head(&mut tls).await;
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        let mut c = SpdyClient::new(tls, rest);
         c.open(1, "error").await;
         c.open(3, "stdout").await;
         let t = c.until_status(1).await;
@@ -401,15 +392,21 @@ mod tests {
             "{method} /{path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\n{headers}\r\n"
         );
         tcp.write_all(req.as_bytes()).await.unwrap();
+        let (head, rest) = read_head(&mut tcp).await;
+        (head, tcp, rest)
+    }
+
+    /// Reads an HTTP answer's status line and headers; the bytes read past them.
+    async fn read_head<S: AsyncRead + Unpin>(io: &mut S) -> (String, Vec<u8>) {
         let mut got = Vec::new();
         let mut b = [0u8; 4096];
         loop {
-            let n = tcp.read(&mut b).await.unwrap();
+            let n = io.read(&mut b).await.unwrap();
             assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
             got.extend_from_slice(&b[..n]);
             if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
                 let head = String::from_utf8_lossy(&got[..end]).into_owned();
-                return (head, tcp, got[end + 4..].to_vec());
+                return (head, got[end + 4..].to_vec());
             }
         }
     }
