@@ -10,6 +10,8 @@
 //! Env: CARAPACE_BIN (default target/release/carapace), CARAPACE_AGENT_BIN
 //! (default target/x86_64-unknown-linux-gnu/release/carapace-agent),
 //! CARAPACE_GUEST_DIR (default /var/lib/carapace/guest: vmlinux).
+//! Over 600 lines on purpose: one job (the container API in a real guest); each test is one
+//! long scenario in one booted VM, built from the helpers of this file.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -239,7 +241,12 @@ async fn containers_in_a_real_guest() {
     step("pod hostname, exec, missing binary, localhost between containers, volume");
     let mut web = container(
         "web",
-        &["sh", "-c", "mkdir -p /tmp/www && echo hello > /tmp/www/index.html && exec httpd -f -p 127.0.0.1:8080 -h /tmp/www"],
+        &[
+            "sh",
+            "-c",
+            "mkdir -p /tmp/www && echo hello > /tmp/www/index.html \
+             && exec httpd -f -p 127.0.0.1:8080 -h /tmp/www",
+        ],
     );
     web.mounts = vec![pb::Mount {
         destination: "/data".into(),
@@ -260,7 +267,12 @@ async fn containers_in_a_real_guest() {
         &mut g,
         container(
             "client",
-            &["sh", "-c", "for i in 1 2 3 4 5 6 7 8 9 10; do wget -qO- http://127.0.0.1:8080/ && exit 0; sleep 1; done; exit 1"],
+            &[
+                "sh",
+                "-c",
+                "for i in 1 2 3 4 5 6 7 8 9 10; do \
+                 wget -qO- http://127.0.0.1:8080/ && exit 0; sleep 1; done; exit 1",
+            ],
         ),
     )
     .await;

@@ -2,6 +2,8 @@
 //! on 127.0.0.1 serves the project's test images (tests/images/build-and-push.sh); the daemon
 //! pulls them through its ImageService, then runs pod → create → start → exec → logs → stop →
 //! remove. Needs a KVM that boots Linux; `make test-e2e` runs it (in the test host here).
+//! Over 600 lines on purpose: one job (the container API end to end), and every test shares
+//! the registry, daemon and pod helpers of this file.
 
 use std::collections::HashMap;
 use std::path::Path;

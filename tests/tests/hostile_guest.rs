@@ -28,6 +28,8 @@
 //! setuid/setgid file the guest made exists on the host; the read-only volume is unchanged;
 //! the daemon answers; the attacker still runs; every container gets the right output or a
 //! clear error. At the end, after the pod is removed: mountinfo as before, volumes intact.
+//! Over 600 lines on purpose: one job (the hostile-guest scenario), its attacks and checks
+//! share the one pod and the helpers of this file.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::CString;

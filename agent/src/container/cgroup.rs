@@ -45,7 +45,12 @@ pub fn enable_controllers(root: &Path) -> Result<Vec<String>, ContainerError> {
             // One write per controller: one missing in a child must not
             // stop the others.
             if let Err(e) = std::fs::write(&f, format!("+{c}")) {
-                tracing::warn!(controller = %c, file = %f.display(), error = %e, "cannot enable cgroup controller");
+                tracing::warn!(
+                    controller = %c,
+                    file = %f.display(),
+                    error = %e,
+                    "cannot enable cgroup controller"
+                );
             }
         }
     }

@@ -33,9 +33,9 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 use super::error::ContainerError;
-use super::runtime;
 use super::seccomp::ExecSeccomp;
 use super::stdio::ChildStdio;
+use super::youki;
 use crate::reaper::Reaper;
 
 /// The first argument that makes `carapace-agent` the helper.
@@ -150,7 +150,7 @@ pub fn run(reaper: &Reaper, req: &BuildRequest, stdio: ChildStdio) -> Result<i32
     let resp = parse_response(&out, status);
     let pid = match resp {
         Ok(BuildResponse::Pid(p)) => p,
-        Ok(BuildResponse::Error(msg)) => return Err(runtime::classify(what, &msg)),
+        Ok(BuildResponse::Error(msg)) => return Err(youki::classify(what, &msg)),
         Err(msg) => {
             let w = match written {
                 Some(Err(e)) => format!(" (request not delivered: {e})"),
@@ -250,11 +250,9 @@ pub fn helper_main() -> i32 {
         },
     };
     let r = match req.op {
-        BuildOp::Create { bundle } => {
-            runtime::create_here(&req.id, &req.state_root, &bundle, stdio)
-        }
+        BuildOp::Create { bundle } => youki::create_here(&req.id, &req.state_root, &bundle, stdio),
         BuildOp::Exec { process_file, seccomp } => {
-            runtime::exec_here(&req.id, &req.state_root, process_file, seccomp.map(|b| *b), stdio)
+            youki::exec_here(&req.id, &req.state_root, process_file, seccomp.map(|b| *b), stdio)
         }
     };
     answer(&match r {

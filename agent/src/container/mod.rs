@@ -33,6 +33,7 @@ pub mod stdio;
 pub mod table;
 pub mod validate;
 pub mod validated;
+pub mod youki;
 
 pub use config::Config;
 pub use error::ContainerError;

@@ -241,7 +241,10 @@ mod tests {
         .unwrap();
         let parsed: oci_spec::runtime::LinuxSeccomp = serde_json::from_value(d).unwrap();
         assert_eq!(parsed.syscalls().as_ref().unwrap()[0].names().len(), DEFAULT_DENIED.len());
-        let custom = r#"{"defaultAction":"SCMP_ACT_ERRNO","syscalls":[{"names":["read"],"action":"SCMP_ACT_ALLOW"}]}"#;
+        let custom = concat!(
+            r#"{"defaultAction":"SCMP_ACT_ERRNO","#,
+            r#""syscalls":[{"names":["read"],"action":"SCMP_ACT_ALLOW"}]}"#
+        );
         assert!(profile(Some(&pb::Seccomp {
             kind: Kind::Custom as i32,
             profile_json: custom.into()

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use carapace_agent_client::pb;
 
-use super::NetError;
+use super::error::NetError;
 
 pub const MAX_INTERFACES: usize = 8;
 pub const MAX_ADDRESSES: usize = 64;

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use super::config::NetConfig;
-use super::NetError;
+use super::error::NetError;
 
 /// Where the agent keeps the pod's hosts file.
 pub const POD_HOSTS_FILE: &str = "/run/carapace/pod/hosts";

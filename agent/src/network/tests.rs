@@ -12,6 +12,7 @@ use netlink_packet_route::link::{
 use netlink_packet_route::RouteNetlinkMessage;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{setns, unshare, CloneFlags};
+use tonic::Status;
 
 use super::config::tests::request;
 use super::link::{self, Link};

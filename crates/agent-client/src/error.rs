@@ -11,7 +11,10 @@ pub enum AgentClientError {
     #[error("VM socket {0} does not exist: is the VM running?")]
     SocketMissing(String),
     /// The socket exists but the agent did not accept a connection in time.
-    #[error("agent did not answer on vsock port {port} within {}s (last error: {last})", .waited.as_secs_f64())]
+    #[error(
+        "agent did not answer on vsock port {port} within {}s (last error: {last})",
+        .waited.as_secs_f64()
+    )]
     Deadline { port: u32, waited: Duration, last: String },
     /// A handshake failure that retrying cannot fix (e.g. permission denied).
     #[error(transparent)]

@@ -256,8 +256,8 @@ impl Config {
         let run_len = run_dir.as_os_str().len();
         if run_len > MAX_RUN_DIR_LEN {
             return Err(ConfigError::Invalid(format!(
-                "run_dir = {:?} is {run_len} bytes long; pods' vsock socket paths must fit in a Unix \
-                 socket address, so run_dir may be at most {MAX_RUN_DIR_LEN} bytes",
+                "run_dir = {:?} is {run_len} bytes long; pods' vsock socket paths must fit in a \
+                 Unix socket address, so run_dir may be at most {MAX_RUN_DIR_LEN} bytes",
                 run_dir.display()
             )));
         }

@@ -256,7 +256,8 @@ mod tests {
         };
         assert_eq!(
             resolv_conf(&d),
-            "search default.svc.cluster.local svc.cluster.local\nnameserver 10.0.0.10\noptions ndots:5\n"
+            "search default.svc.cluster.local svc.cluster.local\nnameserver 10.0.0.10\n\
+             options ndots:5\n"
         );
     }
 }

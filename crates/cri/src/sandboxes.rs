@@ -1,6 +1,8 @@
 //! The sandbox table: the pod sandboxes of one daemon in memory, backed by their durable
 //! records, and the VM lifecycle of each (boot, stop, clean up). What a pod's containers need
 //! when it stops or goes away is done by the runtime (`runtime.rs`), which owns both tables.
+//! Over 600 lines on purpose: one job (the sandbox table and each pod's VM lifecycle); what
+//! could move out (records, VMM processes, networking) already lives in its own module.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -183,27 +185,44 @@ impl SandboxTable {
         let store: Store = Store::open(&cfg.state_dir)?;
         let (records, bad) = store.load_all()?;
         for b in bad {
-            tracing::error!(path = %b.path.display(), reason = %b.reason, "ignoring unreadable sandbox record");
+            tracing::error!(
+                path = %b.path.display(),
+                reason = %b.reason,
+                "ignoring unreadable sandbox record"
+            );
         }
         let mut index = Index::default();
         for mut rec in records {
             if rec.phase == SandboxPhase::Starting {
                 let found = vmm::find_vmms(&rec.vm_config(), rec.vmm);
                 for p in &found {
-                    tracing::warn!(id = %rec.id, pid = p.pid, "killing the VMM of a sandbox that was still starting when the daemon went down");
+                    tracing::warn!(
+                        id = %rec.id,
+                        pid = p.pid,
+                        "killing the VMM of a sandbox that was still starting when the daemon \
+                         went down"
+                    );
                 }
                 for p in vmm::kill_blocking(&found) {
-                    tracing::error!(id = %rec.id, pid = p.pid, "the VMM of an abandoned sandbox did not die after SIGKILL");
+                    tracing::error!(
+                        id = %rec.id,
+                        pid = p.pid,
+                        "the VMM of an abandoned sandbox did not die after SIGKILL"
+                    );
                 }
             }
             let alive = rec.vmm.as_ref().is_some_and(procfs::is_alive);
             if rec.phase != SandboxPhase::Stopped && !alive {
-                tracing::warn!(id = %rec.id, "the VM of this sandbox ended while the daemon was down");
+                tracing::warn!(
+                    id = %rec.id,
+                    "the VM of this sandbox ended while the daemon was down"
+                );
                 rec.phase = SandboxPhase::Stopped;
                 rec.stopped_at = Some(now_nanos());
                 store.save(&rec)?;
             } else if alive {
-                tracing::info!(id = %rec.id, pid = rec.vmm.map_or(0, |p| p.pid), "reattached to running VM");
+                let pid = rec.vmm.map_or(0, |p| p.pid);
+                tracing::info!(id = %rec.id, pid, "reattached to running VM");
             }
             index.names.insert(rec.sandbox_name(), rec.id.clone());
             index.pods.insert(rec.id.clone(), Sandbox::new(rec));
@@ -296,8 +315,9 @@ impl SandboxTable {
         for (what, file) in [("kernel", &profile.kernel), ("initramfs", &profile.initramfs)] {
             if !file.is_file() {
                 return Err(CriError::FailedPrecondition(format!(
-                    "guest {what} {} of profile {profile_name:?} is missing: run `make guest-image` \
-                     or fix profiles.{profile_name}.{what} in the carapace config",
+                    "guest {what} {} of profile {profile_name:?} is missing: run \
+                     `make guest-image` or fix profiles.{profile_name}.{what} in the carapace \
+                     config",
                     file.display()
                 )));
             }
@@ -346,8 +366,8 @@ impl SandboxTable {
             let mut index = self.index();
             if let Some(other) = index.names.get(&name) {
                 return Err(CriError::AlreadyExists(format!(
-                    "a pod sandbox named {:?} (namespace {:?}, uid {:?}, attempt {}) already exists \
-                     with ID {other}; remove it first or use another attempt number",
+                    "a pod sandbox named {:?} (namespace {:?}, uid {:?}, attempt {}) already \
+                     exists with ID {other}; remove it first or use another attempt number",
                     md.name, md.namespace, md.uid, md.attempt
                 )));
             }
@@ -378,7 +398,12 @@ impl SandboxTable {
         };
         match booted {
             Ok(()) => {
-                tracing::info!(%id, name = %md.name, namespace = %md.namespace, "pod sandbox ready");
+                tracing::info!(
+                    %id,
+                    name = %md.name,
+                    namespace = %md.namespace,
+                    "pod sandbox ready"
+                );
                 Ok(id)
             }
             Err(e) => {

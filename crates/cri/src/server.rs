@@ -37,7 +37,8 @@ pub enum ServeError {
     #[error("cannot listen on {path}: {source}")]
     Bind { path: PathBuf, source: std::io::Error },
     #[error(
-        "cannot listen on {addr} for streaming (exec/attach): {source}; set [streaming] address/port"
+        "cannot listen on {addr} for streaming (exec/attach): {source}; \
+         set [streaming] address/port"
     )]
     StreamingBind { addr: std::net::SocketAddr, source: std::io::Error },
     #[error(transparent)]

@@ -47,7 +47,12 @@ macro_rules! impl_record {
 }
 
 impl_record!(SandboxRecord, dir: "sandboxes", kind: "sandbox", version: RECORD_VERSION);
-impl_record!(ContainerRecord, dir: "containers", kind: "container", version: CONTAINER_RECORD_VERSION);
+impl_record!(
+    ContainerRecord,
+    dir: "containers",
+    kind: "container",
+    version: CONTAINER_RECORD_VERSION
+);
 
 /// A state-dir operation that failed; the message names the file.
 #[derive(Debug, thiserror::Error)]

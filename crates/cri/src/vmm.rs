@@ -355,7 +355,8 @@ mod tests {
         };
         let p = match spawn(&c, &VmProfile::default(), &files, None) {
             Ok(p) => p,
-            Err(VmmProcessError::Vanished { .. }) => return, // exited before /proc was read: also fine
+            // Exited before /proc was read: also fine.
+            Err(VmmProcessError::Vanished { .. }) => return,
             Err(e) => panic!("{e}"),
         };
         let err = wait_agent(&p, &files, Duration::from_secs(20)).await.unwrap_err().to_string();

@@ -1,5 +1,5 @@
-//! Virtio devices of the carapace VMM (vsock, rng, virtio-fs, net) and the virtio-mmio transport that
-//! exposes them. Each activated device works on its own thread (see [`worker`]).
+//! Virtio devices of the carapace VMM (vsock, rng, virtio-fs, net) and the virtio-mmio transport
+//! that exposes them. Each activated device works on its own thread (see [`worker`]).
 //!
 //! Everything in a queue comes from the guest, which is untrusted: malformed descriptor chains
 //! and packets are errors that are logged and dropped, never panics.

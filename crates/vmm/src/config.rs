@@ -156,7 +156,8 @@ pub struct VmConfig {
     #[serde(default = "yes")]
     pub rng: bool,
     /// Host directory shared with the guest through virtio-fs under the tag
-    /// [`carapace_guest_contract::SHARED_FS_TAG`] (read-write, passthrough); no virtio-fs device when None.
+    /// [`carapace_guest_contract::SHARED_FS_TAG`] (read-write, passthrough); no virtio-fs device
+    /// when None.
     #[serde(default)]
     pub shared_dir: Option<PathBuf>,
     /// virtio-net NIC on an inherited tap; no NIC when None.
@@ -243,7 +244,8 @@ impl VmConfig {
     }
 
     /// Checks the values alone (no file is looked at): vCPUs, memory, vsock CID, command line,
-    /// kick interval, serial log cap. Anyone who writes a config for `carapace vmm` can check it with this.
+    /// kick interval, serial log cap. Anyone who writes a config for `carapace vmm` can check it
+    /// with this.
     pub fn validate_limits(&self) -> Result<(), ConfigError> {
         if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
             return Err(ConfigError::VcpusOutOfRange { got: self.vcpus, max: MAX_VCPUS });

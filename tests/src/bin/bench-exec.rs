@@ -8,7 +8,8 @@
 //! containerd is missing or fails, its figures are `n/a` with the reason.
 //!
 //! Last line:
-//! `exec: carapace median <X> ms, runc median <Y> ms, ratio <X/Y>; stream carapace <A> MiB/s, runc <B> MiB/s`
+//! `exec: carapace median <X> ms, runc median <Y> ms, ratio <X/Y>; stream carapace <A> MiB/s,
+//! runc <B> MiB/s` (one line).
 
 use std::io::Read;
 use std::path::Path;
@@ -88,7 +89,8 @@ fn main() -> Result<()> {
         None => ("n/a".into(), "n/a".into(), "n/a".into()),
     };
     println!(
-        "exec: carapace median {:.1} ms, runc median {y} ms, ratio {ratio}; stream carapace {:.1} MiB/s, runc {b} MiB/s",
+        "exec: carapace median {:.1} ms, runc median {y} ms, ratio {ratio}; \
+         stream carapace {:.1} MiB/s, runc {b} MiB/s",
         ours.exec_ms, ours.stream_mib_s
     );
     Ok(())

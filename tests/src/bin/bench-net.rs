@@ -20,7 +20,8 @@
 //!   trips of one byte after 50 untimed ones, the median round trip counted.
 //!
 //! A benchmark, not a test: nothing is asserted about the figures. The last line is
-//! `net: carapace <X> Mbit/s, runc <Y> Mbit/s, ratio <X/Y>; rr carapace <A> us, runc <B> us, ratio <A/B>`.
+//! `net: carapace <X> Mbit/s, runc <Y> Mbit/s, ratio <X/Y>; rr carapace <A> us, runc <B> us,
+//! ratio <A/B>` (one line).
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};

@@ -296,7 +296,11 @@ mod tests {
         plugin(
             d.path(),
             "bad",
-            r#"cat >/dev/null; echo '{"cniVersion":"1.0.0","code":7,"msg":"bad thing","details":"more"}'; exit 1"#,
+            concat!(
+                r#"cat >/dev/null; "#,
+                r#"echo '{"cniVersion":"1.0.0","code":7,"msg":"bad thing","details":"more"}'; "#,
+                "exit 1"
+            ),
         );
         plugin(d.path(), "crash", "echo oops >&2; exit 3");
         let r = PluginRunner::new(vec![d.path().into()]);

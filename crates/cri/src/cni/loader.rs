@@ -150,7 +150,11 @@ impl ConfLoader {
         let loaded = self.scan(&fp);
         match &loaded {
             Ok(l) => {
-                tracing::info!(dir = %self.dir.display(), network = %l.name, "CNI network config loaded")
+                tracing::info!(
+                    dir = %self.dir.display(),
+                    network = %l.name,
+                    "CNI network config loaded"
+                )
             }
             Err(e) => tracing::info!(dir = %self.dir.display(), "CNI not ready: {e}"),
         }

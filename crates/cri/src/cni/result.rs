@@ -232,7 +232,11 @@ mod tests {
     #[test]
     fn a_0_3_result_with_versions_and_no_indexes_is_read() {
         let r = CniResult::from_json(
-            br#"{"cniVersion":"0.3.1","ips":[{"version":"4","address":"10.1.0.2/16","gateway":"10.1.0.1"}]}"#,
+            concat!(
+                r#"{"cniVersion":"0.3.1","#,
+                r#""ips":[{"version":"4","address":"10.1.0.2/16","gateway":"10.1.0.1"}]}"#
+            )
+            .as_bytes(),
         )
         .unwrap();
         assert_eq!(r.pod_ips("eth0").len(), 1, "no index anywhere: the address is the pod's");

@@ -199,7 +199,10 @@ mod tests {
         let json = serde_json::to_string(&got).unwrap();
         assert_eq!(
             json,
-            r#"[{"hostPort":8080,"containerPort":80,"protocol":"tcp"},{"hostPort":5353,"containerPort":53,"protocol":"udp","hostIP":"127.0.0.1"}]"#
+            concat!(
+                r#"[{"hostPort":8080,"containerPort":80,"protocol":"tcp"},"#,
+                r#"{"hostPort":5353,"containerPort":53,"protocol":"udp","hostIP":"127.0.0.1"}]"#
+            )
         );
         assert!(port_mappings(&[pm(70000, 80, cri::Protocol::Tcp, "")]).is_err());
         assert!(port_mappings(&[pm(80, 80, cri::Protocol::Tcp, "nope")]).is_err());

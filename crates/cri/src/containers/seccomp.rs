@@ -130,7 +130,10 @@ mod tests {
         let good = d.path().join("block-hostname.json");
         std::fs::write(
             &good,
-            r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["sethostname"],"action":"SCMP_ACT_ERRNO"}]}"#,
+            concat!(
+                r#"{"defaultAction":"SCMP_ACT_ALLOW","#,
+                r#""syscalls":[{"names":["sethostname"],"action":"SCMP_ACT_ERRNO"}]}"#
+            ),
         )
         .unwrap();
         let s = agent_seccomp(&profile(ProfileType::Localhost, good.to_str().unwrap())).unwrap();

@@ -54,9 +54,15 @@ pub enum NetError {
     InvalidName(String),
     #[error("network namespace {}: {source}", path.display())]
     Netns { path: PathBuf, source: std::io::Error },
-    #[error("no interface {name:?} in the pod's network namespace {} (did the CNI plugin create it?)", netns.display())]
+    #[error(
+        "no interface {name:?} in the pod's network namespace {} (did the CNI plugin create it?)",
+        netns.display()
+    )]
     NoInterface { name: String, netns: PathBuf },
-    #[error("interface {0:?} has no Ethernet MAC address: only Ethernet CNI interfaces can be wired to a VM")]
+    #[error(
+        "interface {0:?} has no Ethernet MAC address: only Ethernet CNI interfaces can be wired \
+         to a VM"
+    )]
     NoMac(String),
     #[error("{what}: {source}")]
     Netlink { what: String, source: std::io::Error },

@@ -212,7 +212,12 @@ impl Conn {
             Kind::Data => &mut r.data,
         };
         if slot.is_some() {
-            tracing::warn!(%request, stream_id, ?kind, "port-forward stream of a kind already there");
+            tracing::warn!(
+                %request,
+                stream_id,
+                ?kind,
+                "port-forward stream of a kind already there"
+            );
             return self.reset(stream_id, RST_PROTOCOL_ERROR).await;
         }
         *slot = Some(stream_id);
@@ -384,7 +389,11 @@ impl Forward {
                         }
                     }
                     Err(e) => {
-                        tracing::debug!(request = %self.request, error = %e, "reading the pod's connection");
+                        tracing::debug!(
+                            request = %self.request,
+                            error = %e,
+                            "reading the pod's connection"
+                        );
                         break;
                     }
                 }

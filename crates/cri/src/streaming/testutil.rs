@@ -15,8 +15,8 @@ use super::{Backend, Outcome, PortStream, Stdio};
 /// ends; counts its drops), `resize` (writes the first size it gets as "WxH"), `big N` (writes
 /// N bytes of stdout in one chunk), `flood` (writes stdout without end).
 /// Ports: 7 echoes (until the client's FIN, then closes), 9 reads until its connection ends
-/// (then counts it in `pf_closed`), 10 writes without end (counting in `written`, as `flood` counts what it writes to stdout); any
-/// other port is refused.
+/// (then counts it in `pf_closed`), 10 writes without end (counting in `written`, as `flood`
+/// counts what it writes to stdout); any other port is refused.
 #[derive(Default)]
 pub struct FakeBackend {
     pub dropped: Arc<AtomicUsize>,

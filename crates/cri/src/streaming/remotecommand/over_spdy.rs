@@ -9,8 +9,10 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
 
+use super::protocol::{
+    status_message, Flags, Protocol, Session, CLOSE_TIMEOUT, STREAM_CREATION_TIMEOUT,
+};
 use super::session::{self, Channel, Input, Want};
-use super::{status_message, Flags, Protocol, Session, CLOSE_TIMEOUT, STREAM_CREATION_TIMEOUT};
 use crate::streaming::spdy::{Frame, FLAG_FIN, RST_PROTOCOL_ERROR};
 use crate::streaming::spdyio::{spawn_writer, FrameReader};
 use crate::streaming::Backend;

@@ -20,8 +20,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+use super::protocol::{status_message, Protocol, Session, CLOSE_TIMEOUT};
 use super::session::{self, Channel, Input, Want};
-use super::{status_message, Protocol, Session, CLOSE_TIMEOUT};
 use crate::streaming::websocket::close;
 use crate::streaming::Backend;
 

@@ -7,7 +7,7 @@ use std::future::Future;
 
 use tokio::sync::mpsc;
 
-use super::{Session, MAX_DATA_CHUNK};
+use super::protocol::{Session, MAX_DATA_CHUNK};
 use crate::streaming::{Backend, Outcome, Stdio, TermSize};
 
 /// Chunks of stdin (and of output) queued between the transport and the process at most.

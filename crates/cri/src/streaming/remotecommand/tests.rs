@@ -2,6 +2,9 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_cri::v1 as cri;
 
 use super::*;
 use crate::streaming::spdy::Frame;
