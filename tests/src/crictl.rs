@@ -37,8 +37,14 @@ impl Crictl {
     }
 
     /// The same crictl trusting `ca` for the streaming server's TLS (its name: `localhost`).
-    pub fn with_streaming_ca(mut self, ca: &Path) -> Crictl {
-        self.stream_args = vec!["--tls-ca".into(), ca.display().to_string()];
+    /// crictl takes `--tls-ca` only together with a client certificate and key (it refuses
+    /// otherwise, and without any of the three it skips verification), so one is passed too;
+    /// the server does not ask for it.
+    pub fn with_streaming_tls(mut self, ca: &Path, cert: &Path, key: &Path) -> Crictl {
+        self.stream_args = [("--tls-ca", ca), ("--tls-cert", cert), ("--tls-key", key)]
+            .iter()
+            .flat_map(|(flag, path)| [flag.to_string(), path.display().to_string()])
+            .collect();
         self
     }
 

@@ -3,13 +3,13 @@
 //! real pod VMs: exec (stdin, 100 MiB of stdout, exit codes, a tty under tmux with resize and
 //! Ctrl-C, ten at once, a killed client), attach (two attachers, stdin, the CRI log still
 //! written) and port-forward (an HTTP server on the pod's localhost), each over SPDY and over
-//! WebSocket (the attach test's daemon over TLS with CARAPACE_E2E_STREAM_TLS=1); single-use and
+//! WebSocket (the attach test's daemon over TLS, crictl checking its certificate); single-use and
 //! expiring URLs.
 //! Needs a KVM that boots Linux; run with --ignored in the test host.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -42,8 +42,31 @@ fn daemon_process() {
 struct Setup {
     reg: Registry,
     d: Daemon,
-    /// With TLS: the streaming server's self-signed certificate (for `localhost`) in its dir.
-    tls: Option<(tempfile::TempDir, PathBuf)>,
+    /// With TLS: the streaming server's certificate and crictl's client pair.
+    tls: Option<Tls>,
+}
+
+/// The streaming server's self-signed certificate (for `localhost`), which crictl trusts, and a
+/// client certificate and key for crictl, all in one temporary dir.
+struct Tls {
+    _dir: tempfile::TempDir,
+    server_cert: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+}
+
+/// A self-signed RSA certificate for `name` and its key, made by `openssl`.
+fn self_signed(cert: &Path, key: &Path, name: &str) -> Result<()> {
+    let o = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"])
+        .args(["-subj", &format!("/CN={name}"), "-addext", &format!("subjectAltName=DNS:{name}")])
+        .arg("-keyout")
+        .arg(key)
+        .arg("-out")
+        .arg(cert)
+        .output()?;
+    ensure!(o.status.success(), "openssl req: {}", describe(&o));
+    Ok(())
 }
 
 impl Setup {
@@ -51,7 +74,7 @@ impl Setup {
     fn crictl(&self) -> Result<Crictl> {
         let k = Crictl::new(self.d.socket())?;
         Ok(match &self.tls {
-            Some((_, cert)) => k.with_streaming_ca(cert),
+            Some(t) => k.with_streaming_tls(&t.server_cert, &t.client_cert, &t.client_key),
             None => k,
         })
     }
@@ -64,22 +87,17 @@ fn setup(prefix: &'static str, tls: bool) -> Result<Setup> {
     let mut extra_config = String::new();
     let tls = if tls {
         let dir = tempfile::Builder::new().prefix("tls").tempdir_in("/tmp")?;
-        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-        let o = Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"])
-            .args(["-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"])
-            .arg("-keyout")
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert)
-            .output()?;
-        ensure!(o.status.success(), "openssl req: {}", describe(&o));
+        let p = |f: &str| dir.path().join(f);
+        let (cert, key) = (p("server.pem"), p("server-key.pem"));
+        self_signed(&cert, &key, "localhost")?;
+        let (client_cert, client_key) = (p("client.pem"), p("client-key.pem"));
+        self_signed(&client_cert, &client_key, "crictl")?;
         extra_config = format!(
             "[streaming]\ntls_cert_file = {:?}\ntls_key_file = {:?}\n",
             cert.display().to_string(),
             key.display().to_string()
         );
-        Some((dir, cert))
+        Some(Tls { _dir: dir, server_cert: cert, client_cert, client_key })
     } else {
         None
     };
@@ -458,9 +476,9 @@ fn wait_listening(port: u16, child: &mut Child) -> Result<()> {
 #[test]
 #[ignore = "needs a KVM that boots Linux guests: run by `make test-e2e`"]
 fn attach_and_port_forward_through_crictl_over_spdy_and_websocket() {
-    // TLS is opt-in here (CARAPACE_E2E_STREAM_TLS=1) until crictl's attach over TLS passes.
-    let tls = std::env::var_os("CARAPACE_E2E_STREAM_TLS").is_some();
-    let s = setup("cria", tls).expect("setup");
+    // This daemon's streaming server uses TLS (the exec test's does not): crictl checks its
+    // certificate.
+    let s = setup("cria", true).expect("setup");
     let r = runtime().block_on(async {
         let mut c = s.d.client().await?;
         let echo: &[&str] = &["sh", "-c", "echo ready; while read l; do echo \"got $l\"; done"];
@@ -491,38 +509,51 @@ fn attach_and_port_forward_through_crictl_over_spdy_and_websocket() {
                 Ok(Reap(k.command("attach", &["--transport", tr, &echo_id]).spawn()?))
             };
             let (mut a, mut b) = (watch()?, watch()?);
-            tokio::time::sleep(Duration::from_secs(3)).await;
             let line = format!("line-{n}");
+            let want = format!("got {line}");
+            // Each attacher's reader, started before anything is written.
+            let mut readers = Vec::new();
+            for (who, r) in [("first", &mut a), ("second", &mut b)] {
+                let out = r.0.stdout.take().context("stdout")?;
+                let err = r.0.stderr.take().context("stderr")?;
+                let want = want.clone();
+                let reader = tokio::task::spawn_blocking(move || -> Result<String> {
+                    let mut seen = String::new();
+                    for l in BufReader::new(out).lines() {
+                        let l = l?;
+                        seen.push_str(&l);
+                        seen.push('\n');
+                        if l == want {
+                            return Ok(seen);
+                        }
+                    }
+                    let mut stderr = String::new();
+                    let _ = BufReader::new(err).read_to_string(&mut stderr);
+                    bail!("output ended before {want:?}: {seen:?}; crictl stderr: {stderr}")
+                });
+                readers.push((who, reader));
+            }
             let mut w = Reap(
                 k.command("attach", &["--transport", tr, "-i", &echo_id])
                     .stdin(Stdio::piped())
                     .spawn()?,
             );
-            w.0.stdin.as_mut().context("stdin")?.write_all(format!("{line}\n").as_bytes())?;
-            let want = format!("got {line}");
-            for (who, r) in [("first", &mut a), ("second", &mut b)] {
-                let out = r.0.stdout.take().context("stdout")?;
-                let err = r.0.stderr.take().context("stderr")?;
-                let got = tokio::task::spawn_blocking({
-                    let want = want.clone();
-                    move || -> Result<String> {
-                        let mut seen = String::new();
-                        for l in BufReader::new(out).lines() {
-                            let l = l?;
-                            seen.push_str(&l);
-                            seen.push('\n');
-                            if l == want {
-                                return Ok(seen);
-                            }
-                        }
-                        let mut stderr = String::new();
-                        let _ = BufReader::new(err).read_to_string(&mut stderr);
-                        bail!("output ended before {want:?}: {seen:?}; crictl stderr: {stderr}")
+            // An attacher sees only output made after it is attached, and nothing tells when
+            // crictl is (its TLS handshake alone can take seconds in the test host): the writer
+            // repeats the line every 2 s until both readers have seen its answer.
+            let deadline = Instant::now() + Duration::from_secs(90);
+            for (who, mut reader) in readers {
+                loop {
+                    let stdin = w.0.stdin.as_mut().context("stdin")?;
+                    stdin.write_all(format!("{line}\n").as_bytes()).context("writer's stdin")?;
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    ensure!(!left.is_zero(), "{}", ctx(&format!("{who} attacher: no {want:?}")));
+                    let wait = left.min(Duration::from_secs(2));
+                    if let Ok(done) = tokio::time::timeout(wait, &mut reader).await {
+                        done?.with_context(|| ctx(&format!("{who} attacher")))?;
+                        break;
                     }
-                });
-                tokio::time::timeout(Duration::from_secs(60), got)
-                    .await
-                    .with_context(|| ctx(&format!("{who} attacher: no {want:?} in time")))???;
+                }
             }
             drop((a, b, w));
             let text = std::fs::read_to_string(&log).unwrap_or_default();
