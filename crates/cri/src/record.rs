@@ -190,6 +190,9 @@ pub struct MountRecord {
     /// On the host, as the client gave it (empty for files the daemon provides).
     pub host_path: String,
     pub readonly: bool,
+    /// With `readonly`: read-only in the volume's submounts too (else they keep their flags).
+    #[serde(default)]
+    pub recursive_read_only: bool,
     pub selinux_relabel: bool,
     /// CRI MountPropagation number.
     pub propagation: i32,

@@ -286,6 +286,7 @@ pub(crate) mod tests {
                 container_path: "/data".into(),
                 host_path: "/srv/data".into(),
                 readonly: true,
+                recursive_read_only: false,
                 selinux_relabel: false,
                 propagation: 0,
                 shared_path: PathBuf::from("/run/x/mounts/0"),

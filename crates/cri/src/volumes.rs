@@ -27,6 +27,30 @@ pub enum VolumeError {
     Fs(#[from] carapace_podfs::Error),
 }
 
+/// The mount points strictly below the host path `host` (whose symlinks are resolved first:
+/// mountinfo names real paths), relative to it, shallowest first. A host path that cannot be
+/// resolved or a mountinfo that cannot be read gives none (the volume is then one mount).
+/// Equally deep ones come in name order.
+pub fn submounts(host: &Path) -> Vec<PathBuf> {
+    let Ok(real) = std::fs::canonicalize(host) else { return Vec::new() };
+    let Ok(info) = carapace_podfs::mountinfo::read() else { return Vec::new() };
+    submounts_in(&info, &real)
+}
+
+fn submounts_in(mountinfo: &str, real: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = carapace_podfs::mountinfo::mounts_under(mountinfo, real)
+        .into_iter()
+        .filter_map(|m| m.point.strip_prefix(real).ok().map(Path::to_path_buf))
+        .filter(|rel| {
+            rel.components().count() > 0
+                && rel.components().all(|c| matches!(c, std::path::Component::Normal(_)))
+        })
+        .collect();
+    out.sort_by(|a, b| a.components().count().cmp(&b.components().count()).then(a.cmp(b)));
+    out.dedup();
+    out
+}
+
 /// Bind-mounts `src` (created as a directory when missing, as containerd does) onto `target`
 /// (created as a directory or an empty file to match), `nosuid,nodev`, recursively read-only
 /// when asked. `target` is `<shared>/<cid>/mounts/<n>`: the shared dir (its third ancestor,
@@ -150,6 +174,21 @@ mod tests {
         assert!(host.exists());
     }
 
+    #[test]
+    fn submounts_are_listed_relative_and_shallowest_first() {
+        let info = "\
+            22 1 0:21 / / rw - ext4 /dev/root rw\n\
+            30 22 0:30 / /vol/a/b rw - tmpfs t rw\n\
+            31 22 0:31 / /vol rw - tmpfs t rw\n\
+            32 22 0:32 / /vol/a rw - tmpfs t rw\n\
+            33 22 0:33 / /volume rw - tmpfs t rw\n\
+            34 22 0:34 / /vol/with\\040space rw - tmpfs t rw\n";
+        let got = submounts_in(info, Path::new("/vol"));
+        let want: Vec<PathBuf> = ["a", "with space", "a/b"].iter().map(PathBuf::from).collect();
+        assert_eq!(got, want);
+        assert!(submounts_in(info, Path::new("/nothing")).is_empty());
+    }
+
     /// The old code made only the top of a read-only volume read-only: `MS_REC` bind plus one
     /// `MS_RDONLY` remount left its submounts writable.
     #[test]
@@ -172,6 +211,40 @@ mod tests {
         assert!(std::fs::write(target.join("sub/x"), "x").is_err(), "a submount is writable");
         std::fs::write(vol.join("sub/ok"), "ok").unwrap();
         remove_tree(&d.path().join("shared/c")).unwrap();
+        unmount_all_under(&vol).unwrap();
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(mounts_under(&info, d.path()).is_empty());
+    }
+
+    /// `readonly` without `recursive_read_only` (critest's non-recursive read-only mount): the
+    /// volume's own mount is read-only, a submount keeps its own flags, and the submount is
+    /// listed so that the guest gets a writable bind of it.
+    #[test]
+    fn top_only_read_only_volumes_leave_submounts_writable() {
+        if !is_root() {
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let vol = d.path().join("vol");
+        std::fs::create_dir_all(vol.join("sub")).unwrap();
+        let sub = std::ffi::CString::new(vol.join("sub").into_os_string().into_vec()).unwrap();
+        // SAFETY: NUL-terminated strings; no data argument.
+        let r = unsafe {
+            libc::mount(c"tmpfs".as_ptr(), sub.as_ptr(), c"tmpfs".as_ptr(), 0, std::ptr::null())
+        };
+        assert_eq!(r, 0);
+        assert_eq!(submounts(&vol), vec![PathBuf::from("sub")]);
+        let shared = d.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        let dir = std::fs::File::open(&shared).unwrap();
+        let rel = Path::new("c/mounts/0");
+        carapace_podfs::bind_with(dir.as_fd(), rel, &vol, carapace_podfs::Access::ReadOnlyTop)
+            .unwrap();
+        let target = shared.join(rel);
+        assert!(std::fs::write(target.join("top"), "x").is_err(), "the top is writable");
+        std::fs::write(target.join("sub/x"), "x").unwrap();
+        assert_eq!(std::fs::read(vol.join("sub/x")).unwrap(), b"x");
+        remove_tree(&shared.join("c")).unwrap();
         unmount_all_under(&vol).unwrap();
         let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         assert!(mounts_under(&info, d.path()).is_empty());

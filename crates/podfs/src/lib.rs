@@ -23,7 +23,7 @@ mod sys;
 
 pub use beneath::{mkdirs_beneath, open_beneath, read_file_beneath, write_file_beneath, DIR_MODE};
 pub use error::Error;
-pub use mount::{bind_beneath, harden, unmount_beneath, unmount_tree};
+pub use mount::{bind_beneath, bind_with, harden, unmount_beneath, unmount_tree, Access};
 pub use pod::{PodDir, Staged, PRIVATE_DIR_MODE, SHARED, STAGING};
 pub use remove::{remove_beneath, remove_tree};
 

@@ -15,18 +15,49 @@ use crate::{mountinfo, sys};
 /// Rounds of unmounting (stacked mounts need one round each).
 const UNMOUNT_ROUNDS: usize = 8;
 
-/// Bind-mounts the host path `src` (recursively, created as a directory when missing, as
-/// containerd does) onto `rel` beneath `root`, made (0750 parents) as a directory or an empty
-/// file to match. The mount is `nosuid,nodev` on every submount too, and with `readonly`
-/// recursively read-only (`mount_setattr(AT_RECURSIVE)`), set on the detached copy before it is
-/// attached, so it is never visible writable. The mount point is opened without following a
-/// symlink and must not be a mount point already; the tree is attached to that descriptor.
-/// Returns the new mount's ID.
+/// How a volume may be written through its mount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    ReadWrite,
+    /// The volume's own mount read-only; mounts below it keep their own flags (the CRI's
+    /// `readonly` without `recursive_read_only`, as runc and Kubernetes' default give it).
+    ReadOnlyTop,
+    /// Read-only down to every submount (`recursive_read_only`).
+    ReadOnly,
+}
+
+impl From<bool> for Access {
+    fn from(readonly: bool) -> Access {
+        if readonly {
+            Access::ReadOnly
+        } else {
+            Access::ReadWrite
+        }
+    }
+}
+
+/// [`bind_with`], read-write or recursively read-only.
 pub fn bind_beneath(
     root: BorrowedFd<'_>,
     rel: &Path,
     src: &Path,
     readonly: bool,
+) -> Result<u64, Error> {
+    bind_with(root, rel, src, Access::from(readonly))
+}
+
+/// Bind-mounts the host path `src` (recursively, created as a directory when missing, as
+/// containerd does) onto `rel` beneath `root`, made (0750 parents) as a directory or an empty
+/// file to match. The mount is `nosuid,nodev` on every submount too, and read-only as `access`
+/// says (`mount_setattr`, with `AT_RECURSIVE` for [`Access::ReadOnly`]), set on the detached
+/// copy before it is attached, so it is never visible writable. The mount point is opened
+/// without following a symlink and must not be a mount point already; the tree is attached to
+/// that descriptor. Returns the new mount's ID.
+pub fn bind_with(
+    root: BorrowedFd<'_>,
+    rel: &Path,
+    src: &Path,
+    access: Access,
 ) -> Result<u64, Error> {
     let (dirs, name) = split_last(rel)?;
     if let Err(e) = std::fs::symlink_metadata(src) {
@@ -41,11 +72,15 @@ pub fn bind_beneath(
     let tree = sys::open_tree(cwd, &csrc, sys::OPEN_TREE_CLONE | libc::AT_RECURSIVE as u32)
         .map_err(|e| io_err("clone the mount tree of", src, e))?;
     let mut attrs = sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
-    if readonly {
+    if access == Access::ReadOnly {
         attrs |= sys::MOUNT_ATTR_RDONLY;
     }
     sys::mount_setattr(tree.as_fd(), attrs, true)
         .map_err(|e| io_err("set nosuid,nodev[,ro] on", src, e))?;
+    if access == Access::ReadOnlyTop {
+        sys::mount_setattr(tree.as_fd(), sys::MOUNT_ATTR_RDONLY, false)
+            .map_err(|e| io_err("set ro on", src, e))?;
+    }
     let is_dir = rfs::fstat(&tree).map_err(|e| io_err("stat", src, e))?.st_mode & libc::S_IFMT
         == libc::S_IFDIR;
     let parent = mkdirs_beneath(root, &dirs)?;

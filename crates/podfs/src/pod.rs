@@ -10,7 +10,7 @@ use rustix::io::Errno;
 
 use crate::beneath::{mount_id, plain, read_file_beneath, write_file_beneath, DIR_MODE};
 use crate::error::{io_err, Error};
-use crate::mount::bind_beneath;
+use crate::mount::{bind_beneath, bind_with, Access};
 use crate::remove::remove_beneath;
 
 /// The guest-visible directory of a pod (the VMM's `--shared-dir`).
@@ -138,6 +138,11 @@ impl Staged {
     /// [`bind_beneath`]); the mount moves with the dir when it is exposed.
     pub fn bind(&self, src: &Path, rel: &Path, readonly: bool) -> Result<u64, Error> {
         bind_beneath(self.dir(), rel, src, readonly)
+    }
+
+    /// [`Staged::bind`] with the read-only mode spelled out ([`bind_with`]).
+    pub fn bind_with(&self, src: &Path, rel: &Path, access: Access) -> Result<u64, Error> {
+        bind_with(self.dir(), rel, src, access)
     }
 
     /// Moves the staged dir to `shared/<name>` in one `renameat2(RENAME_NOREPLACE)` between

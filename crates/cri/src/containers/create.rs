@@ -8,6 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use carapace_agent_client::pb;
+use carapace_podfs::Access;
 use k8s_cri::v1 as cri;
 
 use super::agent::{agent_of, call};
@@ -66,6 +67,7 @@ pub struct Volume {
     pub container_path: String,
     pub host_path: String,
     pub readonly: bool,
+    pub recursive_read_only: bool,
     pub selinux_relabel: bool,
     pub propagation: i32,
 }
@@ -84,6 +86,7 @@ impl Volume {
             container_path: container_path.display().to_string(),
             host_path: host_path.display().to_string(),
             readonly: m.readonly,
+            recursive_read_only: m.readonly && m.recursive_read_only,
             selinux_relabel: m.selinux_relabel,
             propagation: m.propagation,
         })
@@ -96,6 +99,7 @@ impl Volume {
             container_path: self.container_path.clone(),
             host_path: self.host_path.clone(),
             readonly: self.readonly,
+            recursive_read_only: self.recursive_read_only,
             selinux_relabel: self.selinux_relabel,
             propagation: self.propagation,
             shared_path: dir.join("mounts").join(i.to_string()),
@@ -418,11 +422,25 @@ impl ContainerTable {
         let mut mounts = Vec::new();
         for m in &rec.mounts {
             let rel = m.shared_path.strip_prefix(&rec.dir).unwrap_or(&m.shared_path);
-            staged.bind(Path::new(&m.host_path), rel, m.readonly).map_err(|e| CriError::Mount {
+            let access = match (m.readonly, m.recursive_read_only) {
+                (false, _) => Access::ReadWrite,
+                (true, false) => Access::ReadOnlyTop,
+                (true, true) => Access::ReadOnly,
+            };
+            let mount_err = |e: carapace_podfs::Error| CriError::Mount {
                 container_path: m.container_path.clone(),
                 source: e.into(),
-            })?;
+            };
+            staged.bind_with(Path::new(&m.host_path), rel, access).map_err(mount_err)?;
             mounts.push(bind(m.container_path.clone(), m.guest_path.clone(), m.readonly));
+            if access == Access::ReadOnlyTop {
+                // The guest sees the whole volume as one mount: the host's submounts, writable
+                // unless they are read-only themselves, get binds of their own on top.
+                for sub in volumes::submounts(Path::new(&m.host_path)) {
+                    let at = |base: &str| format!("{base}/{}", sub.display());
+                    mounts.push(bind(at(&m.container_path), at(&m.guest_path), false));
+                }
+            }
         }
         mounts.extend(write_etc_files(sb, &rec, &staged)?);
         staged.expose().map_err(|source| CriError::Prepare { id: rec.id.clone(), source })?;
