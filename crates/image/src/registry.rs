@@ -118,7 +118,7 @@ impl Session {
         let mut resp = self.send(req, &challenge.realm).await?;
         let status = resp.status().as_u16();
         if status != 200 {
-            let detail = self.error_detail(&mut resp, &what).await?;
+            let detail = self.error_detail(&mut resp, &what).await?.text;
             return Err(self.unauthenticated(format!("{what}: HTTP {status}: {detail}")));
         }
         let cap = Cap { what: &what, max: self.limits.max_token_bytes, setting: "max_token_bytes" };
@@ -226,8 +226,9 @@ impl Session {
         Ok(body)
     }
 
-    /// Turns a non-200 answer into the service's error: 401/403 -> Unauthenticated, 404 or a
-    /// distribution "unknown" code -> NotFound, else Registry with the registry's own words.
+    /// Turns a non-200 answer into the service's error: 401/403 or a distribution
+    /// UNAUTHORIZED/DENIED code -> Unauthenticated, 404 or a distribution "unknown" code ->
+    /// NotFound, else Registry with the registry's own words.
     async fn check_status(
         &self,
         resp: &mut reqwest::Response,
@@ -238,31 +239,43 @@ impl Session {
         if status == 200 {
             return Ok(());
         }
-        let detail = self.error_detail(resp, &format!("error answer to GET {url}")).await?;
-        let not_found =
-            || ImageError::NotFound { registry: self.host.clone(), image: self.image.clone() };
-        match status {
-            401 | 403 => Err(self.unauthenticated(format!("{what}: HTTP {status}: {detail}"))),
-            404 => Err(not_found()),
-            _ if detail.contains("UNKNOWN") => Err(not_found()),
-            _ => Err(self.registry_err(format!("GET {url}: HTTP {status}: {detail}"))),
+        let err = self.error_detail(resp, &format!("error answer to GET {url}")).await?;
+        let has = |codes: &[&str]| err.codes.iter().any(|c| codes.contains(&c.as_str()));
+        let detail = err.text;
+        if matches!(status, 401 | 403) || has(&["UNAUTHORIZED", "DENIED"]) {
+            return Err(self.unauthenticated(format!("{what}: HTTP {status}: {detail}")));
         }
+        if status == 404 || has(&["MANIFEST_UNKNOWN", "NAME_UNKNOWN", "BLOB_UNKNOWN", "NOT_FOUND"])
+        {
+            return Err(ImageError::NotFound {
+                registry: self.host.clone(),
+                image: self.image.clone(),
+            });
+        }
+        Err(self.registry_err(format!("GET {url}: HTTP {status}: {detail}")))
     }
 
-    /// The registry's error text, read up to `max_error_body_bytes`: the codes and messages of
-    /// a distribution error document, else the body as (printable) text.
-    async fn error_detail(&self, resp: &mut reqwest::Response, what: &str) -> Result<String> {
+    /// The registry's error, read up to `max_error_body_bytes`: the codes and messages of a
+    /// distribution error document, else the body as (printable) text.
+    async fn error_detail(
+        &self,
+        resp: &mut reqwest::Response,
+        what: &str,
+    ) -> Result<RegistryError> {
         let cap =
             Cap { what, max: self.limits.max_error_body_bytes, setting: "max_error_body_bytes" };
         let body = self.read_capped(resp, &cap).await?;
         if let Ok(doc) = serde_json::from_slice::<ErrorDocument>(&body) {
-            let parts: Vec<String> =
-                doc.errors.iter().map(|e| format!("{} {}", e.code, e.message)).collect();
-            if !parts.is_empty() {
-                return Ok(printable(&parts.join("; ")));
+            if !doc.errors.is_empty() {
+                let parts: Vec<String> =
+                    doc.errors.iter().map(|e| format!("{} {}", e.code, e.message)).collect();
+                return Ok(RegistryError {
+                    codes: doc.errors.into_iter().map(|e| e.code).collect(),
+                    text: printable(&parts.join("; ")),
+                });
             }
         }
-        Ok(printable(&String::from_utf8_lossy(&body)))
+        Ok(RegistryError { codes: Vec::new(), text: printable(&String::from_utf8_lossy(&body)) })
     }
 
     fn registry_err(&self, detail: String) -> ImageError {
@@ -290,6 +303,12 @@ struct TokenAnswer {
     token: Option<String>,
     #[serde(default)]
     access_token: Option<String>,
+}
+
+/// A registry's error answer: its distribution error codes and its words for messages.
+struct RegistryError {
+    codes: Vec<String>,
+    text: String,
 }
 
 #[derive(serde::Deserialize)]

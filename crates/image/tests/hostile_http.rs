@@ -222,3 +222,27 @@ async fn endless_blob_error_stops_and_small_errors_keep_the_registry_words() {
     assert!(e.to_string().contains("HTTP 500: UNAVAILABLE disk on fire"), "{e}");
     assert_empty(root.path());
 }
+
+#[tokio::test]
+async fn distribution_error_codes_map_to_statuses() {
+    let doc = |code: &str| format!(r#"{{"errors":[{{"code":"{code}","message":"m"}}]}}"#);
+    let (addr, _) = serve(Arc::new(move |path, _| match path {
+        "/v2/" => Answer::Fixed(200, vec![], vec![]),
+        p if p.starts_with("/v2/gone/") => {
+            Answer::Fixed(400, vec![], doc("MANIFEST_UNKNOWN").into())
+        }
+        p if p.starts_with("/v2/denied/") => Answer::Fixed(400, vec![], doc("DENIED").into()),
+        _ => Answer::Fixed(500, vec![], doc("UNKNOWN").into()),
+    }));
+    let (root, p) = puller(&addr, limits());
+    let image = |repo: &str| format!("{addr}/{repo}/app:1");
+    let anon = Credentials::Anonymous;
+    let e = p.pull(&image("gone"), &anon).await.unwrap_err();
+    assert!(matches!(e, ImageError::NotFound { .. }), "{e:?}");
+    let e = p.pull(&image("denied"), &anon).await.unwrap_err();
+    assert!(matches!(e, ImageError::Unauthenticated { .. }), "{e:?}");
+    let e = p.pull(&image("other"), &anon).await.unwrap_err();
+    assert!(matches!(e, ImageError::Registry { .. }), "{e:?}");
+    assert!(e.to_string().contains("HTTP 500: UNKNOWN m"), "{e}");
+    assert_empty(root.path());
+}
