@@ -1,7 +1,8 @@
 //! End-to-end: a malicious registry against the daemon. Debian's real `docker-registry` on
 //! 127.0.0.1 serves images pushed by hand with the registry HTTP API (tests/src/push.rs) that
 //! attack the puller: a gzip bomb layer, a huge PAX header, descriptors that lie (size 0, a
-//! wrong size, a blob whose content the registry swapped), an oversized config and manifest.
+//! wrong size, a blob whose content the registry swapped), a manifest that is not the one its
+//! digest names, an oversized config and manifest.
 //! Each PullImage through the daemon's CRI socket must fail with the right gRPC code and a
 //! message naming the problem; the daemon's peak RSS and the image store's disk use must stay
 //! within bounds derived from the caps set below; the store must hold exactly what it held
@@ -60,9 +61,9 @@ fn limits_toml() -> String {
     )
 }
 
-/// One hostile image: its tag, and what the failed pull must say.
+/// One hostile image: its tag (or `@digest`), and what the failed pull must say.
 struct Case {
-    tag: &'static str,
+    tag: String,
     code: Code,
     says: &'static str,
 }
@@ -125,7 +126,7 @@ fn push_hostile(reg: &Registry) -> Result<Vec<Case>> {
     let push = |data: &[u8]| push_blob(addr, REPO, data);
     let manifest = |tag: &str, m: &[u8]| push_manifest(addr, REPO, tag, DOCKER_MANIFEST, m);
     let mut cases = Vec::new();
-    let mut case = |tag, code, says| cases.push(Case { tag, code, says });
+    let mut case = |tag: &str, code, says| cases.push(Case { tag: tag.into(), code, says });
 
     // The unpacker checks the diff_id only at the end of the stream: a bomb is a bomb
     // whatever its config says, so this one does not hash its GiB.
@@ -184,6 +185,13 @@ fn push_hostile(reg: &Registry) -> Result<Vec<Case>> {
     // A 1 MiB manifest (the registry takes up to 4 MiB).
     manifest("manifest-big", &manifest_json(gcfg, layer, MIB as usize))?;
     case("manifest-big", Code::ResourceExhausted, "images.limits.max_manifest_bytes");
+
+    // Pulled by digest, the registry answers with another (valid) manifest than the digest's.
+    // (An annotation keeps it apart from the manifests above: the registry stores each once.)
+    let m = manifest_json(gcfg, layer, 16);
+    let m_d = manifest("by-digest", &m)?;
+    std::fs::write(reg.blob_file(&m_d), manifest_json(gcfg, layer, 0))?;
+    case(&format!("@{m_d}"), Code::DataLoss, "content digest mismatch");
     Ok(cases)
 }
 
@@ -303,7 +311,8 @@ async fn attack(d: &Daemon, reg: &Registry, cases: &[Case]) -> Result<()> {
     let watch = DiskWatch::start(store.clone());
     let mut failures = Vec::new();
     for c in cases {
-        let image = format!("{}/{REPO}:{}", reg.addr, c.tag);
+        let sep = if c.tag.starts_with('@') { "" } else { ":" };
+        let image = format!("{}/{REPO}{sep}{}", reg.addr, c.tag);
         match images.pull_image(pull_request(&image)).await {
             Ok(r) => failures.push(format!("{}: pulled ({:?})", c.tag, r.into_inner())),
             Err(st) if st.code() != c.code || !st.message().contains(c.says) => failures
