@@ -3,12 +3,13 @@
 //! [`cri`] drives the CRI daemon, [`registry`] runs a local registry with the test images, [`vm`]
 //! boots a VM with a shared directory, [`net`] sets up and counts pod networking (CNI),
 //! [`containerd`] runs the containerd + runc peer of the benchmarks, [`crictl`] runs the real
-//! CRI client against a daemon.
+//! CRI client against a daemon, [`push`] pushes hand-made (hostile) images to a registry.
 
 pub mod containerd;
 pub mod cri;
 pub mod crictl;
 pub mod net;
+pub mod push;
 pub mod registry;
 pub mod vm;
 

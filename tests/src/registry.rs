@@ -15,7 +15,7 @@ pub struct Registry {
     /// `127.0.0.1:<port>`, the registry part of image references.
     pub addr: String,
     child: Child,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Registry {
@@ -66,7 +66,7 @@ impl Registry {
             let out = Command::new(repo_root().join("tests/images/build-and-push.sh"))
                 .arg(&addr)
                 .output()?;
-            let reg = Registry { addr, child, _dir: dir };
+            let reg = Registry { addr, child, dir };
             ensure!(
                 out.status.success(),
                 "pushing test images: {}",
@@ -80,6 +80,14 @@ impl Registry {
     /// The reference of test image `name` (e.g. `test/busybox:latest`) in this registry.
     pub fn image(&self, name: &str) -> String {
         format!("{}/{name}", self.addr)
+    }
+
+    /// The registry's own file holding blob `digest` (`sha256:<hex>`), to corrupt it: the
+    /// registry serves it as it is, so a test can play a registry that lies about content.
+    pub fn blob_file(&self, digest: &str) -> std::path::PathBuf {
+        let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+        let prefix = hex.get(..2).unwrap_or("");
+        self.dir.path().join(format!("storage/docker/registry/v2/blobs/sha256/{prefix}/{hex}/data"))
     }
 }
 

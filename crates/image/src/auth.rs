@@ -2,7 +2,6 @@
 
 use base64::Engine as _;
 use k8s_cri::v1::AuthConfig;
-use oci_client::secrets::RegistryAuth;
 use tracing::warn;
 
 /// Credentials for one pull.
@@ -57,16 +56,6 @@ impl Credentials {
             warn!("AuthConfig.identity_token is not supported, pulling anonymously");
         }
         Credentials::Anonymous
-    }
-
-    pub(crate) fn registry_auth(&self) -> RegistryAuth {
-        match self {
-            Credentials::Anonymous => RegistryAuth::Anonymous,
-            Credentials::Basic { username, password } => {
-                RegistryAuth::Basic(username.clone(), password.clone())
-            }
-            Credentials::Bearer(t) => RegistryAuth::Bearer(t.clone()),
-        }
     }
 }
 

@@ -60,6 +60,8 @@ const GIB: u64 = 1 << 30;
 /// max_layer_unpacked_bytes = 8589934592 # 8 GiB, one uncompressed layer tar
 /// max_layer_entries = 1000000
 /// max_tar_header_bytes = 65536          # 64 KiB, GNU long names + PAX headers of one entry
+/// max_token_bytes = 1048576             # 1 MiB, a token endpoint's answer
+/// max_error_body_bytes = 65536          # 64 KiB, the body of a registry's error answer
 /// ```
 ///
 /// Why these defaults: containerd and the distribution registry refuse manifests over 4 MiB
@@ -69,7 +71,9 @@ const GIB: u64 = 1 << 30;
 /// few GiB compressed and unpacked; 8 GiB leaves room while a bomb stops there. A layer of a
 /// full distribution has some 10^5 entries. A path is at most 4 KiB (PATH_MAX) and the PAX
 /// records of one file (path, link path, a few xattrs such as file capabilities) a few hundred
-/// bytes, so 64 KiB is generous for one entry's metadata while bounding what is buffered.
+/// bytes, so 64 KiB is generous for one entry's metadata while bounding what is buffered. A
+/// token answer is a JSON object with a JWT of a few KiB; an error answer is a distribution
+/// error document of a few hundred bytes (only its first 512 characters are ever shown).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct PullLimits {
@@ -88,6 +92,10 @@ pub struct PullLimits {
     pub max_layer_entries: u64,
     /// Largest metadata (GNU long name and long link, PAX extended header) of one tar entry.
     pub max_tar_header_bytes: u64,
+    /// Largest answer of a token endpoint (the bearer-token handshake), in bytes.
+    pub max_token_bytes: u64,
+    /// Largest body of a registry's error answer (non-200), in bytes.
+    pub max_error_body_bytes: u64,
 }
 
 impl Default for PullLimits {
@@ -100,6 +108,8 @@ impl Default for PullLimits {
             max_layer_unpacked_bytes: 8 * GIB,
             max_layer_entries: 1_000_000,
             max_tar_header_bytes: 64 * KIB,
+            max_token_bytes: MIB,
+            max_error_body_bytes: 64 * KIB,
         }
     }
 }

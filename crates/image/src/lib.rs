@@ -18,6 +18,7 @@ mod manifest;
 mod pull;
 mod record;
 mod reference;
+mod registry;
 mod rootfs;
 mod service;
 mod store;

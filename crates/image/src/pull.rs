@@ -5,29 +5,23 @@ use std::path::Path;
 use std::sync::Arc;
 
 use futures_util::StreamExt;
-use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::errors::{OciDistributionError, OciErrorCode};
-use oci_client::secrets::RegistryAuth;
-use oci_client::RegistryOperation;
-use oci_client::{Client, Reference};
-use tokio::io::AsyncWriteExt;
+use oci_client::Reference;
 use tracing::{debug, info, warn};
 
 use crate::auth::Credentials;
 use crate::config::{PullLimits, RegistryConfig};
-use crate::digest::{Digest, Hasher};
+use crate::digest::Digest;
 use crate::error::{ImageError, Result};
 use crate::flights::Flights;
 use crate::imageconfig::ConfigFile;
 use crate::layout::sync_fs;
-use crate::manifest::{select_linux_amd64, Descriptor, Manifest, ACCEPTED};
+use crate::manifest::{select_linux_amd64, Descriptor, Manifest};
 use crate::record::{ImageRecord, LayerRecord};
 use crate::reference::ImageRef;
+use crate::registry::Session;
 use crate::store::ImageStore;
 use crate::unpack::unpack_layer;
 
-const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 /// Layers fetched at once per pull.
 const LAYER_CONCURRENCY: usize = 3;
 
@@ -41,9 +35,8 @@ pub struct Puller {
 
 /// One registry endpoint as the pull talks to it.
 struct Source<'a> {
-    client: Client,
+    session: Session,
     oref: Reference,
-    auth: RegistryAuth,
     image: &'a ImageRef,
     /// `host[:port]` actually contacted (for messages).
     host: String,
@@ -88,19 +81,6 @@ impl Puller {
         res
     }
 
-    fn client(&self) -> Client {
-        // One client per pull: oci-client caches credentials per registry inside the client,
-        // and each CRI request brings its own.
-        Client::new(ClientConfig {
-            protocol: ClientProtocol::HttpsExcept(self.registries.plain_http_hosts()),
-            connect_timeout: Some(CONNECT_TIMEOUT),
-            // A registry that stops sending fails the pull instead of hanging it (containerd
-            // gives up after a similar time without progress).
-            read_timeout: Some(READ_TIMEOUT),
-            ..Default::default()
-        })
-    }
-
     async fn pull_locked(&self, r: &ImageRef, creds: &Credentials) -> Result<ImageRecord> {
         let mut last_err = None;
         for ep in self.registries.endpoints(r.registry()) {
@@ -108,13 +88,21 @@ impl Puller {
             if let Some(m) = &ep.mirror {
                 oref.set_mirror_registry(m.clone());
             }
-            let src = Source {
-                client: self.client(),
-                host: oref.resolve_registry().to_string(),
-                oref,
-                auth: creds.registry_auth(),
-                image: r,
-            };
+            let host = oref.resolve_registry().to_string();
+            let plain = self.registries.plain_http_hosts().contains(&host);
+            let image = r.to_string();
+            let session =
+                match Session::open(&host, plain, oref.repository(), &image, creds, &self.limits)
+                    .await
+                {
+                    Ok(s) => s,
+                    Err(e) => {
+                        warn!(image = %r, endpoint = %host, error = %e, "cannot reach endpoint");
+                        last_err = Some(e);
+                        continue;
+                    }
+                };
+            let src = Source { session, host, oref, image: r };
             match self.resolve(&src).await {
                 Ok(resolved) => return self.fetch(&src, resolved).await,
                 Err(e) => {
@@ -177,72 +165,16 @@ impl Puller {
         Ok(Resolved { top, blobs, config, layers })
     }
 
-    /// GETs a manifest or index with its body bounded by `max_manifest_bytes` (oci-client
-    /// reads a manifest response whole, so the request is made here, with oci-client's token).
+    /// GETs a manifest or index (bounded by `max_manifest_bytes`).
     async fn fetch_manifest(
         &self,
         src: &Source<'_>,
         oref: &Reference,
         what: &str,
     ) -> Result<bytes::Bytes> {
-        let max = self.limits.max_manifest_bytes;
-        let token = src
-            .client
-            .auth(oref, &src.auth, RegistryOperation::Pull)
-            .await
-            .map_err(|e| map_oci(e, src))?;
-        let registry = oref.resolve_registry();
-        let plain = self.registries.plain_http_hosts().iter().any(|h| h == registry);
-        let url = format!(
-            "{}://{registry}/v2/{}/manifests/{}{}",
-            if plain { "http" } else { "https" },
-            oref.repository(),
-            oref.digest().or(oref.tag()).unwrap_or("latest"),
-            oref.namespace().map(|ns| format!("?ns={ns}")).unwrap_or_default(),
-        );
-        let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .read_timeout(READ_TIMEOUT)
-            .build()
-            .map_err(|e| registry_err(src, format!("HTTP client: {e}")))?;
-        let mut req = http.get(&url).header(reqwest::header::ACCEPT, ACCEPTED.join(", "));
-        req = match (token, &src.auth) {
-            (Some(t), _) => req.bearer_auth(t),
-            (None, RegistryAuth::Basic(u, p)) => req.basic_auth(u, Some(p)),
-            (None, RegistryAuth::Bearer(t)) => req.bearer_auth(t),
-            (None, RegistryAuth::Anonymous) => req,
-        };
-        let mut resp =
-            req.send().await.map_err(|e| registry_err(src, format!("GET {url}: {e}")))?;
-        let status = resp.status().as_u16();
-        if status != 200 {
-            let image = src.image.to_string();
-            let registry = src.host.clone();
-            return Err(match status {
-                401 | 403 => ImageError::Unauthenticated {
-                    registry,
-                    image,
-                    detail: format!("{what}: {status}"),
-                },
-                404 => ImageError::NotFound { registry, image },
-                _ => registry_err(src, format!("GET {url}: HTTP {status}")),
-            });
-        }
-        let too_big =
-            |n: u64| ImageError::limit(what, "max_manifest_bytes", max, format!("{n} bytes"));
-        if let Some(len) = resp.content_length().filter(|&l| l > max) {
-            return Err(too_big(len));
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) =
-            resp.chunk().await.map_err(|e| registry_err(src, format!("reading {what}: {e}")))?
-        {
-            if (body.len() + chunk.len()) as u64 > max {
-                return Err(too_big((body.len() + chunk.len()) as u64));
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok(bytes::Bytes::from(body))
+        let reference = oref.digest().or(oref.tag()).unwrap_or("latest");
+        let query = oref.namespace().map(|ns| format!("?ns={ns}")).unwrap_or_default();
+        src.session.manifest(reference, &query, what).await
     }
 
     async fn fetch(&self, src: &Source<'_>, res: Resolved) -> Result<ImageRecord> {
@@ -365,8 +297,7 @@ impl Puller {
         file.sync_all().await.map_err(|e| ImageError::io_path("syncing", tmp, e))
     }
 
-    /// Streams blob `d` into `out`: never more than the descriptor's `size` bytes are accepted
-    /// (a longer body fails as soon as it passes `size`), then size and digest must match.
+    /// Streams blob `d` into `out`, at most `size` bytes, size and digest checked.
     async fn fetch_blob<W: tokio::io::AsyncWrite + Unpin>(
         &self,
         src: &Source<'_>,
@@ -375,67 +306,8 @@ impl Puller {
         what: &str,
         out: &mut W,
     ) -> Result<()> {
-        let mut stream = src
-            .client
-            .pull_blob_stream(&src.oref, d.to_string().as_str())
-            .await
-            .map_err(|e| map_oci(e, src))?;
-        if let Some(len) = stream.content_length.filter(|&l| l != size) {
-            return Err(ImageError::SizeMismatch {
-                what: what.into(),
-                expected: size,
-                actual: len,
-            });
-        }
-        let mut hasher = Hasher::default();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| {
-                if e.get_ref().is_some_and(|i| i.is::<oci_client::errors::DigestError>()) {
-                    ImageError::DigestMismatch {
-                        what: what.into(),
-                        expected: d.to_string(),
-                        actual: e.to_string(),
-                    }
-                } else {
-                    ImageError::Registry {
-                        registry: src.host.clone(),
-                        detail: format!("reading {what}: {e}"),
-                    }
-                }
-            })?;
-            hasher.update(&chunk);
-            if hasher.len() > size {
-                return Err(ImageError::SizeMismatch {
-                    what: what.into(),
-                    expected: size,
-                    actual: hasher.len(),
-                });
-            }
-            out.write_all(&chunk)
-                .await
-                .map_err(|e| ImageError::Io { context: format!("writing {what}"), source: e })?;
-        }
-        if hasher.len() != size {
-            return Err(ImageError::SizeMismatch {
-                what: what.into(),
-                expected: size,
-                actual: hasher.len(),
-            });
-        }
-        let actual = hasher.finish();
-        if &actual != d {
-            return Err(ImageError::DigestMismatch {
-                what: what.into(),
-                expected: d.to_string(),
-                actual: actual.to_string(),
-            });
-        }
-        Ok(())
+        src.session.blob(d, size, what, out).await
     }
-}
-
-fn registry_err(src: &Source<'_>, detail: String) -> ImageError {
-    ImageError::Registry { registry: src.host.clone(), detail }
 }
 
 /// A config or layer descriptor must give the blob's real size: 0 is only the size of the
@@ -458,51 +330,4 @@ fn check_descriptor(what: &str, desc: &Descriptor, max: u64, setting: &'static s
         ));
     }
     Ok(())
-}
-
-/// Registry errors in the service's terms: 401/403 -> Unauthenticated, unknown -> NotFound.
-fn map_oci(e: OciDistributionError, src: &Source<'_>) -> ImageError {
-    let registry = src.host.clone();
-    let image = src.image.to_string();
-    let detail = e.to_string();
-    match &e {
-        OciDistributionError::UnauthorizedError { .. }
-        | OciDistributionError::AuthenticationFailure(_) => {
-            ImageError::Unauthenticated { registry, image, detail }
-        }
-        OciDistributionError::ServerError { code: 401 | 403, .. } => {
-            ImageError::Unauthenticated { registry, image, detail }
-        }
-        OciDistributionError::ServerError { code: 404, .. }
-        | OciDistributionError::ImageManifestNotFoundError(_) => {
-            ImageError::NotFound { registry, image }
-        }
-        OciDistributionError::RegistryError { envelope, .. } => {
-            if envelope
-                .errors
-                .iter()
-                .any(|x| matches!(x.code, OciErrorCode::Unauthorized | OciErrorCode::Denied))
-            {
-                ImageError::Unauthenticated { registry, image, detail }
-            } else if envelope.errors.iter().any(|x| {
-                matches!(
-                    x.code,
-                    OciErrorCode::ManifestUnknown
-                        | OciErrorCode::NameUnknown
-                        | OciErrorCode::BlobUnknown
-                        | OciErrorCode::NotFound
-                )
-            }) {
-                ImageError::NotFound { registry, image }
-            } else {
-                ImageError::Registry { registry, detail }
-            }
-        }
-        OciDistributionError::DigestError(_) => ImageError::DigestMismatch {
-            what: format!("content of {image} from {registry}"),
-            expected: String::new(),
-            actual: detail,
-        },
-        _ => ImageError::Registry { registry, detail },
-    }
 }
