@@ -15,7 +15,7 @@ BIN := $(CARGO_TARGET_DIR)/release
 AGENT := $(CARGO_TARGET_DIR)/$(HOST_TRIPLE)/release/carapace-agent
 CARGO := cargo
 
-.PHONY: run test lint deps build agent guest-image test-unit test-testhost test-vm test-e2e critest critest-busybox bench-boot bench-pull bench-container bench-cri bench-exec bench-vsock bench-net clean-guest
+.PHONY: run test lint deps build agent guest-image test-unit test-testhost test-e2e critest critest-busybox bench-boot bench-pull bench-container bench-cri bench-exec bench-vsock bench-net clean-guest
 
 DEB_PACKAGES := qemu-system-x86 linux-source-6.1 bison flex bc libelf-dev libssl-dev busybox-static cpio \
 	protobuf-compiler xz-utils kmod jq file libseccomp-dev docker-registry apache2-utils zstd curl skopeo runc containerd \
@@ -48,19 +48,6 @@ run: build guest-image
 
 test: build guest-image lint test-unit test-testhost test-e2e
 
-# The two suites that boot real VMs, side by side in two single-CPU test hosts (or directly where
-# this KVM boots guests): the end-to-end test binaries, and critest. critest's output is printed
-# after the end-to-end tests' (it is kept in a temp file while both run). Not in `make test` yet:
-# on this 2-core machine, critest beside them starved cri_pods' 10 concurrent boots (none came up
-# in 120 s), and one after the other they exceed the warm CI budget.
-test-vm: build guest-image agent
-	@log=$$(mktemp /tmp/carapace-critest.XXXXXX); \
-	$(MAKE) --no-print-directory critest >"$$log" 2>&1 & cpid=$$!; \
-	rc=0; $(MAKE) --no-print-directory test-e2e || rc=$$?; \
-	crc=0; wait $$cpid || crc=$$?; \
-	echo "== critest (ran beside the end-to-end tests, exit status $$crc)"; cat "$$log"; rm -f "$$log"; \
-	[ $$rc = 0 ] && [ $$crc = 0 ]
-
 # Mechanical gates: the formatter's style (rustfmt.toml) and clippy with warnings as errors.
 lint: deps
 	@rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
@@ -75,12 +62,15 @@ test-testhost: deps
 
 # End-to-end tests need a KVM that boots Linux: run them directly where `carapace check` says so,
 # otherwise inside emulated single-CPU test hosts, two at once (lanes, see tests/run-e2e), which
-# also turn on the VMM's vCPU kick (ENVIRONMENT.md).
-test-e2e: build guest-image agent
+# also turn on the VMM's vCPU kick (ENVIRONMENT.md). critest (see `critest` below) runs as one
+# more item of lane A; E2E_CRITEST= leaves it out.
+E2E_CRITEST ?= critest
+test-e2e: build guest-image agent critest-busybox
 	@bins=$$( { $(CARGO) test --release --locked -p carapace-tests --no-run --message-format=json; \
 	  $(CARGO) test --release --locked -p carapace-agent --test container_vm --no-run --message-format=json; } 2>/dev/null \
 	  | jq -r 'select(.profile.test == true and .target.kind == ["test"]) | .executable'); \
-	CARAPACE_BIN=$(BIN)/carapace CARAPACE_GUEST_DIR=$(GUEST_DIR) CARAPACE_AGENT_BIN=$(AGENT) tests/run-e2e $$bins
+	CARAPACE_BIN=$(BIN)/carapace CARAPACE_GUEST_DIR=$(GUEST_DIR) CARAPACE_AGENT_BIN=$(AGENT) \
+	  BUSYBOX=$(CRITEST_BUSYBOX) tests/run-e2e $$bins $(E2E_CRITEST)
 
 # critest, the CRI validation suite (${CRITEST:-../shared/bin/critest}), against `carapace serve`
 # with a local registry of its images (tests/critest/run): directly where `carapace check` says
