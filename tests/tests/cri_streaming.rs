@@ -6,6 +6,8 @@
 //! WebSocket (the attach test's daemon over TLS, crictl checking its certificate); single-use and
 //! expiring URLs.
 //! Needs a KVM that boots Linux; run with --ignored in the test host.
+//! Over 600 lines on purpose: one job (crictl's streaming end to end); its tests share the
+//! registry, daemon, tmux and HTTP helpers of this file.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;

@@ -131,7 +131,8 @@ impl Daemon {
         if let Some(streaming) = self.runtime.streaming() {
             let addr = self.streaming_listener.local_addr().ok();
             let tls = self.streaming_tls.is_some();
-            tracing::info!(address = ?addr, tls, "streaming server (exec/attach/port-forward) serving");
+            let what = "streaming server (exec/attach/port-forward) serving";
+            tracing::info!(address = ?addr, tls, "{what}");
             let backend: Arc<dyn Backend> = self.runtime.clone();
             tokio::spawn(crate::streaming::server::serve(
                 self.streaming_listener,

@@ -386,9 +386,10 @@ mod tests {
 
     #[test]
     fn bearer_challenges() {
-        let c = BearerChallenge::parse(
-            r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/busybox:pull""#,
-        )
+        let c = BearerChallenge::parse(concat!(
+            r#"Bearer realm="https://auth.docker.io/token","#,
+            r#"service="registry.docker.io",scope="repository:library/busybox:pull""#
+        ))
         .unwrap();
         assert_eq!(c.realm, "https://auth.docker.io/token");
         assert_eq!(c.service.as_deref(), Some("registry.docker.io"));
