@@ -189,6 +189,19 @@ mod tests {
         assert!(submounts_in(info, Path::new("/nothing")).is_empty());
     }
 
+    /// `<dir>/vol` with a tmpfs mounted at `vol/sub` (root only).
+    fn volume_with_tmpfs_submount(dir: &Path) -> PathBuf {
+        let vol = dir.join("vol");
+        std::fs::create_dir_all(vol.join("sub")).unwrap();
+        let sub = std::ffi::CString::new(vol.join("sub").into_os_string().into_vec()).unwrap();
+        // SAFETY: NUL-terminated strings; no data argument.
+        let r = unsafe {
+            libc::mount(c"tmpfs".as_ptr(), sub.as_ptr(), c"tmpfs".as_ptr(), 0, std::ptr::null())
+        };
+        assert_eq!(r, 0);
+        vol
+    }
+
     /// The old code made only the top of a read-only volume read-only: `MS_REC` bind plus one
     /// `MS_RDONLY` remount left its submounts writable.
     #[test]
@@ -197,14 +210,7 @@ mod tests {
             return;
         }
         let d = tempfile::tempdir().unwrap();
-        let vol = d.path().join("vol");
-        std::fs::create_dir_all(vol.join("sub")).unwrap();
-        let sub = std::ffi::CString::new(vol.join("sub").into_os_string().into_vec()).unwrap();
-        // SAFETY: NUL-terminated strings; no data argument.
-        let r = unsafe {
-            libc::mount(c"tmpfs".as_ptr(), sub.as_ptr(), c"tmpfs".as_ptr(), 0, std::ptr::null())
-        };
-        assert_eq!(r, 0);
+        let vol = volume_with_tmpfs_submount(d.path());
         std::fs::create_dir(d.path().join("shared")).unwrap();
         let target = d.path().join("shared/c/mounts/0");
         bind(&vol, &target, true).unwrap();
@@ -225,14 +231,7 @@ mod tests {
             return;
         }
         let d = tempfile::tempdir().unwrap();
-        let vol = d.path().join("vol");
-        std::fs::create_dir_all(vol.join("sub")).unwrap();
-        let sub = std::ffi::CString::new(vol.join("sub").into_os_string().into_vec()).unwrap();
-        // SAFETY: NUL-terminated strings; no data argument.
-        let r = unsafe {
-            libc::mount(c"tmpfs".as_ptr(), sub.as_ptr(), c"tmpfs".as_ptr(), 0, std::ptr::null())
-        };
-        assert_eq!(r, 0);
+        let vol = volume_with_tmpfs_submount(d.path());
         assert_eq!(submounts(&vol), vec![PathBuf::from("sub")]);
         let shared = d.path().join("shared");
         std::fs::create_dir(&shared).unwrap();
