@@ -250,15 +250,22 @@ impl Tmux {
             .unwrap_or_default()
     }
 
-    /// Waits until the pane shows a line equal to `line` (trailing blanks ignored).
+    /// Waits until the pane shows a line equal to `line` (trailing blanks and echoed
+    /// cursor-position replies ignored).
     fn wait_line(&self, line: &str) -> Result<()> {
+        self.wait_for(&format!("line {line:?}"), |l| l == line)
+    }
+
+    /// Waits until some line of the pane, cleaned as in [`without_cursor_reports`], satisfies
+    /// `pred`.
+    fn wait_for(&self, what: &str, pred: impl Fn(&str) -> bool) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let s = self.screen();
-            if s.lines().any(|l| l.trim_end() == line) {
+            if s.lines().any(|l| pred(without_cursor_reports(l).trim_end())) {
                 return Ok(());
             }
-            ensure!(Instant::now() < deadline, "no line {line:?} on the terminal:\n{s}");
+            ensure!(Instant::now() < deadline, "no {what} on the terminal:\n{s}");
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -269,6 +276,35 @@ impl Tmux {
         ensure!(o.status.success(), "tmux resize-window: {}", describe(&o));
         Ok(())
     }
+}
+
+/// `l` without the cursor-position replies (`ESC [ row ; col R`) that the terminal sends when
+/// busybox's line editor asks where the cursor is, which the guest's tty echoes as `^[[9;5R` when
+/// they arrive while a command runs.
+fn without_cursor_reports(l: &str) -> String {
+    let mut out = String::with_capacity(l.len());
+    let mut rest = l;
+    while let Some(i) = rest.find("^[[") {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i + 3..];
+        let n = tail.find(|c: char| !(c.is_ascii_digit() || c == ';')).unwrap_or(tail.len());
+        if n > 0 && tail[n..].starts_with('R') {
+            rest = &tail[n + 1..];
+        } else {
+            out.push_str("^[[");
+            rest = tail;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[test]
+fn cursor_reports_are_ignored() {
+    assert_eq!(without_cursor_reports("^[[9;5Rsum-42"), "sum-42");
+    assert_eq!(without_cursor_reports("a^[[12;1R^[[3;4Rb"), "ab");
+    assert_eq!(without_cursor_reports("^[[Ax^[[9;5"), "^[[Ax^[[9;5");
+    assert_eq!(without_cursor_reports("plain"), "plain");
 }
 
 impl Drop for Tmux {
@@ -283,6 +319,10 @@ fn interactive_shell(k: &Crictl, transport: &str, cid: &str) -> Result<()> {
     let line = k.shell_line("exec", &["--transport", transport, "-it", cid, "sh"]);
     let t = Tmux::start(&format!("{line}; echo crictl-exited-$?; sleep 600"), 91, 29)?;
     let r = (|| {
+        // Type only once the shell's line editor is up (its prompt shows), so that keys and
+        // the terminal's reply to its cursor query do not interleave.
+        t.wait_for("shell prompt", |l| l.starts_with("/ #"))?;
+        std::thread::sleep(Duration::from_millis(500));
         t.keys(&["echo sum-$((6*7))", "Enter"])?;
         t.wait_line("sum-42")?;
         t.keys(&["stty size", "Enter"])?;
