@@ -45,6 +45,7 @@
 //! [pods]                                    # each pod's own disk (see `pod_disk`)
 //! # disk_dir = "<state_dir>/pod-disks"      # sparse ext4 images, one per pod
 //! shared_dir_size_mib = 10240               # bounds the shared dir, staging and logs
+//! serial_log_max_bytes = 1048576            # then rotated once to serial.log.1
 //! ```
 
 use std::collections::BTreeMap;

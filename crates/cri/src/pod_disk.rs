@@ -21,6 +21,7 @@ pub const SIZE_KEY: &str = "pods.shared_dir_size_mib";
 pub struct RawPodsConfig {
     pub disk_dir: Option<PathBuf>,
     pub shared_dir_size_mib: Option<u64>,
+    pub serial_log_max_bytes: Option<u64>,
 }
 
 /// Where the pods' disks are and how big each is.
@@ -30,11 +31,17 @@ pub struct PodsConfig {
     pub disk_dir: PathBuf,
     /// Size of each pod's disk in MiB.
     pub shared_dir_size_mib: u64,
+    /// Cap of each pod's serial log (rotated once to `serial.log.1`), on that disk.
+    pub serial_log_max_bytes: u64,
 }
 
 impl PodsConfig {
     pub fn defaults(state_dir: &Path) -> PodsConfig {
-        PodsConfig { disk_dir: state_dir.join("pod-disks"), shared_dir_size_mib: DEFAULT_DISK_MIB }
+        PodsConfig {
+            disk_dir: state_dir.join("pod-disks"),
+            shared_dir_size_mib: DEFAULT_DISK_MIB,
+            serial_log_max_bytes: carapace_vmm::DEFAULT_SERIAL_LOG_MAX_BYTES,
+        }
     }
 
     pub fn from_raw(raw: RawPodsConfig, state_dir: &Path) -> Result<PodsConfig, String> {
@@ -48,7 +55,17 @@ impl PodsConfig {
         if !(min..=MAX_DISK_MIB).contains(&size) {
             return Err(format!("{SIZE_KEY} = {size} must be between {min} and {MAX_DISK_MIB}"));
         }
-        Ok(PodsConfig { disk_dir, shared_dir_size_mib: size })
+        let serial = raw.serial_log_max_bytes.unwrap_or(d.serial_log_max_bytes);
+        let smin = carapace_vmm::MIN_SERIAL_LOG_MAX_BYTES;
+        // Both generations of the serial log fit in a quarter of the disk.
+        let smax = (size << 20) / 8;
+        if !(smin..=smax).contains(&serial) {
+            return Err(format!(
+                "pods.serial_log_max_bytes = {serial} must be between {smin} and {smax} (an \
+                 eighth of {SIZE_KEY})"
+            ));
+        }
+        Ok(PodsConfig { disk_dir, shared_dir_size_mib: size, serial_log_max_bytes: serial })
     }
 
     /// The image file of pod `id`'s disk.
@@ -126,6 +143,15 @@ mod tests {
             let raw = RawPodsConfig { shared_dir_size_mib: Some(bad), ..Default::default() };
             let e = PodsConfig::from_raw(raw, Path::new("/s")).unwrap_err();
             assert!(e.contains(SIZE_KEY), "{e}");
+        }
+        for bad in [0, 4095, (16 << 20) / 8 + 1] {
+            let raw = RawPodsConfig {
+                shared_dir_size_mib: Some(16),
+                serial_log_max_bytes: Some(bad),
+                ..Default::default()
+            };
+            let e = PodsConfig::from_raw(raw, Path::new("/s")).unwrap_err();
+            assert!(e.contains("serial_log_max_bytes"), "{e}");
         }
         let raw = RawPodsConfig { disk_dir: Some("rel".into()), ..Default::default() };
         assert!(PodsConfig::from_raw(raw, Path::new("/s")).unwrap_err().contains("disk_dir"));
