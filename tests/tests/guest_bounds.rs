@@ -140,10 +140,8 @@ fn check_mem(d: &Daemon, base: &Mem, vmm: i32, when: &str) -> Result<()> {
 fn a_guest_flooding_its_console_and_shared_dir_is_stopped_by_the_bounds() {
     let started = Instant::now();
     let reg = Registry::start("regb", "info").expect("test registry");
-    let extra: &'static str = Box::leak(
-        format!("[pods]\nshared_dir_size_mib = {DISK_MIB}\nserial_log_max_bytes = {SERIAL_CAP}\n")
-            .into_boxed_str(),
-    );
+    let extra =
+        format!("[pods]\nshared_dir_size_mib = {DISK_MIB}\nserial_log_max_bytes = {SERIAL_CAP}\n");
     let d = Daemon::start(DaemonOptions {
         dir_prefix: "crib",
         insecure_registry: Some(reg.addr.clone()),
