@@ -101,6 +101,18 @@ fn check_serial(pod_dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The end of each pod's vmm.log, for a failure's message.
+fn vmm_logs(d: &Daemon) -> String {
+    let mut out = String::new();
+    for e in std::fs::read_dir(d.pods_dir()).into_iter().flatten().flatten() {
+        let text = std::fs::read_to_string(e.path().join("vmm.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+        out.push_str(&format!("--- {}/vmm.log (end) ---\n{tail}\n", e.path().display()));
+    }
+    out
+}
+
 struct Mem {
     avail: u64,
     daemon: u64,
@@ -277,5 +289,5 @@ fn a_guest_flooding_its_console_and_shared_dir_is_stopped_by_the_bounds() {
         eprintln!("done in {:?}", started.elapsed());
         Ok::<(), anyhow::Error>(())
     });
-    with_log(&d, r);
+    with_log(&d, r.map_err(|e| e.context(vmm_logs(&d))));
 }
