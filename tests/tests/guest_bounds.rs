@@ -72,7 +72,7 @@ fn mem_available() -> Result<u64> {
     Ok(kb * 1024)
 }
 
-fn rss(pid: i32) -> Result<u64> {
+fn rss(pid: impl std::fmt::Display) -> Result<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let kb = s
         .lines()
