@@ -19,7 +19,7 @@ CARGO := cargo
 
 DEB_PACKAGES := qemu-system-x86 linux-source-6.1 bison flex bc libelf-dev libssl-dev busybox-static cpio \
 	protobuf-compiler xz-utils kmod jq file libseccomp-dev docker-registry apache2-utils zstd curl skopeo runc containerd \
-	gcc libc6-dev containernetworking-plugins iptables tmux
+	gcc libc6-dev containernetworking-plugins iptables tmux e2fsprogs
 
 
 deps: ## Debian packages the build and the tests need (idempotent)

@@ -286,11 +286,13 @@ impl Daemon {
         pids
     }
 
-    /// Fails unless no VMM process, pod file, socket, record or mount is left.
+    /// Fails unless no VMM process, pod file, socket, record, pod disk image or mount (a pod
+    /// disk's loop mount among them) is left.
     pub fn assert_clean(&self) -> Result<()> {
         let procs = self.vmm_processes();
         ensure!(procs.is_empty(), "VMM processes left behind: {procs:?}");
-        for d in [self.pods_dir(), self.records_dir(), self.container_records_dir()] {
+        let disks = self.dir.path().join("state/pod-disks");
+        for d in [self.pods_dir(), self.records_dir(), self.container_records_dir(), disks] {
             let left: Vec<_> = std::fs::read_dir(&d)
                 .map(|r| r.flatten().map(|e| e.file_name()).collect())
                 .unwrap_or_default();

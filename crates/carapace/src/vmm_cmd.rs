@@ -121,8 +121,16 @@ fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// A line on stderr. The daemon points the VMM's stderr at `vmm.log` on the pod's own disk,
+/// which the guest can fill: a failed write is dropped (`eprintln!` would panic, and a panic
+/// aborts the VMM).
+fn say(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
 fn fail(message: &str) -> ExitCode {
-    eprintln!("carapace vmm: error: {}", one_line(message));
+    say(format_args!("carapace vmm: error: {}", one_line(message)));
     ExitCode::from(1)
 }
 
@@ -234,8 +242,8 @@ pub fn run(args: VmmArgs) -> ExitCode {
     let code = exit_code(&reason);
     match code {
         0 => {}
-        2 => eprintln!("carapace vmm: guest did not shut down; stopped by force"),
-        _ => eprintln!("carapace vmm: error: {}", one_line(&reason.to_string())),
+        2 => say(format_args!("carapace vmm: guest did not shut down; stopped by force")),
+        _ => say(format_args!("carapace vmm: error: {}", one_line(&reason.to_string()))),
     }
     // The stop thread notices the exit within one poll period; the process ends with us.
     ExitCode::from(code)

@@ -63,6 +63,25 @@ fn missing_kernel() {
     assert_left_only(dir.path(), &[]);
 }
 
+/// The VMM's stderr is `vmm.log` on the pod's disk, which the guest can fill: an error line
+/// that cannot be written is dropped and the exit status stays 1 (not a panic, 101).
+#[test]
+fn a_full_stderr_does_not_turn_an_error_into_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("vsock.sock");
+    let full = fs::OpenOptions::new().write(true).open("/dev/full").expect("open /dev/full");
+    let status = Command::new(CARAPACE)
+        .env("CARAPACE_LOG", "trace")
+        .arg("vmm")
+        .arg("--serial-log")
+        .arg(dir.path().join("serial.log"))
+        .args(["--kernel", "/nonexistent/vmlinux", "--vsock-uds", sock.to_str().unwrap()])
+        .stderr(full)
+        .status()
+        .expect("run carapace vmm");
+    assert_eq!(status.code(), Some(1), "carapace vmm with stderr on a full disk: {status:?}");
+}
+
 #[test]
 fn corrupt_kernel() {
     let dir = tempfile::tempdir().unwrap();

@@ -41,6 +41,11 @@
 //! port = 0                                  # any free port
 //! # tls_cert_file = "/etc/carapace/stream.crt"  # both or neither: https:// URLs
 //! # tls_key_file = "/etc/carapace/stream.key"   # PKCS#8 PEM
+//!
+//! [pods]                                    # each pod's own disk (see `pod_disk`)
+//! # disk_dir = "<state_dir>/pod-disks"      # sparse ext4 images, one per pod
+//! shared_dir_size_mib = 10240               # bounds the shared dir, staging and logs
+//! serial_log_max_bytes = 1048576            # then rotated once to serial.log.1
 //! ```
 
 use std::collections::BTreeMap;
@@ -51,6 +56,7 @@ use carapace_image::ImageServiceConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::cni::settings::{CniConfig, RawCniConfig};
+use crate::pod_disk::{PodsConfig, RawPodsConfig};
 use crate::streaming::StreamingConfig;
 
 /// Where the daemon reads its configuration unless told otherwise.
@@ -171,6 +177,8 @@ struct RawConfig {
     cni: RawCniConfig,
     #[serde(default)]
     streaming: StreamingConfig,
+    #[serde(default)]
+    pods: RawPodsConfig,
 }
 
 /// The validated configuration the daemon runs with.
@@ -201,6 +209,8 @@ pub struct Config {
     pub cni: CniConfig,
     /// The streaming server (Exec, Attach): where it listens.
     pub streaming: StreamingConfig,
+    /// Each pod's own disk: where the images are, how big.
+    pub pods: PodsConfig,
 }
 
 impl Config {
@@ -324,7 +334,9 @@ impl Config {
             None => default_concurrent_boots(),
         };
         let cni = CniConfig::from_raw(raw.cni, &run_dir).map_err(ConfigError::Invalid)?;
+        let pods = PodsConfig::from_raw(raw.pods, &state_dir).map_err(ConfigError::Invalid)?;
         Ok(Config {
+            pods,
             cni,
             socket,
             state_dir,
@@ -377,6 +389,7 @@ fn unreachable_defaults() -> Config {
         images: ImageServiceConfig::default(),
         cni: CniConfig::defaults(Path::new(DEFAULT_RUN_DIR)),
         streaming: StreamingConfig::default(),
+        pods: PodsConfig::defaults(Path::new(DEFAULT_STATE_DIR)),
     }
 }
 

@@ -53,6 +53,9 @@ pub enum CriError {
     /// A container's files could not be staged or exposed in the pod's shared dir.
     #[error("cannot prepare the files of container {id}: {source}")]
     Prepare { id: String, source: carapace_podfs::Error },
+    /// The pod's own disk (`[pods]`) could not be made or mounted.
+    #[error("cannot set up the disk of pod sandbox {id}: {source}")]
+    PodDisk { id: String, source: carapace_podfs::Error },
     #[error("the operation's task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
     /// The pod's network (CNI) could not be set up or torn down; a plugin's own message is in
@@ -86,6 +89,12 @@ fn agent_code(code: Code) -> Code {
 
 impl From<CriError> for Status {
     fn from(e: CriError) -> Status {
+        if crate::pod_disk::is_disk_full(&e) {
+            tracing::warn!(error = %e, "a pod's disk is full");
+            let key = crate::pod_disk::SIZE_KEY;
+            let hint = format!("the pod's disk is full (its size is {key} in the daemon config)");
+            return Status::new(Code::ResourceExhausted, format!("{e}: {hint}"));
+        }
         let code = match &e {
             CriError::NotFound(_) => Code::NotFound,
             CriError::InvalidArgument(_) | CriError::Mount { .. } => Code::InvalidArgument,
@@ -108,6 +117,7 @@ impl From<CriError> for Status {
             | CriError::Rootfs { .. }
             | CriError::Remove { .. }
             | CriError::Prepare { .. }
+            | CriError::PodDisk { .. }
             | CriError::Task(_)
             | CriError::Network(_)
             | CriError::PodNic { .. } => Code::Internal,

@@ -10,6 +10,7 @@
 //! * [`merge`]: image config + CRI config → process; [`crilog`]: CRI log files; [`volumes`]:
 //!   host volumes into the VM; [`filters`]: List* filters; [`util`]: shared small helpers;
 //!   [`validate`]: checks of path-like and line-like request fields.
+//! * [`pod_disk`]: each pod's own disk (bounds its shared dir).
 //! * [`cni`]: pod networking (CNI config, netns, plugin ADD/DEL, cache).
 //! * [`network`]: the pod's tap in its netns, wired to the CNI interface by tc redirects; the
 //!   agent's ConfigureNetworkRequest from the CNI result.
@@ -30,6 +31,7 @@ pub mod ids;
 pub mod merge;
 pub mod metrics;
 pub mod network;
+pub mod pod_disk;
 pub mod podnet;
 pub mod procfs;
 pub mod record;

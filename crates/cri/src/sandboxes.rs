@@ -227,6 +227,7 @@ impl SandboxTable {
             index.names.insert(rec.sandbox_name(), rec.id.clone());
             index.pods.insert(rec.id.clone(), Sandbox::new(rec));
         }
+        cfg.pods.remove_orphans(&cfg.run_dir.join("pods"), &|id| index.pods.contains_key(id));
         for id in cni.cached_sandboxes() {
             if index.pods.contains_key(&id) {
                 continue;
@@ -428,11 +429,13 @@ impl SandboxTable {
         std::os::unix::fs::DirBuilderExt::mode(fs::DirBuilder::new().recursive(true), 0o700)
             .create(&rec.run_dir)
             .map_err(|e| io("create the run dir", &rec.run_dir, e))?;
-        // The pod's files (and the guest's, in shared/) are inert on the host: nosuid, nodev,
-        // noexec; staging/ and shared/ on that one mount (crates/podfs).
-        let prepare = |source| CriError::Prepare { id: rec.id.clone(), source };
-        carapace_podfs::harden(&rec.run_dir).map_err(prepare)?;
-        carapace_podfs::PodDir::open(&rec.run_dir).map_err(prepare)?;
+        // The pod's own disk on the run dir: what the guest writes in shared/ is bounded
+        // (`[pods]`) and inert on the host (nosuid, nodev, noexec); staging/ and shared/ are on
+        // that one mount (crates/podfs).
+        let (pods, id, dir) = (self.cfg.pods.clone(), rec.id.clone(), rec.run_dir.clone());
+        let disk = |source| CriError::PodDisk { id: rec.id.clone(), source };
+        tokio::task::spawn_blocking(move || pods.attach(&id, &dir)).await?.map_err(disk)?;
+        carapace_podfs::PodDir::open(&rec.run_dir).map_err(disk)?;
         let hostname = rec.run_dir.join("hostname");
         fs::write(&hostname, format!("{}\n", rec.hostname))
             .map_err(|e| io("write the hostname file", &hostname, e))?;
@@ -516,6 +519,11 @@ impl SandboxTable {
             what: format!("pod sandbox {} ({})", rec.id, rec.run_dir.display()),
             source,
         })?;
+        // Unmounted with the run dir above: the disk image goes now.
+        self.cfg
+            .pods
+            .remove(&rec.id)
+            .map_err(|source| CriError::PodDisk { id: rec.id.clone(), source })?;
         self.store.remove(&rec.id)?;
         let mut index = self.index();
         index.pods.remove(&rec.id);

@@ -73,6 +73,7 @@ pub fn vm_config(
 ) -> VmConfig {
     VmConfig {
         serial_log: Some(files.serial_log.to_path_buf()),
+        serial_log_max_bytes: cfg.pods.serial_log_max_bytes,
         vsock: Some(VsockConfig { guest_cid: GUEST_CID, uds_path: files.vsock.to_path_buf() }),
         shared_dir: Some(files.shared_dir.to_path_buf()),
         net: net.map(|n| NetConfig { tap_fd: VMM_TAP_FD, mac: n.mac.clone() }),

@@ -328,6 +328,12 @@ async fn failed_starts_leave_nothing_behind() {
         assert!(list.items.is_empty(), "{:?}", list.items);
         assert_eq!(count_entries(&env.dir.path().join("run/pods")), 0, "pod run dir left behind");
         assert_eq!(count_entries(&env.dir.path().join("state/sandboxes")), 0, "record left behind");
+        let disks = env.dir.path().join("state/pod-disks");
+        assert_eq!(count_entries(&disks), 0, "pod disk image left behind");
+        let root = env.dir.path().display().to_string();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let left: Vec<&str> = mounts.lines().filter(|l| l.contains(&root)).collect();
+        assert!(left.is_empty(), "mounts left behind: {left:?}");
         // The name is free again: the same pod fails the same way, not with AlreadyExists.
         let e = c.run_pod_sandbox(run_req("web", "fake")).await.unwrap_err();
         assert_eq!(e.code(), code);

@@ -26,6 +26,10 @@ pub enum Error {
     Busy(PathBuf),
     #[error("{a} and {b} are on different mounts: a rename between them is impossible")]
     NotSameMount { a: PathBuf, b: PathBuf },
+    #[error("a pod disk of {size} bytes is too small: at least {min} bytes")]
+    DiskTooSmall { size: u64, min: u64 },
+    #[error("mkfs.ext4 of the pod disk {image} failed ({status}): {stderr}")]
+    Mkfs { image: PathBuf, status: String, stderr: String },
 }
 
 pub(crate) fn io_err(op: &'static str, path: &Path, e: impl Into<std::io::Error>) -> Error {

@@ -14,6 +14,7 @@
 //! RENAME_NOREPLACE)` between the two trusted directory descriptors ([`Staged::expose`]).
 
 mod beneath;
+mod disk;
 mod error;
 mod mount;
 pub mod mountinfo;
@@ -22,6 +23,7 @@ mod remove;
 mod sys;
 
 pub use beneath::{mkdirs_beneath, open_beneath, read_file_beneath, write_file_beneath, DIR_MODE};
+pub use disk::{attach_disk, create_image, images_in, mount_image, remove_image, MIN_DISK_BYTES};
 pub use error::Error;
 pub use mount::{bind_beneath, bind_with, harden, unmount_beneath, unmount_tree, Access};
 pub use pod::{PodDir, Staged, PRIVATE_DIR_MODE, SHARED, STAGING};

@@ -71,6 +71,17 @@ fn is_regular(mode: u32) -> bool {
     mode & libc::S_IFMT == libc::S_IFREG
 }
 
+/// Passes `r` on; a full pod disk (ENOSPC, EDQUOT: the `[pods]` bound the daemon mounted
+/// under the shared dir) is logged, rate-limited, so the host sees why the guest fails.
+fn note_full<T>(op: &'static str, r: io::Result<T>) -> io::Result<T> {
+    if let Err(e) = &r {
+        if matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) {
+            crate::guest_warn!(op, "the pod's disk is full: the guest's write fails with ENOSPC");
+        }
+    }
+    r
+}
+
 fn eperm() -> io::Error {
     io::Error::from_raw_os_error(libc::EPERM)
 }
@@ -265,7 +276,8 @@ impl<F: FileSystem> FileSystem for HostSafeFs<F> {
         mut args: CreateIn,
     ) -> io::Result<(Entry, Option<Self::Handle>, OpenOptions, Option<u32>)> {
         args.mode = file_mode(args.mode);
-        let (mut entry, handle, opts, passthrough) = self.inner.create(ctx, parent, name, args)?;
+        let (mut entry, handle, opts, passthrough) =
+            note_full("create", self.inner.create(ctx, parent, name, args))?;
         // Without O_EXCL an existing file is opened: it may be an image's setuid file.
         if writes(args.flags) {
             entry.attr.st_mode = self.kill_priv(ctx, entry.inode, entry.attr.st_mode)?;
@@ -304,7 +316,7 @@ impl<F: FileSystem> FileSystem for HostSafeFs<F> {
     ) -> io::Result<usize> {
         // A handle that can write was opened through open()/create(), which cleared the bits,
         // and the guest cannot set them again: no check per write.
-        self.inner.write(
+        let r = self.inner.write(
             ctx,
             inode,
             handle,
@@ -315,7 +327,8 @@ impl<F: FileSystem> FileSystem for HostSafeFs<F> {
             delayed_write,
             flags,
             fuse_flags,
-        )
+        );
+        note_full("write", r)
     }
 
     fn flush(
@@ -347,7 +360,7 @@ impl<F: FileSystem> FileSystem for HostSafeFs<F> {
         offset: u64,
         length: u64,
     ) -> io::Result<()> {
-        self.inner.fallocate(ctx, inode, handle, mode, offset, length)
+        note_full("fallocate", self.inner.fallocate(ctx, inode, handle, mode, offset, length))
     }
 
     #[allow(clippy::too_many_arguments)]
