@@ -770,3 +770,151 @@ fn critest_security_semantics_through_the_daemon() {
     });
     with_log(&d, r);
 }
+
+/// The pod's resources (what kubelet sends as `linux.resources`) for `cpus` and `mem` bytes.
+fn resources(cpus: i64, mem: i64) -> cri::LinuxContainerResources {
+    cri::LinuxContainerResources {
+        cpu_period: 100_000,
+        cpu_quota: cpus * 100_000,
+        memory_limit_in_bytes: mem,
+        ..Default::default()
+    }
+}
+
+/// The guest's CPU count and MemTotal (MiB) as a container sees them.
+async fn guest_cpus_and_mem(
+    c: &mut RuntimeServiceClient<Channel>,
+    cid: &str,
+) -> Result<(u32, u64)> {
+    let cmd = "grep -c ^processor /proc/cpuinfo; awk '/^MemTotal:/ {print int($2/1024)}' \
+               /proc/meminfo";
+    let r = c
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: cid.into(),
+            cmd: vec!["sh".into(), "-c".into(), cmd.into()],
+            timeout: 60,
+        })
+        .await?
+        .into_inner();
+    let out = String::from_utf8_lossy(&r.stdout).into_owned();
+    ensure!(r.exit_code == 0, "cpus/meminfo: {r:?}");
+    let mut l = out.lines();
+    let cpus = l.next().unwrap_or("").trim().parse().with_context(|| format!("cpus in {out:?}"))?;
+    let mem = l.next().unwrap_or("").trim().parse().with_context(|| format!("mem in {out:?}"))?;
+    Ok((cpus, mem))
+}
+
+/// The VM size the daemon recorded for a pod (PodSandboxStatus verbose info).
+async fn recorded_vm_size(c: &mut RuntimeServiceClient<Channel>, pod: &str) -> Result<(u64, u64)> {
+    let st = c
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: pod.into(),
+            verbose: true,
+        })
+        .await?
+        .into_inner();
+    let info = st.info.get("info").context("no verbose info")?;
+    let v: serde_json::Value = serde_json::from_str(info)?;
+    let size = &v["vm_size"];
+    let (cpus, mem) = (size["vcpus"].as_u64(), size["mem_mib"].as_u64());
+    Ok((cpus.context("vm_size.vcpus")?, mem.context("vm_size.mem_mib")?))
+}
+
+#[test]
+#[ignore = "needs a KVM that boots Linux guests: run by `make test-e2e`"]
+fn pods_get_vms_sized_from_their_resources() {
+    let reg = start_registry().expect("test registry");
+    let d = start_daemon(&reg).expect("daemon");
+    let r = runtime().block_on(async {
+        let mut c = d.client().await?;
+        let mut images = d.image_client().await?;
+        let busybox = reg.image("test/busybox:latest");
+        pull_image(&mut images, &busybox).await?;
+
+        // 2 CPUs and 1 GiB (as kubelet sums the containers' limits): a VM with 2 vCPUs and
+        // 1 GiB plus the guest's overhead (64 MiB by default).
+        let mut big_cfg = pod_config(&d, "sized");
+        big_cfg.linux = Some(cri::LinuxPodSandboxConfig {
+            resources: Some(resources(2, 1 << 30)),
+            overhead: Some(resources(0, 32 << 20)),
+            ..Default::default()
+        });
+        let big = run_pod(&mut c, &big_cfg).await?;
+        ensure!(recorded_vm_size(&mut c, &big).await? == (2, 1088), "recorded size of the big pod");
+        let mut cfg = container("hog", &busybox, &["sleep", "100000"]);
+        cfg.linux = Some(cri::LinuxContainerConfig {
+            resources: Some(resources(2, 1 << 30)),
+            ..Default::default()
+        });
+        let hog = create(&mut c, &big, &big_cfg, cfg).await.context("create hog")?;
+        c.start_container(cri::StartContainerRequest { container_id: hog.clone() }).await?;
+        let (cpus, mem) = guest_cpus_and_mem(&mut c, &hog).await?;
+        ensure!(cpus == 2 && mem >= 1024, "the big pod's guest has {cpus} CPUs and {mem} MiB");
+        // 900 MiB allocated and touched (dd fills its one 900 MiB buffer from /dev/zero)
+        // within the container's 1 GiB limit: no OOM kill.
+        let r = c
+            .exec_sync(cri::ExecSyncRequest {
+                container_id: hog.clone(),
+                cmd: ["dd", "if=/dev/zero", "of=/dev/null", "bs=900M", "count=1"]
+                    .map(String::from)
+                    .to_vec(),
+                timeout: 300,
+            })
+            .await?
+            .into_inner();
+        ensure!(r.exit_code == 0, "900 MiB in a 1 GiB container: {r:?}");
+        ensure!(status(&mut c, &hog).await?.state == RUNNING, "the container did not survive");
+
+        // More than the VM holds: CreateContainer and UpdateContainerResources say so.
+        let mut cfg = container("greedy", &busybox, &["sleep", "100000"]);
+        cfg.linux = Some(cri::LinuxContainerConfig {
+            resources: Some(resources(1, 2 << 30)),
+            ..Default::default()
+        });
+        let e = create(&mut c, &big, &big_cfg, cfg).await.expect_err("2 GiB in a 1 GiB VM");
+        ensure!(
+            e.code() == tonic::Code::ResourceExhausted
+                && e.message().contains("asks for 2048 MiB of memory")
+                && e.message().contains("1088 MiB"),
+            "{e:?}"
+        );
+        let e = c
+            .update_container_resources(cri::UpdateContainerResourcesRequest {
+                container_id: hog.clone(),
+                linux: Some(resources(4, 1 << 30)),
+                ..Default::default()
+            })
+            .await
+            .expect_err("4 CPUs in a 2-vCPU VM");
+        ensure!(
+            e.code() == tonic::Code::ResourceExhausted && e.message().contains("2 vCPU"),
+            "{e:?}"
+        );
+        c.update_container_resources(cri::UpdateContainerResourcesRequest {
+            container_id: hog.clone(),
+            linux: Some(resources(1, 512 << 20)),
+            ..Default::default()
+        })
+        .await
+        .context("UpdateContainerResources within the VM")?;
+
+        // No resources: the profile's size (1 vCPU, 256 MiB).
+        let small_cfg = pod_config(&d, "unsized");
+        let small = run_pod(&mut c, &small_cfg).await?;
+        ensure!(recorded_vm_size(&mut c, &small).await? == (1, 256), "recorded size, no limits");
+        let plain =
+            create(&mut c, &small, &small_cfg, container("plain", &busybox, &["sleep", "100000"]))
+                .await
+                .context("create plain")?;
+        c.start_container(cri::StartContainerRequest { container_id: plain.clone() }).await?;
+        let (cpus, mem) = guest_cpus_and_mem(&mut c, &plain).await?;
+        ensure!(cpus == 1 && mem <= 256, "the unsized pod's guest has {cpus} CPUs and {mem} MiB");
+
+        for pod in [big, small] {
+            c.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await?;
+            c.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod }).await?;
+        }
+        Ok(())
+    });
+    with_log(&d, r);
+}

@@ -17,6 +17,10 @@
 //! mem_mib = 256
 //! kernel = "/var/lib/carapace/guest/vmlinux"
 //! initramfs = "/var/lib/carapace/guest/initramfs.cpio"
+//! # a pod's VM is sized from its resources (limits) between vcpus/mem_mib and these:
+//! max_vcpus = 8
+//! max_mem_mib = 16384
+//! guest_overhead_mib = 64                 # added to the pod's memory limit
 //!
 //! [runtime_handlers]
 //! "" = "default"       # the empty handler: the default RuntimeClass
@@ -114,6 +118,16 @@ pub struct VmProfile {
     /// Appended to the guest kernel command line.
     #[serde(default)]
     pub cmdline_extra: String,
+    /// Most vCPUs a pod's VM gets from its resources (`vcpus` is the least).
+    #[serde(default = "default_max_vcpus")]
+    pub max_vcpus: u8,
+    /// Most memory a pod's VM gets from its resources (`mem_mib` is the least).
+    #[serde(default = "default_max_mem_mib")]
+    pub max_mem_mib: u32,
+    /// Memory the guest keeps for itself (kernel, agent, page cache) on top of the pod's
+    /// memory limit when its VM is sized.
+    #[serde(default = "default_guest_overhead_mib")]
+    pub guest_overhead_mib: u32,
 }
 
 fn default_vcpus() -> u8 {
@@ -121,6 +135,15 @@ fn default_vcpus() -> u8 {
 }
 fn default_mem_mib() -> u32 {
     carapace_vmm::DEFAULT_MEM_MIB
+}
+fn default_max_vcpus() -> u8 {
+    8
+}
+fn default_max_mem_mib() -> u32 {
+    16 << 10
+}
+fn default_guest_overhead_mib() -> u32 {
+    64
 }
 fn default_kernel() -> PathBuf {
     Path::new(DEFAULT_GUEST_DIR).join("vmlinux")
@@ -150,6 +173,9 @@ impl Default for VmProfile {
             kernel: default_kernel(),
             initramfs: default_initramfs(),
             cmdline_extra: String::new(),
+            max_vcpus: default_max_vcpus(),
+            max_mem_mib: default_max_mem_mib(),
+            guest_overhead_mib: default_guest_overhead_mib(),
         }
     }
 }
@@ -286,6 +312,26 @@ impl Config {
             p.vm_shape()
                 .validate_limits()
                 .map_err(|e| ConfigError::Invalid(format!("profiles.{name}.{}: {e}", e.field())))?;
+            // The largest VM a pod may get must boot too.
+            carapace_vmm::VmConfig { vcpus: p.max_vcpus, mem_mib: p.max_mem_mib, ..p.vm_shape() }
+                .validate_limits()
+                .map_err(|e| {
+                    ConfigError::Invalid(format!("profiles.{name}.max_{}: {e}", e.field()))
+                })?;
+            if p.max_vcpus < p.vcpus || p.max_mem_mib < p.mem_mib {
+                return Err(ConfigError::Invalid(format!(
+                    "profiles.{name}: max_vcpus ({}) and max_mem_mib ({}) must be at least vcpus \
+                     ({}) and mem_mib ({})",
+                    p.max_vcpus, p.max_mem_mib, p.vcpus, p.mem_mib
+                )));
+            }
+            if p.guest_overhead_mib >= p.mem_mib {
+                return Err(ConfigError::Invalid(format!(
+                    "profiles.{name}.guest_overhead_mib ({}) must be below mem_mib ({}): \
+                     containers need some of the VM",
+                    p.guest_overhead_mib, p.mem_mib
+                )));
+            }
             for (key, file) in [("kernel", &p.kernel), ("initramfs", &p.initramfs)] {
                 if !file.is_absolute() {
                     return Err(ConfigError::Invalid(format!(

@@ -62,6 +62,9 @@ pub enum CriError {
     /// the text.
     #[error("pod network: {0}")]
     Network(#[from] crate::cni::CniError),
+    /// A container's resources do not fit its pod's VM (or cannot be read).
+    #[error(transparent)]
+    Sizing(#[from] crate::sizing::SizingError),
     /// The pod's tap could not be made or wired to its CNI interface.
     #[error("pod network of sandbox {id}: {source}")]
     PodNic { id: String, source: crate::network::NetError },
@@ -106,6 +109,8 @@ impl From<CriError> for Status {
                 Code::DeadlineExceeded
             }
             CriError::Agent { source, .. } => agent_code(source.code()),
+            CriError::Sizing(crate::sizing::SizingError::Negative { .. }) => Code::InvalidArgument,
+            CriError::Sizing(_) => Code::ResourceExhausted,
             CriError::Network(crate::cni::CniError::InvalidArgument(_)) => Code::InvalidArgument,
             CriError::Network(crate::cni::CniError::NotReady(_)) => Code::FailedPrecondition,
             CriError::Io { .. }

@@ -10,7 +10,8 @@
 //! * [`merge`]: image config + CRI config → process; [`crilog`]: CRI log files; [`volumes`]:
 //!   host volumes into the VM; [`filters`]: List* filters; [`util`]: shared small helpers;
 //!   [`validate`]: checks of path-like and line-like request fields.
-//! * [`pod_disk`]: each pod's own disk (bounds its shared dir).
+//! * [`pod_disk`]: each pod's own disk (bounds its shared dir); [`sizing`]: a pod's VM size
+//!   from its resources, and containers checked against it.
 //! * [`cni`]: pod networking (CNI config, netns, plugin ADD/DEL, cache).
 //! * [`network`]: the pod's tap in its netns, wired to the CNI interface by tc redirects; the
 //!   agent's ConfigureNetworkRequest from the CNI result.
@@ -39,6 +40,7 @@ pub mod runtime;
 pub mod runtime_service;
 pub mod sandboxes;
 pub mod server;
+pub mod sizing;
 pub mod store;
 pub mod streaming;
 pub mod util;

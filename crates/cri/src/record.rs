@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::config::VmProfile;
+use crate::sizing::VmSize;
 
 /// Bumped when a field changes meaning; records of another version are refused with a message.
 pub const RECORD_VERSION: u32 = 1;
@@ -122,9 +123,17 @@ pub struct SandboxRecord {
     /// from before pod networking).
     #[serde(default)]
     pub network: Option<NetworkSummary>,
+    /// This pod's VM size (from its resources, [`crate::sizing`]); None in records of a daemon
+    /// from before sizing: the profile's.
+    #[serde(default)]
+    pub vm_size: Option<VmSize>,
 }
 
 impl SandboxRecord {
+    /// The size of this pod's VM.
+    pub fn vm_size(&self) -> VmSize {
+        self.vm_size.unwrap_or_else(|| self.profile.default_size())
+    }
     /// The VM's vsock Unix socket.
     pub fn vsock_path(&self) -> PathBuf {
         self.run_dir.join("vsock")

@@ -20,6 +20,7 @@ use crate::procfs;
 use crate::record::{
     resolv_conf, Dns, Metadata, SandboxPhase, SandboxRecord, SecuritySummary, RECORD_VERSION,
 };
+use crate::sizing;
 use crate::store::{Store, StoreError};
 use crate::util::{hash_map, lock, now_nanos, sandbox_state};
 use crate::validate;
@@ -323,6 +324,8 @@ impl SandboxTable {
                 )));
             }
         }
+        let vm_size = sizing::pod_vm_size(profile, config.linux.as_ref())
+            .map_err(|e| CriError::InvalidArgument(format!("RunPodSandbox: {e}")))?;
         let name = ids::sandbox_name(&md.name, &md.namespace, &md.uid, md.attempt);
         let id = ids::new_id().map_err(CriError::NewId)?;
         let run_dir = self.cfg.pod_run_dir(&id);
@@ -360,6 +363,7 @@ impl SandboxTable {
             vmm: None,
             guest: BTreeMap::new(),
             network: None,
+            vm_size: Some(vm_size),
         };
         let sandbox = Sandbox::new(rec.clone());
         let _op = sandbox.lock_op().await;
@@ -458,7 +462,7 @@ impl SandboxTable {
             Some(n) => (Some(n.net), Some(n.request)),
             None => (None, None),
         };
-        let spawned = vmm::spawn(&self.cfg, &rec.profile, &files, vm_net.as_ref());
+        let spawned = vmm::spawn(&self.cfg, &rec.profile, rec.vm_size(), &files, vm_net.as_ref());
         // The VMM has its own copy of the tap now: with ours closed, the tap lives as long as
         // the VMM does.
         drop(vm_net);

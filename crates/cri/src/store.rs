@@ -214,6 +214,7 @@ pub(crate) mod tests {
             vmm: Some(VmmProcess { pid: 42, start_time: 7 }),
             guest: Default::default(),
             network: None,
+            vm_size: None,
         }
     }
 

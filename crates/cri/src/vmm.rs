@@ -14,6 +14,7 @@ use carapace_vmm::{NetConfig, VmConfig, VsockConfig};
 use crate::config::{Config, VmProfile};
 use crate::procfs;
 use crate::record::VmmProcess;
+use crate::sizing::VmSize;
 
 /// How often liveness is polled while waiting.
 const POLL: Duration = Duration::from_millis(100);
@@ -64,14 +65,18 @@ pub const VMM_TAP_FD: i32 = 3;
 /// The guest's vsock CID (each VM has its own vsock device, so every guest can use the first).
 const GUEST_CID: u64 = carapace_vmm::MIN_GUEST_CID;
 
-/// The VM of `profile` with these files (and a NIC on [`VMM_TAP_FD`] when `net` is given).
+/// The VM of `profile`, `size`d for its pod, with these files (and a NIC on [`VMM_TAP_FD`]
+/// when `net` is given).
 pub fn vm_config(
     cfg: &Config,
     profile: &VmProfile,
+    size: VmSize,
     files: &VmFiles<'_>,
     net: Option<&VmNet>,
 ) -> VmConfig {
     VmConfig {
+        vcpus: size.vcpus,
+        mem_mib: size.mem_mib,
         serial_log: Some(files.serial_log.to_path_buf()),
         serial_log_max_bytes: cfg.pods.serial_log_max_bytes,
         vsock: Some(VsockConfig { guest_cid: GUEST_CID, uds_path: files.vsock.to_path_buf() }),
@@ -89,10 +94,11 @@ pub fn vm_config(
 pub fn spawn(
     cfg: &Config,
     profile: &VmProfile,
+    size: VmSize,
     files: &VmFiles<'_>,
     net: Option<&VmNet>,
 ) -> Result<VmmProcess, VmmProcessError> {
-    let config = vm_config(cfg, profile, files, net);
+    let config = vm_config(cfg, profile, size, files, net);
     std::fs::write(files.vm_config, config.to_json()).map_err(|source| {
         VmmProcessError::WriteConfig { path: files.vm_config.to_path_buf(), source }
     })?;
@@ -326,7 +332,9 @@ mod tests {
             vmm_log: Path::new("/r/l"),
             shared_dir: Path::new("/r/shared"),
         };
-        let v = vm_config(&c, &VmProfile::default(), &files, None);
+        let size = VmSize { vcpus: 2, mem_mib: 1088 };
+        let v = vm_config(&c, &VmProfile::default(), size, &files, None);
+        assert_eq!((v.vcpus, v.mem_mib), (2, 1088), "the pod's size, not the profile's");
         assert_eq!(v.net, None);
         assert_eq!(v.kernel, PathBuf::from("/var/lib/carapace/guest/vmlinux"));
         assert_eq!(v.vsock.as_ref().unwrap().uds_path, PathBuf::from("/r/v"));
@@ -354,7 +362,13 @@ mod tests {
             vmm_log: &log,
             shared_dir: dir.path(),
         };
-        let p = match spawn(&c, &VmProfile::default(), &files, None) {
+        let p = match spawn(
+            &c,
+            &VmProfile::default(),
+            VmProfile::default().default_size(),
+            &files,
+            None,
+        ) {
             Ok(p) => p,
             // Exited before /proc was read: also fine.
             Err(VmmProcessError::Vanished { .. }) => return,
@@ -381,7 +395,13 @@ mod tests {
             vmm_log: &dir.path().join("vmm.log"),
             shared_dir: dir.path(),
         };
-        match spawn(&c, &VmProfile::default(), &files, Some(&net)) {
+        match spawn(
+            &c,
+            &VmProfile::default(),
+            VmProfile::default().default_size(),
+            &files,
+            Some(&net),
+        ) {
             Ok(_) | Err(VmmProcessError::Vanished { .. }) => {}
             Err(e) => panic!("{e}"),
         }
@@ -412,7 +432,8 @@ mod tests {
             vmm_log: &log,
             shared_dir: dir.path(),
         };
-        let p = spawn(&c, &VmProfile::default(), &files, None).unwrap();
+        let p = spawn(&c, &VmProfile::default(), VmProfile::default().default_size(), &files, None)
+            .unwrap();
         assert!(procfs::is_alive(&p));
         // SAFETY: getsid has no memory effects.
         let (sid, mine) = unsafe { (libc::getsid(p.pid), libc::getsid(0)) };

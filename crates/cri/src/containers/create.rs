@@ -20,6 +20,7 @@ use crate::record::{
     resolv_conf, ContainerPhase, ContainerRecord, MountRecord, ProcessSpec, SandboxRecord,
     CONTAINER_RECORD_VERSION,
 };
+use crate::sizing;
 use crate::util::{now_nanos, sandbox_state};
 use crate::validate;
 use crate::volumes;
@@ -284,6 +285,10 @@ impl ContainerTable {
                 "pod sandbox {} is not ready: containers can only be created in a running pod",
                 sb.id
             )));
+        }
+        if let Some(r) = &spec.resources {
+            let what = format!("container {:?}", spec.name.name);
+            sizing::check_container_fits(&what, r, sb.vm_size(), &sb.profile)?;
         }
         let images = self.images()?;
         let image = images

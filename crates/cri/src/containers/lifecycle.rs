@@ -12,6 +12,7 @@ use super::monitor::{AGENT_FORGOT, VM_STOPPED};
 use super::{convert, Container, ContainerTable, Pods};
 use crate::error::CriError;
 use crate::record::{ContainerPhase, SandboxRecord};
+use crate::sizing;
 use crate::util::{lock, now_nanos, sandbox_state};
 use crate::volumes;
 
@@ -213,6 +214,9 @@ impl ContainerTable {
                 rec.id
             )));
         }
+        // A running VM does not grow: resources beyond it are refused (see crate::sizing).
+        let what = format!("container {:?} (UpdateContainerResources)", rec.name);
+        sizing::check_container_fits(&what, &r, sb.vm_size(), &sb.profile)?;
         let agent = agent_of(&sb).await?;
         let req = pb::UpdateContainerResourcesRequest {
             id: rec.id.clone(),
