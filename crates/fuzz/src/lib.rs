@@ -18,8 +18,11 @@
 pub mod seeds;
 pub mod targets;
 
+/// A fuzz target: the fuzzer's bytes in, nothing out; it must not panic.
+pub type Target = fn(&[u8]);
+
 /// Every target by name (the directory names under `corpus/` and `regressions/`).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("virtio_chain", targets::virtio_chain),
     ("virtio_mmio", targets::virtio_mmio),
     ("vsock", targets::vsock),
