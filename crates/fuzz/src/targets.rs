@@ -19,7 +19,7 @@ fn scratch() -> Option<tempfile::TempDir> {
 
 /// Descriptor chains and queue state (see `fuzz_hooks::descriptor_chains` for the layout).
 pub fn virtio_chain(data: &[u8]) {
-    fuzz_hooks::descriptor_chains(data);
+    let _ = fuzz_hooks::descriptor_chains(data);
 }
 
 /// Size of one MMIO operation in a `virtio_mmio` input.
@@ -41,15 +41,21 @@ const MMIO_MEM_SIZE: usize = 1 << 20;
 /// offset: `where * 4`, which covers the registers and the config space. The device is reset
 /// at the end (which joins its thread).
 pub fn virtio_mmio(data: &[u8]) {
+    let _ = mmio_ops(data);
+}
+
+/// [`virtio_mmio`]; returns whether the device was activated on the way.
+pub fn mmio_ops(data: &[u8]) -> bool {
     let Ok(mem) = GuestMemory::from_ranges(&[(GuestAddress(0), MMIO_MEM_SIZE)]) else {
-        return;
+        return false;
     };
     let Ok(irq) = EventFd::new(libc::EFD_NONBLOCK) else {
-        return;
+        return false;
     };
     let Ok(mut t) = MmioTransport::new(Box::new(Rng::new()), mem.clone(), irq) else {
-        return;
+        return false;
     };
+    let mut activated = false;
     for op in data.chunks_exact(MMIO_OP_LEN) {
         let [kind, at, v0, v1, v2, v3] = [op[0], op[1], op[2], op[3], op[4], op[5]];
         let value = u32::from_le_bytes([v0, v1, v2, v3]);
@@ -66,21 +72,23 @@ pub fn virtio_mmio(data: &[u8]) {
         } else {
             t.read(offset, &mut bytes[..size]);
         }
+        activated |= t.is_activated();
     }
     t.write(0x70, &0u32.to_le_bytes());
+    activated
 }
 
 /// Guest vsock packets through the connection muxer (see `fuzz_hooks::vsock_packets`).
 pub fn vsock(data: &[u8]) {
     if let Some(dir) = scratch() {
-        fuzz_hooks::vsock_packets(dir.path(), data);
+        let _ = fuzz_hooks::vsock_packets(dir.path(), data);
     }
 }
 
 /// FUSE requests through the virtio-fs server (see `fuzz_hooks::fuse_requests`).
 pub fn virtio_fs(data: &[u8]) {
     if let Some(dir) = scratch() {
-        fuzz_hooks::fuse_requests(dir.path(), data);
+        let _ = fuzz_hooks::fuse_requests(dir.path(), data);
     }
 }
 
@@ -99,55 +107,62 @@ pub mod agent_kind {
 /// encoding (for port forwarding: the `PORT <n>` line), decoded with prost and checked as the
 /// agent's handlers check it before acting.
 pub fn agent_request(data: &[u8]) {
+    let _ = agent_check(data);
+}
+
+/// [`agent_request`]; returns the first error (decode or validation), `Ok` when the agent
+/// would act on the request.
+pub fn agent_check(data: &[u8]) -> Result<(), String> {
     let Some((&kind, msg)) = data.split_first() else {
-        return;
+        return Err("empty input".into());
     };
+    let text = |e: &dyn std::fmt::Display| e.to_string();
     match kind % agent_kind::COUNT {
         agent_kind::CREATE_CONTAINER => {
-            let Ok(req) = pb::CreateContainerRequest::decode(msg) else { return };
-            if let Ok(c) = ValidatedContainer::parse(&req) {
-                let sec = c.security();
-                let _ = process_json(c.process(), sec.capabilities(), sec.no_new_privs());
-            }
+            let req = pb::CreateContainerRequest::decode(msg).map_err(|e| text(&e))?;
+            let c = ValidatedContainer::parse(&req).map_err(|e| text(&e))?;
+            let sec = c.security();
+            let _ = process_json(c.process(), sec.capabilities(), sec.no_new_privs());
         }
         agent_kind::EXEC_PROCESS => {
-            let Ok(req) = pb::ExecProcessRequest::decode(msg) else { return };
-            let _ = ContainerId::parse("container id", &req.container_id);
-            let _ = ContainerId::parse("exec id", &req.exec_id);
-            let _ = ValidProcess::parse(req.process.as_ref());
+            let req = pb::ExecProcessRequest::decode(msg).map_err(|e| text(&e))?;
+            ContainerId::parse("container id", &req.container_id).map_err(|e| text(&e))?;
+            ContainerId::parse("exec id", &req.exec_id).map_err(|e| text(&e))?;
+            ValidProcess::parse(req.process.as_ref()).map_err(|e| text(&e))?;
         }
         agent_kind::CONFIGURE_NETWORK => {
-            let Ok(req) = pb::ConfigureNetworkRequest::decode(msg) else { return };
-            let _ = NetConfig::parse(&req);
+            let req = pb::ConfigureNetworkRequest::decode(msg).map_err(|e| text(&e))?;
+            NetConfig::parse(&req).map_err(|e| text(&e))?;
         }
         agent_kind::UPDATE_RESOURCES => {
-            let Ok(req) = pb::UpdateContainerResourcesRequest::decode(msg) else { return };
-            let _ = ContainerId::parse("container id", &req.id);
-            let _ = check_resources(&req.resources.unwrap_or_default());
+            let req = pb::UpdateContainerResourcesRequest::decode(msg).map_err(|e| text(&e))?;
+            ContainerId::parse("container id", &req.id).map_err(|e| text(&e))?;
+            check_resources(&req.resources.unwrap_or_default()).map_err(|e| text(&e))?;
         }
         agent_kind::SIGNAL_PROCESS => {
-            let Ok(req) = pb::SignalProcessRequest::decode(msg) else { return };
-            let _ = check_signal(req.signal);
+            let req = pb::SignalProcessRequest::decode(msg).map_err(|e| text(&e))?;
+            check_signal(req.signal).map_err(|e| text(&e))?;
         }
         _ => {
-            let _ = carapace_agent::portforward::parse_request(msg);
+            carapace_agent::portforward::parse_request(msg).map_err(|e| text(&e))?;
         }
     }
+    Ok(())
 }
 
 /// A registry's manifest or index body.
 pub fn oci_manifest(data: &[u8]) {
-    carapace_image::fuzz_hooks::manifest(data);
+    let _ = carapace_image::fuzz_hooks::manifest(data);
 }
 
 /// A registry's image config blob.
 pub fn oci_config(data: &[u8]) {
-    carapace_image::fuzz_hooks::image_config(data);
+    let _ = carapace_image::fuzz_hooks::image_config(data);
 }
 
 /// A layer blob unpacked into a temp directory.
 pub fn layer_tar(data: &[u8]) {
     if let Some(dir) = scratch() {
-        carapace_image::fuzz_hooks::layer(dir.path(), data);
+        let _ = carapace_image::fuzz_hooks::layer(dir.path(), data);
     }
 }

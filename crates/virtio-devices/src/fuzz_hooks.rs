@@ -18,7 +18,7 @@ use crate::chain::{read_from, write_to, Buffers};
 use crate::device::{GuestMemory, VirtioInterrupt};
 use crate::fs::FuzzContext;
 use crate::test_utils::{TestQueue, F_WRITE};
-use crate::vsock::packet::{Header, HDR_SIZE};
+use crate::vsock::packet::{Header, HDR_SIZE, OP_RW};
 use crate::vsock::Muxer;
 
 /// Guest memory of the vsock and virtio-fs hooks.
@@ -42,10 +42,11 @@ fn memory(size: usize) -> GuestMemory {
 /// the remaining bytes are guest memory from address 0: descriptor table at 0, avail ring
 /// right after it, used ring after that (4-aligned), then anything the descriptors point to.
 /// Every chain the device pops is collected (`Buffers`), its readable part read and copied
-/// into its writable part, and returned to the used ring, as the devices do.
-pub fn descriptor_chains(data: &[u8]) {
+/// into its writable part, and returned to the used ring, as the devices do. Returns the
+/// number of chains popped.
+pub fn descriptor_chains(data: &[u8]) -> usize {
     let Some((&[size_bits, flags], image)) = data.split_first_chunk::<2>() else {
-        return;
+        return 0;
     };
     let size = 1u16 << (size_bits % 9);
     let mem = memory(CHAIN_MEM_SIZE);
@@ -61,10 +62,12 @@ pub fn descriptor_chains(data: &[u8]) {
     q.set_event_idx(flags & 1 != 0);
     q.set_ready(true);
     let skip = usize::from(flags >> 1);
+    let mut popped = 0;
     for _ in 0..2 * u32::from(size) {
         let Some(chain) = q.pop_descriptor_chain(&mem) else {
             break;
         };
+        popped += 1;
         let head = chain.head_index();
         let written = match Buffers::collect(chain) {
             Ok(bufs) => {
@@ -78,6 +81,7 @@ pub fn descriptor_chains(data: &[u8]) {
         let _ = q.needs_notification(&mem);
     }
     let _ = q.enable_notification(&mem);
+    popped
 }
 
 const VSOCK_GUEST_CID: u64 = 3;
@@ -86,6 +90,8 @@ const VSOCK_RX_BUFS: u16 = 32;
 const VSOCK_RX_BASE: u64 = 0x10_0000;
 const VSOCK_RX_LEN: u32 = 0x1000;
 const VSOCK_TX_BASE: u64 = 0x20_0000;
+/// Where `op` is in a vsock header.
+const OP_OFFSET: u64 = 30;
 /// The guest port a host client connects to, and the host port with a listener for
 /// guest-initiated connections.
 pub const VSOCK_PORT: u32 = 1024;
@@ -97,7 +103,8 @@ pub const VSOCK_PORT: u32 = 1024;
 /// asks for guest port [`VSOCK_PORT`]; a listener at `<socket>_1024` takes guest-initiated
 /// connections and answers each with a line. Between packets the host side (epoll events,
 /// accepts, rx delivery) runs as the backend thread runs it; at the end every timeout fires.
-pub fn vsock_packets(dir: &Path, data: &[u8]) {
+/// Returns the number of data packets (OP_RW) the device delivered to the guest's rx queue.
+pub fn vsock_packets(dir: &Path, data: &[u8]) -> usize {
     let uds = dir.join("vsock.sock");
     let port_path = dir.join(format!("vsock.sock_{VSOCK_PORT}"));
     let _ = std::fs::remove_file(&uds);
@@ -124,10 +131,10 @@ pub fn vsock_packets(dir: &Path, data: &[u8]) {
         epoll.clone(),
     )
     .expect("vsock fuzz muxer");
-    let mut host = Host { port_listener, streams: Vec::new(), rx_seen: 0 };
+    let mut host = Host { port_listener, streams: Vec::new(), rx_seen: 0, delivered: 0 };
     let mut client = UnixStream::connect(&uds).expect("connect to the vsock socket");
     let _ = client.write_all(format!("CONNECT {VSOCK_PORT}\nfrom the host").as_bytes());
-    host.pump(&mut mux, &epoll, &mut rxq);
+    host.pump(&mut mux, &epoll, &mut rxq, &mem);
 
     let mut rest = data;
     let mut addr = VSOCK_TX_BASE;
@@ -151,12 +158,13 @@ pub fn vsock_packets(dir: &Path, data: &[u8]) {
         }
         addr += packet.len() as u64;
         mux.process_tx();
-        host.pump(&mut mux, &epoll, &mut rxq);
+        host.pump(&mut mux, &epoll, &mut rxq, &mem);
     }
     drop(client);
-    host.pump(&mut mux, &epoll, &mut rxq);
+    host.pump(&mut mux, &epoll, &mut rxq, &mem);
     mux.tick(Instant::now() + Duration::from_secs(60));
-    host.pump(&mut mux, &epoll, &mut rxq);
+    host.pump(&mut mux, &epoll, &mut rxq, &mem);
+    host.delivered
 }
 
 fn rx_buf(head: u16) -> u64 {
@@ -168,13 +176,14 @@ struct Host {
     port_listener: UnixListener,
     streams: Vec<UnixStream>,
     rx_seen: u16,
+    delivered: usize,
 }
 
 impl Host {
     /// One round of what the backend thread and its peers do: epoll events to the muxer, new
     /// guest-initiated connections accepted and answered, rx delivery, and the guest giving
     /// back every rx buffer the device used.
-    fn pump(&mut self, mux: &mut Muxer, epoll: &Epoll, rxq: &mut TestQueue) {
+    fn pump(&mut self, mux: &mut Muxer, epoll: &Epoll, rxq: &mut TestQueue, mem: &GuestMemory) {
         let mut events = [EpollEvent::default(); 16];
         for _ in 0..4 {
             let n = epoll.wait(0, &mut events).unwrap_or(0);
@@ -195,6 +204,8 @@ impl Host {
             let (head, _) = rxq.used_elem(self.rx_seen);
             self.rx_seen = self.rx_seen.wrapping_add(1);
             let head = (head % u32::from(VSOCK_RX_BUFS)) as u16;
+            let op: u16 = mem.read_obj(GuestAddress(rx_buf(head) + OP_OFFSET)).unwrap_or(0);
+            self.delivered += usize::from(op == OP_RW);
             rxq.write_desc(head, rx_buf(head), VSOCK_RX_LEN, F_WRITE, 0);
             rxq.push_avail(head);
         }
@@ -212,8 +223,9 @@ const FUSE_IN_HEADER_LEN: usize = 40;
 /// passthrough file system) serving `dir`. `data` is a sequence of FUSE requests, each as
 /// long as its header's `len` says (the rest of the input when that is shorter than a
 /// header or longer than what is left); each goes to the request queue as one chain, the
-/// request readable and a reply buffer writable, as the Linux driver sends them.
-pub fn fuse_requests(dir: &Path, data: &[u8]) {
+/// request readable and a reply buffer writable, as the Linux driver sends them. Returns the
+/// number of requests answered (a reply written).
+pub fn fuse_requests(dir: &Path, data: &[u8]) -> usize {
     let mem = memory(MEM_SIZE);
     let hiprio = TestQueue::at(&mem, 0, FS_QSIZE);
     let mut requests = TestQueue::at(&mem, 0x2000, FS_QSIZE);
@@ -238,7 +250,8 @@ pub fn fuse_requests(dir: &Path, data: &[u8]) {
     }
     let queues = [hiprio.queue(), requests.queue()];
     let Ok(mut ctx) = FuzzContext::new(&mem, &queues, dir, Arc::new(NoInterrupt)) else {
-        return;
+        return 0;
     };
     ctx.process_all();
+    (0..requests.used_idx()).filter(|&i| requests.used_elem(i).1 > 0).count()
 }
