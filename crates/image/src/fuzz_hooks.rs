@@ -20,8 +20,8 @@ pub fn manifest(body: &[u8]) -> bool {
             select_linux_amd64(&entries).is_some_and(|d| Digest::parse(&d.digest).is_ok())
         }
         Ok(Manifest::Image { config, layers }) => {
-            let config_ok = Digest::parse(&config.digest).is_ok();
-            layers.iter().fold(config_ok, |ok, l| Digest::parse(&l.digest).is_ok() && ok)
+            Digest::parse(&config.digest).is_ok()
+                && layers.iter().all(|l| Digest::parse(&l.digest).is_ok())
         }
         Err(_) => false,
     }
@@ -34,7 +34,7 @@ pub fn image_config(blob: &[u8]) -> bool {
         return false;
     };
     let _ = c.config.image_user();
-    c.rootfs.diff_ids.iter().fold(true, |ok, d| Digest::parse(d).is_ok() && ok)
+    c.rootfs.diff_ids.iter().all(|d| Digest::parse(d).is_ok())
 }
 
 /// Most bytes a fuzzed layer may unpack to (the default limit is 8 GiB).
