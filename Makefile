@@ -15,11 +15,11 @@ BIN := $(CARGO_TARGET_DIR)/release
 AGENT := $(CARGO_TARGET_DIR)/$(HOST_TRIPLE)/release/carapace-agent
 CARGO := cargo
 
-.PHONY: run test lint deps build agent guest-image test-unit test-testhost test-e2e critest critest-busybox bench-boot bench-pull bench-container bench-cri bench-exec bench-vsock bench-net clean-guest
+.PHONY: run test lint deps build agent guest-image test-unit test-testhost test-e2e critest critest-busybox bench-boot bench-pull bench-container bench-cri bench-exec bench-vsock bench-net clean-guest fuzz
 
 DEB_PACKAGES := qemu-system-x86 linux-source-6.1 bison flex bc libelf-dev libssl-dev busybox-static cpio \
 	protobuf-compiler xz-utils kmod jq file libseccomp-dev docker-registry apache2-utils zstd curl skopeo runc containerd \
-	gcc libc6-dev containernetworking-plugins iptables tmux e2fsprogs
+	gcc g++ libc6-dev containernetworking-plugins iptables tmux e2fsprogs
 
 
 deps: ## Debian packages the build and the tests need (idempotent)
@@ -146,6 +146,16 @@ bench-net: build guest-image
 	  $${BENCH_NET_RR:+BENCH_NET_RR=$$BENCH_NET_RR} $(BIN)/bench-net); \
 	if $(BIN)/carapace check >/dev/null 2>&1; then "$${bench[@]}"; else \
 	  tests/testhost/run --smp 1 --timeout 3000 -- env CARAPACE_VMM_KICK_MS=100 "$${bench[@]}"; fi
+
+# Coverage-guided fuzzing (crates/fuzz, libFuzzer on the stable toolchain, one target at a time):
+# every target for FUZZ_SECONDS (default 60) each, or only FUZZ_TARGETS; found inputs in
+# FUZZ_DIR/corpus, crashes in the FUZZ_DIR/run-<time>/crashes it names; last line
+# `fuzz: <T> targets, <N> execs, <C> crashes`. The corpora run as tests in test-unit.
+FUZZ_SECONDS ?= 60
+FUZZ_DIR ?= $(CARAPACE_CACHE)/fuzz
+FUZZ_TARGETS ?=
+fuzz: deps
+	crates/fuzz/run $(FUZZ_SECONDS) $(FUZZ_DIR) $(FUZZ_TARGETS)
 
 # Pulls one image from a local registry with carapace's puller and with `skopeo copy` (no VM needed).
 bench-pull: deps

@@ -12,6 +12,9 @@ mod digest;
 mod error;
 mod flights;
 mod fsat;
+#[cfg(feature = "fuzz-hooks")]
+#[doc(hidden)]
+pub mod fuzz_hooks;
 mod imageconfig;
 mod layout;
 mod manifest;

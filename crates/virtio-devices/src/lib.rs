@@ -7,6 +7,9 @@
 mod chain;
 pub mod device;
 pub mod fs;
+#[cfg(feature = "fuzz-hooks")]
+#[doc(hidden)]
+pub mod fuzz_hooks;
 mod interrupt;
 pub mod log_limit;
 pub mod mmio;
@@ -19,7 +22,8 @@ pub mod worker;
 #[doc(hidden)]
 pub use tracing as __tracing;
 
-#[cfg(test)]
+#[cfg(any(test, feature = "fuzz-hooks"))]
+#[cfg_attr(not(test), allow(dead_code))]
 mod test_utils;
 
 pub use device::{

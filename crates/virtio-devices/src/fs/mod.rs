@@ -32,6 +32,8 @@ use crate::worker::DeviceThread;
 pub use memory::MemoryViewError;
 pub use passthrough::{SharedDirError, SharedDirProblem, FS_CACHE_TIMEOUT};
 use worker::Context;
+#[cfg(feature = "fuzz-hooks")]
+pub(crate) use worker::Context as FuzzContext;
 
 /// Virtio device ID of the file system device.
 pub const VIRTIO_ID_FS: u32 = 26;

@@ -13,6 +13,8 @@ pub mod packet;
 mod unix;
 
 pub use device::{Vsock, VsockError, VIRTIO_ID_VSOCK};
+#[cfg(feature = "fuzz-hooks")]
+pub(crate) use muxer::Muxer;
 pub use muxer::FIRST_LOCAL_PORT;
 
 #[cfg(test)]

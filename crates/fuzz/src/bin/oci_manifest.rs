@@ -1,0 +1,4 @@
+//! libFuzzer wrapper of [`carapace_fuzz::targets::oci_manifest`] (built by `make fuzz`).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| carapace_fuzz::targets::oci_manifest(data));
