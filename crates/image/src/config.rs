@@ -62,6 +62,8 @@ const GIB: u64 = 1 << 30;
 /// max_tar_header_bytes = 65536          # 64 KiB, GNU long names + PAX headers of one entry
 /// max_token_bytes = 1048576             # 1 MiB, a token endpoint's answer
 /// max_error_body_bytes = 65536          # 64 KiB, the body of a registry's error answer
+/// max_image_unpacked_bytes = 34359738368 # 32 GiB, all layers one pull unpacks
+/// max_pull_seconds = 3600               # a whole pull, however slowly the registry sends
 /// ```
 ///
 /// Why these defaults: containerd and the distribution registry refuse manifests over 4 MiB
@@ -74,6 +76,9 @@ const GIB: u64 = 1 << 30;
 /// bytes, so 64 KiB is generous for one entry's metadata while bounding what is buffered. A
 /// token answer is a JSON object with a JWT of a few KiB; an error answer is a distribution
 /// error document of a few hundred bytes (only its first 512 characters are ever shown).
+/// Per-layer bounds alone would let 128 layers fill a terabyte, hence the image's total; and a
+/// registry that sends a byte just before each read timeout would hold a pull (and kubelet's
+/// call) forever, hence a deadline for the whole pull (an hour moves 8 GiB at 2.3 MB/s).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct PullLimits {
@@ -96,6 +101,12 @@ pub struct PullLimits {
     pub max_token_bytes: u64,
     /// Largest body of a registry's error answer (non-200), in bytes.
     pub max_error_body_bytes: u64,
+    /// Most uncompressed bytes the layers of one pull write together (layers already in the
+    /// store do not count).
+    pub max_image_unpacked_bytes: u64,
+    /// Longest a whole pull may take, in seconds (at least 1); past it the pull fails
+    /// DeadlineExceeded and leaves nothing behind.
+    pub max_pull_seconds: u64,
 }
 
 impl Default for PullLimits {
@@ -110,6 +121,8 @@ impl Default for PullLimits {
             max_tar_header_bytes: 64 * KIB,
             max_token_bytes: MIB,
             max_error_body_bytes: 64 * KIB,
+            max_image_unpacked_bytes: 32 * GIB,
+            max_pull_seconds: 3600,
         }
     }
 }

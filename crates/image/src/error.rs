@@ -28,6 +28,11 @@ pub enum ImageError {
     LimitExceeded { what: String, setting: &'static str, limit: u64, actual: String },
     #[error("layer {layer}: {detail}")]
     Unpack { layer: String, detail: String },
+    #[error(
+        "pulling {image} took longer than {seconds} s (images.limits.max_pull_seconds): \
+         the registry is too slow or stalls"
+    )]
+    Deadline { image: String, seconds: u64 },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -71,6 +76,7 @@ impl From<ImageError> for tonic::Status {
                 tonic::Status::failed_precondition(msg)
             }
             ImageError::LimitExceeded { .. } => tonic::Status::resource_exhausted(msg),
+            ImageError::Deadline { .. } => tonic::Status::deadline_exceeded(msg),
             ImageError::Io { .. } => tonic::Status::internal(msg),
         }
     }

@@ -8,7 +8,7 @@ use crate::config::PullLimits;
 use crate::digest::Digest;
 use crate::imageconfig::ConfigFile;
 use crate::manifest::{select_linux_amd64, Manifest};
-use crate::unpack::unpack_layer;
+use crate::unpack::{unpack_layer, ImageBudget};
 
 /// A manifest-endpoint response body: parsed, the linux/amd64 entry picked from an index, and
 /// every digest checked, as the puller does before it fetches anything the body names.
@@ -50,5 +50,7 @@ pub fn layer(dir: &Path, blob: &[u8]) -> Result<u64, String> {
     std::fs::write(&path, blob).map_err(|e| e.to_string())?;
     let limits =
         PullLimits { max_layer_unpacked_bytes: FUZZ_UNPACKED_LIMIT, ..PullLimits::default() };
-    unpack_layer(&path, &dir.join("layer"), &Digest::of(blob), &limits).map_err(|e| e.to_string())
+    let image = ImageBudget::new(limits.max_image_unpacked_bytes);
+    unpack_layer(&path, &dir.join("layer"), &Digest::of(blob), &limits, &image)
+        .map_err(|e| e.to_string())
 }

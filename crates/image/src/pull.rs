@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use oci_client::Reference;
@@ -20,7 +21,7 @@ use crate::record::{ImageRecord, LayerRecord};
 use crate::reference::ImageRef;
 use crate::registry::Session;
 use crate::store::ImageStore;
-use crate::unpack::unpack_layer;
+use crate::unpack::{unpack_layer, ImageBudget};
 
 /// Layers fetched at once per pull.
 const LAYER_CONCURRENCY: usize = 3;
@@ -67,7 +68,10 @@ impl Puller {
         info!(image = %r, "pulling image");
         let res = {
             let _shared = self.store.gc_lock.read().await;
-            self.pull_locked(&r, creds).await
+            let seconds = self.limits.max_pull_seconds.max(1);
+            tokio::time::timeout(Duration::from_secs(seconds), self.pull_locked(&r, creds))
+                .await
+                .unwrap_or_else(|_| Err(ImageError::Deadline { image: r.to_string(), seconds }))
         };
         match &res {
             Ok(rec) => info!(image = %r, id = %rec.id, "pulled image"),
@@ -210,7 +214,9 @@ impl Puller {
         }
         // Collected first: a lazily mapped iterator inside the stream trips the Send check.
         // Every layer runs to its end (no sibling is dropped half-way), then the first error wins.
-        let work: Vec<_> = layer_records.iter().map(|l| self.ensure_layer(src, l)).collect();
+        let budget = ImageBudget::new(self.limits.max_image_unpacked_bytes);
+        let work: Vec<_> =
+            layer_records.iter().map(|l| self.ensure_layer(src, l, budget.clone())).collect();
         let results: Vec<Result<()>> =
             futures_util::stream::iter(work).buffer_unordered(LAYER_CONCURRENCY).collect().await;
         results.into_iter().collect::<Result<Vec<()>>>()?;
@@ -248,7 +254,12 @@ impl Puller {
     }
 
     /// Makes sure the layer is unpacked: downloads its blob (once, whoever asks) and unpacks it.
-    async fn ensure_layer(&self, src: &Source<'_>, l: &LayerRecord) -> Result<()> {
+    async fn ensure_layer(
+        &self,
+        src: &Source<'_>,
+        l: &LayerRecord,
+        budget: ImageBudget,
+    ) -> Result<()> {
         let digest = Digest::parse(&l.digest)?;
         let diff_id = Digest::parse(&l.diff_id)?;
         let _flight = self.flights.lock(&diff_id.to_string()).await;
@@ -267,7 +278,7 @@ impl Puller {
         let id = diff_id.clone();
         let limits = self.limits.clone();
         tokio::task::spawn_blocking(move || {
-            unpack_layer(&blob, tmp.path(), &id, &limits)?;
+            unpack_layer(&blob, tmp.path(), &id, &limits, &budget)?;
             sync_fs(tmp.path()).map_err(|e| ImageError::io_path("syncing", tmp.path(), e))?;
             tmp.persist(&layer_dir)
                 .map_err(|e| ImageError::io_path("renaming layer to", &layer_dir, e))

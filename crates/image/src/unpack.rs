@@ -16,6 +16,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Component, Path, PathBuf};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use rustix::fs::{AtFlags, FileType, Mode, Timespec, Timestamps};
 use tar::EntryType;
@@ -53,6 +55,7 @@ pub(crate) fn unpack_layer(
     dst: &Path,
     diff_id: &Digest,
     limits: &PullLimits,
+    image: &ImageBudget,
 ) -> Result<u64> {
     let err = |detail: String| ImageError::Unpack { layer: diff_id.to_string(), detail };
     let file = File::open(blob).map_err(|e| ImageError::io_path("opening", blob, e))?;
@@ -68,6 +71,7 @@ pub(crate) fn unpack_layer(
         inner: reader,
         left: limits.max_layer_unpacked_bytes,
         limit: limits.max_layer_unpacked_bytes,
+        image: image.clone(),
         hit: hit.clone(),
     };
     let mut hashing = HashingReader::new(limited);
@@ -79,6 +83,7 @@ pub(crate) fn unpack_layer(
         let actual = match setting {
             "max_layer_entries" => "the number of tar entries",
             "max_tar_header_bytes" => "the metadata (long name, PAX header) of one tar entry",
+            "max_image_unpacked_bytes" => "the uncompressed layers of the image together",
             _ => "the uncompressed tar",
         };
         return Err(ImageError::limit(format!("layer {diff_id}"), setting, limit, actual));
@@ -109,11 +114,32 @@ fn decompressor<R: BufRead + 'static>(mut r: R) -> io::Result<Box<dyn Read>> {
     }
 }
 
-/// Fails the read once more than `limit` bytes came through (the uncompressed-size bound).
+/// What the layers one pull unpacks may write together (`max_image_unpacked_bytes`), shared
+/// by the layers' unpack tasks. Layers already in the store cost nothing.
+#[derive(Debug, Clone)]
+pub(crate) struct ImageBudget {
+    left: Arc<AtomicU64>,
+    limit: u64,
+}
+
+impl ImageBudget {
+    pub(crate) fn new(limit: u64) -> Self {
+        ImageBudget { left: Arc::new(AtomicU64::new(limit)), limit }
+    }
+
+    /// Takes `n` bytes; false (and nothing taken) when fewer are left.
+    fn take(&self, n: u64) -> bool {
+        self.left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |l| l.checked_sub(n)).is_ok()
+    }
+}
+
+/// Fails the read once more than `limit` bytes came through (the uncompressed-size bound), or
+/// once the image's budget is spent.
 struct Limited<R> {
     inner: R,
     left: u64,
     limit: u64,
+    image: ImageBudget,
     hit: Hit,
 }
 
@@ -128,6 +154,13 @@ impl<R: Read> Read for Limited<R> {
             return Err(io::Error::other(format!(
                 "uncompressed layer larger than {} bytes",
                 self.limit
+            )));
+        }
+        if !self.image.take(n as u64) {
+            self.hit.set(Some(("max_image_unpacked_bytes", self.image.limit)));
+            return Err(io::Error::other(format!(
+                "uncompressed layers of the image larger than {} bytes",
+                self.image.limit
             )));
         }
         self.left -= n as u64;

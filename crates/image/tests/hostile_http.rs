@@ -22,6 +22,9 @@ enum Answer {
     Endless(u16, usize),
     /// Status and a Content-Length of `n` bytes, then 1 MiB of body and the connection closed.
     Declared(u16, u64),
+    /// 200 with a Content-Length of `n` bytes, then one byte every 100 ms (well inside any
+    /// read timeout), until the client goes away.
+    Trickle(u64),
 }
 
 type Routes = Arc<dyn Fn(&str, &str) -> Answer + Send + Sync>;
@@ -85,6 +88,17 @@ fn answer(conn: TcpStream, routes: &dyn Fn(&str, &str) -> Answer, log: &Mutex<Ve
                 let _ = w.write_all(head.as_bytes());
                 for _ in 0..mib {
                     if w.write_all(&chunk).is_err() {
+                        break;
+                    }
+                }
+                return;
+            }
+            Answer::Trickle(n) => {
+                let head = format!("HTTP/1.1 200 X\r\nContent-Length: {n}\r\n\r\n");
+                let _ = w.write_all(head.as_bytes());
+                for _ in 0..n {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    if w.write_all(b"x").and_then(|_| w.flush()).is_err() {
                         break;
                     }
                 }
@@ -244,5 +258,35 @@ async fn distribution_error_codes_map_to_statuses() {
     let e = p.pull(&image("other"), &anon).await.unwrap_err();
     assert!(matches!(e, ImageError::Registry { .. }), "{e:?}");
     assert!(e.to_string().contains("HTTP 500: UNKNOWN m"), "{e}");
+    assert_empty(root.path());
+}
+
+#[tokio::test]
+async fn a_registry_that_trickles_a_blob_hits_max_pull_seconds() {
+    let diff_id = format!("sha256:{}", "cd".repeat(32));
+    let config =
+        format!(r#"{{"architecture":"amd64","os":"linux","rootfs":{{"diff_ids":["{diff_id}"]}}}}"#);
+    let cd = Digest::of(config.as_bytes()).to_string();
+    let layer = format!("sha256:{}", "ab".repeat(32));
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",
+        "config":{{"digest":"{cd}","size":{}}},
+        "layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip",
+        "digest":"{layer}","size":100000}}]}}"#,
+        config.len()
+    );
+    let (addr, seen) = serve(Arc::new(move |path, _| match path {
+        "/v2/" => Answer::Fixed(200, vec![], vec![]),
+        p if p.contains("/manifests/") => Answer::Fixed(200, vec![], manifest.clone().into()),
+        p if p.ends_with(&cd) => Answer::Fixed(200, vec![], config.clone().into()),
+        _ => Answer::Trickle(100_000),
+    }));
+    let (root, p) = puller(&addr, PullLimits { max_pull_seconds: 2, ..limits() });
+    let e = p.pull(&format!("{addr}/slow/app:1"), &Credentials::Anonymous).await.unwrap_err();
+    assert!(matches!(e, ImageError::Deadline { seconds: 2, .. }), "{e:?}");
+    assert!(e.to_string().contains("images.limits.max_pull_seconds"), "{e}");
+    assert_eq!(tonic::Status::from(e).code(), tonic::Code::DeadlineExceeded);
+    // (Without the deadline this pull would last the ~3 hours the registry takes.)
+    assert!(seen.lock().unwrap().iter().any(|p| p.contains("/blobs/sha256:abab")));
     assert_empty(root.path());
 }

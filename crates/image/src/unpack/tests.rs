@@ -74,7 +74,8 @@ fn unpack_limited(
     let dir = tempfile::tempdir().unwrap();
     let blob_path = dir.path().join("blob");
     fs::write(&blob_path, blob).unwrap();
-    let res = unpack_layer(&blob_path, &dir.path().join("out"), diff_id, limits);
+    let image = ImageBudget::new(limits.max_image_unpacked_bytes);
+    let res = unpack_layer(&blob_path, &dir.path().join("out"), diff_id, limits, &image);
     (dir, res)
 }
 
@@ -339,4 +340,31 @@ fn huge_pax_and_long_name_headers_are_refused() {
     file(&mut b, "big", &vec![7u8; 1 << 20], 0o644, 0);
     let tar = b.into_inner().unwrap();
     unpack_limited(&tar, &Digest::of(&tar), &limits).1.unwrap();
+}
+
+#[test]
+fn the_layers_of_one_image_share_max_image_unpacked_bytes() {
+    let mut b = Builder::new(Vec::new());
+    file(&mut b, "zeros", &vec![0u8; 600 << 10], 0o644, 0);
+    let tar = b.into_inner().unwrap();
+    let (gz, id) = (gzip(&tar), Digest::of(&tar));
+    // Two such layers fit one image with room for both, not one with room for 1 MiB.
+    let limits =
+        PullLimits { max_image_unpacked_bytes: 2 * tar.len() as u64, ..Default::default() };
+    let dir = tempfile::tempdir().unwrap();
+    let blob = dir.path().join("blob");
+    fs::write(&blob, &gz).unwrap();
+    let image = ImageBudget::new(limits.max_image_unpacked_bytes);
+    for n in 0..2 {
+        let out = dir.path().join(format!("ok{n}"));
+        assert_eq!(unpack_layer(&blob, &out, &id, &limits, &image).unwrap(), tar.len() as u64);
+    }
+    let res = unpack_layer(&blob, &dir.path().join("third"), &id, &limits, &image);
+    assert_eq!(limit_hit(&res), "max_image_unpacked_bytes");
+    let e = res.unwrap_err().to_string();
+    assert!(e.contains("the uncompressed layers of the image together"), "{e}");
+    assert!(e.contains("images.limits.max_image_unpacked_bytes"), "{e}");
+    // A new pull has a budget of its own.
+    let image = ImageBudget::new(limits.max_image_unpacked_bytes);
+    unpack_layer(&blob, &dir.path().join("again"), &id, &limits, &image).unwrap();
 }
