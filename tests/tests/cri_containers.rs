@@ -855,7 +855,7 @@ fn pods_get_vms_sized_from_their_resources() {
         let r = c
             .exec_sync(cri::ExecSyncRequest {
                 container_id: hog.clone(),
-                cmd: ["dd", "if=/dev/zero", "of=/dev/null", "bs=900M", "count=1"]
+                cmd: ["busybox", "dd", "if=/dev/zero", "of=/dev/null", "bs=900M", "count=1"]
                     .map(String::from)
                     .to_vec(),
                 timeout: 300,
