@@ -34,7 +34,7 @@
 //! [images.registries]
 //! insecure = ["127.0.0.1:5000"]
 //!
-//! [cni]                                     # pod networking (see `cni::settings`)
+//! [cni]                                     # pod networking (see `config::cni`)
 //! enabled = true                            # false: pods get loopback only
 //! conf_dir = "/etc/cni/net.d"
 //! bin_dirs = ["/opt/cni/bin", "/usr/lib/cni"]
@@ -52,6 +52,9 @@
 //! serial_log_max_bytes = 1048576            # then rotated once to serial.log.1
 //! ```
 
+pub mod cni;
+pub mod streaming;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -59,9 +62,10 @@ use std::time::Duration;
 use carapace_image::ImageServiceConfig;
 use serde::{Deserialize, Serialize};
 
-use crate::cni::settings::{CniConfig, RawCniConfig};
+pub use cni::{CniConfig, RawCniConfig};
+pub use streaming::StreamingConfig;
+
 use crate::pod_disk::{PodsConfig, RawPodsConfig};
-use crate::streaming::StreamingConfig;
 
 /// Where the daemon reads its configuration unless told otherwise.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/carapace/config.toml";
@@ -406,9 +410,14 @@ impl Config {
         self.profiles.get(name).map(|p| (name.as_str(), p))
     }
 
+    /// The directory of every pod's runtime files.
+    pub fn pods_dir(&self) -> PathBuf {
+        self.run_dir.join("pods")
+    }
+
     /// Directory of one pod's runtime files.
     pub fn pod_run_dir(&self, id: &str) -> PathBuf {
-        self.run_dir.join("pods").join(id)
+        self.pods_dir().join(id)
     }
 }
 

@@ -160,8 +160,8 @@ mod tests {
     use std::path::{Path, PathBuf};
 
     use super::*;
-    use crate::cni::settings::CniConfig;
     use crate::cni::CniResult;
+    use crate::config::cni::CniConfig;
 
     fn pod_network(result: serde_json::Value) -> PodNetwork {
         PodNetwork {

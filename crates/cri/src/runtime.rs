@@ -318,5 +318,7 @@ impl Runtime {
     }
 }
 
+mod stream_backend;
+
 #[cfg(test)]
 mod tests;

@@ -4,8 +4,6 @@ use std::path::PathBuf;
 
 use carapace_virtio_devices::{FsError, TapError, VsockError};
 
-use crate::devices::pio_bus::PioOverlap;
-
 /// Everything that can go wrong while building or running a VM.
 #[derive(Debug, thiserror::Error)]
 pub enum VmmError {
@@ -102,4 +100,12 @@ pub enum MpTableError {
     TooLarge(#[source] std::num::TryFromIntError),
     #[error("{len} bytes do not fit in the EBDA")]
     BeyondEbda { len: usize },
+}
+
+/// Reported when two devices would share a port.
+#[derive(Debug, thiserror::Error)]
+#[error("port range {base:#x}+{len} overlaps a registered device")]
+pub struct PioOverlap {
+    pub base: u16,
+    pub len: u16,
 }

@@ -23,7 +23,7 @@ use super::netconf::NetworkConfigList;
 use super::netns;
 use super::result::{CniResult, Interface, IpConfig};
 use super::runtime_config::RuntimeConfig;
-use super::settings::CniConfig;
+use crate::config::cni::CniConfig;
 use crate::util::lock;
 
 /// The pod's interface name (containerd's default).

@@ -13,15 +13,14 @@ pub mod netns;
 pub mod quantity;
 pub mod result;
 pub mod runtime_config;
-pub mod settings;
 
 #[cfg(test)]
 mod plugin_tests;
 
+pub use crate::config::cni::CniConfig;
 pub use cache::PodIdentity;
 pub use error::{CniError, PluginError};
 pub use manager::{
     CniManager, NetworkStatus, PodNetwork, DEFAULT_IFNAME, DISABLED_MESSAGE, NOT_READY_REASON,
 };
 pub use result::{CniResult, Interface, IpConfig, IpNet};
-pub use settings::CniConfig;

@@ -4,9 +4,8 @@
 //! the API server, crictl) then connects there and upgrades the HTTP/1.1 connection
 //! ([`server`]) to SPDY/3.1 ([`spdy`], [`remotecommand`]) or WebSocket, over which the
 //! process's stdin, stdout, stderr, terminal resizes and exit status travel. The process
-//! itself runs through the pod's agent ([`backend`]).
+//! itself runs through the pod's agent (the runtime's `stream_backend`).
 
-pub mod backend;
 pub mod portforward;
 pub mod remotecommand;
 pub mod server;
@@ -18,60 +17,20 @@ pub mod tls;
 pub mod token;
 pub mod websocket;
 
-use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use k8s_cri::v1 as cri;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
+pub use crate::config::streaming::StreamingConfig;
 use crate::error::CriError;
 pub use token::{StreamRequest, TokenStore};
 
 /// How long a URL handed out by Exec/Attach/PortForward stays valid unused (kubelet: 1 min).
 pub const TOKEN_TTL: Duration = Duration::from_secs(60);
-
-/// `[streaming]` in the daemon's config.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StreamingConfig {
-    /// The address the streaming server listens on (default 127.0.0.1: only local clients,
-    /// as kubelet reaches it; set the node's address for an API server elsewhere).
-    #[serde(default = "default_address")]
-    pub address: IpAddr,
-    /// TCP port; 0 = any free port (as containerd's default).
-    #[serde(default)]
-    pub port: u16,
-    /// TLS: the server's certificate chain (PEM) and its PKCS#8 key (PEM), both or neither
-    /// ([`tls`]); with them the URLs are `https://`.
-    #[serde(default)]
-    pub tls_cert_file: Option<PathBuf>,
-    #[serde(default)]
-    pub tls_key_file: Option<PathBuf>,
-}
-
-fn default_address() -> IpAddr {
-    IpAddr::from([127, 0, 0, 1])
-}
-
-impl Default for StreamingConfig {
-    fn default() -> Self {
-        StreamingConfig {
-            address: default_address(),
-            port: 0,
-            tls_cert_file: None,
-            tls_key_file: None,
-        }
-    }
-}
-
-impl StreamingConfig {
-    pub fn socket_addr(&self) -> SocketAddr {
-        SocketAddr::new(self.address, self.port)
-    }
-}
 
 /// The URLs of one streaming server and its pending tokens.
 pub struct Streaming {
@@ -180,16 +139,7 @@ mod tests {
     }
 
     #[test]
-    fn config_defaults_to_loopback_any_port() {
-        let c: StreamingConfig = toml::from_str("").unwrap();
-        assert_eq!(c, StreamingConfig::default());
-        assert_eq!(c.socket_addr().to_string(), "127.0.0.1:0");
-        let c: StreamingConfig = toml::from_str("address = \"::1\"\nport = 10010").unwrap();
-        assert_eq!(c.socket_addr().to_string(), "[::1]:10010");
-        assert!(toml::from_str::<StreamingConfig>("adress = \"::1\"").is_err());
-        let c: StreamingConfig =
-            toml::from_str("tls_cert_file = \"/c.pem\"\ntls_key_file = \"/k.pem\"").unwrap();
-        assert_eq!(c.tls_key_file, Some(PathBuf::from("/k.pem")));
+    fn tls_urls_are_https() {
         let s = Streaming::new_tls("127.0.0.1:4242".parse().unwrap());
         assert!(s.base.starts_with("https://127.0.0.1:4242"));
     }

@@ -4,6 +4,8 @@ use std::sync::{Arc, Mutex};
 
 use carapace_virtio_devices::lock;
 
+pub use crate::error::PioOverlap;
+
 /// A device on the port I/O bus; `offset` is relative to the device's base port.
 pub trait PioDevice: Send {
     fn read(&mut self, offset: u16, data: &mut [u8]);
@@ -20,14 +22,6 @@ impl PioRange {
     fn offset_of(&self, port: u16) -> Option<u16> {
         port.checked_sub(self.base).filter(|off| *off < self.len)
     }
-}
-
-/// Reported when two devices would share a port.
-#[derive(Debug, thiserror::Error)]
-#[error("port range {base:#x}+{len} overlaps a registered device")]
-pub struct PioOverlap {
-    pub base: u16,
-    pub len: u16,
 }
 
 /// The bus. Unknown ports read as 0xff and ignore writes.

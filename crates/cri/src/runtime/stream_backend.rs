@@ -18,12 +18,12 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
-use super::{Backend, Outcome, PortStream, Stdio, TermSize};
 use crate::containers::agent::{agent_of, call};
 use crate::containers::monitor::OUTPUT_DRAIN;
 use crate::containers::OutputEvent;
 use crate::error::CriError;
 use crate::runtime::Runtime;
+use crate::streaming::{Backend, Outcome, PortStream, Stdio, TermSize};
 use crate::util::sandbox_state;
 
 /// How long reaching the agent's port-forward listener and its answer may take.
