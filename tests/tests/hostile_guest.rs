@@ -668,7 +668,12 @@ fn a_hostile_guest_cannot_reach_the_host_through_the_shared_dir() {
             }
             let cdir = shared.join(&id);
             ensure!(std::fs::symlink_metadata(&cdir).is_err(), "{when}: {} left", cdir.display());
-            let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+            // Volumes are mounted in the VMM's mount namespace (and must not be in ours).
+            let mut info = std::fs::read_to_string("/proc/self/mountinfo")?;
+            for pid in d.vmm_processes() {
+                info +=
+                    &std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap_or_default();
+            }
             ensure!(
                 !info.lines().any(|l| l.contains(&cdir.display().to_string())),
                 "{when}: mounts left under {}",

@@ -109,6 +109,8 @@ impl VmmArgs {
                 (Some(tap_fd), Some(mac)) => Some(NetConfig { tap_fd, mac: mac.clone() }),
                 _ => None,
             },
+            // a config file's matter: the daemon's pods root and pod dir
+            mount_ns: None,
             kick_interval: self.kick_interval_ms.map(Duration::from_millis),
             kvm_path: self.kvm_device.clone(),
             stop_timeout: Duration::from_millis(self.stop_timeout_ms),
@@ -225,6 +227,14 @@ pub fn run(args: VmmArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(&e.to_string()),
     };
+    // Before any thread exists (unshare requires a single-threaded process) and before
+    // anything of the pod is opened, so the shared dir is served from this namespace.
+    if let Some(ns) = &config.mount_ns {
+        match carapace_podfs::enter_private_mount_ns(&ns.prune_below, &ns.keep) {
+            Ok(detached) => tracing::debug!(detached, "in a mount namespace of its own"),
+            Err(e) => return fail(&format!("cannot enter a mount namespace of its own: {e}")),
+        }
+    }
     let vm = match build_vm(&config) {
         Ok(vm) => vm,
         Err(e) => return fail(&e.to_string()),

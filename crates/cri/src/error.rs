@@ -108,6 +108,9 @@ impl From<CriError> for Status {
             CriError::Vmm { source: VmmProcessError::AgentTimeout { .. }, .. } => {
                 Code::DeadlineExceeded
             }
+            CriError::Vmm { source: VmmProcessError::NotRunning { .. }, .. } => {
+                Code::FailedPrecondition
+            }
             CriError::Agent { source, .. } => agent_code(source.code()),
             CriError::Sizing(crate::sizing::SizingError::Negative { .. }) => Code::InvalidArgument,
             CriError::Sizing(_) => Code::ResourceExhausted,

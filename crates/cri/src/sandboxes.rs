@@ -457,6 +457,7 @@ impl SandboxTable {
             serial_log: &serial,
             vmm_log: &log,
             shared_dir: &shared,
+            pod_dir: Some(&rec.run_dir),
         };
         let (vm_net, request) = match net {
             Some(n) => (Some(n.net), Some(n.request)),

@@ -9,7 +9,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use carapace_agent_client::{AgentClient, AGENT_VSOCK_PORT};
-use carapace_vmm::{NetConfig, VmConfig, VsockConfig};
+use carapace_podfs::MountNs;
+use carapace_vmm::{MountNsConfig, NetConfig, VmConfig, VsockConfig};
 
 use crate::config::{Config, VmProfile};
 use crate::procfs;
@@ -36,6 +37,10 @@ pub enum VmmProcessError {
     AgentTimeout { timeout: Duration, last: String, serial: String },
     #[error("the VMM process {pid} did not exit even after SIGKILL")]
     Unkillable { pid: i32 },
+    #[error("the VMM process {pid} is not running")]
+    NotRunning { pid: i32 },
+    #[error("cannot reach the mount namespace of the VMM process {pid}: {source}")]
+    MountNs { pid: i32, source: carapace_podfs::Error },
 }
 
 /// The files one VM uses.
@@ -48,6 +53,9 @@ pub struct VmFiles<'a> {
     pub vmm_log: &'a Path,
     /// Shared into the guest by virtio-fs (the agent mounts it at `/run/carapace/shared`).
     pub shared_dir: &'a Path,
+    /// The pod's run dir: the VMM gets a mount namespace of its own that keeps only this of
+    /// the pods' root ([`carapace_vmm::MountNsConfig`]); the caller's namespace when None.
+    pub pod_dir: Option<&'a Path>,
 }
 
 /// The pod's NIC: a tap opened in the pod's network namespace (IFF_TAP | IFF_NO_PI |
@@ -82,6 +90,9 @@ pub fn vm_config(
         vsock: Some(VsockConfig { guest_cid: GUEST_CID, uds_path: files.vsock.to_path_buf() }),
         shared_dir: Some(files.shared_dir.to_path_buf()),
         net: net.map(|n| NetConfig { tap_fd: VMM_TAP_FD, mac: n.mac.clone() }),
+        mount_ns: files
+            .pod_dir
+            .map(|keep| MountNsConfig { prune_below: cfg.pods_dir(), keep: keep.to_path_buf() }),
         kick_interval: cfg.vmm_kick_interval_ms.map(Duration::from_millis),
         stop_timeout: cfg.stop_timeout,
         ..profile.vm_shape()
@@ -151,6 +162,25 @@ pub fn spawn(
         Some(start_time) => Ok(VmmProcess { pid, start_time }),
         None => Err(VmmProcessError::Vanished { pid }),
     }
+}
+
+/// The mount namespace of the VMM `p`, where the pod's volumes are attached; None when it
+/// shares the daemon's (a VMM started without [`MountNsConfig`]). The namespace is opened
+/// first and `p` checked after, so the handle is that very process's.
+pub fn mount_ns(p: &VmmProcess) -> Result<Option<MountNs>, VmmProcessError> {
+    let ns_err = |source| VmmProcessError::MountNs { pid: p.pid, source };
+    let ns = match MountNs::of_process(p.pid) {
+        Ok(ns) => ns,
+        Err(_) if !procfs::is_alive(p) => return Err(VmmProcessError::NotRunning { pid: p.pid }),
+        Err(e) => return Err(ns_err(e)),
+    };
+    if !procfs::is_alive(p) {
+        return Err(VmmProcessError::NotRunning { pid: p.pid });
+    }
+    if ns.is_current().map_err(ns_err)? {
+        return Ok(None);
+    }
+    Ok(Some(ns))
 }
 
 /// A close-on-exec duplicate of `fd` numbered `min` or above.
@@ -325,12 +355,14 @@ mod tests {
     fn the_vm_config_carries_profile_files_and_kick() {
         let dir = tempfile::tempdir().unwrap();
         let c = cfg(dir.path(), Path::new("/bin/true"));
+        let pod = c.pods_dir().join("p1");
         let files = VmFiles {
             vm_config: Path::new("/r/vm.json"),
             vsock: Path::new("/r/v"),
             serial_log: Path::new("/r/s"),
             vmm_log: Path::new("/r/l"),
             shared_dir: Path::new("/r/shared"),
+            pod_dir: Some(&pod),
         };
         let size = VmSize { vcpus: 2, mem_mib: 1088 };
         let v = vm_config(&c, &VmProfile::default(), size, &files, None);
@@ -342,6 +374,9 @@ mod tests {
         assert_eq!(v.kick_interval, Some(Duration::from_millis(100)));
         assert_eq!(v.stop_timeout, Duration::from_millis(1000));
         assert_eq!(v.shared_dir, Some(PathBuf::from("/r/shared")));
+        let ns = v.mount_ns.as_ref().expect("a mount namespace of its own");
+        assert_eq!(ns.prune_below, c.pods_dir());
+        assert_eq!(ns.keep, pod);
         v.validate_limits().unwrap();
         let a = v.to_json();
         assert!(a.contains("\"kick_interval_ms\": 100"), "{a}");
@@ -361,6 +396,7 @@ mod tests {
             serial_log: &dir.path().join("s"),
             vmm_log: &log,
             shared_dir: dir.path(),
+            pod_dir: None,
         };
         let p = match spawn(
             &c,
@@ -394,6 +430,7 @@ mod tests {
             serial_log: &dir.path().join("s"),
             vmm_log: &dir.path().join("vmm.log"),
             shared_dir: dir.path(),
+            pod_dir: None,
         };
         match spawn(
             &c,
@@ -431,6 +468,7 @@ mod tests {
             serial_log: &dir.path().join("s"),
             vmm_log: &log,
             shared_dir: dir.path(),
+            pod_dir: None,
         };
         let p = spawn(&c, &VmProfile::default(), VmProfile::default().default_size(), &files, None)
             .unwrap();

@@ -26,6 +26,8 @@ pub enum Error {
     Busy(PathBuf),
     #[error("{a} and {b} are on different mounts: a rename between them is impossible")]
     NotSameMount { a: PathBuf, b: PathBuf },
+    #[error("{0} is another directory in the VMM's mount namespace than in the daemon's")]
+    NotSameDir(PathBuf),
     #[error("a pod disk of {size} bytes is too small: at least {min} bytes")]
     DiskTooSmall { size: u64, min: u64 },
     #[error("mkfs.ext4 of the pod disk {image} failed ({status}): {stderr}")]

@@ -18,6 +18,7 @@ mod disk;
 mod error;
 mod mount;
 pub mod mountinfo;
+mod ns;
 mod pod;
 mod remove;
 mod sys;
@@ -25,9 +26,14 @@ mod sys;
 pub use beneath::{mkdirs_beneath, open_beneath, read_file_beneath, write_file_beneath, DIR_MODE};
 pub use disk::{attach_disk, create_image, images_in, mount_image, remove_image, MIN_DISK_BYTES};
 pub use error::Error;
-pub use mount::{bind_beneath, bind_with, harden, unmount_beneath, unmount_tree, Access};
+pub use mount::{
+    bind_beneath, bind_with, harden, unmount_beneath, unmount_tree, Access, VolumeTree,
+};
+pub use ns::{enter_private as enter_private_mount_ns, MountNs};
 pub use pod::{PodDir, Staged, PRIVATE_DIR_MODE, SHARED, STAGING};
 pub use remove::{remove_beneath, remove_tree};
 
+#[cfg(test)]
+mod ns_tests;
 #[cfg(test)]
 mod tests;

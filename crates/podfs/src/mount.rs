@@ -1,7 +1,7 @@
 //! Mounts beneath a pod's directory: volumes bind-mounted through descriptors, unmounts of
 //! exactly the mounts mountinfo named, and the hardening bind mount of a pod's run dir.
 
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -48,67 +48,110 @@ pub fn bind_beneath(
 
 /// Bind-mounts the host path `src` (recursively, created as a directory when missing, as
 /// containerd does) onto `rel` beneath `root`, made (0750 parents) as a directory or an empty
-/// file to match. The mount is `nosuid,nodev` on every submount too, and read-only as `access`
-/// says (`mount_setattr`, with `AT_RECURSIVE` for [`Access::ReadOnly`]), set on the detached
-/// copy before it is attached, so it is never visible writable. The mount point is opened
-/// without following a symlink and must not be a mount point already; the tree is attached to
-/// that descriptor. Returns the new mount's ID.
+/// file to match: [`VolumeTree::clone_of`], then [`VolumeTree::attach_beneath`], both in the
+/// caller's mount namespace. Returns the new mount's ID.
 pub fn bind_with(
     root: BorrowedFd<'_>,
     rel: &Path,
     src: &Path,
     access: Access,
 ) -> Result<u64, Error> {
-    let (dirs, name) = split_last(rel)?;
-    if let Err(e) = std::fs::symlink_metadata(src) {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            return Err(io_err("stat the volume", src, e));
+    let tree = VolumeTree::clone_of(src, access)?;
+    tree.make_mount_point(root, rel)?;
+    tree.attach_beneath(root, rel)
+}
+
+/// A detached copy of a volume's mount tree (its submounts included), flags already set, not
+/// yet attached anywhere: made in the mount namespace that sees the volume's source, attachable
+/// in another one (a pod VMM's, [`crate::MountNs`]).
+#[derive(Debug)]
+pub struct VolumeTree {
+    fd: OwnedFd,
+    is_dir: bool,
+}
+
+impl VolumeTree {
+    /// The copy of the mount tree at the host path `src` (created as a directory when missing).
+    /// It is `nosuid,nodev` on every submount too, and read-only as `access` says
+    /// (`mount_setattr`, with `AT_RECURSIVE` for [`Access::ReadOnly`]), set before it is
+    /// attached, so it is never visible writable.
+    pub fn clone_of(src: &Path, access: Access) -> Result<VolumeTree, Error> {
+        if let Err(e) = std::fs::symlink_metadata(src) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                return Err(io_err("stat the volume", src, e));
+            }
+            std::fs::create_dir_all(src).map_err(|e| io_err("create the volume", src, e))?;
         }
-        std::fs::create_dir_all(src).map_err(|e| io_err("create the volume", src, e))?;
-    }
-    let csrc = std::ffi::CString::new(src.as_os_str().as_bytes())
-        .map_err(|_| Error::BadPath(src.to_path_buf()))?;
-    let cwd = rfs::CWD;
-    let tree = sys::open_tree(cwd, &csrc, sys::OPEN_TREE_CLONE | libc::AT_RECURSIVE as u32)
-        .map_err(|e| io_err("clone the mount tree of", src, e))?;
-    let mut attrs = sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
-    if access == Access::ReadOnly {
-        attrs |= sys::MOUNT_ATTR_RDONLY;
-    }
-    sys::mount_setattr(tree.as_fd(), attrs, true)
-        .map_err(|e| io_err("set nosuid,nodev[,ro] on", src, e))?;
-    if access == Access::ReadOnlyTop {
-        sys::mount_setattr(tree.as_fd(), sys::MOUNT_ATTR_RDONLY, false)
-            .map_err(|e| io_err("set ro on", src, e))?;
-    }
-    let is_dir = rfs::fstat(&tree).map_err(|e| io_err("stat", src, e))?.st_mode & libc::S_IFMT
-        == libc::S_IFDIR;
-    let parent = mkdirs_beneath(root, &dirs)?;
-    if is_dir {
-        match rfs::mkdirat(&parent, name, Mode::from_raw_mode(DIR_MODE)) {
-            Ok(()) | Err(Errno::EXIST) => {}
-            Err(e) => return Err(io_err("create the mount point", rel, e)),
+        let csrc = std::ffi::CString::new(src.as_os_str().as_bytes())
+            .map_err(|_| Error::BadPath(src.to_path_buf()))?;
+        let cwd = rfs::CWD;
+        let fd = sys::open_tree(cwd, &csrc, sys::OPEN_TREE_CLONE | libc::AT_RECURSIVE as u32)
+            .map_err(|e| io_err("clone the mount tree of", src, e))?;
+        let mut attrs = sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
+        if access == Access::ReadOnly {
+            attrs |= sys::MOUNT_ATTR_RDONLY;
         }
-    } else {
-        let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        match rfs::openat(&parent, name, flags, Mode::from_raw_mode(0o640)) {
-            Ok(_) | Err(Errno::ISDIR) => {}
-            Err(e) => return Err(io_err("create the mount point", rel, e)),
+        sys::mount_setattr(fd.as_fd(), attrs, true)
+            .map_err(|e| io_err("set nosuid,nodev[,ro] on", src, e))?;
+        if access == Access::ReadOnlyTop {
+            sys::mount_setattr(fd.as_fd(), sys::MOUNT_ATTR_RDONLY, false)
+                .map_err(|e| io_err("set ro on", src, e))?;
+        }
+        let is_dir = rfs::fstat(&fd).map_err(|e| io_err("stat", src, e))?.st_mode & libc::S_IFMT
+            == libc::S_IFDIR;
+        Ok(VolumeTree { fd, is_dir })
+    }
+
+    /// Creates the mount point `rel` beneath `root` (0750 parents) as a directory or an empty
+    /// file to match the tree, without following a symlink; an existing one is kept.
+    pub fn make_mount_point(&self, root: BorrowedFd<'_>, rel: &Path) -> Result<(), Error> {
+        let (dirs, name) = split_last(rel)?;
+        let parent = mkdirs_beneath(root, &dirs)?;
+        if self.is_dir {
+            match rfs::mkdirat(&parent, name, Mode::from_raw_mode(DIR_MODE)) {
+                Ok(()) | Err(Errno::EXIST) => Ok(()),
+                Err(e) => Err(io_err("create the mount point", rel, e)),
+            }
+        } else {
+            let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            match rfs::openat(&parent, name, flags, Mode::from_raw_mode(0o640)) {
+                Ok(_) | Err(Errno::ISDIR) => Ok(()),
+                Err(e) => Err(io_err("create the mount point", rel, e)),
+            }
         }
     }
-    let target =
-        open_beneath(parent.as_fd(), Path::new(name), OFlags::PATH, 0, ResolveFlags::NO_XDEV)
-            .map_err(|e| io_err("open the mount point", rel, e))?;
-    let tst = rfs::fstat(&target).map_err(|e| io_err("stat the mount point", rel, e))?;
-    if (tst.st_mode & libc::S_IFMT == libc::S_IFDIR) != is_dir {
-        return Err(io_err("mount onto", rel, Errno::NOTDIR));
+
+    /// Attaches the tree at the existing mount point `rel` beneath `root` (in the caller's mount
+    /// namespace, which must be `root`'s). The mount point is opened without following a
+    /// symlink, must be of the tree's type and not a mount point already; the tree is attached
+    /// to that descriptor. Returns the new mount's ID.
+    pub fn attach_beneath(self, root: BorrowedFd<'_>, rel: &Path) -> Result<u64, Error> {
+        let (dirs, name) = split_last(rel)?;
+        let parent = if dirs.as_os_str().is_empty() {
+            rfs::openat(
+                root,
+                ".",
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+        } else {
+            open_beneath(root, &dirs, OFlags::PATH | OFlags::DIRECTORY, 0, ResolveFlags::empty())
+        }
+        .map_err(|e| io_err("open the mount point's directory", rel, e))?;
+        let target =
+            open_beneath(parent.as_fd(), Path::new(name), OFlags::PATH, 0, ResolveFlags::NO_XDEV)
+                .map_err(|e| io_err("open the mount point", rel, e))?;
+        let tst = rfs::fstat(&target).map_err(|e| io_err("stat the mount point", rel, e))?;
+        if (tst.st_mode & libc::S_IFMT == libc::S_IFDIR) != self.is_dir {
+            return Err(io_err("mount onto", rel, Errno::NOTDIR));
+        }
+        sys::move_mount(self.fd.as_fd(), target.as_fd())
+            .map_err(|e| io_err("attach the volume at", rel, e))?;
+        let mounted =
+            open_beneath(parent.as_fd(), Path::new(name), OFlags::PATH, 0, ResolveFlags::empty())
+                .map_err(|e| io_err("open the mounted volume", rel, e))?;
+        mount_id(mounted.as_fd()).map_err(|e| io_err("stat the mounted volume", rel, e))
     }
-    sys::move_mount(tree.as_fd(), target.as_fd())
-        .map_err(|e| io_err("attach the volume at", rel, e))?;
-    let mounted =
-        open_beneath(parent.as_fd(), Path::new(name), OFlags::PATH, 0, ResolveFlags::empty())
-            .map_err(|e| io_err("open the mounted volume", rel, e))?;
-    mount_id(mounted.as_fd()).map_err(|e| io_err("stat the mounted volume", rel, e))
 }
 
 /// Unmounts every mount at or below `rel` beneath `root` (whose own path is `root_path`),

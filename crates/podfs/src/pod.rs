@@ -10,7 +10,8 @@ use rustix::io::Errno;
 
 use crate::beneath::{mount_id, plain, read_file_beneath, write_file_beneath, DIR_MODE};
 use crate::error::{io_err, Error};
-use crate::mount::{bind_beneath, bind_with, Access};
+use crate::mount::{bind_beneath, bind_with, Access, VolumeTree};
+use crate::ns::MountNs;
 use crate::remove::remove_beneath;
 
 /// The guest-visible directory of a pod (the VMM's `--shared-dir`).
@@ -143,6 +144,35 @@ impl Staged {
     /// [`Staged::bind`] with the read-only mode spelled out ([`bind_with`]).
     pub fn bind_with(&self, src: &Path, rel: &Path, access: Access) -> Result<u64, Error> {
         bind_with(self.dir(), rel, src, access)
+    }
+
+    /// [`Staged::bind_with`], attached in the mount namespace `ns` (a pod VMM's; the caller's
+    /// when None): the tree is copied where the volume's source is visible (here), the mount
+    /// point made through the staged dir's descriptor, and a thread in `ns` reopens the staged
+    /// dir by its path, checks it is the same directory (device and inode; the namespace's
+    /// owner controls its mount table), and attaches the copy beneath it.
+    pub fn bind_in(
+        &self,
+        ns: Option<&MountNs>,
+        src: &Path,
+        rel: &Path,
+        access: Access,
+    ) -> Result<u64, Error> {
+        let Some(ns) = ns else { return self.bind_with(src, rel, access) };
+        let tree = VolumeTree::clone_of(src, access)?;
+        tree.make_mount_point(self.dir(), rel)?;
+        let here = rfs::fstat(self.dir()).map_err(|e| io_err("stat", &self.path(), e))?;
+        let path = self.path();
+        ns.run(move || {
+            let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            let dir = rfs::open(&path, flags, Mode::empty())
+                .map_err(|e| io_err("open in the VMM's mount namespace", &path, e))?;
+            let there = rfs::fstat(&dir).map_err(|e| io_err("stat", &path, e))?;
+            if (there.st_dev, there.st_ino) != (here.st_dev, here.st_ino) {
+                return Err(Error::NotSameDir(path));
+            }
+            tree.attach_beneath(dir.as_fd(), rel)
+        })
     }
 
     /// Moves the staged dir to `shared/<name>` in one `renameat2(RENAME_NOREPLACE)` between

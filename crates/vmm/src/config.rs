@@ -62,6 +62,12 @@ pub enum ConfigError {
     ZeroKickInterval,
     #[error("serial log cap must be at least {min} bytes, got {got}")]
     SerialLogCapTooSmall { got: u64, min: u64 },
+    #[error(
+        "mount_ns: {} must be absolute and at or below {}",
+        keep.display(),
+        prune_below.display()
+    )]
+    MountNsKeep { keep: PathBuf, prune_below: PathBuf },
     #[error("net: invalid mac: {0}")]
     NetMac(#[source] carapace_virtio_devices::net::MacError),
     #[error("net: tap fd must be 3 or above (0-2 are stdin, stdout, stderr), got {got}")]
@@ -86,6 +92,7 @@ impl ConfigError {
             ConfigError::SharedDirUnreadable { .. }
             | ConfigError::SharedDirNotADirectory { .. }
             | ConfigError::SharedDirNotUtf8 { .. } => "shared_dir",
+            ConfigError::MountNsKeep { .. } => "mount_ns",
             ConfigError::CmdlineNul => "cmdline_extra",
             ConfigError::ZeroKickInterval => "kick_interval_ms",
             ConfigError::SerialLogCapTooSmall { .. } => "serial_log_max_bytes",
@@ -103,6 +110,19 @@ impl ConfigError {
 pub struct VsockConfig {
     pub guest_cid: u64,
     pub uds_path: PathBuf,
+}
+
+/// A mount namespace of the VMM's own, entered before it opens anything: a private copy of the
+/// caller's (no propagation either way) in which every mount below `prune_below` that is not at
+/// or below `keep` is detached, so the VMM pins no other pod's disk or volume. The daemon
+/// attaches the pod's volumes in this namespace only.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MountNsConfig {
+    /// The pods' root directory (absolute).
+    pub prune_below: PathBuf,
+    /// This pod's directory, below `prune_below`.
+    pub keep: PathBuf,
 }
 
 /// virtio-net device: a tap descriptor this process inherited and the guest NIC's MAC.
@@ -163,6 +183,9 @@ pub struct VmConfig {
     /// virtio-net NIC on an inherited tap; no NIC when None.
     #[serde(default)]
     pub net: Option<NetConfig>,
+    /// Run in a mount namespace of its own; the caller's when None.
+    #[serde(default)]
+    pub mount_ns: Option<MountNsConfig>,
     /// Interrupt every vCPU's KVM_RUN this often (hosts whose timer interrupts do not force exits).
     #[serde(default, rename = "kick_interval_ms", with = "opt_millis")]
     pub kick_interval: Option<Duration>,
@@ -237,6 +260,7 @@ impl VmConfig {
             rng: true,
             shared_dir: None,
             net: None,
+            mount_ns: None,
             kick_interval: None,
             kvm_path: PathBuf::from(DEFAULT_KVM_PATH),
             stop_timeout: DEFAULT_STOP_TIMEOUT,
@@ -268,6 +292,14 @@ impl VmConfig {
             net.mac_addr()?;
             if net.tap_fd < 3 {
                 return Err(ConfigError::NetFdReserved { got: net.tap_fd });
+            }
+        }
+        if let Some(ns) = &self.mount_ns {
+            if !ns.prune_below.is_absolute() || !ns.keep.starts_with(&ns.prune_below) {
+                return Err(ConfigError::MountNsKeep {
+                    keep: ns.keep.clone(),
+                    prune_below: ns.prune_below.clone(),
+                });
             }
         }
         if self.cmdline_extra.contains('\0') {

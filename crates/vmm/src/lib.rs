@@ -31,8 +31,8 @@ mod vm;
 
 pub use builder::build_vm;
 pub use config::{
-    ConfigError, NetConfig, VmConfig, VsockConfig, DEFAULT_KVM_PATH, DEFAULT_MEM_MIB,
-    DEFAULT_VCPUS, MAX_MEM_MIB, MAX_VCPUS, MIN_GUEST_CID, MIN_MEM_MIB,
+    ConfigError, MountNsConfig, NetConfig, VmConfig, VsockConfig, DEFAULT_KVM_PATH,
+    DEFAULT_MEM_MIB, DEFAULT_VCPUS, MAX_MEM_MIB, MAX_VCPUS, MIN_GUEST_CID, MIN_MEM_MIB,
 };
 pub use config::{DEFAULT_SERIAL_LOG_MAX_BYTES, MIN_SERIAL_LOG_MAX_BYTES};
 pub use error::{CmdlineError, MpTableError, VmmError};

@@ -23,6 +23,7 @@ use crate::record::{
 use crate::sizing;
 use crate::util::{now_nanos, sandbox_state};
 use crate::validate;
+use crate::vmm;
 use crate::volumes;
 
 /// Where the agent mounts the pod's shared dir in the guest.
@@ -424,6 +425,16 @@ impl ContainerTable {
             stdin: spec.stdin,
             stdin_once: spec.stdin_once,
         };
+        // Volumes are attached in the VMM's mount namespace only: nothing in the host's pins
+        // a host path the pod uses (its owner may unmount or remove it; the kernel then
+        // detaches the pod's copy), as runc's mounts live in the container's namespace.
+        let vmm_ns = match (rec.mounts.is_empty(), sb.vmm) {
+            (false, Some(p)) => vmm::mount_ns(&p).map_err(|source| CriError::Vmm {
+                context: format!("the VM of pod sandbox {}", sb.id),
+                source,
+            })?,
+            _ => None,
+        };
         let mut mounts = Vec::new();
         for m in &rec.mounts {
             let rel = m.shared_path.strip_prefix(&rec.dir).unwrap_or(&m.shared_path);
@@ -436,7 +447,9 @@ impl ContainerTable {
                 container_path: m.container_path.clone(),
                 source: e.into(),
             };
-            staged.bind_with(Path::new(&m.host_path), rel, access).map_err(mount_err)?;
+            staged
+                .bind_in(vmm_ns.as_ref(), Path::new(&m.host_path), rel, access)
+                .map_err(mount_err)?;
             mounts.push(bind(m.container_path.clone(), m.guest_path.clone(), m.readonly));
             if access == Access::ReadOnlyTop {
                 // The guest sees the whole volume as one mount: the host's submounts, writable

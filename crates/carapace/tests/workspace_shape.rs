@@ -1,11 +1,14 @@
-//! The workspace's shape, checked mechanically: within a crate, no two sibling modules use each
-//! other, directly or around a longer loop (ARCHITECTURE.md, "What each crate owns").
+//! The workspace's shape, checked mechanically (ARCHITECTURE.md, "Crates"):
+//! - within a crate, no two sibling modules use each other, directly or around a longer loop;
+//! - a source file over 600 lines says at its top why it is one file;
+//! - no line is wider than rustfmt's `max_width` (which does not wrap comments or strings).
 //!
-//! A reference from module `a::x::…` to an item of `a::y::…` is an edge `x -> y` among the children
-//! of `a`. References are the `crate::`, `super::` and `self::` paths of the code (comments and
-//! string literals are left out, so intra-doc links do not count), including `use` trees with
-//! braces; a module that uses its own ancestor or descendant adds no edge. Inline `mod name { … }`
-//! blocks (test modules) are modules of their own, so their `super::` paths resolve correctly.
+//! A reference from module `a::x::…` to an item of `a::y::…` is an edge `x -> y` among the
+//! children of `a`. References are the `crate::`, `super::` and `self::` paths of the code
+//! (comments and string literals are left out, so intra-doc links do not count), including `use`
+//! trees with braces; a module that uses its own ancestor or descendant adds no edge. Inline
+//! `mod name { … }` blocks (test modules) are modules of their own, so their `super::` paths
+//! resolve correctly.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -505,6 +508,60 @@ fn no_two_modules_of_a_crate_use_each_other() {
     assert!(report.is_empty(), "module import cycles:\n{}", report.join("\n"));
 }
 
+/// Every `.rs` file under the workspace root (hidden directories and `target/` left out).
+fn rust_files() -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut out = Vec::new();
+    let mut stack = vec![root.clone()];
+    while let Some(dir) = stack.pop() {
+        for e in fs::read_dir(&dir).unwrap_or_else(|e| panic!("read {}: {e}", dir.display())) {
+            let p = e.expect("dir entry").path();
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if name.starts_with('.') || name == "target" {
+                continue;
+            }
+            if p.is_dir() {
+                stack.push(p);
+            } else if name.ends_with(".rs") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The longest a file may be without saying why at its top, and how far down "the top" goes.
+const LONG_FILE_LINES: usize = 600;
+const TOP_LINES: usize = 40;
+/// rustfmt.toml's `max_width`.
+const MAX_WIDTH: usize = 100;
+
+#[test]
+fn long_files_say_why_and_no_line_is_too_wide() {
+    let mut report = Vec::new();
+    let files = rust_files();
+    assert!(files.len() > 100, "found only {} .rs files", files.len());
+    for f in files {
+        let text = fs::read_to_string(&f).unwrap_or_else(|e| panic!("read {}: {e}", f.display()));
+        let lines: Vec<&str> = text.lines().collect();
+        let why = lines.iter().take(TOP_LINES).any(|l| l.contains("600 lines"));
+        if lines.len() > LONG_FILE_LINES && !why {
+            report.push(format!(
+                "{}: {} lines and no reason at its top (\"Over 600 lines on purpose: …\")",
+                f.display(),
+                lines.len()
+            ));
+        }
+        for (i, l) in lines.iter().enumerate() {
+            if l.chars().count() > MAX_WIDTH {
+                report.push(format!("{}:{}: wider than {MAX_WIDTH} columns", f.display(), i + 1));
+            }
+        }
+    }
+    assert!(report.is_empty(), "{}", report.join("\n"));
+}
+
 #[cfg(test)]
 mod checker {
     use super::*;
@@ -523,7 +580,10 @@ mod checker {
 
     #[test]
     fn comments_and_strings_do_not_count() {
-        let code = code_only("/// see [`crate::x::Y`]\nlet s = \"crate::z::W\"; /* crate::q */ let c = '{';\ncrate::real::f();");
+        let code = code_only(concat!(
+            "/// see [`crate::x::Y`]\nlet s = \"crate::z::W\"; /* crate::q */ let c = '{';\n",
+            "crate::real::f();"
+        ));
         assert_eq!(inline_paths(&code), vec![vec!["crate".to_string(), "real".into(), "f".into()]]);
         assert!(!code.contains('{'), "char literal brace kept: {code}");
     }
