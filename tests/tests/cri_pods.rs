@@ -145,6 +145,23 @@ fn cri_pod_runs_ready_lists_stops_and_removes() {
         ensure!(format!("{e:#}").contains("not found"), "{e:#}");
         // The name is free again.
         let id2 = c.run_pod_sandbox(pod("web", 0)).await?.into_inner().pod_sandbox_id;
+        // Its VMM has a mount namespace of its own (where the pod's volumes go).
+        let vmms = d.vmm_processes();
+        ensure!(vmms.len() == 1, "expected one VMM: {vmms:?}");
+        let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/mnt"));
+        ensure!(ns(&vmms[0].to_string())? != ns("self")?, "the VMM shares the daemon's mounts");
+        // A VM that dies while the daemon runs makes its pod NotReady.
+        // SAFETY: kill(2) on the VMM this test started (its command line names the pods dir).
+        unsafe { libc::kill(vmms[0], libc::SIGKILL) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let state = status_of(&mut c, &id2).await?.status.context("status")?.state;
+            if state == NOTREADY {
+                break;
+            }
+            ensure!(Instant::now() < deadline, "pod whose VM was killed stays {state}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         c.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id2 }).await?;
         d.assert_clean()
     });

@@ -48,6 +48,10 @@ fn serves_runtime_and_image_service_on_one_socket_and_stops_on_sigterm() {
         .spawn()
         .unwrap();
     wait_for_socket(&mut child, &sock);
+    // Owner and group only, as containerd's socket.
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&sock).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o660, "the CRI socket's mode is {mode:o}");
 
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {

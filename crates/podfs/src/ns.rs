@@ -17,23 +17,42 @@ use crate::beneath::{mount_id, open_beneath};
 use crate::error::{io_err, Error};
 use crate::{mountinfo, sys};
 
-/// A handle on a mount namespace (an open `/proc/<pid>/ns/mnt`).
+/// A handle on a process's mount namespace (an open `/proc/<pid>/ns/mnt`) and its root
+/// directory there (`/proc/<pid>/root`).
 #[derive(Debug)]
 pub struct MountNs {
     fd: OwnedFd,
     /// (device, inode) of the namespace file: equal for the same namespace.
     id: (u64, u64),
+    /// The process's root, as a directory of that namespace: paths are resolved from it, not
+    /// from the namespace's own root (the caller, and so the process, may run chrooted).
+    root: OwnedFd,
 }
 
 impl MountNs {
-    /// The mount namespace of process `pid`. The caller checks afterwards that `pid` is still
-    /// the process it means (its start time): the handle then refers to that process's
-    /// namespace, whatever happens to the PID later.
+    /// The mount namespace and root of process `pid`. The caller checks afterwards that `pid`
+    /// is still the process it means (its start time): the handle then refers to that
+    /// process's namespace, whatever happens to the PID later.
     pub fn of_process(pid: i32) -> Result<MountNs, Error> {
         let path = format!("/proc/{pid}/ns/mnt");
         let file = File::open(&path).map_err(|e| io_err("open", Path::new(&path), e))?;
         let meta = file.metadata().map_err(|e| io_err("stat", Path::new(&path), e))?;
-        Ok(MountNs { fd: file.into(), id: (meta.dev(), meta.ino()) })
+        let root_path = format!("/proc/{pid}/root");
+        let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let root = rfs::open(&root_path, flags, Mode::empty())
+            .map_err(|e| io_err("open", Path::new(&root_path), e))?;
+        Ok(MountNs { fd: file.into(), id: (meta.dev(), meta.ino()), root })
+    }
+
+    /// The directory at the absolute path `path` as the process sees it (resolved from its
+    /// root, through its mount table), `O_PATH`. The path must be one the caller trusts up to
+    /// its last name; what the namespace's owner mounted on the way is the caller's to check
+    /// (e.g. device and inode against its own descriptor of the same directory).
+    pub fn open_dir(&self, path: &Path) -> Result<OwnedFd, Error> {
+        let rel = path.strip_prefix("/").map_err(|_| Error::BadPath(path.to_path_buf()))?;
+        let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        rfs::openat(&self.root, rel, flags, Mode::empty())
+            .map_err(|e| io_err("open in the VMM's mount namespace", path, e))
     }
 
     /// Whether this is the calling thread's own mount namespace.
@@ -45,8 +64,9 @@ impl MountNs {
 
     /// Runs `f` on a thread of its own that has entered this namespace (with its own root,
     /// working directory and umask: `unshare(CLONE_FS)` first, so the rest of the process stays
-    /// where it is). The thread's root and working directory are the namespace's root: paths
-    /// resolve as the namespace's owner sees them, so `f` must check what it opens.
+    /// where it is): there `move_mount` may attach to a directory of the namespace. The
+    /// thread's root is then the namespace's root, which need not be the process's: `f` works
+    /// through descriptors ([`MountNs::open_dir`]), not paths.
     pub fn run<R, F>(&self, f: F) -> Result<R, Error>
     where
         F: FnOnce() -> Result<R, Error> + Send,

@@ -148,9 +148,9 @@ impl Staged {
 
     /// [`Staged::bind_with`], attached in the mount namespace `ns` (a pod VMM's; the caller's
     /// when None): the tree is copied where the volume's source is visible (here), the mount
-    /// point made through the staged dir's descriptor, and a thread in `ns` reopens the staged
-    /// dir by its path, checks it is the same directory (device and inode; the namespace's
-    /// owner controls its mount table), and attaches the copy beneath it.
+    /// point made through the staged dir's descriptor; the staged dir is reopened by its path
+    /// from the VMM's root and must be the same directory (device and inode: the namespace's
+    /// owner controls its mount table); a thread in `ns` attaches the copy beneath it.
     pub fn bind_in(
         &self,
         ns: Option<&MountNs>,
@@ -163,16 +163,12 @@ impl Staged {
         tree.make_mount_point(self.dir(), rel)?;
         let here = rfs::fstat(self.dir()).map_err(|e| io_err("stat", &self.path(), e))?;
         let path = self.path();
-        ns.run(move || {
-            let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-            let dir = rfs::open(&path, flags, Mode::empty())
-                .map_err(|e| io_err("open in the VMM's mount namespace", &path, e))?;
-            let there = rfs::fstat(&dir).map_err(|e| io_err("stat", &path, e))?;
-            if (there.st_dev, there.st_ino) != (here.st_dev, here.st_ino) {
-                return Err(Error::NotSameDir(path));
-            }
-            tree.attach_beneath(dir.as_fd(), rel)
-        })
+        let dir = ns.open_dir(&path)?;
+        let there = rfs::fstat(&dir).map_err(|e| io_err("stat", &path, e))?;
+        if (there.st_dev, there.st_ino) != (here.st_dev, here.st_ino) {
+            return Err(Error::NotSameDir(path));
+        }
+        ns.run(move || tree.attach_beneath(dir.as_fd(), rel))
     }
 
     /// Moves the staged dir to `shared/<name>` in one `renameat2(RENAME_NOREPLACE)` between
