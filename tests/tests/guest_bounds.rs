@@ -57,8 +57,8 @@ $b mkdir -p $S
 $b mount -t virtiofs carapace $S || { echo "FLOOD cannot mount the share"; exit 1; }
 echo "FLOOD-READY"
 while [ ! -e $S/go-fill ]; do $b sleep 1; done
-$b dd if=/dev/zero of=$S/fill bs=65536 2>/tmp/dd.err
-echo "FILL-END $($b stat -c %s $S/fill) $($b tr '\n' ' ' < /tmp/dd.err)"
+$b dd if=/dev/zero of=$S/fill bs=65536 2>/dev/shm/dd.err
+echo "FILL-END $($b stat -c %s $S/fill) $($b tr '\n' ' ' < /dev/shm/dd.err)"
 while :; do echo 0123456789abcdef >> $S/more; done 2>/dev/null
 "#;
 

@@ -264,10 +264,13 @@ async fn distribution_error_codes_map_to_statuses() {
 #[tokio::test]
 async fn a_registry_that_trickles_a_blob_hits_max_pull_seconds() {
     let diff_id = format!("sha256:{}", "cd".repeat(32));
-    let config = format!(concat!(
-        r#"{{"architecture":"amd64","os":"linux","#,
-        r#""rootfs":{{"type":"layers","diff_ids":["{diff_id}"]}}}}"#
-    ),);
+    let config = format!(
+        concat!(
+            r#"{{"architecture":"amd64","os":"linux","#,
+            r#""rootfs":{{"type":"layers","diff_ids":["{diff_id}"]}}}}"#
+        ),
+        diff_id = diff_id
+    );
     let cd = Digest::of(config.as_bytes()).to_string();
     let layer = format!("sha256:{}", "ab".repeat(32));
     let manifest = format!(
