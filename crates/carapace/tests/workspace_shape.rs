@@ -9,6 +9,9 @@
 //! trees with braces; a module that uses its own ancestor or descendant adds no edge. Inline
 //! `mod name { … }` blocks (test modules) are modules of their own, so their `super::` paths
 //! resolve correctly.
+//!
+//! Over 600 lines on purpose: one job (the workspace's shape); the checks, the small Rust
+//! scanner the module graph needs and the scanner's own tests stay together.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -545,7 +548,7 @@ fn long_files_say_why_and_no_line_is_too_wide() {
     for f in files {
         let text = fs::read_to_string(&f).unwrap_or_else(|e| panic!("read {}: {e}", f.display()));
         let lines: Vec<&str> = text.lines().collect();
-        let why = lines.iter().take(TOP_LINES).any(|l| l.contains("600 lines"));
+        let why = lines.iter().take(TOP_LINES).any(|l| l.contains("600 lines on purpose"));
         if lines.len() > LONG_FILE_LINES && !why {
             report.push(format!(
                 "{}: {} lines and no reason at its top (\"Over 600 lines on purpose: …\")",

@@ -170,15 +170,8 @@ pub fn unmount_beneath(root: BorrowedFd<'_>, root_path: &Path, rel: &Path) -> Re
             return Ok(());
         }
         for m in mounts {
-            let Ok(r) = m.point.strip_prefix(root_path) else { continue };
-            let Ok(fd) = open_beneath(root, r, OFlags::PATH, 0, ResolveFlags::empty()) else {
-                continue;
-            };
-            if mount_id(fd.as_fd()).ok() != Some(m.id) {
-                continue;
-            }
-            match sys::unmount_fd(fd.as_fd()) {
-                Ok(()) => {}
+            match unmount_exactly(root, root_path, &m) {
+                Ok(_) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
                 Err(e) => return Err(io_err("unmount", &m.point, e)),
             }
@@ -189,6 +182,25 @@ pub fn unmount_beneath(root: BorrowedFd<'_>, root_path: &Path, rel: &Path) -> Re
     } else {
         Err(Error::StillMounted(dir))
     }
+}
+
+/// Unmounts (lazily) the mount `m` of mountinfo, through a descriptor of its mount point
+/// opened beneath `root` (whose path is `root_path`) without following a symlink, and only if
+/// that descriptor is on the very mount mountinfo named (same ID): a name swapped between the
+/// two steps cannot redirect it. Ok(false) when the point is gone or is another mount now.
+pub(crate) fn unmount_exactly(
+    root: BorrowedFd<'_>,
+    root_path: &Path,
+    m: &mountinfo::Mount,
+) -> std::io::Result<bool> {
+    let Ok(r) = m.point.strip_prefix(root_path) else { return Ok(false) };
+    let Ok(fd) = open_beneath(root, r, OFlags::PATH, 0, ResolveFlags::empty()) else {
+        return Ok(false);
+    };
+    if mount_id(fd.as_fd()).ok() != Some(m.id) {
+        return Ok(false);
+    }
+    sys::unmount_fd(fd.as_fd()).map(|()| true)
 }
 
 /// [`unmount_beneath`] of a directory given by path whose parent is trusted.

@@ -10,12 +10,12 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use rustix::fs::{self as rfs, Mode, OFlags, ResolveFlags};
+use rustix::fs::{self as rfs, Mode, OFlags};
 use rustix::io::Errno;
 
-use crate::beneath::{mount_id, open_beneath};
 use crate::error::{io_err, Error};
-use crate::{mountinfo, sys};
+use crate::mount::unmount_exactly;
+use crate::mountinfo;
 
 /// A handle on a process's mount namespace (an open `/proc/<pid>/ns/mnt`) and its root
 /// directory there (`/proc/<pid>/root`).
@@ -143,17 +143,11 @@ pub fn enter_private(prune_below: &Path, keep: &Path) -> Result<usize, Error> {
         if m.point == prune_below || m.point.starts_with(keep) {
             continue;
         }
-        // Through a descriptor of that very mount, reached without following a symlink: other
-        // pods' guests name the directories on the way.
-        let Ok(rel) = m.point.strip_prefix(prune_below) else { continue };
-        let Ok(fd) = open_beneath(root.as_fd(), rel, OFlags::PATH, 0, ResolveFlags::empty()) else {
-            continue;
-        };
-        if mount_id(fd.as_fd()).ok() != Some(m.id) {
-            continue;
-        }
-        match sys::unmount_fd(fd.as_fd()) {
-            Ok(()) => detached += 1,
+        // Through a descriptor of that very mount: other pods' guests name the directories on
+        // the way.
+        match unmount_exactly(root.as_fd(), prune_below, &m) {
+            Ok(true) => detached += 1,
+            Ok(false) => {}
             // gone with a parent already; otherwise it only stays pinned while this VMM runs
             Err(e) => tracing::debug!(point = %m.point.display(), error = %e,
                 "not detached in the VMM's mount namespace"),

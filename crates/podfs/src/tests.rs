@@ -16,7 +16,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
@@ -99,7 +99,7 @@ fn mknod_null(p: &Path) -> bool {
     unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)) == 0 }
 }
 
-fn mount_tmpfs(p: &Path) {
+pub(crate) fn mount_tmpfs(p: &Path) {
     let c = CString::new(p.as_os_str().as_bytes()).unwrap();
     // SAFETY: NUL-terminated strings; no data argument.
     let r = unsafe {
