@@ -127,17 +127,10 @@ impl VolumeTree {
     /// to that descriptor. Returns the new mount's ID.
     pub fn attach_beneath(self, root: BorrowedFd<'_>, rel: &Path) -> Result<u64, Error> {
         let (dirs, name) = split_last(rel)?;
-        let parent = if dirs.as_os_str().is_empty() {
-            rfs::openat(
-                root,
-                ".",
-                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-        } else {
-            open_beneath(root, &dirs, OFlags::PATH | OFlags::DIRECTORY, 0, ResolveFlags::empty())
-        }
-        .map_err(|e| io_err("open the mount point's directory", rel, e))?;
+        let dirs = if dirs.as_os_str().is_empty() { Path::new(".") } else { &dirs };
+        let parent =
+            open_beneath(root, dirs, OFlags::PATH | OFlags::DIRECTORY, 0, ResolveFlags::empty())
+                .map_err(|e| io_err("open the mount point's directory", rel, e))?;
         let target =
             open_beneath(parent.as_fd(), Path::new(name), OFlags::PATH, 0, ResolveFlags::NO_XDEV)
                 .map_err(|e| io_err("open the mount point", rel, e))?;
