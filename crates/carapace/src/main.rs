@@ -11,6 +11,7 @@ mod check;
 mod probe;
 mod serve_cmd;
 mod vmm_cmd;
+mod vmm_log;
 
 #[derive(Parser)]
 #[command(name = "carapace", version, about = "Kubernetes CRI runtime: every pod is a KVM microVM")]
@@ -36,7 +37,7 @@ fn init_logging() {
     // panics when stderr fails): the VMM's stderr is on the pod's disk, which the guest can fill.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| vmm_log::LogWriter)
         .log_internal_errors(false)
         .try_init();
 }

@@ -20,7 +20,8 @@ pub struct VmmArgs {
     /// The whole VM as a JSON VmConfig file (as the CRI daemon writes it).
     #[arg(long, conflicts_with_all = [
         "kernel", "initramfs", "vcpus", "mem_mib", "cmdline_extra", "serial_log",
-        "serial_log_max_bytes", "vsock_uds",
+        "serial_log_max_bytes", "vmm_log", "vmm_log_max_bytes", "guest_warnings_per_second",
+        "shared_dir_max_open_files", "vsock_uds",
         "vsock_cid", "no_rng", "shared_dir", "kick_interval_ms", "kvm_device", "stop_timeout_ms",
         "net_tap_fd", "net_mac",
     ])]
@@ -46,6 +47,19 @@ pub struct VmmArgs {
     /// Cap of the serial log in bytes (rotated once to `<file>.1` when reached).
     #[arg(long, default_value_t = carapace_vmm::DEFAULT_SERIAL_LOG_MAX_BYTES)]
     pub serial_log_max_bytes: u64,
+    /// File for this VMM's own log lines (capped, rotated once; stdout and stderr follow it).
+    /// Without it they go to stderr.
+    #[arg(long)]
+    pub vmm_log: Option<PathBuf>,
+    /// Cap of the VMM log in bytes.
+    #[arg(long, default_value_t = carapace_vmm::config::DEFAULT_VMM_LOG_MAX_BYTES)]
+    pub vmm_log_max_bytes: u64,
+    /// Guest-triggered warnings logged per second and call site (the rest are counted).
+    #[arg(long, default_value_t = carapace_vmm::config::DEFAULT_GUEST_WARNINGS_PER_SECOND)]
+    pub guest_warnings_per_second: u32,
+    /// Open file limit of the process when it serves --shared-dir (bounds what a guest pins).
+    #[arg(long, default_value_t = carapace_vmm::config::DEFAULT_SHARED_DIR_MAX_OPEN_FILES)]
+    pub shared_dir_max_open_files: u64,
     /// Host Unix socket of the guest's virtio-vsock device (no vsock device when absent).
     #[arg(long)]
     pub vsock_uds: Option<PathBuf>,
@@ -99,6 +113,10 @@ impl VmmArgs {
             cmdline_extra: self.cmdline_extra.clone(),
             serial_log: self.serial_log.clone(),
             serial_log_max_bytes: self.serial_log_max_bytes,
+            vmm_log: self.vmm_log.clone(),
+            vmm_log_max_bytes: self.vmm_log_max_bytes,
+            guest_warnings_per_second: self.guest_warnings_per_second,
+            shared_dir_max_open_files: self.shared_dir_max_open_files,
             vsock: self
                 .vsock_uds
                 .clone()
@@ -123,12 +141,13 @@ fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// A line on stderr. The daemon points the VMM's stderr at `vmm.log` on the pod's own disk,
-/// which the guest can fill: a failed write is dropped (`eprintln!` would panic, and a panic
-/// aborts the VMM).
+/// A line on stderr, or in the VMM log when the config names one (the daemon's pods: `vmm.log`
+/// on the pod's own disk, which the guest can fill): a failed write is dropped (`eprintln!`
+/// would panic, and a panic aborts the VMM).
 fn say(line: std::fmt::Arguments<'_>) {
     use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "{line}");
+    // Through the capped VMM log once it is open (which also counts the line), else stderr.
+    let _ = crate::vmm_log::LogWriter.write_all(format!("{line}\n").as_bytes());
 }
 
 fn fail(message: &str) -> ExitCode {
@@ -227,6 +246,11 @@ pub fn run(args: VmmArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(&e.to_string()),
     };
+    if let Some(path) = &config.vmm_log {
+        if let Err(e) = crate::vmm_log::open(path, config.vmm_log_max_bytes) {
+            return fail(&e.to_string());
+        }
+    }
     // Before any thread exists (unshare requires a single-threaded process) and before
     // anything of the pod is opened, so the shared dir is served from this namespace.
     if let Some(ns) = &config.mount_ns {
@@ -335,6 +359,14 @@ mod tests {
             "5",
             "--shared-dir",
             "/srv/pod",
+            "--vmm-log",
+            "/l",
+            "--vmm-log-max-bytes",
+            "8192",
+            "--guest-warnings-per-second",
+            "3",
+            "--shared-dir-max-open-files",
+            "4096",
         ])
         .args;
         let cfg = c.to_config();
@@ -348,6 +380,10 @@ mod tests {
         assert_eq!(c.stop_timeout_ms, 5);
         assert_eq!(cfg.shared_dir, Some(PathBuf::from("/srv/pod")));
         assert_eq!(cfg.serial_log_max_bytes, 65536);
+        assert_eq!(cfg.vmm_log, Some(PathBuf::from("/l")));
+        assert_eq!(cfg.vmm_log_max_bytes, 8192);
+        assert_eq!(cfg.guest_warnings_per_second, 3);
+        assert_eq!(cfg.shared_dir_max_open_files, 4096);
     }
 
     #[test]

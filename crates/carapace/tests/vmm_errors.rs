@@ -82,6 +82,31 @@ fn a_full_stderr_does_not_turn_an_error_into_a_panic() {
     assert_eq!(status.code(), Some(1), "carapace vmm with stderr on a full disk: {status:?}");
 }
 
+/// With `--vmm-log`, the VMM's log lines, its error line and anything on stdout/stderr go to
+/// that file, capped: an existing log past the cap is rotated to `<file>.1` before the first
+/// new line, and nothing reaches the inherited stderr.
+#[test]
+fn the_vmm_log_takes_stderr_and_is_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("vmm.log");
+    fs::write(&log, vec![b'o'; 5000]).unwrap();
+    let out = Command::new(CARAPACE)
+        .env("CARAPACE_LOG", "debug")
+        .arg("vmm")
+        .args(["--vmm-log", log.to_str().unwrap(), "--vmm-log-max-bytes", "4096"])
+        .args(["--kernel", "/nonexistent/vmlinux"])
+        .output()
+        .expect("run carapace vmm");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(out.stderr.is_empty(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(fs::read(dir.path().join("vmm.log.1")).unwrap(), vec![b'o'; 5000]);
+    let text = fs::read_to_string(&log).unwrap();
+    assert!(text.starts_with("[carapace: VMM log reached 4096 bytes"), "{text}");
+    assert!(text.contains("carapace vmm: error:"), "{text}");
+    assert!(text.contains("/nonexistent/vmlinux"), "{text}");
+    assert!(text.len() <= 4096, "{} bytes", text.len());
+}
+
 #[test]
 fn corrupt_kernel() {
     let dir = tempfile::tempdir().unwrap();

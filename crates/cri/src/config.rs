@@ -50,6 +50,7 @@
 //! # disk_dir = "<state_dir>/pod-disks"      # sparse ext4 images, one per pod
 //! shared_dir_size_mib = 10240               # bounds the shared dir, staging and logs
 //! serial_log_max_bytes = 1048576            # then rotated once to serial.log.1
+//! # vmm_log_max_bytes = 1048576; guest_warnings_per_second = 10; shared_dir_max_open_files = 65536
 //! ```
 
 pub mod cni;

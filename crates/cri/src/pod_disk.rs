@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
+use carapace_vmm::config as vmm;
 use serde::Deserialize;
 
 /// Default size of a pod's disk (sparse: only what is written takes space).
@@ -15,6 +16,15 @@ pub const MAX_DISK_MIB: u64 = 16 << 20;
 /// The config key of the size (named in errors).
 pub const SIZE_KEY: &str = "pods.shared_dir_size_mib";
 
+/// `pods.<key> = <got>` must be in `min..=max`.
+fn in_range(key: &str, got: u64, min: u64, max: u64) -> Result<(), String> {
+    if (min..=max).contains(&got) {
+        return Ok(());
+    }
+    let why = if key.ends_with("_log_max_bytes") { " (an eighth of the pod disk)" } else { "" };
+    Err(format!("pods.{key} = {got} must be between {min} and {max}{why}"))
+}
+
 /// `[pods]` as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -22,6 +32,9 @@ pub struct RawPodsConfig {
     pub disk_dir: Option<PathBuf>,
     pub shared_dir_size_mib: Option<u64>,
     pub serial_log_max_bytes: Option<u64>,
+    pub vmm_log_max_bytes: Option<u64>,
+    pub guest_warnings_per_second: Option<u32>,
+    pub shared_dir_max_open_files: Option<u64>,
 }
 
 /// Where the pods' disks are and how big each is.
@@ -33,6 +46,13 @@ pub struct PodsConfig {
     pub shared_dir_size_mib: u64,
     /// Cap of each pod's serial log (rotated once to `serial.log.1`), on that disk.
     pub serial_log_max_bytes: u64,
+    /// Cap of each pod VMM's own log (`vmm.log`, rotated once to `vmm.log.1`), on that disk.
+    pub vmm_log_max_bytes: u64,
+    /// Guest-triggered warnings each VMM logs per second and call site.
+    pub guest_warnings_per_second: u32,
+    /// Open file limit of each VMM (bounds the host descriptors its guest can pin through
+    /// virtio-fs; past it the guest's lookups fail with EMFILE and the VMM logs why).
+    pub shared_dir_max_open_files: u64,
 }
 
 impl PodsConfig {
@@ -41,6 +61,9 @@ impl PodsConfig {
             disk_dir: state_dir.join("pod-disks"),
             shared_dir_size_mib: DEFAULT_DISK_MIB,
             serial_log_max_bytes: carapace_vmm::DEFAULT_SERIAL_LOG_MAX_BYTES,
+            vmm_log_max_bytes: vmm::DEFAULT_VMM_LOG_MAX_BYTES,
+            guest_warnings_per_second: vmm::DEFAULT_GUEST_WARNINGS_PER_SECOND,
+            shared_dir_max_open_files: vmm::DEFAULT_SHARED_DIR_MAX_OPEN_FILES,
         }
     }
 
@@ -55,17 +78,26 @@ impl PodsConfig {
         if !(min..=MAX_DISK_MIB).contains(&size) {
             return Err(format!("{SIZE_KEY} = {size} must be between {min} and {MAX_DISK_MIB}"));
         }
-        let serial = raw.serial_log_max_bytes.unwrap_or(d.serial_log_max_bytes);
-        let smin = carapace_vmm::MIN_SERIAL_LOG_MAX_BYTES;
-        // Both generations of the serial log fit in a quarter of the disk.
+        // Both generations of each log fit in a quarter of the disk.
         let smax = (size << 20) / 8;
-        if !(smin..=smax).contains(&serial) {
-            return Err(format!(
-                "pods.serial_log_max_bytes = {serial} must be between {smin} and {smax} (an \
-                 eighth of {SIZE_KEY})"
-            ));
-        }
-        Ok(PodsConfig { disk_dir, shared_dir_size_mib: size, serial_log_max_bytes: serial })
+        let serial = raw.serial_log_max_bytes.unwrap_or(d.serial_log_max_bytes);
+        in_range("serial_log_max_bytes", serial, carapace_vmm::MIN_SERIAL_LOG_MAX_BYTES, smax)?;
+        let vmm_log = raw.vmm_log_max_bytes.unwrap_or(d.vmm_log_max_bytes);
+        in_range("vmm_log_max_bytes", vmm_log, vmm::MIN_VMM_LOG_MAX_BYTES, smax)?;
+        let rate = raw.guest_warnings_per_second.unwrap_or(d.guest_warnings_per_second);
+        let max_rate = vmm::MAX_GUEST_WARNINGS_PER_SECOND;
+        in_range("guest_warnings_per_second", u64::from(rate), 1, u64::from(max_rate))?;
+        let files = raw.shared_dir_max_open_files.unwrap_or(d.shared_dir_max_open_files);
+        let (fmin, fmax) = (vmm::MIN_SHARED_DIR_MAX_OPEN_FILES, vmm::MAX_SHARED_DIR_MAX_OPEN_FILES);
+        in_range("shared_dir_max_open_files", files, fmin, fmax)?;
+        Ok(PodsConfig {
+            disk_dir,
+            shared_dir_size_mib: size,
+            serial_log_max_bytes: serial,
+            vmm_log_max_bytes: vmm_log,
+            guest_warnings_per_second: rate,
+            shared_dir_max_open_files: files,
+        })
     }
 
     /// The image file of pod `id`'s disk.
@@ -152,7 +184,35 @@ mod tests {
             };
             let e = PodsConfig::from_raw(raw, Path::new("/s")).unwrap_err();
             assert!(e.contains("serial_log_max_bytes"), "{e}");
+            let raw = RawPodsConfig {
+                shared_dir_size_mib: Some(16),
+                vmm_log_max_bytes: Some(bad),
+                ..Default::default()
+            };
+            let e = PodsConfig::from_raw(raw, Path::new("/s")).unwrap_err();
+            assert!(e.contains("pods.vmm_log_max_bytes"), "{e}");
         }
+        for bad in [0, 10_001] {
+            let raw = RawPodsConfig { guest_warnings_per_second: Some(bad), ..Default::default() };
+            let e = PodsConfig::from_raw(raw, Path::new("/s")).unwrap_err();
+            assert!(e.contains("pods.guest_warnings_per_second"), "{e}");
+        }
+        for bad in [1023, (1 << 20) + 1] {
+            let raw = RawPodsConfig { shared_dir_max_open_files: Some(bad), ..Default::default() };
+            let e = PodsConfig::from_raw(raw, Path::new("/s")).unwrap_err();
+            assert!(e.contains("pods.shared_dir_max_open_files"), "{e}");
+        }
+        let raw = RawPodsConfig {
+            vmm_log_max_bytes: Some(8192),
+            guest_warnings_per_second: Some(100),
+            shared_dir_max_open_files: Some(4096),
+            ..Default::default()
+        };
+        let p = PodsConfig::from_raw(raw, Path::new("/s")).unwrap();
+        assert_eq!(
+            (p.vmm_log_max_bytes, p.guest_warnings_per_second, p.shared_dir_max_open_files),
+            (8192, 100, 4096)
+        );
         let raw = RawPodsConfig { disk_dir: Some("rel".into()), ..Default::default() };
         assert!(PodsConfig::from_raw(raw, Path::new("/s")).unwrap_err().contains("disk_dir"));
     }

@@ -4,6 +4,7 @@
 //! do not reach it and the daemon can exit or restart without touching running pods.
 
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
@@ -87,6 +88,10 @@ pub fn vm_config(
         mem_mib: size.mem_mib,
         serial_log: Some(files.serial_log.to_path_buf()),
         serial_log_max_bytes: cfg.pods.serial_log_max_bytes,
+        vmm_log: Some(files.vmm_log.to_path_buf()),
+        vmm_log_max_bytes: cfg.pods.vmm_log_max_bytes,
+        guest_warnings_per_second: cfg.pods.guest_warnings_per_second,
+        shared_dir_max_open_files: cfg.pods.shared_dir_max_open_files,
         vsock: Some(VsockConfig { guest_cid: GUEST_CID, uds_path: files.vsock.to_path_buf() }),
         shared_dir: Some(files.shared_dir.to_path_buf()),
         net: net.map(|n| NetConfig { tap_fd: VMM_TAP_FD, mac: n.mac.clone() }),
@@ -115,7 +120,13 @@ pub fn spawn(
     })?;
     let binary = cfg.vmm_binary.display().to_string();
     let spawn_err = |source| VmmProcessError::Spawn { binary: binary.clone(), source };
-    let log = std::fs::File::create(files.vmm_log).map_err(spawn_err)?;
+    // Appended to, as the VMM itself opens it (`vmm_log`, capped there).
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(files.vmm_log)
+        .map_err(spawn_err)?;
     let log2 = log.try_clone().map_err(spawn_err)?;
     // A close-on-exec copy numbered above the target, so the child's dup2 always moves it
     // (and clears close-on-exec on the copy at VMM_TAP_FD only).
@@ -371,6 +382,10 @@ mod tests {
         assert_eq!(v.kernel, PathBuf::from("/var/lib/carapace/guest/vmlinux"));
         assert_eq!(v.vsock.as_ref().unwrap().uds_path, PathBuf::from("/r/v"));
         assert_eq!(v.serial_log, Some(PathBuf::from("/r/s")));
+        assert_eq!(v.vmm_log, Some(PathBuf::from("/r/l")), "the VMM caps its own log");
+        assert_eq!(v.vmm_log_max_bytes, c.pods.vmm_log_max_bytes);
+        assert_eq!(v.guest_warnings_per_second, c.pods.guest_warnings_per_second);
+        assert_eq!(v.shared_dir_max_open_files, c.pods.shared_dir_max_open_files);
         assert_eq!(v.kick_interval, Some(Duration::from_millis(100)));
         assert_eq!(v.stop_timeout, Duration::from_millis(1000));
         assert_eq!(v.shared_dir, Some(PathBuf::from("/r/shared")));

@@ -4,18 +4,37 @@
 //! guest can produce millions per second and flood the host's log. [`guest_warn!`] logs at most
 //! [`GUEST_WARNINGS_PER_SECOND`] messages per second from each call site (one call site is one
 //! kind of fault of one device); the first message of a later second is followed by one line
-//! counting the messages suppressed since.
+//! counting the messages suppressed since. The rate is the process's setting
+//! ([`set_guest_warnings_per_second`], from the VM config), [`GUEST_WARNINGS_PER_SECOND`] until
+//! it is set.
 //!
 //! [`guest_warn!`]: crate::guest_warn
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::sync::lock;
 
-/// Messages per second and call site that [`guest_warn!`](crate::guest_warn) lets through.
+/// Default messages per second and call site that [`guest_warn!`](crate::guest_warn) lets
+/// through.
 pub const GUEST_WARNINGS_PER_SECOND: u32 = 10;
+/// Highest accepted setting: more would no longer protect the host's log.
+pub const MAX_GUEST_WARNINGS_PER_SECOND: u32 = 10_000;
 const WINDOW: Duration = Duration::from_secs(1);
+
+static RATE: AtomicU32 = AtomicU32::new(GUEST_WARNINGS_PER_SECOND);
+
+/// Sets the rate of every [`guest_warn!`](crate::guest_warn) call site of this process,
+/// clamped to 1..=[`MAX_GUEST_WARNINGS_PER_SECOND`].
+pub fn set_guest_warnings_per_second(per_second: u32) {
+    RATE.store(per_second.clamp(1, MAX_GUEST_WARNINGS_PER_SECOND), Ordering::Relaxed);
+}
+
+/// The rate [`guest_warn!`](crate::guest_warn) applies now.
+pub fn guest_warnings_per_second() -> u32 {
+    RATE.load(Ordering::Relaxed)
+}
 
 #[derive(Debug)]
 struct State {
@@ -24,19 +43,34 @@ struct State {
     suppressed: u64,
 }
 
-/// Admits at most `per_second` events per one-second window.
+/// Admits at most `per_second` events per one-second window (the process's setting when
+/// `per_second` is None).
 #[derive(Debug)]
 pub struct LogLimiter {
-    per_second: u32,
+    per_second: Option<u32>,
     state: Mutex<State>,
 }
 
 impl LogLimiter {
-    pub const fn new(per_second: u32) -> LogLimiter {
+    /// A limiter at the process's rate ([`set_guest_warnings_per_second`]).
+    pub const fn new() -> LogLimiter {
+        LogLimiter::with_state(None)
+    }
+
+    /// A limiter at a fixed rate.
+    pub const fn with_rate(per_second: u32) -> LogLimiter {
+        LogLimiter::with_state(Some(per_second))
+    }
+
+    const fn with_state(per_second: Option<u32>) -> LogLimiter {
         LogLimiter {
             per_second,
             state: Mutex::new(State { window_start: None, emitted: 0, suppressed: 0 }),
         }
+    }
+
+    fn rate(&self) -> u32 {
+        self.per_second.unwrap_or_else(guest_warnings_per_second)
     }
 
     /// Whether a message at `now` may be logged: `Some(k)` if so, with `k` the number of
@@ -45,7 +79,7 @@ impl LogLimiter {
         let mut s = lock(&self.state);
         match s.window_start {
             Some(start) if now.saturating_duration_since(start) < WINDOW => {
-                if s.emitted < self.per_second {
+                if s.emitted < self.rate() {
                     s.emitted += 1;
                     Some(0)
                 } else {
@@ -63,20 +97,25 @@ impl LogLimiter {
     }
 }
 
+impl Default for LogLimiter {
+    fn default() -> LogLimiter {
+        LogLimiter::new()
+    }
+}
+
 /// `tracing::warn!` for messages a guest can trigger, rate-limited per call site (see the
 /// module documentation of `log_limit`).
 #[macro_export]
 macro_rules! guest_warn {
     ($($arg:tt)+) => {{
-        static LIMIT: $crate::log_limit::LogLimiter =
-            $crate::log_limit::LogLimiter::new($crate::log_limit::GUEST_WARNINGS_PER_SECOND);
+        static LIMIT: $crate::log_limit::LogLimiter = $crate::log_limit::LogLimiter::new();
         if let Some(suppressed) = LIMIT.admit(::std::time::Instant::now()) {
             $crate::__tracing::warn!($($arg)+);
             if suppressed > 0 {
                 $crate::__tracing::warn!(
                     "suppressed {suppressed} messages like the previous one (guest-triggered, \
                      more than {} per second)",
-                    $crate::log_limit::GUEST_WARNINGS_PER_SECOND
+                    $crate::log_limit::guest_warnings_per_second()
                 );
             }
         }
@@ -89,7 +128,7 @@ mod tests {
 
     #[test]
     fn admits_n_per_window_then_counts_the_rest() {
-        let l = LogLimiter::new(3);
+        let l = LogLimiter::with_rate(3);
         let t0 = Instant::now();
         assert_eq!(l.admit(t0), Some(0));
         assert_eq!(l.admit(t0 + Duration::from_millis(1)), Some(0));
@@ -103,6 +142,25 @@ mod tests {
         assert_eq!(l.admit(t0 + Duration::from_millis(1002)), Some(0));
         assert_eq!(l.admit(t0 + Duration::from_millis(1003)), None);
         assert_eq!(l.admit(t0 + Duration::from_secs(5)), Some(1));
+    }
+
+    #[test]
+    fn the_process_rate_is_read_at_each_message_and_clamped() {
+        // The only test that changes the process's rate; it restores the default.
+        let l = LogLimiter::new();
+        let t0 = Instant::now();
+        set_guest_warnings_per_second(2);
+        assert_eq!(guest_warnings_per_second(), 2);
+        assert_eq!(l.admit(t0), Some(0));
+        assert_eq!(l.admit(t0), Some(0));
+        assert_eq!(l.admit(t0), None);
+        set_guest_warnings_per_second(3);
+        assert_eq!(l.admit(t0), Some(0), "a raised rate applies to the current window");
+        set_guest_warnings_per_second(0);
+        assert_eq!(guest_warnings_per_second(), 1, "at least one per second");
+        set_guest_warnings_per_second(u32::MAX);
+        assert_eq!(guest_warnings_per_second(), MAX_GUEST_WARNINGS_PER_SECOND);
+        set_guest_warnings_per_second(GUEST_WARNINGS_PER_SECOND);
     }
 
     #[test]

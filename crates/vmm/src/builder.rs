@@ -31,6 +31,9 @@ use crate::vm::Vm;
 /// log, no vsock socket).
 pub fn build_vm(config: &VmConfig) -> Result<Vm, VmmError> {
     config.validate()?;
+    carapace_virtio_devices::log_limit::set_guest_warnings_per_second(
+        config.guest_warnings_per_second,
+    );
     let kvm = open_kvm(&config.kvm_path)?;
     let vm_fd = create_vm(&kvm, true)?;
     let mem = create_guest_memory(config.mem_bytes())?;

@@ -25,7 +25,21 @@ pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default cap of the serial log file (one rotation keeps as much again in `<file>.1`).
 pub const DEFAULT_SERIAL_LOG_MAX_BYTES: u64 = 1 << 20;
 /// Smallest serial log cap accepted: room for the marker lines.
-pub const MIN_SERIAL_LOG_MAX_BYTES: u64 = 4096;
+pub const MIN_SERIAL_LOG_MAX_BYTES: u64 = crate::bounded_log::MIN_CAP_BYTES;
+/// Default cap of the VMM's own log (`vmm_log`; rotated once like the serial log).
+pub const DEFAULT_VMM_LOG_MAX_BYTES: u64 = 1 << 20;
+/// Smallest VMM log cap accepted: room for the marker lines.
+pub const MIN_VMM_LOG_MAX_BYTES: u64 = crate::bounded_log::MIN_CAP_BYTES;
+/// Default and highest rate of guest-triggered warnings, per second and call site.
+pub const DEFAULT_GUEST_WARNINGS_PER_SECOND: u32 =
+    carapace_virtio_devices::log_limit::GUEST_WARNINGS_PER_SECOND;
+pub const MAX_GUEST_WARNINGS_PER_SECOND: u32 =
+    carapace_virtio_devices::log_limit::MAX_GUEST_WARNINGS_PER_SECOND;
+/// Default, smallest and largest open file limit of a VMM with a shared directory (virtio-fs
+/// holds one descriptor per inode the guest knows; the VMM itself needs a few dozen).
+pub const DEFAULT_SHARED_DIR_MAX_OPEN_FILES: u64 = carapace_virtio_devices::fs::FS_OPEN_FILE_LIMIT;
+pub const MIN_SHARED_DIR_MAX_OPEN_FILES: u64 = 1024;
+pub const MAX_SHARED_DIR_MAX_OPEN_FILES: u64 = 1 << 20;
 /// The smallest guest CID (0-2 are reserved).
 pub const MIN_GUEST_CID: u64 = 3;
 
@@ -62,6 +76,12 @@ pub enum ConfigError {
     ZeroKickInterval,
     #[error("serial log cap must be at least {min} bytes, got {got}")]
     SerialLogCapTooSmall { got: u64, min: u64 },
+    #[error("VMM log cap must be at least {min} bytes, got {got}")]
+    VmmLogCapTooSmall { got: u64, min: u64 },
+    #[error("guest warnings per second must be between 1 and {max}, got {got}")]
+    GuestWarningsOutOfRange { got: u32, max: u32 },
+    #[error("shared dir open file limit must be between {min} and {max}, got {got}")]
+    OpenFilesOutOfRange { got: u64, min: u64, max: u64 },
     #[error(
         "mount_ns: {} must be absolute and at or below {}",
         keep.display(),
@@ -96,6 +116,9 @@ impl ConfigError {
             ConfigError::CmdlineNul => "cmdline_extra",
             ConfigError::ZeroKickInterval => "kick_interval_ms",
             ConfigError::SerialLogCapTooSmall { .. } => "serial_log_max_bytes",
+            ConfigError::VmmLogCapTooSmall { .. } => "vmm_log_max_bytes",
+            ConfigError::GuestWarningsOutOfRange { .. } => "guest_warnings_per_second",
+            ConfigError::OpenFilesOutOfRange { .. } => "shared_dir_max_open_files",
             ConfigError::NetMac(_) | ConfigError::NetFdReserved { .. } | ConfigError::NetTap(_) => {
                 "net"
             }
@@ -170,6 +193,22 @@ pub struct VmConfig {
     /// this on the host.
     #[serde(default = "default_serial_log_max_bytes")]
     pub serial_log_max_bytes: u64,
+    /// File the VMM's own log (tracing lines, errors) goes to, capped at `vmm_log_max_bytes`
+    /// and rotated once to `<file>.1` like the serial log; stdout and stderr are pointed at the
+    /// current file (so a panic message lands there too). None: stderr as it is, uncapped.
+    #[serde(default)]
+    pub vmm_log: Option<PathBuf>,
+    /// Cap of `vmm_log` in bytes (at least [`MIN_VMM_LOG_MAX_BYTES`]).
+    #[serde(default = "default_vmm_log_max_bytes")]
+    pub vmm_log_max_bytes: u64,
+    /// Warnings a guest can trigger (malformed register writes, chains, packets) logged per
+    /// second and call site, 1..=[`MAX_GUEST_WARNINGS_PER_SECOND`]; the rest are counted.
+    #[serde(default = "default_guest_warnings_per_second")]
+    pub guest_warnings_per_second: u32,
+    /// Soft RLIMIT_NOFILE of a VMM serving `shared_dir`: bounds the host descriptors (one per
+    /// inode the guest looked up) a guest can pin; past it its lookups fail with EMFILE.
+    #[serde(default = "default_shared_dir_max_open_files")]
+    pub shared_dir_max_open_files: u64,
     #[serde(default)]
     pub vsock: Option<VsockConfig>,
     /// Add a virtio-rng device.
@@ -205,6 +244,15 @@ fn default_mem_mib() -> u32 {
 }
 fn default_serial_log_max_bytes() -> u64 {
     DEFAULT_SERIAL_LOG_MAX_BYTES
+}
+fn default_vmm_log_max_bytes() -> u64 {
+    DEFAULT_VMM_LOG_MAX_BYTES
+}
+fn default_guest_warnings_per_second() -> u32 {
+    DEFAULT_GUEST_WARNINGS_PER_SECOND
+}
+fn default_shared_dir_max_open_files() -> u64 {
+    DEFAULT_SHARED_DIR_MAX_OPEN_FILES
 }
 fn yes() -> bool {
     true
@@ -256,6 +304,10 @@ impl VmConfig {
             cmdline_extra: String::new(),
             serial_log: None,
             serial_log_max_bytes: DEFAULT_SERIAL_LOG_MAX_BYTES,
+            vmm_log: None,
+            vmm_log_max_bytes: DEFAULT_VMM_LOG_MAX_BYTES,
+            guest_warnings_per_second: DEFAULT_GUEST_WARNINGS_PER_SECOND,
+            shared_dir_max_open_files: DEFAULT_SHARED_DIR_MAX_OPEN_FILES,
             vsock: None,
             rng: true,
             shared_dir: None,
@@ -312,6 +364,27 @@ impl VmConfig {
             return Err(ConfigError::SerialLogCapTooSmall {
                 got: self.serial_log_max_bytes,
                 min: MIN_SERIAL_LOG_MAX_BYTES,
+            });
+        }
+        if self.vmm_log_max_bytes < MIN_VMM_LOG_MAX_BYTES {
+            return Err(ConfigError::VmmLogCapTooSmall {
+                got: self.vmm_log_max_bytes,
+                min: MIN_VMM_LOG_MAX_BYTES,
+            });
+        }
+        let rate = self.guest_warnings_per_second;
+        if rate == 0 || rate > MAX_GUEST_WARNINGS_PER_SECOND {
+            return Err(ConfigError::GuestWarningsOutOfRange {
+                got: rate,
+                max: MAX_GUEST_WARNINGS_PER_SECOND,
+            });
+        }
+        let files = self.shared_dir_max_open_files;
+        if !(MIN_SHARED_DIR_MAX_OPEN_FILES..=MAX_SHARED_DIR_MAX_OPEN_FILES).contains(&files) {
+            return Err(ConfigError::OpenFilesOutOfRange {
+                got: files,
+                min: MIN_SHARED_DIR_MAX_OPEN_FILES,
+                max: MAX_SHARED_DIR_MAX_OPEN_FILES,
             });
         }
         Ok(())
@@ -375,215 +448,4 @@ fn check_file(what: &'static str, path: &Path) -> Result<(), ConfigError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn config_with_kernel() -> (tempfile::NamedTempFile, VmConfig) {
-        let kernel = tempfile::NamedTempFile::new().unwrap();
-        let cfg = VmConfig::new(kernel.path());
-        (kernel, cfg)
-    }
-
-    #[test]
-    fn defaults_are_valid() {
-        let (_k, cfg) = config_with_kernel();
-        cfg.validate().unwrap();
-    }
-
-    #[test]
-    fn too_little_memory_names_the_minimum() {
-        let (_k, mut cfg) = config_with_kernel();
-        cfg.mem_mib = 32;
-        let e = cfg.validate().unwrap_err().to_string();
-        assert!(e.contains("at least 64 MiB"), "{e}");
-        assert!(e.contains("32"), "{e}");
-    }
-
-    #[test]
-    fn the_serial_log_cap_is_a_field_with_a_floor() {
-        let (_k, mut cfg) = config_with_kernel();
-        assert_eq!(cfg.serial_log_max_bytes, DEFAULT_SERIAL_LOG_MAX_BYTES);
-        cfg.serial_log_max_bytes = 100;
-        let e = cfg.validate().unwrap_err();
-        assert_eq!(e.field(), "serial_log_max_bytes");
-        assert!(e.to_string().contains("at least 4096 bytes, got 100"), "{e}");
-        cfg.serial_log_max_bytes = 1 << 16;
-        cfg.validate().unwrap();
-        let back: VmConfig = serde_json::from_str(&cfg.to_json()).unwrap();
-        assert_eq!(back.serial_log_max_bytes, 1 << 16);
-        // Left out of the JSON: the default.
-        let old: VmConfig = serde_json::from_str(r#"{"kernel": "/k"}"#).unwrap();
-        assert_eq!(old.serial_log_max_bytes, DEFAULT_SERIAL_LOG_MAX_BYTES);
-    }
-
-    #[test]
-    fn zero_vcpus_rejected() {
-        let (_k, mut cfg) = config_with_kernel();
-        cfg.vcpus = 0;
-        assert!(cfg.validate().unwrap_err().to_string().contains("vcpus"));
-        cfg.vcpus = 33;
-        assert!(cfg.validate().is_err());
-        cfg.vcpus = 32;
-        cfg.validate().unwrap();
-    }
-
-    #[test]
-    fn missing_kernel_rejected() {
-        let cfg = VmConfig::new("/nonexistent/vmlinux");
-        let e = cfg.validate().unwrap_err().to_string();
-        assert!(e.contains("kernel /nonexistent/vmlinux"), "{e}");
-    }
-
-    #[test]
-    fn missing_initramfs_rejected() {
-        let (_k, mut cfg) = config_with_kernel();
-        cfg.initramfs = Some("/nonexistent/initrd".into());
-        assert!(cfg.validate().unwrap_err().to_string().contains("initramfs"));
-    }
-
-    #[test]
-    fn reserved_vsock_cid_rejected() {
-        let (_k, mut cfg) = config_with_kernel();
-        cfg.vsock = Some(VsockConfig { guest_cid: 2, uds_path: "/tmp/x.sock".into() });
-        assert!(cfg.validate().unwrap_err().to_string().contains("CID"));
-        cfg.vsock = Some(VsockConfig { guest_cid: 3, uds_path: "/tmp/x.sock".into() });
-        cfg.validate().unwrap();
-    }
-
-    #[test]
-    fn missing_kvm_device_named() {
-        let (_k, mut cfg) = config_with_kernel();
-        cfg.kvm_path = "/nonexistent/kvm".into();
-        assert!(cfg.validate().unwrap_err().to_string().contains("/nonexistent/kvm"));
-    }
-
-    #[test]
-    fn shared_dir_must_be_an_existing_directory() {
-        let (k, mut cfg) = config_with_kernel();
-        cfg.shared_dir = Some("/nonexistent/shared".into());
-        let e = cfg.validate().unwrap_err().to_string();
-        assert!(e.contains("shared directory /nonexistent/shared"), "{e}");
-        cfg.shared_dir = Some(k.path().to_path_buf());
-        assert!(cfg.validate().unwrap_err().to_string().contains("not a directory"));
-        let dir = tempfile::tempdir().unwrap();
-        cfg.shared_dir = Some(dir.path().to_path_buf());
-        cfg.validate().unwrap();
-    }
-
-    #[test]
-    fn zero_kick_interval_rejected() {
-        let (_k, mut cfg) = config_with_kernel();
-        cfg.kick_interval = Some(Duration::ZERO);
-        assert!(cfg.validate().is_err());
-    }
-
-    #[test]
-    fn json_round_trip_in_milliseconds_with_defaults() {
-        let mut cfg = VmConfig::new("/k");
-        cfg.kick_interval = Some(Duration::from_millis(100));
-        cfg.stop_timeout = Duration::from_millis(1500);
-        cfg.vsock = Some(VsockConfig { guest_cid: 3, uds_path: "/r/vsock".into() });
-        let json = cfg.to_json();
-        assert!(json.contains("\"kick_interval_ms\": 100"), "{json}");
-        assert!(json.contains("\"stop_timeout_ms\": 1500"), "{json}");
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("vm.json");
-        std::fs::write(&path, &json).unwrap();
-        assert_eq!(VmConfig::from_json_file(&path).unwrap(), cfg);
-        std::fs::write(&path, r#"{"kernel": "/k"}"#).unwrap();
-        assert_eq!(VmConfig::from_json_file(&path).unwrap(), VmConfig::new("/k"));
-        std::fs::write(&path, r#"{"kernel": "/k", "memory": 1}"#).unwrap();
-        let e = VmConfig::from_json_file(&path).unwrap_err().to_string();
-        assert!(e.contains("memory"), "{e}");
-        let e = VmConfig::from_json_file(&dir.path().join("none")).unwrap_err().to_string();
-        assert!(e.contains("cannot read VM config file"), "{e}");
-    }
-
-    /// A tap (IFF_TAP | IFF_NO_PI | IFF_VNET_HDR) made in a network namespace of its own,
-    /// which goes away with the descriptor.
-    fn test_tap() -> std::os::fd::OwnedFd {
-        use std::os::fd::FromRawFd;
-        std::thread::spawn(|| {
-            // SAFETY: unshare affects only this short-lived thread; open/ioctl get valid
-            // arguments and the new descriptor is owned once.
-            unsafe {
-                assert_eq!(libc::unshare(libc::CLONE_NEWNET), 0, "unshare");
-                let fd = libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
-                assert!(fd >= 0, "open /dev/net/tun");
-                let fd = std::os::fd::OwnedFd::from_raw_fd(fd);
-                let mut ifr: libc::ifreq = std::mem::zeroed();
-                ifr.ifr_ifru.ifru_flags =
-                    (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
-                use std::os::fd::AsRawFd;
-                assert_eq!(libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut ifr), 0);
-                fd
-            }
-        })
-        .join()
-        .unwrap()
-    }
-
-    #[test]
-    fn the_nic_needs_a_unicast_mac_and_an_open_tap() {
-        use std::os::fd::AsRawFd;
-        let (_k, mut cfg) = config_with_kernel();
-        let tap = test_tap();
-        let net = |fd: i32, mac: &str| Some(NetConfig { tap_fd: fd, mac: mac.into() });
-        cfg.net = net(tap.as_raw_fd(), "02:00:00:aa:bb:cc");
-        cfg.validate().unwrap();
-        for bad in ["02:00:00:aa:bb", "zz:00:00:aa:bb:cc", "03:00:00:aa:bb:cc", ""] {
-            cfg.net = net(tap.as_raw_fd(), bad);
-            let e = cfg.validate_limits().unwrap_err();
-            assert_eq!(e.field(), "net");
-            assert!(e.to_string().contains("mac"), "{e}");
-        }
-        cfg.net = net(2, "02:00:00:aa:bb:cc");
-        assert!(cfg.validate_limits().unwrap_err().to_string().contains("3 or above"));
-        let mut fds = [0i32; 2];
-        // SAFETY: pipe2 writes two descriptors into the array, owned once below.
-        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-        // SAFETY: both descriptors were just created and are owned nowhere else.
-        let (r, _w) = unsafe {
-            use std::os::fd::{FromRawFd, OwnedFd};
-            (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1]))
-        };
-        cfg.net = net(r.as_raw_fd(), "02:00:00:aa:bb:cc");
-        cfg.validate_limits().unwrap();
-        let e = cfg.validate().unwrap_err().to_string();
-        assert!(
-            e.contains(&format!("file descriptor {} is not an attached tun/tap", r.as_raw_fd())),
-            "{e}"
-        );
-        drop(tap);
-        cfg.net = net(999_999, "02:00:00:aa:bb:cc");
-        let e = cfg.validate().unwrap_err().to_string();
-        assert!(e.contains("is not open"), "{e}");
-        assert!(!e.contains('\n'));
-    }
-
-    #[test]
-    fn the_nic_round_trips_through_json_and_defaults_to_none() {
-        let mut cfg = VmConfig::new("/k");
-        cfg.net = Some(NetConfig { tap_fd: 3, mac: "02:00:00:00:00:01".into() });
-        let json = cfg.to_json();
-        assert!(json.contains("\"tap_fd\": 3"), "{json}");
-        assert_eq!(serde_json::from_str::<VmConfig>(&json).unwrap(), cfg);
-        let old: VmConfig = serde_json::from_str(r#"{"kernel": "/k"}"#).unwrap();
-        assert_eq!(old.net, None);
-        let bad = r#"{"kernel": "/k", "net": {"tap_fd": 3, "mac": "02:00:00:00:00:01", "x": 1}}"#;
-        assert!(serde_json::from_str::<VmConfig>(bad).is_err());
-    }
-
-    #[test]
-    fn limits_alone_need_no_files_and_name_their_field() {
-        let mut cfg = VmConfig::new("/nonexistent/vmlinux");
-        cfg.validate_limits().unwrap();
-        cfg.mem_mib = MAX_MEM_MIB + 1;
-        let e = cfg.validate_limits().unwrap_err();
-        assert_eq!(e.field(), "mem_mib");
-        assert!(matches!(
-            e,
-            ConfigError::MemoryTooLarge { got, max } if got == max + 1 && max == MAX_MEM_MIB
-        ));
-    }
-}
+mod tests;

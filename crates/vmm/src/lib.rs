@@ -13,6 +13,7 @@
 //! ```
 
 pub mod arch;
+pub mod bounded_log;
 mod builder;
 pub mod cmdline;
 pub mod config;

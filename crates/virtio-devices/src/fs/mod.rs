@@ -10,6 +10,7 @@
 //! What the guest may create on the host (no device nodes, no setuid/setgid, xattrs only in
 //! `user.*`) is decided in [`policy`], which wraps the passthrough file system.
 
+mod limits;
 mod memory;
 mod passthrough;
 mod policy;

@@ -38,6 +38,8 @@ use fuse_backend_rs::api::filesystem::{
 use fuse_backend_rs::transport::FsCacheReqHandler;
 use tracing::debug;
 
+use super::limits::{note_fds, note_full};
+
 /// Bits that carry privilege on a file.
 const SUID_SGID: u32 = libc::S_ISUID | libc::S_ISGID;
 
@@ -69,17 +71,6 @@ fn writes(flags: u32) -> bool {
 
 fn is_regular(mode: u32) -> bool {
     mode & libc::S_IFMT == libc::S_IFREG
-}
-
-/// Passes `r` on; a full pod disk (ENOSPC, EDQUOT: the `[pods]` bound the daemon mounted
-/// under the shared dir) is logged, rate-limited, so the host sees why the guest fails.
-fn note_full<T>(op: &'static str, r: io::Result<T>) -> io::Result<T> {
-    if let Err(e) = &r {
-        if matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) {
-            crate::guest_warn!(op, "the pod's disk is full: the guest's write fails with ENOSPC");
-        }
-    }
-    r
 }
 
 fn eperm() -> io::Error {
@@ -138,7 +129,7 @@ impl<F: FileSystem> FileSystem for HostSafeFs<F> {
     }
 
     fn lookup(&self, ctx: &Context, parent: Self::Inode, name: &CStr) -> io::Result<Entry> {
-        self.inner.lookup(ctx, parent, name)
+        note_fds("lookup", self.inner.lookup(ctx, parent, name))
     }
 
     fn forget(&self, ctx: &Context, inode: Self::Inode, count: u64) {
@@ -191,7 +182,7 @@ impl<F: FileSystem> FileSystem for HostSafeFs<F> {
         parent: Self::Inode,
         name: &CStr,
     ) -> io::Result<Entry> {
-        self.inner.symlink(ctx, linkname, parent, name)
+        note_fds("symlink", self.inner.symlink(ctx, linkname, parent, name))
     }
 
     fn mknod(
@@ -207,7 +198,7 @@ impl<F: FileSystem> FileSystem for HostSafeFs<F> {
             debug!(mode, rdev, "virtio-fs: refused MKNOD of a device node");
             return Err(eperm());
         }
-        self.inner.mknod(ctx, inode, name, file_mode(mode), rdev, umask)
+        note_fds("mknod", self.inner.mknod(ctx, inode, name, file_mode(mode), rdev, umask))
     }
 
     fn mkdir(
@@ -218,7 +209,7 @@ impl<F: FileSystem> FileSystem for HostSafeFs<F> {
         mode: u32,
         umask: u32,
     ) -> io::Result<Entry> {
-        self.inner.mkdir(ctx, parent, name, dir_mode(mode), umask)
+        note_fds("mkdir", self.inner.mkdir(ctx, parent, name, dir_mode(mode), umask))
     }
 
     fn unlink(&self, ctx: &Context, parent: Self::Inode, name: &CStr) -> io::Result<()> {
@@ -251,7 +242,7 @@ impl<F: FileSystem> FileSystem for HostSafeFs<F> {
         newparent: Self::Inode,
         newname: &CStr,
     ) -> io::Result<Entry> {
-        self.inner.link(ctx, inode, newparent, newname)
+        note_fds("link", self.inner.link(ctx, inode, newparent, newname))
     }
 
     fn open(
@@ -265,7 +256,7 @@ impl<F: FileSystem> FileSystem for HostSafeFs<F> {
         if writes(flags) {
             self.kill_priv_of(ctx, ino)?;
         }
-        self.inner.open(ctx, F::Inode::from(ino), flags, fuse_flags)
+        note_fds("open", self.inner.open(ctx, F::Inode::from(ino), flags, fuse_flags))
     }
 
     fn create(
@@ -277,7 +268,7 @@ impl<F: FileSystem> FileSystem for HostSafeFs<F> {
     ) -> io::Result<(Entry, Option<Self::Handle>, OpenOptions, Option<u32>)> {
         args.mode = file_mode(args.mode);
         let (mut entry, handle, opts, passthrough) =
-            note_full("create", self.inner.create(ctx, parent, name, args))?;
+            note_fds("create", note_full("create", self.inner.create(ctx, parent, name, args)))?;
         // Without O_EXCL an existing file is opened: it may be an image's setuid file.
         if writes(args.flags) {
             entry.attr.st_mode = self.kill_priv(ctx, entry.inode, entry.attr.st_mode)?;
@@ -428,7 +419,7 @@ impl<F: FileSystem> FileSystem for HostSafeFs<F> {
         inode: Self::Inode,
         flags: u32,
     ) -> io::Result<(Option<Self::Handle>, OpenOptions)> {
-        self.inner.opendir(ctx, inode, flags)
+        note_fds("opendir", self.inner.opendir(ctx, inode, flags))
     }
 
     fn readdir(
@@ -452,7 +443,7 @@ impl<F: FileSystem> FileSystem for HostSafeFs<F> {
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
     ) -> io::Result<()> {
-        self.inner.readdirplus(ctx, inode, handle, size, offset, add_entry)
+        note_fds("readdirplus", self.inner.readdirplus(ctx, inode, handle, size, offset, add_entry))
     }
 
     fn fsyncdir(

@@ -1,20 +1,17 @@
 //! The 16550 UART at 0x3f8 (COM1): the guest console, written to the serial log.
 //!
-//! The guest decides how much it writes, so the log is bounded ([`BoundedLog`]): when the next
-//! bytes would take it past its cap, it is renamed to `<file>.1` (replacing the previous one)
-//! and a new file starts with a marker line; if that rotation fails, further output is dropped
-//! after a marker line. On disk: at most twice the cap plus two marker lines.
+//! The guest decides how much it writes, so the log is a [`BoundedLog`]: at most twice its cap
+//! on disk (one rotation to `<file>.1`) plus two marker lines.
 
-use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use vm_superio::serial::NoEvents;
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::pio_bus::PioDevice;
+use crate::bounded_log::BoundedLog;
 use crate::error::VmmError;
 
 /// First port of COM1.
@@ -36,10 +33,6 @@ impl Trigger for EventFdTrigger {
 /// Where the console goes.
 pub type SerialOutput = Box<dyn Write + Send>;
 
-/// Smallest cap (smaller ones are raised to it): room for the marker lines. A VmConfig
-/// refuses smaller ones already (`serial_log_max_bytes`).
-pub const SERIAL_LOG_MIN_BYTES: u64 = crate::config::MIN_SERIAL_LOG_MAX_BYTES;
-
 /// Opens the serial log (created, appended to) capped at `max_bytes`, or a sink.
 pub fn open_serial_output_capped(
     path: Option<&Path>,
@@ -47,104 +40,9 @@ pub fn open_serial_output_capped(
 ) -> Result<SerialOutput, VmmError> {
     match path {
         None => Ok(Box::new(std::io::sink())),
-        Some(p) => BoundedLog::open(p, max_bytes)
+        Some(p) => BoundedLog::open(p, max_bytes, "serial log")
             .map(|log| Box::new(log) as SerialOutput)
             .map_err(|source| VmmError::SerialLog { path: p.to_path_buf(), source }),
-    }
-}
-
-/// A log file that never grows past its cap: see the module documentation.
-pub struct BoundedLog {
-    path: PathBuf,
-    /// None once output is being dropped.
-    file: Option<File>,
-    /// Bytes in the current file.
-    len: u64,
-    max: u64,
-}
-
-fn open_log(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-}
-
-impl BoundedLog {
-    /// Opens `path` for appending; what it already holds counts towards the cap.
-    pub fn open(path: &Path, max_bytes: u64) -> std::io::Result<BoundedLog> {
-        let file = open_log(path)?;
-        let len = file.metadata()?.len();
-        let max = max_bytes.max(SERIAL_LOG_MIN_BYTES);
-        Ok(BoundedLog { path: path.to_path_buf(), file: Some(file), len, max })
-    }
-
-    /// `<file>.1`
-    pub fn rotated_path(&self) -> PathBuf {
-        let mut name = self.path.clone().into_os_string();
-        name.push(".1");
-        PathBuf::from(name)
-    }
-
-    /// Moves the full file to `<file>.1` and starts a new one with a marker line.
-    fn rotate(&mut self) -> std::io::Result<()> {
-        self.file = None;
-        std::fs::rename(&self.path, self.rotated_path())?;
-        let mut file = open_log(&self.path)?;
-        let marker = format!(
-            "[carapace: serial log reached {} bytes; earlier output is in {}]\n",
-            self.max,
-            self.rotated_path().display()
-        );
-        file.write_all(marker.as_bytes())?;
-        self.len = marker.len() as u64;
-        self.file = Some(file);
-        Ok(())
-    }
-
-    /// Gives up after a failed rotation: a marker line if the file is still writable, then
-    /// every further byte is dropped.
-    fn give_up(&mut self, e: &std::io::Error) {
-        tracing::warn!(
-            path = %self.path.display(),
-            error = %e,
-            "cannot rotate the serial log; further console output is dropped"
-        );
-        if let Ok(mut file) = open_log(&self.path) {
-            let marker = format!("[carapace: serial log cannot rotate ({e}); output dropped]\n");
-            // Best effort: the marker is all that is left to say.
-            let _ = file.write_all(marker.as_bytes());
-        }
-        self.file = None;
-    }
-}
-
-impl Write for BoundedLog {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if buf.is_empty() || self.file.is_none() {
-            // Dropped output is reported as written: the guest is not to notice.
-            return Ok(buf.len());
-        }
-        if self.len.saturating_add(buf.len() as u64) > self.max {
-            if let Err(e) = self.rotate() {
-                self.give_up(&e);
-                return Ok(buf.len());
-            }
-        }
-        let room = usize::try_from(self.max.saturating_sub(self.len)).unwrap_or(usize::MAX);
-        let part = buf.get(..room.min(buf.len())).unwrap_or_default();
-        let Some(file) = self.file.as_mut() else { return Ok(buf.len()) };
-        let n = file.write(part)?;
-        self.len = self.len.saturating_add(n as u64);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        match self.file.as_mut() {
-            Some(f) => f.flush(),
-            None => Ok(()),
-        }
     }
 }
 
@@ -191,6 +89,7 @@ impl PioDevice for SerialPort {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bounded_log::MIN_CAP_BYTES as SERIAL_LOG_MIN_BYTES;
     use std::sync::{Arc, Mutex};
 
     #[derive(Clone, Default)]

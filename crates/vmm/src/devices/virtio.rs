@@ -43,7 +43,9 @@ pub fn attach_virtio_devices(
         devices.push(("rng", Box::new(Rng::new())));
     }
     if let Some(dir) = &config.shared_dir {
-        let dev = Fs::new(carapace_guest_contract::SHARED_FS_TAG, dir).map_err(VmmError::Fs)?;
+        let tag = carapace_guest_contract::SHARED_FS_TAG;
+        let dev = Fs::with_open_file_limit(tag, dir, config.shared_dir_max_open_files)
+            .map_err(VmmError::Fs)?;
         devices.push(("virtio-fs", Box::new(dev)));
     }
     if let Some(net) = &config.net {
