@@ -15,7 +15,7 @@ BIN := $(CARGO_TARGET_DIR)/release
 AGENT := $(CARGO_TARGET_DIR)/$(HOST_TRIPLE)/release/carapace-agent
 CARGO := cargo
 
-.PHONY: run test lint deps build agent guest-image test-unit test-testhost test-e2e critest critest-busybox bench-boot bench-pull bench-container bench-cri bench-exec bench-vsock bench-net clean-guest fuzz
+.PHONY: run test lint deps build agent guest-image test-unit test-testhost test-e2e critest critest-busybox bench-boot bench-pull bench-container bench-cri bench-exec bench-vsock bench-net bench-density clean-guest fuzz
 
 DEB_PACKAGES := qemu-system-x86 linux-source-6.1 bison flex bc libelf-dev libssl-dev busybox-static cpio \
 	protobuf-compiler xz-utils kmod jq file libseccomp-dev docker-registry apache2-utils zstd curl skopeo runc containerd \
@@ -125,6 +125,17 @@ bench-cri: build guest-image
 	export CARAPACE_BIN=$(BIN)/carapace CARAPACE_GUEST_DIR=$(GUEST_DIR); \
 	if $(BIN)/carapace check >/dev/null 2>&1; then $(BIN)/bench-cri; else \
 	  tests/testhost/run --smp 1 --timeout 3000 -- env CARAPACE_VMM_KICK_MS=100 $${BENCH_N:+BENCH_N=$$BENCH_N} $(BIN)/bench-cri; fi
+
+# Host memory per idle pod: N busybox pods (BENCH_N, default 20) through `carapace serve` (VMM
+# PSS, guest memory included, plus the pod's files in RAM) against N containerd + runc pods (shim
+# and container PSS), in one test host run; last line
+# `density: carapace <X> MiB per pod, runc <Y> MiB per pod, ratio <X/Y> over <N> pods`.
+bench-density: build guest-image
+	$(CARGO) build --release --locked -p carapace-tests --bin bench-density
+	export CARAPACE_BIN=$(BIN)/carapace CARAPACE_GUEST_DIR=$(GUEST_DIR); \
+	bench=(env $${BENCH_N:+BENCH_N=$$BENCH_N} $${BENCH_SETTLE_S:+BENCH_SETTLE_S=$$BENCH_SETTLE_S} $(BIN)/bench-density); \
+	if $(BIN)/carapace check >/dev/null 2>&1; then "$${bench[@]}"; else \
+	  tests/testhost/run --smp 1 --mem 8192 --timeout 3000 -- env CARAPACE_VMM_KICK_MS=100 "$${bench[@]}"; fi
 
 # Host <-> agent vsock throughput (a container's stdout through ReadStdio) and round-trip latency
 # (Health RPCs) in one pod VM; last line `vsock: throughput <X> MiB/s, rr median <Y> us`.
