@@ -183,6 +183,11 @@ pub fn wait_child(child: &mut Child, timeout: Duration) -> Result<ExitStatus> {
     }
 }
 
+/// The benchmarks' numeric knobs (BENCH_N, ...): the variable `name` parsed, else `default`.
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
 /// Median of a non-empty list of durations in milliseconds.
 pub fn median_ms(values: &mut [f64]) -> Option<f64> {
     if values.is_empty() {

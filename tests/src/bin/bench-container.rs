@@ -32,7 +32,7 @@ use carapace_tests::vm::{busybox_rootfs, initramfs_with_busybox, SharedDirVm};
 use carapace_tests::{median_ms, GuestImage};
 
 fn main() -> Result<()> {
-    let n: usize = std::env::var("BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(20).max(1);
+    let n = carapace_tests::env_or("BENCH_N", 20usize).max(1);
     let image = GuestImage::from_env()?;
 
     let (mut ours, mut ram) = carapace_series(&image, n)?;

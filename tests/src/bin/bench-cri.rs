@@ -50,7 +50,7 @@ fn container(image: &str) -> cri::ContainerConfig {
 }
 
 fn main() -> Result<()> {
-    let n: usize = std::env::var("BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(10).max(1);
+    let n = carapace_tests::env_or("BENCH_N", 10usize).max(1);
     let reg = Registry::start("benchreg", "warn")?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
 

@@ -26,14 +26,11 @@ use carapace_tests::containerd::{push_pause_image, Containerd, ContainerdOptions
 use carapace_tests::cri::{
     pod_config, pull_image, run_pod, start_container, use_host_network, Daemon, DaemonOptions,
 };
+use carapace_tests::env_or;
 use carapace_tests::registry::Registry;
 
 const SLEEPER: [&str; 3] = ["sh", "-c", "trap 'exit 0' TERM; sleep 100000 & wait $!"];
 const TMPFS_MAGIC: i64 = 0x0102_1994;
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
 
 /// PSS of process `pid` in KiB (smaps_rollup), None if it is gone.
 fn pss_kib(pid: i32) -> Option<u64> {
@@ -191,8 +188,8 @@ fn report(who: &str, per_pod_kib: &[u64]) -> f64 {
 }
 
 fn main() -> Result<()> {
-    let n = env_num("BENCH_N", 20).max(1) as usize;
-    let settle = Duration::from_secs(env_num("BENCH_SETTLE_S", 20));
+    let n = env_or("BENCH_N", 20usize).max(1);
+    let settle = Duration::from_secs(env_or("BENCH_SETTLE_S", 20u64));
     let reg = Registry::start("densreg", "warn")?;
     let busybox = format!("{}/test/busybox:latest", reg.addr);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

@@ -24,8 +24,8 @@ use carapace_tests::cri::{
     wait_container_state, Daemon, DaemonOptions,
 };
 use carapace_tests::crictl::{describe, Crictl};
-use carapace_tests::median_ms;
 use carapace_tests::registry::Registry;
+use carapace_tests::{env_or, median_ms};
 
 const RUNNING: i32 = cri::ContainerState::ContainerRunning as i32;
 const STREAM_RUNS: usize = 3;
@@ -36,13 +36,9 @@ struct Figures {
     stream_mib_s: f64,
 }
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default).max(1)
-}
-
 fn main() -> Result<()> {
-    let n = env_usize("BENCH_N", 20);
-    let mib = env_usize("BENCH_MIB", 64);
+    let n = env_or("BENCH_N", 20usize).max(1);
+    let mib = env_or("BENCH_MIB", 64usize).max(1);
     let reg = Registry::start("benchreg", "warn")?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
 
